@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Everything raised as a :class:`SnapvitError` is a mistake the user can fix (bad path, bad budget, unreachable hub,
+corrupt bundle). The CLI prints its message as one line and exits non-zero without a traceback; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SnapvitError(Exception):
+    """Base class for errors caused by user input or the environment, reported as one line."""
+
+    exit_code: int = 1
+
+
+class ModelLoadError(SnapvitError):
+    """A model could not be resolved, downloaded or built."""
+
+
+class UnsupportedModelError(SnapvitError):
+    """The model's structure is not one snapvit knows how to prune."""
+
+
+class BundleError(SnapvitError):
+    """An elastic bundle or sliced model on disk is missing, truncated, or inconsistent with its metadata."""
+
+
+class BudgetError(SnapvitError):
+    """A requested budget is out of range or cannot be reached."""
+
+
+class DataError(SnapvitError):
+    """Calibration or evaluation data could not be read."""
+
+
+class OutputExistsError(SnapvitError):
+    """An output path exists and ``--force`` was not given."""
