@@ -1,0 +1,155 @@
+"""The vocabulary every model family speaks: where each prunable unit lives inside a block's tensors.
+
+A *unit* is one MLP hidden neuron or one attention head. Each family adapter lists, per block, the tensors that hold a
+slice of every unit (:class:`UnitTensor`). With that list, permuting, slicing and masking are the same three tensor
+operations for every family, applied to plain state dicts — no model instance is needed to cut a bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MLP = "mlp"
+HEADS = "heads"
+UNIT_KINDS = (MLP, HEADS)
+
+
+@dataclass(frozen=True)
+class UnitTensor:
+    """A tensor (named relative to its block) whose ``axis`` is laid out as ``[groups, units, unit_size]``.
+
+    Examples for a timm ViT block with H heads of size hd: ``attn.qkv.weight`` rows are ``[3 (q|k|v), H, hd]``
+    (``axis=0, groups=3, unit_size=hd``); ``attn.proj.weight`` columns are ``[1, H, hd]`` (``axis=1``);
+    ``mlp.fc1.weight`` rows are ``[1, D, 1]``. ``consumer`` marks tensors that read the unit's output (``fc2``,
+    ``proj``): zeroing a unit's slice there removes the unit exactly, which is how masking works.
+    """
+
+    name: str
+    axis: int
+    groups: int = 1
+    unit_size: int = 1
+    consumer: bool = False
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Kept MLP hidden neurons and attention heads of every block."""
+
+    mlp: tuple[int, ...]
+    heads: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mlp) != len(self.heads):
+            raise ValueError("mlp and heads widths must have one entry per block")
+
+    def of(self, kind: str) -> tuple[int, ...]:
+        return self.mlp if kind == MLP else self.heads
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"mlp_hidden": list(self.mlp), "num_heads": list(self.heads)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Sequence[int]]) -> Widths:
+        return cls(tuple(int(v) for v in data["mlp_hidden"]), tuple(int(v) for v in data["num_heads"]))
+
+
+def take_units(tensor: torch.Tensor, spec: UnitTensor, index: torch.Tensor | int) -> torch.Tensor:
+    """Select units of ``tensor`` along ``spec.axis``: an index tensor (any order) or an int (the first ``n``)."""
+    axis = spec.axis % tensor.ndim
+    shape = tensor.shape
+    n_units = shape[axis] // (spec.groups * spec.unit_size)
+    view = tensor.reshape(*shape[:axis], spec.groups, n_units, spec.unit_size, *shape[axis + 1 :])
+    if isinstance(index, int):
+        picked = view.narrow(axis + 1, 0, index)
+        count = index
+    else:
+        picked = view.index_select(axis + 1, index.to(tensor.device))
+        count = index.numel()
+    new_len = spec.groups * count * spec.unit_size
+    return picked.reshape(*shape[:axis], new_len, *shape[axis + 1 :]).contiguous()
+
+
+def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` with the slices of the ``removed`` units set to zero (exact stand-in for removal)."""
+    axis = spec.axis % tensor.ndim
+    shape = tensor.shape
+    n_units = shape[axis] // (spec.groups * spec.unit_size)
+    out = tensor.clone()
+    view = out.view(*shape[:axis], spec.groups, n_units, spec.unit_size, *shape[axis + 1 :])
+    view.index_fill_(axis + 1, removed.to(tensor.device), 0)
+    return out
+
+
+def resized_linear(linear: nn.Linear, *, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
+    """An ``nn.Linear`` like ``linear`` (device, dtype, bias) with new sizes; its values are set by loading."""
+    return nn.Linear(
+        in_features if in_features is not None else linear.in_features,
+        out_features if out_features is not None else linear.out_features,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
+
+
+class ModelAdapter:
+    """Knows one model family's structure: its blocks, where units live, how to resize a block, its features.
+
+    Subclasses implement :meth:`matches`, :meth:`check`, :meth:`unit_tensors`, :meth:`resize_block`,
+    :meth:`features` and :meth:`cost_terms`. Everything else (permuting, slicing, masking, FLOPs) is generic.
+    """
+
+    family: str = ""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.check()
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise :class:`~snapvit_cli.errors.UnsupportedModelError` if a block cannot be pruned exactly."""
+        raise NotImplementedError
+
+    # --- structure -------------------------------------------------------------------------------------------
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.model.blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks())
+
+    def block_prefix(self, index: int) -> str:
+        return f"blocks.{index}."
+
+    def unit_tensors(self, kind: str, index: int) -> list[UnitTensor]:
+        raise NotImplementedError
+
+    def width(self, kind: str, index: int) -> int:
+        raise NotImplementedError
+
+    def widths(self) -> Widths:
+        n = range(self.num_blocks)
+        return Widths(tuple(self.width(MLP, i) for i in n), tuple(self.width(HEADS, i) for i in n))
+
+    def resize_block(self, index: int, mlp: int, heads: int) -> None:
+        """Give block ``index`` new module shapes for ``mlp`` neurons and ``heads`` heads (values set on load)."""
+        raise NotImplementedError
+
+    # --- behaviour -------------------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding with the classifier disabled (method doc §1.4)."""
+        raise NotImplementedError
+
+    def cost_terms(self, resolution: int | None = None):
+        """A :class:`snapvit_cli.flops.CostTerms` for this model at ``resolution`` (default: its own)."""
+        raise NotImplementedError
+
+    def structure(self) -> dict:
+        """JSON description stored in bundles and sliced-model configs."""
+        raise NotImplementedError

@@ -1,0 +1,344 @@
+"""Resolving and loading the dense source model: timm names, friendly aliases, ``hf-hub:`` ids, local checkpoints.
+
+Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.Module`` lives here, together with the
+:class:`ModelSource` record that a bundle stores so the same architecture can be rebuilt offline later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.fileio import sha256_file
+
+# One table of friendly names -> timm names (with pretrained tag). The paper's CLI ids (method doc §1.1) and the
+# torch.hub names of DINO/DINOv2 are included so that commands copied from either keep working.
+ALIASES: dict[str, str] = {
+    # DINO v1 (torch.hub names and the paper's ids)
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    # DINOv2 (torch.hub names)
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
+    "dinov2_vitg14": "vit_giant_patch14_dinov2.lvd142m",
+    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitg14_reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
+    # DINOv3
+    "dinov3_vits16": "vit_small_patch16_dinov3.lvd1689m",
+    "dinov3_vitb16": "vit_base_patch16_dinov3.lvd1689m",
+    "dinov3_vitl16": "vit_large_patch16_dinov3.lvd1689m",
+    "dinov3_vith16plus": "vit_huge_plus_patch16_dinov3.lvd1689m",
+    # DeiT (ImageNet-1k) and its distilled variant
+    "deit_tiny": "deit_tiny_patch16_224.fb_in1k",
+    "deit_small": "deit_small_patch16_224.fb_in1k",
+    "deit_base": "deit_base_patch16_224.fb_in1k",
+    "deit_base_distilled": "deit_base_distilled_patch16_224.fb_in1k",
+    "deit-vit-b-16": "deit_base_distilled_patch16_224.fb_in1k",
+    # DeiT-III (IN-21k -> IN-1k, as in the paper)
+    "deit3_small": "deit3_small_patch16_224.fb_in22k_ft_in1k",
+    "deit3_medium": "deit3_medium_patch16_224.fb_in22k_ft_in1k",
+    "deit3_base": "deit3_base_patch16_224.fb_in22k_ft_in1k",
+    "deit3_large": "deit3_large_patch16_224.fb_in22k_ft_in1k",
+    "deit3_huge": "deit3_huge_patch14_224.fb_in22k_ft_in1k",
+    "deit-3-vit-s-16": "deit3_small_patch16_224.fb_in22k_ft_in1k",
+    "deit-3-vit-b-16": "deit3_base_patch16_224.fb_in22k_ft_in1k",
+    "deit-3-vit-l-16": "deit3_large_patch16_224.fb_in22k_ft_in1k",
+    "deit-3-vit-h-14": "deit3_huge_patch14_224.fb_in22k_ft_in1k",
+    # AugReg (IN-21k -> IN-1k)
+    "augreg_vitt16": "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    "augreg_vits16": "vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "augreg_vitb16": "vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "augreg_vitl16": "vit_large_patch16_224.augreg_in21k_ft_in1k",
+    "augreg-vit-s-16-in21k-ft-in1k": "vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "augreg-vit-b-16-in21k-ft-in1k": "vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "augreg-vit-l-16-in21k-ft-in1k": "vit_large_patch16_224.augreg_in21k_ft_in1k",
+    # SigLIP2 image towers
+    "siglip2_vitb16": "vit_base_patch16_siglip_224.v2_webli",
+    "siglip2-vit-b16": "vit_base_patch16_siglip_224.v2_webli",
+}
+
+# The embedded default used by the README's offline demo: a randomly initialised ViT-Tiny/16 at 64x64 (16 patches),
+# built with a fixed seed so every machine gets the same weights. It exercises the whole pipeline in seconds; its
+# scores are meaningless as a model, which is why it is named "demo".
+DEMO_MODEL = "demo"
+_DEMO_ARCH = "vit_tiny_patch16_224"
+_DEMO_ARGS: dict[str, Any] = {"img_size": 64, "num_classes": 10}
+_DEMO_SEED = 0
+
+# Pretrained-config keys a bundle keeps: what preprocessing and cost reporting need.
+_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "license", "hf_hub_id")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a dense model came from, and how to rebuild its architecture offline (stored in bundles)."""
+
+    model_id: str
+    timm_name: str
+    architecture: str
+    model_args: dict[str, Any]
+    pretrained_cfg: dict[str, Any]
+    weights_sha256: str
+    pretrained: bool = True
+    hf_hub_id: str | None = None
+    revision: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    license: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSource:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_name(name: str) -> str:
+    """Map a friendly alias onto its timm name; timm names and ``hf-hub:`` ids pass through unchanged."""
+    return ALIASES.get(name, name)
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state dict, independent of file format: names, dtypes, shapes and bytes in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a local state dict: ``.safetensors``, or a torch file loaded with ``weights_only=True`` (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
+        raise ModelLoadError(f"cannot read checkpoint {path}: {exc}") from None
+    for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_model(
+    name: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    revision: str | None = None,
+    pretrained: bool | None = None,
+) -> tuple[nn.Module, ModelSource]:
+    """Build the dense model named ``name`` in eval mode and describe where it came from.
+
+    ``name`` is an alias from :data:`ALIASES`, a timm name (``vit_base_patch16_224.dino``), ``hf-hub:org/repo``, or
+    ``demo``. With ``checkpoint`` the architecture is built without downloading and the local weights are loaded
+    (the classifier width is taken from the checkpoint). ``pretrained=False`` builds random weights (tests, demos).
+    """
+    if name == DEMO_MODEL:
+        return _demo_model()
+    timm_name = resolve_name(name)
+    arch, _tag = _split_tag(timm_name)
+    if not timm_name.startswith("hf-hub:") and not timm.is_model(arch):
+        raise ModelLoadError(_unknown_model_message(name))
+    use_pretrained = checkpoint is None if pretrained is None else pretrained
+    model_args: dict[str, Any] = {}
+    state = None
+    if checkpoint is not None:
+        state = read_checkpoint(checkpoint)
+        model_args["num_classes"] = _num_classes_in(state)
+        use_pretrained = False
+    if timm_name.startswith("hf-hub:"):
+        model_args = {**_hub_model_args(timm_name, revision), **model_args}
+    model = _create(timm_name, use_pretrained, revision, model_args)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"checkpoint {checkpoint} does not fit {timm_name}: "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+    model.eval()
+    cfg = _json_cfg(model.pretrained_cfg)
+    architecture = model.pretrained_cfg.get("architecture") or arch
+    source = ModelSource(
+        model_id=name,
+        timm_name=timm_name if revision is None or "@" in timm_name else f"{timm_name}@{revision}",
+        architecture=architecture,
+        model_args=model_args,
+        pretrained_cfg=cfg,
+        weights_sha256=state_dict_sha256(model.state_dict()),
+        pretrained=use_pretrained,
+        hf_hub_id=cfg.get("hf_hub_id") or (timm_name.removeprefix("hf-hub:") if "hf-hub:" in timm_name else None),
+        revision=revision,
+        checkpoint=Path(checkpoint).name if checkpoint is not None else None,
+        checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
+        license=cfg.get("license"),
+    )
+    return model, source
+
+
+def build_architecture(source: ModelSource, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the dense architecture of ``source`` without weights (no download), e.g. on the meta device."""
+    with torch.device(device):
+        return timm.create_model(source.architecture, pretrained=False, **source.model_args).eval()
+
+
+def _demo_model() -> tuple[nn.Module, ModelSource]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_DEMO_SEED)
+        model = timm.create_model(_DEMO_ARCH, pretrained=False, **_DEMO_ARGS).eval()
+    cfg = _json_cfg(model.pretrained_cfg)
+    source = ModelSource(
+        model_id=DEMO_MODEL,
+        timm_name=_DEMO_ARCH,
+        architecture=_DEMO_ARCH,
+        model_args=dict(_DEMO_ARGS),
+        pretrained_cfg=cfg,
+        weights_sha256=state_dict_sha256(model.state_dict()),
+        pretrained=False,
+        license="apache-2.0",
+        extra={"note": f"random init, torch seed {_DEMO_SEED}"},
+    )
+    return model, source
+
+
+def _split_tag(timm_name: str) -> tuple[str, str | None]:
+    if timm_name.startswith("hf-hub:"):
+        return timm_name, None
+    arch, _, tag = timm_name.partition(".")
+    return arch, tag or None
+
+
+def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: dict) -> nn.Module:
+    kwargs = dict(model_args)
+    name = timm_name
+    if pretrained and revision:
+        if name.startswith("hf-hub:"):
+            name = f"{name.split('@')[0]}@{revision}"
+        else:
+            hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
+            if hub_id:
+                kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": f"{hub_id}@{revision}"}
+    if pretrained:
+        _fail_fast_if_hub_unreachable(timm_name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except ModelLoadError:
+        raise
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ModelLoadError(_unknown_model_message(timm_name)) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - network and cache errors come in many types
+        if _is_download_error(exc):
+            raise ModelLoadError(_download_message(timm_name, exc)) from None
+        raise
+
+
+def _fail_fast_if_hub_unreachable(timm_name: str) -> None:
+    """huggingface_hub retries a failed lookup for ~45 s; when the host does not even resolve, say so at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # the library fails fast itself, and may serve the file from the local cache
+    host = urlparse(constants.ENDPOINT).hostname
+    if host is None:
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        if not _in_local_cache(timm_name):
+            raise ModelLoadError(_download_message(timm_name, f"cannot resolve {host}")) from None
+
+
+def _in_local_cache(timm_name: str) -> bool:
+    from huggingface_hub import scan_cache_dir
+
+    hub_id = timm_name.removeprefix("hf-hub:").split("@")[0]
+    if not timm_name.startswith("hf-hub:"):
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+        hub_id = getattr(cfg, "hf_hub_id", None) or ""
+    try:
+        return any(repo.repo_id == hub_id for repo in scan_cache_dir().repos)
+    except Exception:  # noqa: BLE001 - no cache folder yet
+        return False
+
+
+def _is_download_error(exc: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | HfHubHTTPError | ConnectionError):
+        return True
+    return type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}
+
+
+def _download_message(timm_name: str, exc: BaseException | str) -> str:
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return (
+        f"cannot download pretrained weights for {timm_name} ({reason}); "
+        f"the Hugging Face Hub is unreachable — pass --checkpoint FILE with local weights"
+    )
+
+
+def _unknown_model_message(name: str) -> str:
+    close = [a for a in ALIASES if name.split(".")[0] in a or a in name][:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"unknown model '{name}': not a snapvit alias, timm model name or hf-hub: id.{hint} See `snapvit models`."
+
+
+def _num_classes_in(state: dict[str, torch.Tensor]) -> int:
+    head = state.get("head.weight")
+    return int(head.shape[0]) if head is not None and head.ndim == 2 else 0
+
+
+def _json_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in _CFG_KEYS:
+        value = cfg.get(key)
+        if value is not None:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:
+    """The model arguments in an ``hf-hub:`` repo's config, so the architecture can be rebuilt offline later."""
+    from timm.models import load_model_config_from_hf
+
+    hub_id = timm_name.removeprefix("hf-hub:")
+    if revision:
+        hub_id = f"{hub_id.split('@')[0]}@{revision}"
+    _fail_fast_if_hub_unreachable(timm_name)
+    try:
+        _cfg, _arch, model_args = load_model_config_from_hf(hub_id)
+    except Exception as exc:  # noqa: BLE001
+        if _is_download_error(exc):
+            raise ModelLoadError(_download_message(timm_name, exc)) from None
+        raise
+    return dict(model_args or {})

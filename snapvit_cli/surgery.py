@@ -1,0 +1,80 @@
+"""Tensor surgery on state dicts: permute units, keep a prefix of them, or zero them out.
+
+All three work on plain ``{name: tensor}`` dicts through an adapter's :class:`UnitTensor` lists, so a bundle can be
+cut without instantiating the dense model. :func:`build_model` then turns a sliced state dict into a module made
+of stock timm layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, Widths, get_adapter
+from snapvit_cli.adapters.base import take_units, zero_units
+
+
+def _map_units(
+    state: dict[str, torch.Tensor],
+    adapter: ModelAdapter,
+    per_block: Callable[[str, int], object | None],
+    op: Callable,
+) -> dict[str, torch.Tensor]:
+    """Apply ``op(tensor, spec, arg)`` to every unit tensor whose ``per_block(kind, block)`` argument is not None."""
+    out = dict(state)
+    for i in range(adapter.num_blocks):
+        prefix = adapter.block_prefix(i)
+        for kind in UNIT_KINDS:
+            arg = per_block(kind, i)
+            if arg is None:
+                continue
+            for spec in adapter.unit_tensors(kind, i):
+                key = prefix + spec.name
+                out[key] = op(state[key], spec, arg)
+    return out
+
+
+def permute(state: dict[str, torch.Tensor], adapter: ModelAdapter, orders: dict[str, Sequence[torch.Tensor]]):
+    """Reorder every block's units: new unit ``k`` of block ``l`` is old unit ``orders[kind][l][k]``."""
+    return _map_units(state, adapter, lambda kind, i: orders[kind][i], take_units)
+
+
+def keep_prefix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: Widths):
+    """Keep the first ``widths`` units of every block (units are stored in descending importance)."""
+    dense = adapter.widths()
+
+    def count(kind: str, i: int) -> int | None:
+        return None if widths.of(kind)[i] == dense.of(kind)[i] else widths.of(kind)[i]
+
+    return _map_units(state, adapter, count, take_units)
+
+
+def mask_suffix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: Widths):
+    """Zero the consumer slices (``fc2`` columns, ``proj`` columns) of units beyond ``widths``: exact removal."""
+    dense = adapter.widths()
+
+    def removed(kind: str, i: int) -> torch.Tensor | None:
+        keep, total = widths.of(kind)[i], dense.of(kind)[i]
+        return None if keep == total else torch.arange(keep, total)
+
+    def op(tensor, spec, index):
+        return zero_units(tensor, spec, index) if spec.consumer else tensor
+
+    return _map_units(state, adapter, removed, op)
+
+
+def build_model(skeleton: nn.Module, widths: Widths, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize ``skeleton`` (built on the meta device: no allocation, no init) to ``widths`` and load ``state``.
+
+    Loading with ``assign=True`` adopts the tensors of ``state`` as parameters, so nothing is copied twice.
+    """
+    adapter = get_adapter(skeleton)
+    for i in range(adapter.num_blocks):
+        adapter.resize_block(i, widths.mlp[i], widths.heads[i])
+    skeleton.load_state_dict(state, strict=True, assign=True)
+    leftover = [name for name, t in list(skeleton.named_parameters()) + list(skeleton.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"tensors not materialised after loading: {leftover[:5]}")
+    return skeleton.eval()

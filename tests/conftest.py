@@ -1,0 +1,78 @@
+"""Shared fixtures: small random-init timm models of every supported layout, and the real data in ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Small configs with the same module types as the real models: (timm architecture, overrides).
+_SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, mlp_ratio=2.0)
+SMALL_CONFIGS: dict[str, tuple[str, dict]] = {
+    "dino": ("vit_small_patch16_224", {**_SMALL, "num_classes": 0}),
+    "augreg-classifier": ("vit_small_patch16_224", {**_SMALL, "num_classes": 7}),
+    "deit-distilled": ("deit_tiny_distilled_patch16_224", {**_SMALL, "num_classes": 5}),
+    "deit3-layerscale": ("deit3_small_patch16_224", {**_SMALL, "init_values": 0.5, "num_classes": 0}),
+    "dinov2-registers": (
+        "vit_small_patch14_reg4_dinov2",
+        {**_SMALL, "patch_size": 7, "img_size": 28, "init_values": 0.5, "num_classes": 0},
+    ),
+    "no-cls-avgpool": ("vit_small_patch16_224", {**_SMALL, "class_token": False, "global_pool": "avg"}),
+    "qk-norm": ("vit_small_patch16_224", {**_SMALL, "qk_norm": True, "num_classes": 0}),
+}
+
+
+def make_small_model(name: str, seed: int = 0) -> torch.nn.Module:
+    arch, kwargs = SMALL_CONFIGS[name]
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, **kwargs).eval()
+    # Non-trivial biases and norms so that permutation mistakes cannot hide behind zero-initialised parameters.
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param_name.endswith("bias") or "norm" in param_name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def small_model_source(name: str, model: torch.nn.Module):
+    from snapvit_cli.models import ModelSource, _json_cfg, state_dict_sha256
+
+    arch, kwargs = SMALL_CONFIGS[name]
+    return ModelSource(
+        model_id=name,
+        timm_name=arch,
+        architecture=arch,
+        model_args=dict(kwargs),
+        pretrained_cfg=_json_cfg(model.pretrained_cfg),
+        weights_sha256=state_dict_sha256(model.state_dict()),
+        pretrained=False,
+    )
+
+
+def image_batch(model: torch.nn.Module, n: int = 2, seed: int = 1) -> torch.Tensor:
+    size = model.patch_embed.img_size
+    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=sorted(SMALL_CONFIGS))
+def small_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real model and data not available at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_access(monkeypatch):
+    """Tests never reach the network; a test that needs the Hub points HF_ENDPOINT at its own loopback server."""
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
