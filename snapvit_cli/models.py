@@ -182,7 +182,8 @@ def load_model(
         if missing or unexpected:
             raise ModelLoadError(
                 f"checkpoint {checkpoint} does not fit {timm_name}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
     model.eval()
     cfg = _json_cfg(model.pretrained_cfg)
