@@ -1,0 +1,239 @@
+"""Least-squares weight correction after slicing (SnapViT §8, the optional SparseGPT-style step).
+
+Slicing removes whole input columns of the column-pruned layers (``mlp.fc2`` / SwiGLU ``mlp.w3`` for hidden
+neurons, ``attn.proj`` for heads, one head = ``head_dim`` consecutive columns). The kept columns can then be
+re-fitted so that the layer's output on calibration inputs changes as little as possible. With ``H = Σ x xᵀ``
+over the layer's inputs, kept columns K and pruned columns P, the optimum is the closed form
+
+    W_K' = W_K + W_P · H_PK · H_KK⁻¹            (on the damped H)
+
+which is exactly what sequential OBS computes when all pruned columns are processed first (the reference's
+right-to-left SparseGPT pass on the permuted model); it costs one Cholesky factorisation of H_KK per layer.
+
+This module only does the linear algebra on tensors. Driving it block by block (hooks on ``fc2``/``w3`` and
+``attn.proj``, batched block forwards, dense vs sequential calibration inputs, writing weights back) is the
+job of the integration step. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
+and its statistics are collected from whatever actually enters ``w3``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from snapvit_cli.errors import SnapvitError
+
+#: How many times the damping is multiplied by 10 when H_KK is not positive definite, before giving up.
+DAMPING_RETRIES = 3
+
+
+class CorrectionError(SnapvitError):
+    """A damping spec is malformed, or a layer's least-squares system could not be solved."""
+
+
+class InputStatistics:
+    """Running second moment ``H = (1/n) Σ x xᵀ`` of a Linear layer's inputs, in O(d_in²) memory.
+
+    Every leading dimension of an input (batch, tokens, ...) is flattened into rows; ``n`` counts those rows.
+    Normalising by ``n`` (the reference uses ``2/n``) does not change the correction: the damping is relative
+    to diag(H), so scaling H scales λ with it and the solution is invariant. Accumulate in float64 (default)
+    because ~10⁸ token rows summed in float32 lose digits that the solve of H_KK amplifies; float32 halves the
+    memory.
+    """
+
+    def __init__(
+        self, d_in: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ):
+        self.gram = torch.zeros(d_in, d_in, dtype=dtype, device=device)
+        self.count = 0
+
+    @property
+    def d_in(self) -> int:
+        return self.gram.shape[0]
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Add the rows of ``x`` (shape ``[..., d_in]``) to the running sum."""
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"input has last dimension {x.shape[-1]}, expected {self.d_in}")
+        rows = x.detach().reshape(-1, self.d_in).to(device=self.gram.device, dtype=self.gram.dtype)
+        self.gram.addmm_(rows.T, rows)
+        self.count += rows.shape[0]
+
+    @property
+    def hessian(self) -> Tensor:
+        """``Σ x xᵀ / n`` (a new tensor), in the accumulation dtype."""
+        if self.count == 0:
+            raise RuntimeError("no inputs were accumulated")
+        return self.gram / self.count
+
+    def register(self, linear: nn.Linear) -> RemovableHandle:
+        """Feed this accumulator every input ``linear`` sees; call ``.remove()`` on the handle when done."""
+        if linear.in_features != self.d_in:
+            raise ValueError(
+                f"layer has {linear.in_features} input features, accumulator expects {self.d_in}"
+            )
+        return linear.register_forward_pre_hook(lambda _module, args: self.update(args[0]))
+
+
+@dataclass(frozen=True)
+class Damping:
+    """Relative Tikhonov damping ``λ = fraction · stat(diag H)``, added as ``H += λI``.
+
+    ``stat`` is ``"mean"``, ``"max"`` or ``"percentile"`` (then ``percentile`` in [0, 100] is used, linear
+    interpolation as ``numpy.percentile``). ``str(damping)`` is a spec for :func:`parse_damping`.
+    """
+
+    stat: str
+    fraction: float
+    percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.stat not in ("mean", "max", "percentile") or (self.stat == "percentile") != (
+            self.percentile is not None
+        ):
+            raise ValueError(f"invalid damping {self!r}")
+
+    def value(self, diag: Tensor) -> float:
+        """λ for a Hessian whose diagonal is ``diag``."""
+        if self.stat == "mean":
+            ref = diag.mean()
+        elif self.stat == "max":
+            ref = diag.max()
+        else:
+            ref = torch.quantile(diag, self.percentile / 100.0)
+        return self.fraction * float(ref)
+
+    def __str__(self) -> str:
+        name = f"p{self.percentile:g}" if self.stat == "percentile" else self.stat
+        return f"{name}:{self.fraction:g}"
+
+
+DEFAULT_DAMPING = Damping("mean", 0.01)
+
+_SPEC = re.compile(r"(mean|max|p(\d+(?:\.\d+)?)):(.+)")
+
+
+def parse_damping(spec: str) -> Damping:
+    """Parse ``mean:0.01`` (default), ``max:0.1`` or ``pNN:F`` (F × the NN-th percentile of diag H)."""
+    usage = "expected mean:F, max:F or pNN:F with F > 0 and 0 <= NN <= 100, e.g. mean:0.01, max:0.1, p95:0.01"
+    match = _SPEC.fullmatch(spec.strip().lower())
+    if match is None:
+        raise CorrectionError(f"bad damping {spec!r}: {usage}")
+    name, pct, frac = match.groups()
+    try:
+        fraction = float(frac)
+    except ValueError:
+        raise CorrectionError(f"bad damping {spec!r}: fraction {frac!r} is not a number; {usage}") from None
+    if not 0.0 < fraction < float("inf"):
+        raise CorrectionError(f"bad damping {spec!r}: fraction must be a finite number > 0; {usage}")
+    if pct is None:
+        return Damping(name, fraction)
+    percentile = float(pct)
+    if percentile > 100.0:
+        raise CorrectionError(f"bad damping {spec!r}: percentile must be within 0..100; {usage}")
+    return Damping("percentile", fraction, percentile)
+
+
+def _split_columns(keep: Tensor | int, d_in: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Kept column indices (in the caller's order) and the remaining pruned ones."""
+    if isinstance(keep, int):
+        if not 0 <= keep <= d_in:
+            raise ValueError(f"keep={keep} is outside 0..{d_in}")
+        kept = torch.arange(keep, device=device)
+    else:
+        kept = torch.as_tensor(keep, device=device).long()
+        if kept.dim() != 1:
+            raise ValueError("keep must be an int or a 1-D tensor of column indices")
+        if kept.numel() and (kept.min() < 0 or kept.max() >= d_in):
+            raise ValueError(f"keep has column indices outside 0..{d_in - 1}")
+        if kept.unique().numel() != kept.numel():
+            raise ValueError("keep has repeated column indices")
+    pruned_mask = torch.ones(d_in, dtype=torch.bool, device=device)
+    pruned_mask[kept] = False
+    return kept, pruned_mask.nonzero().flatten()
+
+
+def _prepare_hessian(hessian: Tensor, d_in: int, device: torch.device) -> Tensor:
+    """Float64 copy of H with dead inputs (H_jj = 0) given H_jj = 1.
+
+    A dead input's row and column of H are zero, so the substituted value only keeps H_KK invertible when the
+    damping statistic itself is 0 (e.g. a percentile over mostly dead inputs, or H = 0); it never moves the
+    solution of the other columns, only λ through the statistic. Unlike the reference we leave a kept dead
+    column's weights alone rather than zeroing them: the calibration data says nothing about them.
+    """
+    if hessian.shape != (d_in, d_in):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({d_in}, {d_in})")
+    h = hessian.to(device=device, dtype=torch.float64, copy=True)
+    if not torch.isfinite(h).all():
+        raise CorrectionError("the layer's input statistics contain NaN or inf; check the calibration data")
+    diag = h.diagonal()
+    if (diag < 0).any():
+        raise ValueError("hessian has negative diagonal entries; it is not a Gram matrix")
+    diag[diag == 0] = 1.0
+    return h
+
+
+def _damped_cholesky(h_kk: Tensor, lam: float) -> Tensor:
+    """Lower Cholesky factor of ``h_kk + λI``, multiplying λ by 10 up to DAMPING_RETRIES times if needed."""
+    eye = torch.eye(h_kk.shape[0], dtype=h_kk.dtype, device=h_kk.device)
+    for attempt in range(DAMPING_RETRIES + 1):
+        factor, info = torch.linalg.cholesky_ex(h_kk + lam * 10**attempt * eye)
+        if info.item() == 0:
+            if attempt:
+                warnings.warn(
+                    f"H_KK was not positive definite; damping raised to {lam * 10**attempt:g}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return factor
+    raise CorrectionError(
+        "the layer's input statistics are not positive definite even with damping "
+        f"{lam * 10**DAMPING_RETRIES:g}; use a larger damping fraction or more calibration data"
+    )
+
+
+def corrected_weight(
+    weight: Tensor, hessian: Tensor, keep: Tensor | int, damping: Damping = DEFAULT_DAMPING
+) -> Tensor:
+    """Re-fit the kept columns of ``weight`` ([out, in]) to the pruned ones: ``W_K + W_P · H_PK · H_KK⁻¹``.
+
+    ``keep`` is an int (the first ``keep`` columns: bundles store units in descending importance, so the
+    kept set is a prefix; for ``attn.proj`` pass ``kept_heads * head_dim``) or a 1-D tensor of column indices,
+    whose order is the order of the returned columns. ``hessian`` is the layer's ``Σ x xᵀ`` up to a positive
+    scale, e.g. :attr:`InputStatistics.hessian`. Solved in float64, returned as a new ``[out, len(keep)]``
+    tensor in ``weight``'s dtype. With nothing pruned the kept columns come back bit-identical (no damping).
+    """
+    d_in = weight.shape[1]
+    kept, pruned = _split_columns(keep, d_in, weight.device)
+    if pruned.numel() == 0:
+        return weight[:, kept]
+    h = _prepare_hessian(hessian, d_in, weight.device)
+    lam = damping.value(h.diagonal())
+    factor = _damped_cholesky(h[kept][:, kept], lam)
+    w = weight.to(torch.float64)
+    # (W_P H_PK H_KK⁻¹)ᵀ = H_KK⁻¹ H_KP W_Pᵀ, one triangular solve pair against all output rows at once.
+    delta_t = torch.cholesky_solve(h[kept][:, pruned] @ w[:, pruned].T, factor)
+    return (w[:, kept] + delta_t.T).to(weight.dtype)
+
+
+def reconstruction_error(
+    weight_dense: Tensor, weight_kept: Tensor, hessian: Tensor, keep: Tensor | int
+) -> float:
+    """``tr(Δ H Δᵀ)`` with ``Δ = W − W̃``, W̃ the sliced layer embedded back (kept columns, zeros elsewhere).
+
+    With ``H = Σ x xᵀ`` this is ``Σ ‖W x − W_K' x_K‖²`` over the calibration rows; with
+    :attr:`InputStatistics.hessian` (``/n``) it is the mean per row. Biases cancel (slicing keeps them). Uses
+    H as given: no damping, no dead-input substitution.
+    """
+    d_in = weight_dense.shape[1]
+    kept, _ = _split_columns(keep, d_in, weight_dense.device)
+    delta = weight_dense.to(torch.float64, copy=True)
+    delta[:, kept] -= weight_kept.to(torch.float64)
+    h = hessian.to(device=delta.device, dtype=torch.float64)
+    return float(((delta @ h) * delta).sum())
