@@ -1,0 +1,301 @@
+"""Safe reader for the importance-score files published with the SnapViT reference code.
+
+The reference repository (WalterSimoncini/SnapViT, ``scores/{imagenet-1k,merged}/<model_type>.pt``) ships its
+scores as ``torch.save`` archives of a pickled dict whose ``model_type`` and ``mlp_architecture`` values are
+instances of its own str-Enums ``src.models.enums.ModelType`` and ``src.models.enums.MLPArchitecture``.
+A plain ``torch.load`` either fails on those globals (``weights_only=True``) or runs whatever the pickle asks
+for (``weights_only=False``). We keep torch's restricted ``weights_only`` unpickler and allow exactly those
+two names, mapped to a function returning the enum's string value, so no code from the file ever runs and no
+stub of the reference repository has to be importable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from snapvit_cli.errors import SnapvitError
+from snapvit_cli.fileio import sha256_file
+
+
+class ScoreFileError(SnapvitError):
+    """A published score file is unreadable, unsafe to unpickle, or inconsistent with itself or a model."""
+
+
+MLP_ARCHITECTURES = ("standard", "swiglu")
+
+# ModelType enum value -> timm model name with the pretrained tag holding the weights the reference scored.
+# The last two are reference model types for which no scores were published.
+MODEL_TYPE_TO_TIMM: dict[str, str] = {
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "deit-vit-b-16": "deit_base_distilled_patch16_224.fb_in1k",
+    "deit-3-vit-s-16": "deit3_small_patch16_224.fb_in22k_ft_in1k",
+    "deit-3-vit-b-16": "deit3_base_patch16_224.fb_in22k_ft_in1k",
+    "deit-3-vit-l-16": "deit3_large_patch16_224.fb_in22k_ft_in1k",
+    "deit-3-vit-h-14": "deit3_huge_patch14_224.fb_in22k_ft_in1k",
+    "augreg-vit-b-16-in21k-ft-in1k": "vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "augreg-vit-l-16-in21k-ft-in1k": "vit_large_patch16_224.augreg_in21k_ft_in1k",
+    "siglip2-vit-b16": "vit_base_patch16_siglip_224.v2_webli",
+    "dinov3_vitb16": "vit_base_patch16_dinov3.lvd1689m",
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "augreg-vit-s-16-in21k-ft-in1k": "vit_small_patch16_224.augreg_in21k_ft_in1k",
+}
+
+PUBLISHED_MODEL_TYPES = (
+    "dino_vitb16",
+    "deit-vit-b-16",
+    "deit-3-vit-s-16",
+    "deit-3-vit-b-16",
+    "deit-3-vit-l-16",
+    "deit-3-vit-h-14",
+    "augreg-vit-b-16-in21k-ft-in1k",
+    "augreg-vit-l-16-in21k-ft-in1k",
+    "siglip2-vit-b16",
+    "dinov3_vitb16",
+)
+PUBLISHED_PREFIXES = ("imagenet-1k", "merged")
+
+# Published file name (``<scoring data>_<model_type>.pt``, flattened from the repository's folders) -> timm.
+PUBLISHED_SCORE_MODELS: dict[str, str] = {
+    f"{prefix}_{model_type}.pt": MODEL_TYPE_TO_TIMM[model_type]
+    for prefix in PUBLISHED_PREFIXES
+    for model_type in PUBLISHED_MODEL_TYPES
+}
+
+_REQUIRED_KEYS = (
+    "mlp_scores",
+    "head_scores",
+    "model_type",
+    "mlp_architecture",
+    "num_blocks",
+    "hidden_dim",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
+    "min_hidden_dim_keep_ratio",
+    "min_head_keep_ratio",
+    "metadata",
+)
+
+# What torch raises for a zip archive with damaged records (found by truncating and corrupting real files).
+_CORRUPT = (RuntimeError, ValueError, EOFError, KeyError, OSError, zipfile.BadZipFile)
+
+
+def _enum_value(value: object) -> str:
+    """Stand-in for the reference str-Enums: ``ModelType('dino_vitb16')`` unpickles to ``'dino_vitb16'``."""
+    if type(value) is not str:
+        raise pickle.UnpicklingError(f"enum value must be a string, got {type(value).__name__}")
+    return value
+
+
+_ENUM_GLOBALS = [
+    (_enum_value, "src.models.enums.ModelType"),
+    (_enum_value, "src.models.enums.MLPArchitecture"),
+]
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceScores:
+    """The contents of one published score file, with scores widened losslessly from float32 to float64."""
+
+    mlp_scores: torch.Tensor
+    head_scores: torch.Tensor
+    model_type: str
+    mlp_architecture: str
+    num_blocks: int
+    hidden_dim: int
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    min_mlp_keep: float
+    min_head_keep: float
+    metadata: dict[str, Any]
+    file_name: str
+    sha256: str
+
+
+def read_reference_scores(path: str | os.PathLike) -> ReferenceScores:
+    """Read and validate a published ``importance-scores.pt`` without executing anything from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreFileError(f"score file {path} does not exist or is not a file")
+    raw = _unpickle(path)
+    if not isinstance(raw, dict):
+        raise ScoreFileError(f"score file {path.name} holds a {type(raw).__name__}, not a dict of scores")
+    missing = [key for key in _REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise ScoreFileError(f"score file {path.name} lacks {', '.join(missing)}")
+
+    def dim(key: str) -> int:
+        value = raw[key]
+        if type(value) is not int or value <= 0:
+            raise ScoreFileError(f"score file {path.name}: {key} must be a positive integer, got {value!r}")
+        return value
+
+    num_blocks, hidden_dim, num_heads = dim("num_blocks"), dim("hidden_dim"), dim("num_heads")
+    return ReferenceScores(
+        mlp_scores=_scores(raw, "mlp_scores", (num_blocks, hidden_dim), path.name),
+        head_scores=_scores(raw, "head_scores", (num_blocks, num_heads), path.name),
+        model_type=_model_type(raw["model_type"], path.name),
+        mlp_architecture=_mlp_architecture(raw["mlp_architecture"], path.name),
+        num_blocks=num_blocks,
+        hidden_dim=hidden_dim,
+        embed_dim=dim("embed_dim"),
+        num_heads=num_heads,
+        head_dim=dim("head_dim"),
+        min_mlp_keep=_ratio(raw, "min_hidden_dim_keep_ratio", path.name),
+        min_head_keep=_ratio(raw, "min_head_keep_ratio", path.name),
+        metadata=_metadata(raw["metadata"], path.name),
+        file_name=path.name,
+        sha256=sha256_file(path),
+    )
+
+
+def _unpickle(path: Path) -> object:
+    """Unpickle with torch's ``weights_only`` unpickler: only tensors, plain data and the two enums."""
+    with torch.serialization.safe_globals(_ENUM_GLOBALS):
+        try:
+            if not zipfile.is_zipfile(path):
+                raise ScoreFileError(
+                    f"score file {path.name} is not a torch.save archive, or it is truncated"
+                )
+            # A static scan first, so that a refusal names what the file asks for.
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if not foreign:
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ScoreFileError(
+                f"refusing to load score file {path.name}: its pickle needs more than tensors, plain data "
+                f"and the SnapViT enums ({_reason(exc)})"
+            ) from exc
+        except _CORRUPT as exc:
+            raise ScoreFileError(f"score file {path.name} is corrupt: {_reason(exc)}") from exc
+    raise ScoreFileError(
+        f"refusing to load score file {path.name}: it refers to {', '.join(sorted(foreign))}; "
+        "a score file needs only tensors, plain data and the SnapViT enums"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an exception message, for a one-line user error."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+
+
+def _scores(raw: dict, key: str, shape: tuple[int, int], file_name: str) -> torch.Tensor:
+    """Validate a stored score matrix and widen it to float64 (exact for the float32 the reference stores)."""
+    value = raw[key]
+    if not isinstance(value, torch.Tensor) or value.dtype not in (torch.float32, torch.float64):
+        kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ScoreFileError(f"score file {file_name}: {key} must be a float32 or float64 tensor, got {kind}")
+    if tuple(value.shape) != shape:
+        raise ScoreFileError(
+            f"score file {file_name}: {key} has shape {list(value.shape)}, expected {list(shape)}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ScoreFileError(f"score file {file_name}: {key} contains NaN or infinite values")
+    if bool((value < 0).any()):
+        raise ScoreFileError(f"score file {file_name}: {key} contains negative values")
+    return value.to(torch.float64).contiguous()
+
+
+def _model_type(value: object, file_name: str) -> str:
+    if type(value) is not str or not value:
+        raise ScoreFileError(f"score file {file_name}: model_type must be a non-empty string, got {value!r}")
+    return value
+
+
+def _mlp_architecture(value: object, file_name: str) -> str:
+    if type(value) is not str or value not in MLP_ARCHITECTURES:
+        raise ScoreFileError(
+            f"score file {file_name}: mlp_architecture {value!r} is not one of {', '.join(MLP_ARCHITECTURES)}"
+        )
+    return value
+
+
+def _ratio(raw: dict, key: str, file_name: str) -> float:
+    value = raw[key]
+    if type(value) not in (int, float) or not 0 <= value < 1:
+        raise ScoreFileError(f"score file {file_name}: {key} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _metadata(value: object, file_name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ScoreFileError(f"score file {file_name}: metadata must be a dict, got {type(value).__name__}")
+    return _to_json(value, file_name, "metadata")
+
+
+def _to_json(value: Any, file_name: str, where: str) -> Any:
+    """Turn unpickled metadata into JSON-ready values (tuples and tensors become lists)."""
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ScoreFileError(f"score file {file_name}: {where} is {value}, which JSON cannot hold")
+        return value
+    if isinstance(value, torch.Tensor):
+        return _to_json(value.tolist(), file_name, where)
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item, file_name, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(type(key) is str for key in value):
+            raise ScoreFileError(f"score file {file_name}: {where} has non-string keys")
+        return {key: _to_json(item, file_name, f"{where}.{key}") for key, item in value.items()}
+    raise ScoreFileError(
+        f"score file {file_name}: {where} holds a {type(value).__name__}, which is not plain data"
+    )
+
+
+def check_matches(
+    scores: ReferenceScores,
+    *,
+    num_blocks: int,
+    hidden_dim: int,
+    num_heads: int,
+    head_dim: int,
+    embed_dim: int,
+    model_name: str = "the model",
+) -> None:
+    """Refuse to apply a score file to a model whose prunable structure is not the one it was made for."""
+    ours = (scores.num_blocks, scores.hidden_dim, scores.num_heads, scores.head_dim, scores.embed_dim)
+    theirs = (num_blocks, hidden_dim, num_heads, head_dim, embed_dim)
+    if ours != theirs:
+        raise ScoreFileError(
+            f"score file {scores.file_name} has {_shapes(*ours)}, "
+            f"but model {model_name} has {_shapes(*theirs)}"
+        )
+
+
+def _shapes(num_blocks: int, hidden_dim: int, num_heads: int, head_dim: int, embed_dim: int) -> str:
+    return (
+        f"MLP scores [{num_blocks}, {hidden_dim}] and head scores [{num_blocks}, {num_heads}] "
+        f"(head dim {head_dim}, embed dim {embed_dim})"
+    )
+
+
+def timm_name_for(scores: ReferenceScores) -> str:
+    """The timm model (with pretrained tag) a score file belongs to, per its own ``model_type`` field."""
+    try:
+        return MODEL_TYPE_TO_TIMM[scores.model_type]
+    except KeyError:
+        raise ScoreFileError(
+            f"score file {scores.file_name} is for model type {scores.model_type!r}, which has no known timm "
+            f"equivalent (known: {', '.join(MODEL_TYPE_TO_TIMM)})"
+        ) from None
+
+
+def published_models_markdown() -> str:
+    """Markdown table of the published score files and the timm model each one belongs to, for the README."""
+    rows = ["| file prefix | model type | timm model |", "|---|---|---|"]
+    for prefix in PUBLISHED_PREFIXES:
+        for model_type in PUBLISHED_MODEL_TYPES:
+            rows.append(f"| `{prefix}` | `{model_type}` | `{MODEL_TYPE_TO_TIMM[model_type]}` |")
+    return "\n".join(rows) + "\n"
