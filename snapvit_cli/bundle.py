@@ -171,7 +171,7 @@ class ElasticBundle:
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor of the file by its stored name (e.g. ``raw.mlp``), read on demand."""
         with safe_open(str(self.path), framework="pt") as f:
-            if name not in f:
+            if name not in f.keys():
                 raise BundleError(f"{self.path} has no tensor {name!r}")
             return f.get_tensor(name)
 
@@ -179,7 +179,9 @@ class ElasticBundle:
         """The permuted dense state dict, read from disk on first use and kept."""
         if self._weights is None:
             with safe_open(str(self.path), framework="pt") as f:
-                self._weights = {k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f if k.startswith(WEIGHT_PREFIX)}
+                self._weights = {
+                    k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
+                }
         return self._weights
 
     # --- slicing -------------------------------------------------------------------------------------------------

@@ -46,9 +46,7 @@ class InputStatistics:
     memory.
     """
 
-    def __init__(
-        self, d_in: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
-    ):
+    def __init__(self, d_in: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
         self.gram = torch.zeros(d_in, d_in, dtype=dtype, device=device)
         self.count = 0
 
@@ -75,9 +73,7 @@ class InputStatistics:
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed this accumulator every input ``linear`` sees; call ``.remove()`` on the handle when done."""
         if linear.in_features != self.d_in:
-            raise ValueError(
-                f"layer has {linear.in_features} input features, accumulator expects {self.d_in}"
-            )
+            raise ValueError(f"layer has {linear.in_features} input features, accumulator expects {self.d_in}")
         return linear.register_forward_pre_hook(lambda _module, args: self.update(args[0]))
 
 
@@ -198,9 +194,7 @@ def _damped_cholesky(h_kk: Tensor, lam: float) -> Tensor:
     )
 
 
-def corrected_weight(
-    weight: Tensor, hessian: Tensor, keep: Tensor | int, damping: Damping = DEFAULT_DAMPING
-) -> Tensor:
+def corrected_weight(weight: Tensor, hessian: Tensor, keep: Tensor | int, damping: Damping = DEFAULT_DAMPING) -> Tensor:
     """Re-fit the kept columns of ``weight`` ([out, in]) to the pruned ones: ``W_K + W_P · H_PK · H_KK⁻¹``.
 
     ``keep`` is an int (the first ``keep`` columns: bundles store units in descending importance, so the
@@ -222,9 +216,7 @@ def corrected_weight(
     return (w[:, kept] + delta_t.T).to(weight.dtype)
 
 
-def reconstruction_error(
-    weight_dense: Tensor, weight_kept: Tensor, hessian: Tensor, keep: Tensor | int
-) -> float:
+def reconstruction_error(weight_dense: Tensor, weight_kept: Tensor, hessian: Tensor, keep: Tensor | int) -> float:
     """``tr(Δ H Δᵀ)`` with ``Δ = W − W̃``, W̃ the sliced layer embedded back (kept columns, zeros elsewhere).
 
     With ``H = Σ x xᵀ`` this is ``Σ ‖W x − W_K' x_K‖²`` over the calibration rows; with

@@ -163,9 +163,7 @@ def _unpickle(path: Path) -> object:
     with torch.serialization.safe_globals(_ENUM_GLOBALS):
         try:
             if not zipfile.is_zipfile(path):
-                raise ScoreFileError(
-                    f"score file {path.name} is not a torch.save archive, or it is truncated"
-                )
+                raise ScoreFileError(f"score file {path.name} is not a torch.save archive, or it is truncated")
             # A static scan first, so that a refusal names what the file asks for.
             foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             if not foreign:
@@ -196,9 +194,7 @@ def _scores(raw: dict, key: str, shape: tuple[int, int], file_name: str) -> torc
         kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
         raise ScoreFileError(f"score file {file_name}: {key} must be a float32 or float64 tensor, got {kind}")
     if tuple(value.shape) != shape:
-        raise ScoreFileError(
-            f"score file {file_name}: {key} has shape {list(value.shape)}, expected {list(shape)}"
-        )
+        raise ScoreFileError(f"score file {file_name}: {key} has shape {list(value.shape)}, expected {list(shape)}")
     if not bool(torch.isfinite(value).all()):
         raise ScoreFileError(f"score file {file_name}: {key} contains NaN or infinite values")
     if bool((value < 0).any()):
@@ -249,9 +245,7 @@ def _to_json(value: Any, file_name: str, where: str) -> Any:
         if not all(type(key) is str for key in value):
             raise ScoreFileError(f"score file {file_name}: {where} has non-string keys")
         return {key: _to_json(item, file_name, f"{where}.{key}") for key, item in value.items()}
-    raise ScoreFileError(
-        f"score file {file_name}: {where} holds a {type(value).__name__}, which is not plain data"
-    )
+    raise ScoreFileError(f"score file {file_name}: {where} holds a {type(value).__name__}, which is not plain data")
 
 
 def check_matches(
@@ -269,8 +263,7 @@ def check_matches(
     theirs = (num_blocks, hidden_dim, num_heads, head_dim, embed_dim)
     if ours != theirs:
         raise ScoreFileError(
-            f"score file {scores.file_name} has {_shapes(*ours)}, "
-            f"but model {model_name} has {_shapes(*theirs)}"
+            f"score file {scores.file_name} has {_shapes(*ours)}, but model {model_name} has {_shapes(*theirs)}"
         )
 
 

@@ -126,7 +126,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         widths = Widths.from_json(config["widths"])
         skeleton = build_architecture(source, device="meta")
         with safe_open(str(weights), framework="pt", device=str(device)) as f:
-            state = {k: f.get_tensor(k) for k in f}
+            state = {k: f.get_tensor(k) for k in f.keys()}
         model = build_model(skeleton, widths, state)
     except SnapvitError:
         raise

@@ -27,9 +27,7 @@ def correlated_inputs(rows: int, d_in: int, seed: int) -> Tensor:
 
 
 def random_weight(out: int, d_in: int, seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    return torch.randn(out, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(
-        dtype
-    )
+    return torch.randn(out, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
 
 
 def sequential_obs(weight: Tensor, damped_h: Tensor, kept: Tensor) -> Tensor:
@@ -105,12 +103,8 @@ def test_correction_lowers_output_error_vs_truncation(kept: Tensor) -> None:
     corrected_err = output_error(w, corrected, xd, kept)
     assert corrected_err < 0.5 * truncated_err
     # the trace form over the normalised Hessian is the mean over rows of the same quantity
-    assert reconstruction_error(w, corrected, stats.hessian, kept) == pytest.approx(
-        corrected_err / 600, rel=1e-9
-    )
-    assert reconstruction_error(w, w[:, kept], stats.hessian, kept) == pytest.approx(
-        truncated_err / 600, rel=1e-9
-    )
+    assert reconstruction_error(w, corrected, stats.hessian, kept) == pytest.approx(corrected_err / 600, rel=1e-9)
+    assert reconstruction_error(w, w[:, kept], stats.hessian, kept) == pytest.approx(truncated_err / 600, rel=1e-9)
 
 
 def test_nothing_pruned_returns_the_weight_bit_identical() -> None:
@@ -166,9 +160,7 @@ def test_damping_value_statistics() -> None:
     assert parse_damping("mean:0.01").value(diag) == pytest.approx(0.04)
     assert parse_damping("max:0.1").value(diag) == pytest.approx(1.0)
     assert parse_damping("p50:1").value(diag) == pytest.approx(3.0)
-    assert parse_damping("p95:1").value(diag) == pytest.approx(
-        8.8
-    )  # 4 + 0.8 * (10 - 4), linear interpolation
+    assert parse_damping("p95:1").value(diag) == pytest.approx(8.8)  # 4 + 0.8 * (10 - 4), linear interpolation
 
 
 def test_accumulator_over_batches_equals_gram_of_concatenation() -> None:
@@ -209,9 +201,7 @@ def test_accumulator_hook_stops_after_remove_and_checks_width() -> None:
 
 
 def test_dead_inputs_leave_the_live_solution_unchanged() -> None:
-    x = 10 * correlated_inputs(
-        60, 12, seed=12
-    )  # live diag entries ≫ 1, so "max" damping ignores the dead ones
+    x = 10 * correlated_inputs(60, 12, seed=12)  # live diag entries ≫ 1, so "max" damping ignores the dead ones
     x[:, [2, 9]] = 0
     w = random_weight(8, 12, seed=13)
     kept = torch.tensor([0, 1, 2, 4, 5, 7])  # 2 is dead and kept, 9 is dead and pruned
@@ -245,9 +235,7 @@ def test_low_precision_weights_come_back_in_their_dtype(dtype: torch.dtype) -> N
 
 def test_indefinite_hessian_raises_damping_then_fails() -> None:
     w = random_weight(4, 3, seed=17)
-    h = torch.tensor(
-        [[1.0, 2.5, 0.3], [2.5, 1.0, 0.2], [0.3, 0.2, 1.0]], dtype=torch.float64
-    )  # eigenvalue ≈ -1.5
+    h = torch.tensor([[1.0, 2.5, 0.3], [2.5, 1.0, 0.2], [0.3, 0.2, 1.0]], dtype=torch.float64)  # eigenvalue ≈ -1.5
     with pytest.warns(RuntimeWarning, match="damping raised to 10"):
         got = corrected_weight(w, h, 2)
     damped = h + 10 * torch.eye(3, dtype=torch.float64)

@@ -41,9 +41,7 @@ def test_legacy_matches_torchvision_on_stacked_copies(image):
     local_crop = v2.RandomResizedCrop(224, scale=(0.05, 0.25), antialias=True)
     for seed in range(3):
         torch.manual_seed(seed)
-        expected = torch.cat(
-            [global_crop(image.expand(2, -1, -1, -1)), local_crop(image.expand(10, -1, -1, -1))]
-        )
+        expected = torch.cat([global_crop(image.expand(2, -1, -1, -1)), local_crop(image.expand(10, -1, -1, -1))])
         assert torch.equal(views(image, seed, mode="legacy"), reference(expected))
 
 

@@ -38,9 +38,7 @@ def shared_data_dir() -> Path | None:
 
 
 SHARED_DATA = shared_data_dir()
-needs_shared_data = pytest.mark.skipif(
-    SHARED_DATA is None, reason="shared real data (../shared/data) is absent"
-)
+needs_shared_data = pytest.mark.skipif(SHARED_DATA is None, reason="shared real data (../shared/data) is absent")
 
 # file -> (model_type, timm name, L, D, H, head_dim, E, per-block minimum keeps from §14 B)
 PUBLISHED_FILES = {
@@ -172,9 +170,7 @@ def test_published_scores_keep_the_exact_float32_values(file_name):
     path = published_path(file_name)
     scores = read_reference_scores(path)
     with zipfile.ZipFile(path) as archive:
-        storages = {
-            name.rsplit("/", 1)[-1]: archive.read(name) for name in archive.namelist() if "/data/" in name
-        }
+        storages = {name.rsplit("/", 1)[-1]: archive.read(name) for name in archive.namelist() if "/data/" in name}
         assert archive.read(next(n for n in archive.namelist() if n.endswith("/byteorder"))) == b"little"
     stored_mlp = torch.frombuffer(bytearray(storages["0"]), dtype=torch.float32).reshape(blocks, hidden)
     stored_head = torch.frombuffer(bytearray(storages["1"]), dtype=torch.float32).reshape(blocks, heads)
@@ -358,9 +354,7 @@ def test_check_matches_accepts_same_structure_and_names_head_dim_mismatch(tmp_pa
     scores = read_reference_scores(write_reference_file(tmp_path / "toy.pt", valid_contents()))
     dims = {"num_blocks": 2, "hidden_dim": 8, "num_heads": 2, "head_dim": 4, "embed_dim": 8}
     check_matches(scores, **dims)
-    with pytest.raises(
-        ScoreFileError, match=r"toy\.pt has .*head dim 4.* but model toy-wide has .*head dim 8"
-    ):
+    with pytest.raises(ScoreFileError, match=r"toy\.pt has .*head dim 4.* but model toy-wide has .*head dim 8"):
         check_matches(scores, **{**dims, "head_dim": 8}, model_name="toy-wide")
 
 

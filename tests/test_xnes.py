@@ -61,9 +61,7 @@ def test_one_update_follows_the_xnes_formulas():
     exponent = 0.5 * (0.2 * g_sigma * np.eye(dim) + 0.2 * g_b)
     vals, vecs = np.linalg.eig(exponent)  # general (non-symmetric) route, independent of eigh
     np.testing.assert_allclose(optimizer.mean, mu + a @ grad_mu, rtol=1e-10)
-    np.testing.assert_allclose(
-        optimizer.transform, a @ (vecs @ np.diag(np.exp(vals)) @ np.linalg.inv(vecs)).real
-    )
+    np.testing.assert_allclose(optimizer.transform, a @ (vecs @ np.diag(np.exp(vals)) @ np.linalg.inv(vecs)).real)
 
 
 def test_converges_on_shifted_sphere():
@@ -94,9 +92,7 @@ def test_bounds_are_honoured_and_the_boundary_optimum_is_found():
         assert x.min() >= 0.0 and x.max() <= 2.0
         optimizer.tell((x**2).sum(axis=1))
     # the unconstrained optimum 3 lies outside [0, 2]: the best feasible point is the corner 2
-    result = minimize(
-        lambda x: float(((x - 3) ** 2).sum()), np.ones(6), bounds=(0.0, 2.0), max_evaluations=300
-    )
+    result = minimize(lambda x: float(((x - 3) ** 2).sum()), np.ones(6), bounds=(0.0, 2.0), max_evaluations=300)
     assert result.best_x.min() >= 0.0 and result.best_x.max() <= 2.0
     np.testing.assert_allclose(result.best_x, 2.0, atol=1e-3)
 

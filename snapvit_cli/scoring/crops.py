@@ -131,9 +131,7 @@ class MultiCrop:
             )
         return torch.cat(self.global_local(image, generator))
 
-    def global_local(
-        self, image: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def global_local(self, image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Global views [n_global, C, size, size] and local views [n_local, C, local_size, local_size]."""
         if image.ndim != 3 or image.shape[0] != len(self.mean):
             raise ValueError(f"expected an image [{len(self.mean)}, H, W], got shape {tuple(image.shape)}")
@@ -164,7 +162,5 @@ class MultiCrop:
         ]
         if not crops:
             return torch.empty(0, image.shape[0], size, size, device=image.device)
-        views = TF.normalize(
-            TF.to_dtype(torch.stack(crops), torch.float32, scale=True), mean=self.mean, std=self.std
-        )
+        views = TF.normalize(TF.to_dtype(torch.stack(crops), torch.float32, scale=True), mean=self.mean, std=self.std)
         return views.repeat(count, 1, 1, 1) if len(crops) < count else views

@@ -24,9 +24,7 @@ def dino_self_distillation_loss(teacher: torch.Tensor, student: torch.Tensor) ->
         G·(V−1) terms per image, summed rather than averaged (22 for the reference 2 + 10 crops), in float32.
     """
     if teacher.ndim != 3 or student.ndim != 3:
-        raise ValueError(
-            f"expected [B, G, E] and [B, V, E], got {tuple(teacher.shape)} and {tuple(student.shape)}"
-        )
+        raise ValueError(f"expected [B, G, E] and [B, V, E], got {tuple(teacher.shape)} and {tuple(student.shape)}")
     batch, n_global, dim = teacher.shape
     if student.shape[0] != batch or student.shape[2] != dim or student.shape[1] < n_global:
         raise ValueError(f"student {tuple(student.shape)} does not match teacher {tuple(teacher.shape)}")
