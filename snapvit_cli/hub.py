@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 import httpx2
-from huggingface_hub import HfApi, constants, get_token, hf_hub_download, snapshot_download
+from huggingface_hub import CommitInfo, HfApi, constants, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -217,7 +217,8 @@ def push(
 
     The upload is staged in a temporary folder (hard links or copies), so the user's files are never changed.
     With ``dry_run_dir`` the staged folder is written there instead and nothing is sent. A ``README.md``
-    already in a sliced model folder is uploaded as is (``eval_results`` then go unused).
+    already in a sliced model folder is uploaded as is (``eval_results`` then go unused). ``private=False``
+    leaves visibility to the namespace default (public unless an organisation makes new repos private).
     """
     path = Path(path)
     _check_repo_id(repo_id)
@@ -253,10 +254,18 @@ def push(
     )
 
 
-def _upload(staging: Path, repo_id: str, token: str, private: bool, revision: str | None, create_pr: bool,
-            commit_message: str | None):  # fmt: skip
+def _upload(
+    staging: Path,
+    repo_id: str,
+    token: str,
+    private: bool,
+    revision: str | None,
+    create_pr: bool,
+    commit_message: str | None,
+) -> CommitInfo:
     api = HfApi(token=token, **_USER_AGENT)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    # private=None rather than False lets an organisation's "private by default" setting apply.
+    api.create_repo(repo_id, private=private or None, exist_ok=True, repo_type="model")
     if revision is not None and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     return api.upload_folder(
