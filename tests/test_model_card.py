@@ -1,0 +1,231 @@
+"""Model cards: Hub metadata, the body tables, and tolerance of partial inputs.
+
+``ModelCard.validate()`` POSTs the card to ``{HF_ENDPOINT}/api/validate-yaml`` and so cannot run offline;
+the metadata is checked locally instead, by parsing the card back with ``huggingface_hub`` and comparing the
+fields with what the Hub expects (a listed license identifier, or ``other`` + ``license_name``; a task id; a
+list of tags).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+from snapvit_cli.model_card import HUB_LICENSES, render_model_card
+
+SLICED = {
+    "snapvit_format_version": 1,
+    "kind": "sliced-model",
+    "architecture": "vit_base_patch16_224",
+    "model_args": {"num_classes": 0},
+    "pretrained_cfg": {
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "input_size": [3, 224, 224],
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+    },
+    "base_model": {
+        "model_id": "dino_vitb16",
+        "timm_name": "vit_base_patch16_224.dino",
+        "hf_hub_id": "timm/vit_base_patch16_224.dino",
+        "revision": None,
+        "weights_sha256": "a" * 64,
+        "license": "apache-2.0",
+    },
+    "widths": {"mlp_hidden": [3072, 2000, 153], "num_heads": [12, 7, 2]},
+    "head_dim": 64,
+    "budget": {"kind": "flops", "target": 0.5, "mlp_ratio": 0.41, "head_ratio": 0.26},
+    "cost": {
+        "resolution": 224,
+        "gmacs": 8.7,
+        "params": 43_000_000,
+        "dense_gmacs": 17.5,
+        "dense_params": 85_800_000,
+    },
+    "scoring": {"method": "snapvit"},
+    "bundle_sha256": "b" * 64,
+    "snapvit_version": "0.1.0",
+}
+
+BUNDLE = {
+    "format_version": 1,
+    "kind": "elastic-bundle",
+    "source": SLICED["base_model"],
+    "structure": {
+        "num_blocks": 12,
+        "embed_dim": 768,
+        "num_heads": 12,
+        "head_dim": 64,
+        "mlp_hidden": [3072] * 12,
+    },
+    "scoring": {"method": "snapvit", "min_head_keep_ratio": 0.2},
+}
+
+EVAL = {
+    "results": [
+        {
+            "name": "dense",
+            "budget": None,
+            "accuracy": {"knn": 76.1, "probe": 78.2},
+            "gmacs": 17.5,
+            "params": 85_800_000,
+            "throughput": {"images_per_s": 1234.5, "batch_size": 64, "device": "cuda", "dtype": "float16"},
+            "latency_ms": 3.2,
+        },
+        {"name": "half", "budget": {"kind": "flops", "target": 0.5}, "accuracy": {"knn": 71.3}},
+        {"name": "bare"},
+    ]
+}
+
+
+def metadata_of(text: str) -> dict:
+    """The YAML block as the Hub reads it (same regex), parsed with a safe loader."""
+    match = REGEX_YAML_BLOCK.search(text)
+    assert match is not None, "card has no YAML metadata block"
+    return yaml.safe_load(match.group(2))
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """Cells of the markdown table whose header line starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_sliced_card_metadata_is_what_the_hub_expects():
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/vitb-half")
+    assert metadata_of(text) == {
+        "base_model": "timm/vit_base_patch16_224.dino",
+        "library_name": "snapvit",
+        "license": "apache-2.0",
+        "pipeline_tag": "image-feature-extraction",
+        "tags": ["vision", "pruning", "snapvit", "timm", "elastic"],
+    }
+    card = ModelCard(text)  # huggingface_hub's own parser accepts it
+    assert card.data.base_model == "timm/vit_base_patch16_224.dino"
+    assert str(card) == text  # already in the canonical form huggingface_hub writes
+
+
+def test_classifier_gets_the_classification_task():
+    config = copy.deepcopy(SLICED)
+    config["model_args"] = {"num_classes": 1000}
+    assert metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))["pipeline_tag"] == (
+        "image-classification"
+    )
+    del config["model_args"]
+    config["pretrained_cfg"]["num_classes"] = 10
+    assert metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))["pipeline_tag"] == (
+        "image-classification"
+    )
+
+
+@pytest.mark.parametrize(
+    ("license_id", "expected"),
+    [
+        ("Apache-2.0", {"license": "apache-2.0"}),
+        ("cc-by-nc-4.0", {"license": "cc-by-nc-4.0"}),
+        (
+            "DINOv2 License",
+            {
+                "license": "other",
+                "license_name": "dinov2-license",
+                "license_link": "https://huggingface.co/timm/vit_base_patch16_224.dino",
+            },
+        ),
+        (None, {"license": "other", "license_link": "https://huggingface.co/timm/vit_base_patch16_224.dino"}),
+    ],
+)
+def test_license_follows_the_base_model(license_id, expected):
+    config = copy.deepcopy(SLICED)
+    config["base_model"]["license"] = license_id
+    meta = metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))
+    assert {k: meta[k] for k in meta if k.startswith("license")} == expected
+    assert meta["license"] in HUB_LICENSES
+    assert re.fullmatch(r"[a-z0-9.-]+", meta.get("license_name", "ok"))
+
+
+def test_no_base_model_without_a_hub_id():
+    config = copy.deepcopy(SLICED)
+    config["base_model"] = {"model_id": "dinov3_vitb16", "hf_hub_id": None, "license": None}
+    meta = metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))
+    assert "base_model" not in meta and "license_link" not in meta
+    assert meta["license"] == "other"
+
+
+def test_sliced_body_tables():
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/vitb-half")
+    widths = table_rows(text, "| Block |")
+    assert widths == [
+        ["0", "3072", "12"],
+        ["1", "2000", "7"],
+        ["2", "153", "2"],
+        ["**Total**", "**5225**", "**21**"],
+    ]
+    cost = table_rows(text, "| | This model |")
+    assert cost == [["GMACs", "8.70", "17.50", "49.7%"], ["Parameters", "43.00 M", "85.80 M", "50.1%"]]
+    assert "50.0% of the dense model's FLOPs" in text
+    assert "r_m = 0.41" in text and "r_h = 0.26" in text
+    assert "head dimension 64" in text and "224×224" in text
+    assert 'model = snapvit_cli.load("hf-hub:me/vitb-half")' in text
+    assert "## Evaluation" not in text
+
+
+def test_eval_table_tolerates_missing_keys():
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=EVAL)
+    assert table_rows(text, "| Model |") == [
+        ["dense", "—", "76.1", "78.2", "17.5", "85.8", "1234.5", "3.2"],
+        ["half", "flops 0.5", "71.3", "—", "—", "—", "—", "—"],
+        ["bare", "—", "—", "—", "—", "—", "—", "—"],
+    ]
+    assert "batch_size 64, device cuda, dtype float16" in text
+
+
+@pytest.mark.parametrize("eval_results", [None, {}, {"results": []}])
+def test_no_eval_section_without_results(eval_results):
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=eval_results)
+    assert "## Evaluation" not in text
+
+
+def test_bundle_card():
+    text = render_model_card(BUNDLE, kind="bundle", repo_id="me/vitb-elastic")
+    meta = metadata_of(text)
+    assert meta["base_model"] == "timm/vit_base_patch16_224.dino"
+    assert meta["pipeline_tag"] == "image-feature-extraction"
+    assert 'bundle = snapvit_cli.load_bundle("hf-hub:me/vitb-elastic")' in text
+    assert "model = bundle.slice(flops=0.5)" in text
+    assert "snapvit slice hf-hub:me/vitb-elastic --flops 0.5 -o out" in text
+    assert "12 blocks, embedding dimension 768, 12 heads of dimension 64, MLP hidden 3072 per block" in text
+    assert "min_head_keep_ratio = 0.2" in text
+    assert "| Block |" not in text
+
+
+@pytest.mark.parametrize("kind", ["sliced", "bundle"])
+def test_citation_and_method_description(kind):
+    text = render_model_card(SLICED if kind == "sliced" else BUNDLE, kind=kind, repo_id="me/x")
+    bibtex = text.split("```bibtex\n", 1)[1].split("```", 1)[0]
+    assert "Elastic ViTs from Pretrained Models without Retraining" in bibtex
+    assert "Simoncini, Walter" in bibtex and "eprint        = {2510.17700}" in bibtex
+    assert "https://arxiv.org/abs/2510.17700" in text
+
+
+def test_minimal_config_still_renders():
+    text = render_model_card({"kind": "sliced-model"}, kind="sliced", repo_id="me/x")
+    assert metadata_of(text)["license"] == "other"
+    assert "## Model details" not in text
+    assert 'snapvit_cli.load("hf-hub:me/x")' in text
+
+
+def test_unknown_kind_is_rejected():
+    with pytest.raises(ValueError, match="kind"):
+        render_model_card(SLICED, kind="model", repo_id="me/x")
