@@ -135,9 +135,7 @@ def translate_hub_error(err: BaseException, repo_id: str | None = None) -> HubEr
                 return translated
         current = current.__cause__ or current.__context__
     if isinstance(err, LocalEntryNotFoundError):
-        return HubError(
-            f"{_what(repo_id)} is not in the local cache and the Hub could not be asked: {_first(err)}"
-        )
+        return HubError(f"{_what(repo_id)} is not in the local cache and the Hub could not be asked: {_first(err)}")
     return None
 
 
@@ -148,9 +146,7 @@ def _translate_one(err: BaseException, repo_id: str | None) -> HubError | None:
             "cannot reach the Hub (offline): HF_HUB_OFFLINE=1 is set; unset it, or use files already cached"
         )
     if isinstance(err, GatedRepoError):
-        return HubError(
-            f"{what} is gated: request access on its Hub page and use a token of an account that has it"
-        )
+        return HubError(f"{what} is gated: request access on its Hub page and use a token of an account that has it")
     if isinstance(err, RepositoryNotFoundError):
         return HubError(
             f"repository not found on the Hub: {what}; check the name, and for a private repository set "
@@ -174,9 +170,7 @@ def _translate_status(err: HfHubHTTPError, what: str) -> HubError:
     status = err.response.status_code
     server = f" ({err.server_message.splitlines()[0]})" if err.server_message else ""
     if status in (401, 403):
-        return HubError(
-            f"authentication failed{server}: check HF_TOKEN / `hf auth login` and its rights on {what}"
-        )
+        return HubError(f"authentication failed{server}: check HF_TOKEN / `hf auth login` and its rights on {what}")
     if status == 429:
         return HubError(f"the Hub is rate-limiting requests (429){server}; wait a moment and try again")
     if status >= 500:
@@ -223,16 +217,10 @@ def push(
     path = Path(path)
     _check_repo_id(repo_id)
     if create_pr and revision is not None:
-        raise HubError(
-            "--create-pr opens a pull request against the default branch; do not also pass --revision"
-        )
+        raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
     kind, sources, config = _collect(path)
     card_generated = CARD_FILENAME not in sources
-    card = (
-        render_model_card(config, kind=kind, repo_id=repo_id, eval_results=eval_results)
-        if card_generated
-        else None
-    )
+    card = render_model_card(config, kind=kind, repo_id=repo_id, eval_results=eval_results) if card_generated else None
     files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
 
     if dry_run_dir is not None:
@@ -249,9 +237,7 @@ def push(
         _stage(sources, card, staging, link=True)
         with hub_errors(repo_id, token):
             commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
-    return PushResult(
-        repo_id, kind, files, card_generated, commit_url=commit.commit_url, pr_url=commit.pr_url
-    )
+    return PushResult(repo_id, kind, files, card_generated, commit_url=commit.commit_url, pr_url=commit.pr_url)
 
 
 def _upload(
@@ -361,9 +347,7 @@ def download_sliced_model(hf_id: str) -> Path:
     """A local folder holding the ``config.json`` and ``model.safetensors`` of a sliced model repository."""
     repo_id, revision = parse_hf_id(hf_id)
     with hub_errors(repo_id):
-        folder = Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=list(SLICED_FILES), **_USER_AGENT)
-        )
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(SLICED_FILES), **_USER_AGENT))
     missing = [name for name in SLICED_FILES if not (folder / name).is_file()]
     if missing:
         raise HubError(f"{hf_id} does not hold a sliced model: no {', '.join(missing)}")
@@ -385,9 +369,7 @@ def resolve_hub_artifact(hf_id: str) -> tuple[Kind, Path]:
     try:
         return "sliced", download_sliced_model(hf_id)
     except HubError:
-        if isinstance(
-            bundle_error, LocalEntryNotFoundError
-        ):  # report the real reason: offline, unreachable, 5xx
+        if isinstance(bundle_error, LocalEntryNotFoundError):  # report the real reason: offline, unreachable, 5xx
             raise translate_hub_error(bundle_error, repo_id) from bundle_error
         raise HubError(
             f"{hf_id} holds neither {BUNDLE_FILENAME} nor {' + '.join(SLICED_FILES)}: not a snapvit repo"

@@ -158,11 +158,7 @@ def _sliced_details(config: dict[str, Any]) -> str:
 def _budget_line(budget: dict[str, Any]) -> str:
     kind, target = budget.get("kind"), budget.get("target")
     measure = {"flops": "FLOPs", "params": "parameters"}.get(kind, kind)
-    line = (
-        f"- **Budget:** {_pct(target)} of the dense model's {measure}"
-        if target is not None
-        else "- **Budget:** —"
-    )
+    line = f"- **Budget:** {_pct(target)} of the dense model's {measure}" if target is not None else "- **Budget:** —"
     ratios = []
     if budget.get("mlp_ratio") is not None:
         ratios.append(f"MLP pruning ratio r_m = {budget['mlp_ratio']:.4g}")
@@ -196,9 +192,7 @@ def _widths_table(widths: dict[str, list[int]], head_dim: int | None) -> str:
 
 
 def _preprocessing_line(pre: dict[str, Any]) -> str:
-    fields = [
-        f"{k} = {pre[k]}" for k in ("input_size", "interpolation", "crop_pct", "mean", "std") if k in pre
-    ]
+    fields = [f"{k} = {pre[k]}" for k in ("input_size", "interpolation", "crop_pct", "mean", "std") if k in pre]
     return "- **Preprocessing** (as the base model): " + ", ".join(fields)
 
 
@@ -207,9 +201,7 @@ def _bundle_details(config: dict[str, Any]) -> str:
     parts = ["## Bundle details"]
     if structure:
         mlp = structure.get("mlp_hidden")
-        mlp_text = (
-            mlp if isinstance(mlp, int) else (f"{mlp[0]} per block" if mlp and len(set(mlp)) == 1 else mlp)
-        )
+        mlp_text = mlp if isinstance(mlp, int) else (f"{mlp[0]} per block" if mlp and len(set(mlp)) == 1 else mlp)
         parts.append(
             f"- **Dense structure:** {structure.get('num_blocks')} blocks, embedding dimension "
             f"{structure.get('embed_dim')}, {structure.get('num_heads')} heads of dimension "
@@ -217,9 +209,7 @@ def _bundle_details(config: dict[str, Any]) -> str:
         )
     scoring = config.get("scoring") or {}
     if scoring:
-        scalars = ", ".join(
-            f"{k} = {v}" for k, v in scoring.items() if isinstance(v, (str, int, float, bool))
-        )
+        scalars = ", ".join(f"{k} = {v}" for k, v in scoring.items() if isinstance(v, (str, int, float, bool)))
         parts.append(f"- **Scoring:** {scalars}")
     return "\n\n".join(parts) if len(parts) > 1 else ""
 
@@ -230,8 +220,7 @@ def _eval_section(eval_results: dict[str, Any] | None) -> str:
     if not results:
         return ""
     rows = [
-        "| Model | Budget | kNN acc. | Linear probe acc. | GMACs | Params (M) | Throughput (img/s) "
-        "| Latency (ms) |",
+        "| Model | Budget | kNN acc. | Linear probe acc. | GMACs | Params (M) | Throughput (img/s) | Latency (ms) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     setups = set()
@@ -267,9 +256,7 @@ def _usage(kind: Kind, repo_id: str) -> str:
     if kind == "sliced":
         code = f'import snapvit_cli\n\nmodel = snapvit_cli.load("{hf_id}")'
         return f"## Usage\n\n```bash\npip install snapvit-cli\n```\n\n```python\n{code}\n```"
-    code = (
-        f'import snapvit_cli\n\nbundle = snapvit_cli.load_bundle("{hf_id}")\nmodel = bundle.slice(flops=0.5)'
-    )
+    code = f'import snapvit_cli\n\nbundle = snapvit_cli.load_bundle("{hf_id}")\nmodel = bundle.slice(flops=0.5)'
     cli = f"snapvit slice {hf_id} --flops 0.5 -o out"
     return (
         "## Usage\n\n```bash\npip install snapvit-cli\n```\n\n"

@@ -152,9 +152,7 @@ def test_parse_hf_id(hf_id, expected):
     assert hub.parse_hf_id(hf_id) == expected
 
 
-@pytest.mark.parametrize(
-    "bad", ["owner/name", "hf-hub:name", "hf-hub:a/b/c", "hf-hub:owner/name@", "hf-hub:"]
-)
+@pytest.mark.parametrize("bad", ["owner/name", "hf-hub:name", "hf-hub:a/b/c", "hf-hub:owner/name@", "hf-hub:"])
 def test_parse_hf_id_rejects(bad):
     with pytest.raises(HubError):
         hub.parse_hf_id(bad)
@@ -248,9 +246,7 @@ def test_push_through_the_lfs_batch_api(configure, sliced_dir):
         assert server.files(REPO)["model.safetensors"] == weights
         assert server.repos[REPO].files("main")["model.safetensors"].lfs
         assert any(r.method == "PUT" and r.path.startswith("/lfs-upload/") for r in server.requests)
-        assert (
-            hub.download_sliced_model(f"hf-hub:{REPO}").joinpath("model.safetensors").read_bytes() == weights
-        )
+        assert hub.download_sliced_model(f"hf-hub:{REPO}").joinpath("model.safetensors").read_bytes() == weights
 
 
 def test_push_to_a_new_branch_and_download_at_that_revision(fake_hub, sliced_dir):
