@@ -85,3 +85,21 @@ def test_sliced_modules_are_consistent(small_name):
         assert block.attn.qkv.out_features == 3 * heads * block.attn.head_dim == block.attn.qkv.weight.shape[0]
         assert block.attn.proj.in_features == heads * block.attn.head_dim == block.attn.proj.weight.shape[1]
     assert get_adapter(sliced).widths() == widths
+
+
+def test_score_tensors_select_value_rows_and_fc1():
+    from snapvit_cli.adapters.base import unit_view
+
+    model = make_small_model("dino")
+    adapter = get_adapter(model)
+    block = model.blocks[1]
+    heads, hd, dim = block.attn.num_heads, block.attn.head_dim, model.embed_dim
+    (value_spec,) = adapter.score_tensors(HEADS, 1)
+    values = unit_view(block.attn.qkv.weight, value_spec)
+    assert values.shape == (1, heads, hd, dim)
+    # head h's value rows are rows 2·H·hd + h·hd ... + hd of qkv
+    h = heads - 1
+    expected = block.attn.qkv.weight[2 * heads * hd + h * hd : 2 * heads * hd + (h + 1) * hd]
+    assert torch.equal(values[0, h], expected)
+    (fc1_spec,) = adapter.score_tensors(MLP, 1)
+    assert torch.equal(unit_view(block.mlp.fc1.weight, fc1_spec)[0, 5, 0], block.mlp.fc1.weight[5])

@@ -33,6 +33,7 @@ class UnitTensor:
     groups: int = 1
     unit_size: int = 1
     consumer: bool = False
+    group: int | None = None  # when set, only this group holds the unit (e.g. 2 = the value rows of qkv)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ def take_units(tensor: torch.Tensor, spec: UnitTensor, index: torch.Tensor | int
         count = index.numel()
     new_len = spec.groups * count * spec.unit_size
     return picked.reshape(*shape[:axis], new_len, *shape[axis + 1 :]).contiguous()
+
+
+def unit_view(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
+    """``tensor`` as ``[groups, units, unit_size, rest]`` (or ``[1, units, unit_size, rest]`` for ``spec.group``)."""
+    moved = tensor.movedim(spec.axis, 0)
+    n_units = moved.shape[0] // (spec.groups * spec.unit_size)
+    view = moved.reshape(spec.groups, n_units, spec.unit_size, -1)
+    return view if spec.group is None else view[spec.group : spec.group + 1]
 
 
 def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:
@@ -136,6 +145,11 @@ class ModelAdapter:
     def widths(self) -> Widths:
         n = range(self.num_blocks)
         return Widths(tuple(self.width(MLP, i) for i in n), tuple(self.width(HEADS, i) for i in n))
+
+    def score_tensors(self, kind: str, index: int) -> list[UnitTensor]:
+        """The weights whose gradients define a unit's score (method doc §3.1–3.2): for an MLP neuron its input
+        row (``fc1``; ``w1`` for SwiGLU), for a head its **value** rows of ``qkv``."""
+        raise NotImplementedError
 
     def resize_block(self, index: int, mlp: int, heads: int) -> None:
         """Give block ``index`` new module shapes for ``mlp`` neurons and ``heads`` heads (values set on load)."""

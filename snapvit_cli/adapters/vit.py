@@ -80,6 +80,12 @@ class ViTAdapter(ModelAdapter):
         specs.append(UnitTensor("attn.proj.weight", 1, unit_size=hd, consumer=True))
         return specs
 
+    def score_tensors(self, kind: str, index: int) -> list[UnitTensor]:
+        if kind == MLP:
+            return [UnitTensor("mlp.fc1.weight", 0)]
+        hd = self.model.blocks[index].attn.head_dim
+        return [UnitTensor("attn.qkv.weight", 0, groups=3, unit_size=hd, group=2)]
+
     def resize_block(self, index: int, mlp: int, heads: int) -> None:
         block = self.model.blocks[index]
         block.mlp.fc1 = resized_linear(block.mlp.fc1, out_features=mlp)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
+from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.bundle import ScoreSet
 
 
@@ -19,15 +20,12 @@ def unit_weight_norms(adapter: ModelAdapter, kind: str) -> torch.Tensor:
     rows = []
     for i, block in enumerate(adapter.blocks()):
         params = dict(block.named_parameters())
-        width = adapter.width(kind, i)
-        total = torch.zeros(width, dtype=torch.float64)
+        total = torch.zeros(adapter.width(kind, i), dtype=torch.float64)
         for spec in adapter.unit_tensors(kind, i):
             if spec.name.endswith("bias"):
                 continue
             weight = params[spec.name].detach().double()
-            moved = weight.movedim(spec.axis, 0)
-            per_unit = moved.reshape(spec.groups, width, spec.unit_size, -1).square().sum(dim=(0, 2, 3))
-            total += per_unit.cpu()
+            total += unit_view(weight, spec).square().sum(dim=(0, 2, 3)).cpu()
         rows.append(total.sqrt())
     return torch.stack(rows)
 
