@@ -8,7 +8,9 @@ neighbour adds ``exp(similarity / T)`` to its class).
 Similarities are computed in float32 one chunk of queries at a time (``chunk @ train.T`` then top-k), so
 memory is O(chunk_size · N) rather than O(M · N), on whatever device the train features live on. Neighbours
 tied in similarity are resolved by preferring the lower train index, as sklearn's stable sort by distance
-does, so the result does not depend on how ``torch.topk`` happens to order equal values.
+does, so the result does not depend on how ``torch.topk`` happens to order equal values. (Ties are exact
+float32 ties: duplicated train rows normally give equal similarities, but a matmul kernel may round the
+same dot product differently in different columns.)
 """
 
 from __future__ import annotations
@@ -120,10 +122,23 @@ def knn_accuracy(
 def _top_k_lowest_index_first(sims: Tensor, k: int) -> Tensor:
     """Column indices [rows, k] of each row's k largest values, taking lower indices first among equal values.
 
-    ``torch.topk`` gives the k-th largest value but may pick any of the columns tied with it; every column
-    above it is in, and the free places go to the tied columns in index order.
+    ``torch.topk`` may pick any of the columns tied with the k-th largest value. Asking it for k + 1 values
+    shows which rows have such a tie at the cut; only those rows (rare outside duplicated data) take the
+    slower exact path.
     """
-    kth = torch.topk(sims, k, dim=1).values[:, -1:]
+    rows, columns = sims.shape
+    if k == columns:
+        return torch.arange(columns, device=sims.device).expand(rows, columns)
+    values, idx = torch.topk(sims, k + 1, dim=1)
+    idx = idx[:, :k]
+    cut_tied = torch.nonzero(values[:, k - 1] == values[:, k]).flatten()
+    if len(cut_tied):
+        idx[cut_tied] = _resolve_cut_ties(sims[cut_tied], values[cut_tied, k - 1 : k], k)
+    return idx.sort(dim=1).values
+
+
+def _resolve_cut_ties(sims: Tensor, kth: Tensor, k: int) -> Tensor:
+    """Every column above the k-th value ``kth`` [rows, 1], then the tied columns in index order."""
     above = sims > kth
     tied = sims == kth
     free = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)

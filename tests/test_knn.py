@@ -97,7 +97,7 @@ def _brute_force_knn(train: torch.Tensor, labels: torch.Tensor, queries: torch.T
     """Independent reference: float64 Euclidean distances on unit vectors, stable argsort, per-query loops."""
     train = train.double() / train.double().norm(dim=1, keepdim=True)
     queries = queries.double() / queries.double().norm(dim=1, keepdim=True)
-    dist = torch.cdist(queries, train)
+    dist = ((queries[:, None, :] - train[None, :, :]) ** 2).sum(dim=2).sqrt()
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
     predictions = []
     for q in range(len(queries)):
@@ -111,18 +111,39 @@ def _brute_force_knn(train: torch.Tensor, labels: torch.Tensor, queries: torch.T
     return predictions
 
 
-@pytest.mark.parametrize("vote", ["majority", "weighted"])
-def test_chunked_equals_unchunked_and_brute_force(vote: str) -> None:
+def _continuous_data() -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
     train = torch.randn(300, 16, generator=gen)
-    labels = torch.randint(0, 5, (300,), generator=gen)
-    queries = torch.randn(57, 16, generator=gen) * 3.0
+    return train, torch.randint(0, 5, (300,), generator=gen), torch.randn(57, 16, generator=gen) * 3.0
+
+
+def _tied_data() -> tuple[torch.Tensor, ...]:
+    """Train rows that are all one of four axis directions, so every query has four groups of exactly
+    equal similarities (its own coordinates) and k = 7 almost always cuts through a group."""
+    gen = torch.Generator().manual_seed(1)
+    train = torch.eye(4)[torch.randint(0, 4, (60,), generator=gen)] * torch.rand(60, 1, generator=gen).add(
+        0.5
+    )
+    return train, torch.randint(0, 5, (60,), generator=gen), torch.randn(40, 4, generator=gen)
+
+
+@pytest.mark.parametrize("vote", ["majority", "weighted"])
+@pytest.mark.parametrize("data", [_continuous_data, _tied_data])
+def test_chunked_equals_unchunked_and_brute_force(vote: str, data) -> None:
+    train, labels, queries = data()
     one = knn_predict(train, labels, queries, k=7, vote=vote, chunk_size=1)
     some = knn_predict(train, labels, queries, k=7, vote=vote, chunk_size=10)
     whole = knn_predict(train, labels, queries, k=7, vote=vote, chunk_size=4096)
     assert torch.equal(one, whole)
     assert torch.equal(some, whole)
     assert whole.tolist() == _brute_force_knn(train, labels, queries, 7, vote)
+
+
+def test_k_equal_to_train_size_uses_every_row() -> None:
+    # Labels 1, 0, 0, 2, 1: classes 0 and 1 tie with two votes each -> 0.
+    assert knn_predict(VOTE_TRAIN, VOTE_LABELS, VOTE_QUERY, k=5).tolist() == [0]
+    _, idx = knn_neighbours(VOTE_TRAIN, VOTE_QUERY, k=5)
+    assert idx.tolist() == [[0, 1, 2, 3, 4]]
 
 
 def test_topk_only_ever_sees_chunk_sized_similarity_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +158,8 @@ def test_topk_only_ever_sees_chunk_sized_similarity_blocks(monkeypatch: pytest.M
     train = torch.randn(200, 8)
     queries = torch.randn(10, 8)
     knn_predict(train, torch.zeros(200, dtype=torch.long), queries, k=5, chunk_size=3)
-    assert shapes == [(3, 200), (3, 200), (3, 200), (1, 200)]
+    assert [shape[0] for shape in shapes] == [3, 3, 3, 1]
+    assert all(shape[1] == 200 for shape in shapes)
 
 
 def test_integer_label_dtypes_and_num_classes() -> None:
