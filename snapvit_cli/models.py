@@ -186,6 +186,9 @@ def load_model(
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
     model.eval()
+    # A pretrained tag can set the classifier width (`.dino` has none); record it, because build_architecture
+    # rebuilds from the untagged architecture name and would otherwise get timm's default 1000 classes.
+    model_args.setdefault("num_classes", model.num_classes)
     cfg = _json_cfg(model.pretrained_cfg)
     architecture = model.pretrained_cfg.get("architecture") or arch
     source = ModelSource(

@@ -23,6 +23,7 @@ import torch
 
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.fileio import sha256_file
+from snapvit_cli.models import ALIASES
 
 
 class ScoreFileError(SnapvitError):
@@ -31,23 +32,9 @@ class ScoreFileError(SnapvitError):
 
 MLP_ARCHITECTURES = ("standard", "swiglu")
 
-# ModelType enum value -> timm model name with the pretrained tag holding the weights the reference scored.
-# The last two are reference model types for which no scores were published.
-MODEL_TYPE_TO_TIMM: dict[str, str] = {
-    "dino_vitb16": "vit_base_patch16_224.dino",
-    "deit-vit-b-16": "deit_base_distilled_patch16_224.fb_in1k",
-    "deit-3-vit-s-16": "deit3_small_patch16_224.fb_in22k_ft_in1k",
-    "deit-3-vit-b-16": "deit3_base_patch16_224.fb_in22k_ft_in1k",
-    "deit-3-vit-l-16": "deit3_large_patch16_224.fb_in22k_ft_in1k",
-    "deit-3-vit-h-14": "deit3_huge_patch14_224.fb_in22k_ft_in1k",
-    "augreg-vit-b-16-in21k-ft-in1k": "vit_base_patch16_224.augreg_in21k_ft_in1k",
-    "augreg-vit-l-16-in21k-ft-in1k": "vit_large_patch16_224.augreg_in21k_ft_in1k",
-    "siglip2-vit-b16": "vit_base_patch16_siglip_224.v2_webli",
-    "dinov3_vitb16": "vit_base_patch16_dinov3.lvd1689m",
-    "dino_vits16": "vit_small_patch16_224.dino",
-    "augreg-vit-s-16-in21k-ft-in1k": "vit_small_patch16_224.augreg_in21k_ft_in1k",
-}
-
+# The reference's ``ModelType`` values (§1.1 of the method doc) for which scores were published, and all of its values
+# that have a timm equivalent. Their timm names (with the pretrained tag holding the weights the reference scored)
+# come from the one alias table, ``models.ALIASES``.
 PUBLISHED_MODEL_TYPES = (
     "dino_vitb16",
     "deit-vit-b-16",
@@ -60,6 +47,8 @@ PUBLISHED_MODEL_TYPES = (
     "siglip2-vit-b16",
     "dinov3_vitb16",
 )
+REFERENCE_MODEL_TYPES = (*PUBLISHED_MODEL_TYPES, "dino_vits16", "augreg-vit-s-16-in21k-ft-in1k")
+MODEL_TYPE_TO_TIMM: dict[str, str] = {model_type: ALIASES[model_type] for model_type in REFERENCE_MODEL_TYPES}
 PUBLISHED_PREFIXES = ("imagenet-1k", "merged")
 
 # Published file name (``<scoring data>_<model_type>.pt``, flattened from the repository's folders) -> timm.
@@ -286,9 +275,9 @@ def timm_name_for(scores: ReferenceScores) -> str:
 
 
 def published_models_markdown() -> str:
-    """Markdown table of the published score files and the timm model each one belongs to, for the README."""
-    rows = ["| file prefix | model type | timm model |", "|---|---|---|"]
+    """Markdown table of the published score files (their path in the reference repository) and their timm models."""
+    rows = ["| file in WalterSimoncini/SnapViT | timm model |", "|---|---|"]
     for prefix in PUBLISHED_PREFIXES:
         for model_type in PUBLISHED_MODEL_TYPES:
-            rows.append(f"| `{prefix}` | `{model_type}` | `{MODEL_TYPE_TO_TIMM[model_type]}` |")
+            rows.append(f"| `scores/{prefix}/{model_type}.pt` | `{MODEL_TYPE_TO_TIMM[model_type]}` |")
     return "\n".join(rows) + "\n"

@@ -29,17 +29,6 @@ from snapvit_cli.reference_scores import (
     timm_name_for,
 )
 
-
-def shared_data_dir() -> Path | None:
-    """The real-data folder: ``$SNAPVIT_SHARED_DATA``, else ``<repo>/../shared/data``; None if absent."""
-    candidates = [Path(os.environ["SNAPVIT_SHARED_DATA"])] if os.environ.get("SNAPVIT_SHARED_DATA") else []
-    candidates.append(Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
-    return next((path for path in candidates if path.is_dir()), None)
-
-
-SHARED_DATA = shared_data_dir()
-needs_shared_data = pytest.mark.skipif(SHARED_DATA is None, reason="shared real data (../shared/data) is absent")
-
 # file -> (model_type, timm name, L, D, H, head_dim, E, per-block minimum keeps from §14 B)
 PUBLISHED_FILES = {
     "imagenet-1k_dino_vitb16.pt": (
@@ -66,8 +55,8 @@ PUBLISHED_FILES = {
 ENUM_GLOBALS = ["src.models.enums.MLPArchitecture", "src.models.enums.ModelType"]
 
 
-def published_path(file_name: str) -> Path:
-    return SHARED_DATA / "reference-scores" / file_name
+def published_path(shared_data: Path, file_name: str) -> Path:
+    return shared_data / "reference-scores" / file_name
 
 
 def valid_contents() -> dict:
@@ -131,11 +120,10 @@ def malicious_file(tmp_path: Path, kind: str) -> tuple[Path, Path]:
 # --- the published files ---
 
 
-@needs_shared_data
 @pytest.mark.parametrize("file_name", PUBLISHED_FILES)
-def test_published_file_reads_with_expected_header(file_name):
+def test_published_file_reads_with_expected_header(shared_data, file_name):
     model_type, timm_name, blocks, hidden, heads, head_dim, embed, min_keeps = PUBLISHED_FILES[file_name]
-    path = published_path(file_name)
+    path = published_path(shared_data, file_name)
     scores = read_reference_scores(path)
 
     assert type(scores.model_type) is str and scores.model_type == model_type
@@ -151,10 +139,9 @@ def test_published_file_reads_with_expected_header(file_name):
     assert timm_name_for(scores) == timm_name
 
 
-@needs_shared_data
 @pytest.mark.parametrize("file_name", PUBLISHED_FILES)
-def test_published_metadata_is_plain_json(file_name):
-    metadata = read_reference_scores(published_path(file_name)).metadata
+def test_published_metadata_is_plain_json(shared_data, file_name):
+    metadata = read_reference_scores(published_path(shared_data, file_name)).metadata
 
     assert json.loads(json.dumps(metadata)) == metadata
     assert metadata["seed"] == 42 and metadata["pruning_strategy"] == "dino"
@@ -162,12 +149,11 @@ def test_published_metadata_is_plain_json(file_name):
     assert metadata["ga_heads_pruning_ratios"] == [0.0, 0.2, 0.4, 0.5]
 
 
-@needs_shared_data
 @pytest.mark.parametrize("file_name", PUBLISHED_FILES)
-def test_published_scores_keep_the_exact_float32_values(file_name):
+def test_published_scores_keep_the_exact_float32_values(shared_data, file_name):
     """Compare with the raw float32 storages read straight from the zip, bypassing pickle entirely."""
     _, _, blocks, hidden, heads, *_ = PUBLISHED_FILES[file_name]
-    path = published_path(file_name)
+    path = published_path(shared_data, file_name)
     scores = read_reference_scores(path)
     with zipfile.ZipFile(path) as archive:
         storages = {name.rsplit("/", 1)[-1]: archive.read(name) for name in archive.namelist() if "/data/" in name}
@@ -183,10 +169,9 @@ def test_published_scores_keep_the_exact_float32_values(file_name):
         assert values.min() > 0 and values.max() < 1e-3
 
 
-@needs_shared_data
 @pytest.mark.parametrize("file_name", PUBLISHED_FILES)
-def test_published_file_matches_its_timm_model(file_name):
-    scores = read_reference_scores(published_path(file_name))
+def test_published_file_matches_its_timm_model(shared_data, file_name):
+    scores = read_reference_scores(published_path(shared_data, file_name))
     with torch.device("meta"):
         model = timm.create_model(timm_name_for(scores), pretrained=False)
     block = model.blocks[0]
@@ -202,9 +187,8 @@ def test_published_file_matches_its_timm_model(file_name):
     )
 
 
-@needs_shared_data
-def test_mismatched_model_error_names_both_shapes():
-    scores = read_reference_scores(published_path("imagenet-1k_dino_vitb16.pt"))
+def test_mismatched_model_error_names_both_shapes(shared_data):
+    scores = read_reference_scores(published_path(shared_data, "imagenet-1k_dino_vitb16.pt"))
     with pytest.raises(ScoreFileError) as caught:
         check_matches(
             scores,
@@ -221,10 +205,9 @@ def test_mismatched_model_error_names_both_shapes():
     assert "[12, 1536]" in message and "[12, 6]" in message
 
 
-@needs_shared_data
 @pytest.mark.parametrize("keep", [0.5, 0.999])
-def test_truncated_published_file_is_refused(tmp_path, keep):
-    data = published_path("imagenet-1k_dino_vitb16.pt").read_bytes()
+def test_truncated_published_file_is_refused(shared_data, tmp_path, keep):
+    data = published_path(shared_data, "imagenet-1k_dino_vitb16.pt").read_bytes()
     path = tmp_path / "imagenet-1k_dino_vitb16.pt"
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(ScoreFileError, match="truncated|corrupt"):
@@ -379,9 +362,9 @@ def test_published_table_covers_both_prefixes_of_the_ten_models():
 
 def test_published_models_markdown_lists_every_file():
     lines = published_models_markdown().splitlines()
-    assert lines[0] == "| file prefix | model type | timm model |"
+    assert lines[0] == "| file in WalterSimoncini/SnapViT | timm model |"
     assert len(lines) == 2 + 20
-    assert "| `merged` | `deit-3-vit-h-14` | `deit3_huge_patch14_224.fb_in22k_ft_in1k` |" in lines
+    assert "| `scores/merged/deit-3-vit-h-14.pt` | `deit3_huge_patch14_224.fb_in22k_ft_in1k` |" in lines
 
 
 def test_unknown_model_type_has_no_timm_name(tmp_path):
