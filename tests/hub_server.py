@@ -157,9 +157,7 @@ class FakeHub:
     ) -> None:
         """Answer ``status`` (Hub error ``code``, ``message``) to matching requests, ``times`` or always."""
         with self._lock:
-            self.failures.append(
-                Failure(status, method, path_contains, times, code, message or f"injected {status}")
-            )
+            self.failures.append(Failure(status, method, path_contains, times, code, message or f"injected {status}"))
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The content of a repository at a revision, as {path: bytes}."""
@@ -265,13 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._lfs_put(m.group(1), body)
         if m := _LFS_BATCH.match(path):
             repo = hub._repo(m.group(1), headers, write=True)
-            return (
-                self._lfs_batch(repo, json.loads(body)) if m.group(2) == "batch" else self._lfs_verify(body)
-            )
+            return self._lfs_batch(repo, json.loads(body)) if m.group(2) == "batch" else self._lfs_verify(body)
         if m := _RESOLVE.match(path):
-            return self._resolve(
-                method, hub._repo(m.group(1), headers), unquote(m.group(2)), unquote(m.group(3))
-            )
+            return self._resolve(method, hub._repo(m.group(1), headers), unquote(m.group(2)), unquote(m.group(3)))
         if m := _API_REPO.match(path):
             return self._api(
                 method,
@@ -283,9 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         raise HubError(404, f"no route for {method} {path}")
 
-    def _api(
-        self, method: str, repo_id: str, parts: list[str], query: dict, headers: dict, body: bytes
-    ) -> None:
+    def _api(self, method: str, repo_id: str, parts: list[str], query: dict, headers: dict, body: bytes) -> None:
         hub = self.fake_hub
         action = parts[0] if parts else None
         write = method == "POST"
@@ -313,8 +305,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not hub._is_authorized(headers):
             raise HubError(401, "Invalid credentials in Authorization header")
         repo_id = f"{payload['organization']}/{payload['name']}"
-        if repo_id in hub.repos:
-            raise HubError(409, "You already created this model repo")
+        if repo_id in hub.repos:  # the Hub's 409 carries the url, which create_repo(exist_ok=True) returns
+            message = "You already created this model repo"
+            return self._send_json(409, {"error": message, "url": f"{hub.url}/{repo_id}"}, {"X-Error-Message": message})
         repo = Repo(repo_id, private=payload.get("visibility") == "private")
         initial = hub._new_oid()
         repo.commits[initial] = {}
@@ -490,9 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- responses ---------------------------------------------------------------------------------------
 
     def _send_json(self, status: int, payload, headers: dict | None = None) -> None:
-        self._send(
-            status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}
-        )
+        self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
     def _send(self, status: int, body: bytes, headers: dict, head_only: bool = False) -> None:
         self.send_response(status)
