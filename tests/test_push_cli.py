@@ -167,7 +167,8 @@ def test_pull_request(server, artifacts):
     assert report["pr_url"] == f"{server.url}/{SLICED_REPO}/discussions/1"
     assert report["hf_id"] == f"hf-hub:{SLICED_REPO}@refs/pr/1"
     assert server.files(SLICED_REPO, "main") == {}
-    assert server.files(SLICED_REPO, "refs/pr/1")["model.safetensors"] == (sliced_dir / "model.safetensors").read_bytes()
+    weights = (sliced_dir / "model.safetensors").read_bytes()
+    assert server.files(SLICED_REPO, "refs/pr/1")["model.safetensors"] == weights
     x = image_batch(load(sliced_dir))
     with torch.no_grad():
         assert torch.equal(load(report["hf_id"])(x), load(sliced_dir)(x))
