@@ -121,7 +121,7 @@ def hub_error_message(err: BaseException, repo_id: str | None = None, token: str
     This is the one place that maps ``huggingface_hub`` exceptions to advice. Server messages are quoted, so
     the token in use (``token``, else the one huggingface_hub would send) is masked in case a server echoes it.
     """
-    translated = translate_hub_error(err, repo_id)
+    translated = _translate(err, repo_id)
     if translated is None:
         return None
     message = str(translated)
@@ -134,7 +134,7 @@ def unreachable_message(reason: str) -> str:
     return f"cannot reach the Hub at {constants.ENDPOINT} ({reason}); check your network connection and HF_ENDPOINT"
 
 
-def translate_hub_error(err: BaseException, repo_id: str | None = None) -> HubError | None:
+def _translate(err: BaseException, repo_id: str | None = None) -> HubError | None:
     """The :class:`HubError` for ``err`` or, when wrapped, for its first recognisable cause; None for bugs."""
     seen: set[int] = set()
     current: BaseException | None = err
