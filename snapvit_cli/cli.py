@@ -7,9 +7,12 @@ machine-readable result on stdout and everything else on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +54,30 @@ def _user_errors(func):
 
 def _emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _quiet_hub(json_output: bool) -> Iterator[None]:
+    """Keep huggingface_hub's progress bars and retry warnings off stderr unless a person is watching it."""
+    if not json_output and sys.stderr.isatty():
+        yield
+        return
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+        logging,
+    )
+
+    bars_were_off, verbosity = are_progress_bars_disabled(), logging.get_verbosity()
+    disable_progress_bars()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            enable_progress_bars()
 
 
 def _version_callback(value: bool) -> None:
@@ -132,7 +159,13 @@ def score(
 @app.command("slice")
 @_user_errors
 def slice_(
-    bundle: Annotated[str, typer.Argument(help="Elastic bundle (.safetensors) written by `snapvit score`.")],
+    bundle: Annotated[
+        str,
+        typer.Argument(
+            help="Elastic bundle (.safetensors) written by `snapvit score`, or hf-hub:OWNER/NAME[@REV] of one "
+            "pushed with `snapvit push`."
+        ),
+    ],
     flops: Annotated[float | None, typer.Option(help="Fraction of the dense GMACs to keep, in (0, 1].")] = None,
     params: Annotated[float | None, typer.Option(help="Fraction of the dense parameters to keep, in (0, 1].")] = None,
     mlp: Annotated[
@@ -155,7 +188,7 @@ def slice_(
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to a budget and write a dense, smaller model (model.safetensors + config.json)."""
-    from snapvit_cli.bundle import load_bundle
+    from snapvit_cli.api import load_bundle
     from snapvit_cli.fileio import check_output, sha256_file
     from snapvit_cli.sliced import save_sliced, sliced_config
 
@@ -164,10 +197,11 @@ def slice_(
     if output is None:
         given = {"flops": flops, "params": params, "mlp": mlp, "heads": heads}
         tag = "-".join(f"{k}{v:g}" for k, v in given.items() if v is not None)
-        output = Path(f"{Path(bundle).stem.removesuffix('.bundle')}-{tag}")
+        output = Path(f"{_bundle_stem(bundle)}-{tag}")
     if not dry_run:
         check_output(output, force)
-    elastic = load_bundle(bundle)
+    with _quiet_hub(json_output):
+        elastic = load_bundle(bundle)
     plan = elastic.plan(
         flops=flops,
         params=params,
@@ -248,6 +282,17 @@ def import_scores(
         out.print(f"wrote [bold]{path}[/] ({source.timm_name}, scores from {reference.file_name})")
 
 
+def _bundle_stem(bundle: str) -> str:
+    """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
+    from snapvit_cli.hub import is_hf_id, parse_hf_id
+
+    if not is_hf_id(bundle):
+        return Path(bundle).stem.removesuffix(".bundle")
+    repo_id, revision = parse_hf_id(bundle)
+    name = repo_id.split("/")[-1]
+    return f"{name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', revision)}" if revision else name
+
+
 def _print_plan(plan, output: Path | None) -> None:
     table = Table(title="per-block widths", show_edge=False)
     table.add_column("block", justify="right")
@@ -263,6 +308,98 @@ def _print_plan(plan, output: Path | None) -> None:
     )
     if output is not None:
         out.print(f"wrote [bold]{output}[/]  (load it with snapvit_cli.load({str(output)!r}))")
+
+
+@app.command()
+@_user_errors
+def push(
+    path: Annotated[
+        Path, typer.Argument(help="Sliced-model folder (from `snapvit slice`) or elastic bundle (.safetensors).")
+    ],
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository OWNER/NAME; created if missing.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option(help="Branch to push to, created from main if missing (default: main).")
+    ] = None,
+    create_pr: Annotated[
+        bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")
+    ] = False,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face token with write access (default: $HF_TOKEN, else the saved `hf auth login`). "
+            "Prefer those: a token on the command line ends up in your shell history.",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        Path | None,
+        typer.Option("--dry-run", help="Write the folder that would be uploaded to DIR; send nothing.", metavar="DIR"),
+    ] = None,
+    eval_results: Annotated[
+        Path | None,
+        typer.Option(help="`snapvit eval --json` output to put in the model card.", metavar="FILE.json"),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
+    from snapvit_cli.hub import push as push_to_hub
+
+    results = _read_eval_results(eval_results) if eval_results is not None else None
+    with _quiet_hub(json_output):
+        result = push_to_hub(
+            path,
+            repo,
+            private=private,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=message,
+            token=token,
+            dry_run_dir=dry_run,
+            force=force,
+            eval_results=results,
+        )
+    if json_output:
+        _emit_json(
+            {
+                "repo": result.repo_id,
+                "hf_id": result.hf_id,
+                "kind": result.kind,
+                "files": list(result.files),
+                "card_generated": result.card_generated,
+                "revision": result.revision,
+                "commit_url": result.commit_url,
+                "pr_url": result.pr_url,
+                "dry_run_dir": None if result.dry_run_dir is None else str(result.dry_run_dir),
+            }
+        )
+        return
+    card = "generated model card" if result.card_generated else "your README.md"
+    if result.dry_run_dir is not None:
+        out.print(f"dry run: wrote [bold]{result.dry_run_dir}[/] ({', '.join(result.files)}; {card}); nothing was sent")
+        return
+    out.print(f"pushed {result.kind} to [bold]{result.commit_url}[/] ({', '.join(result.files)}; {card})")
+    if result.pr_url:
+        out.print(f"pull request: {result.pr_url}")
+    loader = "load" if result.kind == "sliced" else "load_bundle"
+    out.print(f"load it with snapvit_cli.{loader}({result.hf_id!r})", highlight=False)
+
+
+def _read_eval_results(path: Path) -> dict[str, Any]:
+    """``snapvit eval --json`` output: a JSON object with a ``results`` list."""
+    from snapvit_cli.errors import DataError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--eval-results: cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise DataError(
+            f"--eval-results: {path} is not `snapvit eval --json` output (a JSON object with a 'results' list)"
+        )
+    return data
 
 
 @app.command()

@@ -8,7 +8,6 @@ Everything goes through ``huggingface_hub`` (its cache, revisions, token lookup 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 import httpx2
-from huggingface_hub import CommitInfo, HfApi, constants, get_token, hf_hub_download, snapshot_download
+from huggingface_hub import CommitInfo, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -31,10 +30,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from safetensors import safe_open
 
 from snapvit_cli import __version__
-from snapvit_cli.errors import BundleError, OutputExistsError, SnapvitError
+from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError, SnapvitError
 from snapvit_cli.fileio import atomic_dir
 from snapvit_cli.model_card import render_model_card
 
@@ -59,13 +57,16 @@ class PushResult:
     kind: Kind
     files: tuple[str, ...]
     card_generated: bool
+    revision: str | None = None  # where it went: the branch, or refs/pr/N for a pull request
     commit_url: str | None = None
     pr_url: str | None = None
     dry_run_dir: Path | None = None
 
     @property
     def hf_id(self) -> str:
-        return f"{HF_PREFIX}{self.repo_id}"
+        """What ``snapvit_cli.load`` takes to fetch exactly what was pushed."""
+        at = f"@{self.revision}" if self.revision not in (None, constants.DEFAULT_REVISION) else ""
+        return f"{HF_PREFIX}{self.repo_id}{at}"
 
 
 # -- hf-hub ids ------------------------------------------------------------------------------------------
@@ -102,27 +103,38 @@ def _check_repo_id(repo_id: str) -> None:
 
 @contextlib.contextmanager
 def hub_errors(repo_id: str | None = None, token: str | None = None) -> Iterator[None]:
-    """Turn ``huggingface_hub`` / HTTP exceptions raised in the block into a one-line :class:`HubError`.
-
-    Server messages are quoted in the result, so the token in use (``token``, else the one huggingface_hub
-    would send) is masked in case a server echoes it.
-    """
+    """Turn ``huggingface_hub`` / HTTP exceptions raised in the block into a one-line :class:`HubError`."""
     try:
         yield
     except SnapvitError:
         raise
     except Exception as err:
-        translated = translate_hub_error(err, repo_id)
-        if translated is None:
+        message = hub_error_message(err, repo_id, token)
+        if message is None:
             raise
-        message = str(translated)
-        secret = token or get_token()
-        if secret:
-            message = message.replace(secret, "***")
         raise HubError(message) from err
 
 
-def translate_hub_error(err: BaseException, repo_id: str | None = None) -> HubError | None:
+def hub_error_message(err: BaseException, repo_id: str | None = None, token: str | None = None) -> str | None:
+    """The one-line message for a Hub or network exception, or None when ``err`` is not one (a bug).
+
+    This is the one place that maps ``huggingface_hub`` exceptions to advice. Server messages are quoted, so
+    the token in use (``token``, else the one huggingface_hub would send) is masked in case a server echoes it.
+    """
+    translated = _translate(err, repo_id)
+    if translated is None:
+        return None
+    message = str(translated)
+    secret = token or get_token()
+    return message.replace(secret, "***") if secret else message
+
+
+def unreachable_message(reason: str) -> str:
+    """What to say when the Hub's host cannot be reached at all (also used by the fail-fast DNS check)."""
+    return f"cannot reach the Hub at {constants.ENDPOINT} ({reason}); check your network connection and HF_ENDPOINT"
+
+
+def _translate(err: BaseException, repo_id: str | None = None) -> HubError | None:
     """The :class:`HubError` for ``err`` or, when wrapped, for its first recognisable cause; None for bugs."""
     seen: set[int] = set()
     current: BaseException | None = err
@@ -143,7 +155,8 @@ def _translate_one(err: BaseException, repo_id: str | None) -> HubError | None:
     what = _what(repo_id)
     if isinstance(err, OfflineModeIsEnabled):
         return HubError(
-            "cannot reach the Hub (offline): HF_HUB_OFFLINE=1 is set; unset it, or use files already cached"
+            "cannot reach the Hub (offline): HF_HUB_OFFLINE=1 is set; unset it to push, or to download what is "
+            "not cached yet"
         )
     if isinstance(err, GatedRepoError):
         return HubError(f"{what} is gated: request access on its Hub page and use a token of an account that has it")
@@ -159,10 +172,7 @@ def _translate_one(err: BaseException, repo_id: str | None) -> HubError | None:
     if isinstance(err, HfHubHTTPError):
         return _translate_status(err, what)
     if isinstance(err, httpx2.TransportError):
-        return HubError(
-            f"cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err}); check your network "
-            "connection and HF_ENDPOINT"
-        )
+        return HubError(unreachable_message(f"{type(err).__name__}: {_first(err)}"))
     return None
 
 
@@ -193,6 +203,9 @@ def _no_token_error() -> HubError:
 
 # -- push ------------------------------------------------------------------------------------------------
 
+# FLOPs fractions listed in a bundle's model card, to show what the bundle can be cut to.
+CARD_EXAMPLE_FLOPS = (0.9, 0.75, 0.5)
+
 
 def push(
     path: str | os.PathLike,
@@ -218,16 +231,27 @@ def push(
     _check_repo_id(repo_id)
     if create_pr and revision is not None:
         raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
-    kind, sources, config = _collect(path)
+    kind, sources, config, examples = _collect(path)
     card_generated = CARD_FILENAME not in sources
-    card = render_model_card(config, kind=kind, repo_id=repo_id, eval_results=eval_results) if card_generated else None
+    card = (
+        render_model_card(
+            config,
+            kind=kind,
+            repo_id=repo_id,
+            revision=revision,
+            eval_results=eval_results,
+            examples=examples,
+        )
+        if card_generated
+        else None
+    )
     files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
 
     if dry_run_dir is not None:
         out = _prepare_dry_run_dir(Path(dry_run_dir), force)
         with atomic_dir(out) as staging:
             _stage(sources, card, staging, link=False)
-        return PushResult(repo_id, kind, files, card_generated, dry_run_dir=out)
+        return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
 
     token = token or get_token()
     if not token:
@@ -237,7 +261,15 @@ def push(
         _stage(sources, card, staging, link=True)
         with hub_errors(repo_id, token):
             commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
-    return PushResult(repo_id, kind, files, card_generated, commit_url=commit.commit_url, pr_url=commit.pr_url)
+    return PushResult(
+        repo_id,
+        kind,
+        files,
+        card_generated,
+        revision=commit.pr_revision if create_pr else revision,
+        commit_url=commit.commit_url,
+        pr_url=commit.pr_url,
+    )
 
 
 def _upload(
@@ -264,44 +296,42 @@ def _upload(
     )
 
 
-def _collect(path: Path) -> tuple[Kind, dict[str, Path], dict[str, Any]]:
-    """What to upload from ``path``: its kind, ``{name in repo: local file}``, and the config for the card."""
+def _collect(path: Path) -> tuple[Kind, dict[str, Path], dict[str, Any], list[dict[str, Any]]]:
+    """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
+    (the sliced ``config.json`` or the bundle metadata, plus example budgets for a bundle).
+
+    Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
+    """
+    # Imported here: they pull in torch and timm, which the rest of this module does not need.
+    from snapvit_cli.bundle import ElasticBundle
+    from snapvit_cli.sliced import CONFIG_NAME, WEIGHTS_NAME, read_config
+
     if path.is_dir():
-        missing = [name for name in SLICED_FILES if not (path / name).is_file()]
+        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
         if missing:
             raise BundleError(f"{path} is not a sliced model folder: missing {', '.join(missing)}")
-        config = _read_json(path / "config.json")
-        if config.get("kind") != "sliced-model":
-            raise BundleError(f"{path / 'config.json'} does not describe a snapvit sliced model")
+        config = read_config(path)
         sources = {
             f.relative_to(path).as_posix(): f
             for f in sorted(path.rglob("*"))
             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
         }
-        return "sliced", sources, config
+        return "sliced", sources, config, []
     if path.is_file():
-        return "bundle", {BUNDLE_FILENAME: path}, read_bundle_metadata(path)
+        bundle = ElasticBundle.open(path)
+        return "bundle", {BUNDLE_FILENAME: path}, bundle.metadata, _example_plans(bundle)
     raise BundleError(f"{path} does not exist")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise BundleError(f"cannot read {path}: {err}") from err
-
-
-def read_bundle_metadata(path: Path) -> dict[str, Any]:
-    """The ``snapvit`` JSON from an elastic bundle's safetensors header (no tensor is loaded)."""
-    try:
-        with safe_open(path, "numpy") as f:
-            metadata = f.metadata() or {}
-        info = json.loads(metadata["snapvit"])
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise BundleError(f"{path} is not a snapvit elastic bundle: {err}") from err
-    if info.get("kind") != "elastic-bundle":
-        raise BundleError(f"{path} is not a snapvit elastic bundle (kind is {info.get('kind')!r})")
-    return info
+def _example_plans(bundle) -> list[dict[str, Any]]:
+    """The dense model and a few FLOPs budgets of ``bundle`` (``SlicePlan.to_json``), skipping unreachable ones."""
+    plans = [bundle.plan(mlp=0.0, heads=0.0).to_json()]
+    for fraction in CARD_EXAMPLE_FLOPS:
+        try:
+            plans.append(bundle.plan(flops=fraction).to_json())
+        except BudgetError:  # below what the bundle's min-keep ratios allow
+            continue
+    return plans
 
 
 def _prepare_dry_run_dir(out: Path, force: bool) -> Path:
@@ -329,48 +359,53 @@ def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool
 
 
 # -- download --------------------------------------------------------------------------------------------
+#
+# Everything goes through ``snapshot_download``: it asks the Hub once (repo info) and, when that fails for
+# any reason (offline, unreachable, 5xx), looks in the cache at once. ``hf_hub_download`` would instead retry
+# a failed lookup with back-off for ~25 s and log every retry.
+
+
+def _snapshot(hf_id: str, patterns: list[str], revision: str | None) -> Path:
+    """The cached snapshot folder holding the files of ``hf_id`` that match ``patterns`` (``revision``
+    overrides an ``@REV`` in the id)."""
+    repo_id, parsed_revision = parse_hf_id(hf_id)
+    with hub_errors(repo_id):
+        return Path(
+            snapshot_download(repo_id, revision=revision or parsed_revision, allow_patterns=patterns, **_USER_AGENT)
+        )
 
 
 def download(hf_id: str, filename: str, revision: str | None = None) -> Path:
-    """One file of a Hub repository, via the ``huggingface_hub`` cache; ``revision`` overrides ``@REV``."""
-    repo_id, parsed_revision = parse_hf_id(hf_id)
-    with hub_errors(repo_id):
-        return Path(hf_hub_download(repo_id, filename, revision=revision or parsed_revision, **_USER_AGENT))
+    """One file of a Hub repository, via the ``huggingface_hub`` cache."""
+    path = _snapshot(hf_id, [filename], revision) / filename
+    if not path.is_file():
+        raise HubError(f"file not found in {parse_hf_id(hf_id)[0]}: {filename}")
+    return path
 
 
-def download_bundle(hf_id: str) -> Path:
+def download_bundle(hf_id: str, revision: str | None = None) -> Path:
     """The ``bundle.safetensors`` of an elastic bundle repository."""
-    return download(hf_id, BUNDLE_FILENAME)
+    return download(hf_id, BUNDLE_FILENAME, revision)
 
 
-def download_sliced_model(hf_id: str) -> Path:
+def download_sliced_model(hf_id: str, revision: str | None = None) -> Path:
     """A local folder holding the ``config.json`` and ``model.safetensors`` of a sliced model repository."""
-    repo_id, revision = parse_hf_id(hf_id)
-    with hub_errors(repo_id):
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(SLICED_FILES), **_USER_AGENT))
+    folder = _snapshot(hf_id, list(SLICED_FILES), revision)
     missing = [name for name in SLICED_FILES if not (folder / name).is_file()]
     if missing:
         raise HubError(f"{hf_id} does not hold a sliced model: no {', '.join(missing)}")
     return folder
 
 
-def resolve_hub_artifact(hf_id: str) -> tuple[Kind, Path]:
+def resolve_hub_artifact(hf_id: str, revision: str | None = None) -> tuple[Kind, Path]:
     """Whether ``hf_id`` holds a bundle or a sliced model, with its local path (bundle file or model folder).
 
-    Tries ``bundle.safetensors`` first; a definite "no such file" from the Hub, or a cache miss while offline,
-    falls through to the sliced-model files, so cached repositories of either kind resolve without a network.
+    One snapshot of whichever snapvit files the repository has, so cached repositories of either kind also
+    resolve offline.
     """
-    repo_id, revision = parse_hf_id(hf_id)
-    with hub_errors(repo_id):
-        try:
-            return "bundle", Path(hf_hub_download(repo_id, BUNDLE_FILENAME, revision=revision, **_USER_AGENT))
-        except (RemoteEntryNotFoundError, LocalEntryNotFoundError) as err:
-            bundle_error = err
-    try:
-        return "sliced", download_sliced_model(hf_id)
-    except HubError:
-        if isinstance(bundle_error, LocalEntryNotFoundError):  # report the real reason: offline, unreachable, 5xx
-            raise translate_hub_error(bundle_error, repo_id) from bundle_error
-        raise HubError(
-            f"{hf_id} holds neither {BUNDLE_FILENAME} nor {' + '.join(SLICED_FILES)}: not a snapvit repo"
-        ) from None
+    folder = _snapshot(hf_id, [BUNDLE_FILENAME, *SLICED_FILES], revision)
+    if (folder / BUNDLE_FILENAME).is_file():
+        return "bundle", folder / BUNDLE_FILENAME
+    if all((folder / name).is_file() for name in SLICED_FILES):
+        return "sliced", folder
+    raise HubError(f"{hf_id} holds neither {BUNDLE_FILENAME} nor {' + '.join(SLICED_FILES)}: not a snapvit repo")

@@ -38,9 +38,7 @@ def knn_neighbours(
     return _neighbours(train_features, query_features, k, chunk_size)
 
 
-def _neighbours(
-    train_features: Tensor, query_features: Tensor, k: int, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+def _neighbours(train_features: Tensor, query_features: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
     """:func:`knn_neighbours` on already validated features."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -110,9 +108,7 @@ def knn_accuracy(
 ) -> float:
     """Top-1 accuracy of :func:`knn_predict` against ``query_labels``."""
     if query_labels.shape != (query_features.shape[0],):
-        raise DataError(
-            f"query labels have shape {tuple(query_labels.shape)}, expected ({query_features.shape[0]},)"
-        )
+        raise DataError(f"query labels have shape {tuple(query_labels.shape)}, expected ({query_features.shape[0]},)")
     predictions = knn_predict(
         train_features, train_labels, query_features, k, vote, temperature, num_classes, chunk_size
     )

@@ -9,6 +9,7 @@ on the sliced weights, and without a ``library_name`` it would guess ``transform
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -49,17 +50,30 @@ Kind = Literal["sliced", "bundle"]
 
 
 def render_model_card(
-    config: dict[str, Any], *, kind: Kind, repo_id: str, eval_results: dict[str, Any] | None = None
+    config: dict[str, Any],
+    *,
+    kind: Kind,
+    repo_id: str,
+    revision: str | None = None,
+    eval_results: dict[str, Any] | None = None,
+    examples: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The ``README.md`` for a sliced model (given its ``config.json``) or a bundle (its ``snapvit`` JSON)."""
+    """The ``README.md`` for a sliced model or an elastic bundle.
+
+    ``config`` is the sliced model's ``config.json`` (:func:`snapvit_cli.sliced.sliced_config`) or the bundle's
+    ``snapvit`` metadata (:func:`snapvit_cli.bundle.write_bundle`). ``examples`` are ``SlicePlan.to_json()``
+    dicts listed in a bundle's card; ``eval_results`` is ``snapvit eval --json`` output; ``revision`` is the
+    branch pushed to, so the usage snippet loads what this card describes.
+    """
     if kind not in ("sliced", "bundle"):
         raise ValueError(f"kind must be 'sliced' or 'bundle', not {kind!r}")
+    hf_id = f"hf-hub:{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
     sections = [
         _intro(config, kind, repo_id),
         _about_snapvit(),
-        _sliced_details(config) if kind == "sliced" else _bundle_details(config),
+        _sliced_details(config) if kind == "sliced" else _bundle_details(config, examples or []),
         _eval_section(eval_results),
-        _usage(kind, repo_id),
+        _usage(kind, hf_id),
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
     ]
     body = "\n\n".join(s for s in sections if s)
@@ -71,10 +85,11 @@ def card_metadata(config: dict[str, Any], kind: Kind) -> ModelCardData:
     """The card's YAML metadata: base model, license, library, task and tags."""
     source = _source(config, kind)
     base = _base_hub_id(source)
+    num_classes = (config.get("structure") or {}).get("num_classes") or 0
     return ModelCardData(
         base_model=base,
         library_name=LIBRARY_NAME,
-        pipeline_tag="image-classification" if _num_classes(config) > 0 else "image-feature-extraction",
+        pipeline_tag="image-classification" if num_classes > 0 else "image-feature-extraction",
         tags=list(TAGS),
         **_license_fields(source.get("license"), base),
     )
@@ -86,8 +101,9 @@ def _source(config: dict[str, Any], kind: Kind) -> dict[str, Any]:
 
 
 def _base_hub_id(source: dict[str, Any]) -> str | None:
+    """The base model's Hub repository (``hf_hub_id`` may carry ``hf-hub:`` or ``@revision``)."""
     hub_id = source.get("hf_hub_id")
-    return hub_id.removeprefix("hf-hub:") if hub_id else None
+    return hub_id.removeprefix("hf-hub:").split("@")[0] if hub_id else None
 
 
 def _license_fields(license_id: str | None, base: str | None) -> dict[str, str]:
@@ -100,15 +116,6 @@ def _license_fields(license_id: str | None, base: str | None) -> dict[str, str]:
         return {"license": normalized}
     slug = re.sub(r"[^a-z0-9.]+", "-", normalized).strip("-") or "unknown"
     return {"license": "other", "license_name": slug, **link}
-
-
-def _num_classes(config: dict[str, Any]) -> int:
-    """Classifier width: ``model_args`` overrides ``pretrained_cfg``; unknown means a feature extractor."""
-    for key in ("model_args", "pretrained_cfg"):
-        value = (config.get(key) or {}).get("num_classes")
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def _intro(config: dict[str, Any], kind: Kind, repo_id: str) -> str:
@@ -138,80 +145,177 @@ def _about_snapvit() -> str:
     )
 
 
+# -- sliced model ----------------------------------------------------------------------------------------
+
+
 def _sliced_details(config: dict[str, Any]) -> str:
-    parts = ["## Model details"]
-    budget = config.get("budget") or {}
-    if budget:
-        parts.append(_budget_line(budget))
-    cost = config.get("cost") or {}
-    if cost:
-        parts.append(_cost_table(cost))
-    widths = config.get("widths") or {}
-    if widths.get("mlp_hidden") and widths.get("num_heads"):
-        parts.append(_widths_table(widths, config.get("head_dim")))
-    pre = config.get("pretrained_cfg") or {}
-    if pre:
-        parts.append(_preprocessing_line(pre))
-    return "\n\n".join(parts) if len(parts) > 1 else ""
+    lines = [
+        line
+        for line in (
+            _budget_line(config.get("budget") or {}),
+            _scoring_line(config.get("scoring") or {}),
+            _min_keep_line(config.get("min_keep") or {}),
+            _preprocessing_line(config.get("pretrained_cfg") or {}),
+            _provenance_line(config),
+        )
+        if line
+    ]
+    tables = [
+        _cost_table(config.get("cost") or {}),
+        _widths_table(config.get("widths") or {}, config.get("structure") or {}),
+    ]
+    parts = ["\n".join(lines), *tables]
+    body = "\n\n".join(p for p in parts if p)
+    return f"## Model details\n\n{body}" if body else ""
 
 
 def _budget_line(budget: dict[str, Any]) -> str:
-    kind, target = budget.get("kind"), budget.get("target")
-    measure = {"flops": "FLOPs", "params": "parameters"}.get(kind, kind)
-    line = f"- **Budget:** {_pct(target)} of the dense model's {measure}" if target is not None else "- **Budget:** —"
-    ratios = []
-    if budget.get("mlp_ratio") is not None:
-        ratios.append(f"MLP pruning ratio r_m = {budget['mlp_ratio']:.4g}")
-    if budget.get("head_ratio") is not None:
-        ratios.append(f"head pruning ratio r_h = {budget['head_ratio']:.4g}")
-    return line + (f" ({', '.join(ratios)})" if ratios else "")
+    """The budget as asked (``--flops``/``--params`` keep a fraction; ``--mlp``/``--heads`` remove one) and
+    the fractions of units it removed (``mlp_ratio``/``head_ratio`` are fractions *removed*)."""
+    kind = budget.get("kind")
+    if kind in ("flops", "params") and budget.get("target") is not None:
+        measure = "FLOPs" if kind == "flops" else "parameters"
+        asked = f"keep {_pct(budget['target'])} of the dense model's {measure}"
+        if budget.get("head_offset") is not None:
+            asked += f" (head offset {budget['head_offset']:g})"
+    elif kind == "ratios":
+        asked = f"`--mlp {_num(budget.get('mlp'))} --heads {_num(budget.get('heads'))}`"
+    else:
+        return ""
+    removed = [
+        f"{_pct(budget[key])} of the {units}"
+        for key, units in (("mlp_ratio", "MLP neurons"), ("head_ratio", "attention heads"))
+        if budget.get(key) is not None
+    ]
+    return f"- **Budget:** {asked}" + (f"; removed {' and '.join(removed)}" if removed else "")
 
 
 def _cost_table(cost: dict[str, Any]) -> str:
     rows = ["| | This model | Dense model | Fraction |", "|---|---|---|---|"]
-    for label, key, scale, unit in (("GMACs", "gmacs", 1.0, ""), ("Parameters", "params", 1e-6, " M")):
+    for label, key, fraction_key, scale, unit in (
+        ("GMACs", "gmacs", "flops_fraction", 1.0, ""),
+        ("Parameters", "params", "params_fraction", 1e-6, " M"),
+    ):
         value, dense = cost.get(key), cost.get(f"dense_{key}")
         if value is None:
             continue
-        this = f"{value * scale:.2f}{unit}"
-        other = f"{dense * scale:.2f}{unit}" if dense else "—"
-        fraction = _pct(value / dense) if dense else "—"
-        rows.append(f"| {label} | {this} | {other} | {fraction} |")
+        fraction = cost.get(fraction_key, value / dense if dense else None)
+        other = f"{dense * scale:.4g}{unit}" if dense else "—"
+        rows.append(f"| {label} | {value * scale:.4g}{unit} | {other} | {_pct(fraction)} |")
+    if len(rows) == 2:
+        return ""
     resolution = cost.get("resolution")
-    note = f"\n\nCosts are measured at {resolution}×{resolution} input." if resolution else ""
+    note = f"\n\nGMACs at {resolution}×{resolution} input." if resolution else ""
     return "\n".join(rows) + note
 
 
-def _widths_table(widths: dict[str, list[int]], head_dim: int | None) -> str:
-    mlp, heads = widths["mlp_hidden"], widths["num_heads"]
+def _widths_table(widths: dict[str, list[int]], structure: dict[str, Any]) -> str:
+    mlp, heads = widths.get("mlp_hidden"), widths.get("num_heads")
+    if not mlp or not heads:
+        return ""
     rows = ["| Block | MLP hidden | Attention heads |", "|---|---|---|"]
     rows += [f"| {i} | {m} | {h} |" for i, (m, h) in enumerate(zip(mlp, heads, strict=True))]
     rows.append(f"| **Total** | **{sum(mlp)}** | **{sum(heads)}** |")
-    dim = f" (head dimension {head_dim})" if head_dim else ""
-    return f"Kept units per block{dim}:\n\n" + "\n".join(rows)
+    dense = ""
+    if all(structure.get(k) is not None for k in ("mlp_hidden", "num_heads", "head_dim")):
+        dense = (
+            f" (the dense model has {structure['mlp_hidden']} MLP hidden units and {structure['num_heads']} "
+            f"heads of dimension {structure['head_dim']} in each block)"
+        )
+    return f"Kept units per block{dense}:\n\n" + "\n".join(rows)
 
 
 def _preprocessing_line(pre: dict[str, Any]) -> str:
     fields = [f"{k} = {pre[k]}" for k in ("input_size", "interpolation", "crop_pct", "mean", "std") if k in pre]
-    return "- **Preprocessing** (as the base model): " + ", ".join(fields)
+    return "- **Preprocessing** (as the base model): " + ", ".join(fields) if fields else ""
 
 
-def _bundle_details(config: dict[str, Any]) -> str:
+def _provenance_line(config: dict[str, Any]) -> str:
+    parts = []
+    if config.get("bundle_sha256"):
+        parts.append(f"cut from an elastic bundle with sha256 `{config['bundle_sha256']}`")
+    if config.get("snapvit_version"):
+        parts.append(f"by snapvit {config['snapvit_version']}")
+    return "- **Provenance:** " + " ".join(parts) if parts else ""
+
+
+# -- bundle ----------------------------------------------------------------------------------------------
+
+
+def _bundle_details(config: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     structure = config.get("structure") or {}
-    parts = ["## Bundle details"]
-    if structure:
-        mlp = structure.get("mlp_hidden")
-        mlp_text = mlp if isinstance(mlp, int) else (f"{mlp[0]} per block" if mlp and len(set(mlp)) == 1 else mlp)
-        parts.append(
-            f"- **Dense structure:** {structure.get('num_blocks')} blocks, embedding dimension "
-            f"{structure.get('embed_dim')}, {structure.get('num_heads')} heads of dimension "
-            f"{structure.get('head_dim')}, MLP hidden {mlp_text}"
+    dense = ""
+    if all(structure.get(k) is not None for k in ("num_blocks", "embed_dim", "num_heads", "head_dim", "mlp_hidden")):
+        dense = (
+            f"- **Dense model:** {structure['num_blocks']} blocks, embedding dimension {structure['embed_dim']}, "
+            f"{structure['num_heads']} heads of dimension {structure['head_dim']} and {structure['mlp_hidden']} "
+            "MLP hidden units per block"
         )
-    scoring = config.get("scoring") or {}
-    if scoring:
-        scalars = ", ".join(f"{k} = {v}" for k, v in scoring.items() if isinstance(v, (str, int, float, bool)))
-        parts.append(f"- **Scoring:** {scalars}")
-    return "\n\n".join(parts) if len(parts) > 1 else ""
+    lines = [
+        line
+        for line in (
+            dense,
+            _scoring_line(config.get("scoring") or {}),
+            _min_keep_line(config.get("min_keep") or {}),
+            _preprocessing_line((_source(config, "bundle").get("pretrained_cfg")) or {}),
+        )
+        if line
+    ]
+    parts = ["\n".join(lines), _examples_table(examples)]
+    body = "\n\n".join(p for p in parts if p)
+    return f"## Bundle details\n\n{body}" if body else ""
+
+
+def _examples_table(examples: list[dict[str, Any]]) -> str:
+    """Example budgets from ``SlicePlan.to_json()``: what the bundle slices to, without building anything."""
+    if not examples:
+        return ""
+    rows = [
+        "| Budget | GMACs | Params (M) | MLP neurons removed | Heads removed |",
+        "|---|---|---|---|---|",
+    ]
+    for plan in examples:
+        budget = plan["budget"]
+        if budget.get("kind") in ("flops", "params"):
+            label = f"{'FLOPs' if budget['kind'] == 'flops' else 'params'} {_pct(budget['target'])}"
+        elif plan["mlp_ratio"] == 0 and plan["head_ratio"] == 0:
+            label = "dense"
+        else:
+            label = f"`--mlp {budget['mlp']:g} --heads {budget['heads']:g}`"
+        rows.append(
+            f"| {label} | {plan['gmacs']:.4g} | {plan['params'] / 1e6:.4g} | {_pct(plan['mlp_ratio'])} "
+            f"| {_pct(plan['head_ratio'])} |"
+        )
+    resolution = examples[0]["resolution"]
+    return (
+        "### Example budgets\n\n" + "\n".join(rows) + f"\n\nGMACs at {resolution}×{resolution} input. "
+        "`bundle.plan(flops=F)` gives these numbers for any budget without building a model."
+    )
+
+
+# -- shared ----------------------------------------------------------------------------------------------
+
+
+def _scoring_line(scoring: dict[str, Any]) -> str:
+    method = scoring.get("method")
+    if not method:
+        return ""
+    settings = scoring.get("settings") or {}
+    shown = ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
+    return f"- **Importance scores:** method `{method}`" + (f" ({shown})" if shown else "")
+
+
+def _setting(value: Any) -> str:
+    return str(value) if isinstance(value, (str, int, float, bool)) else json.dumps(value, separators=(",", ":"))
+
+
+def _min_keep_line(min_keep: dict[str, Any]) -> str:
+    if min_keep.get("mlp") is None or min_keep.get("heads") is None:
+        return ""
+    return (
+        f"- **Minimum kept per block:** {_pct(min_keep['mlp'])} of the MLP neurons and "
+        f"{_pct(min_keep['heads'])} of the attention heads (at least one of each)"
+    )
 
 
 def _eval_section(eval_results: dict[str, Any] | None) -> str:
@@ -251,10 +355,9 @@ def _eval_section(eval_results: dict[str, Any] | None) -> str:
     return "## Evaluation\n\nResults from `snapvit eval`:\n\n" + "\n".join(rows) + note
 
 
-def _usage(kind: Kind, repo_id: str) -> str:
-    hf_id = f"hf-hub:{repo_id}"
+def _usage(kind: Kind, hf_id: str) -> str:
     if kind == "sliced":
-        code = f'import snapvit_cli\n\nmodel = snapvit_cli.load("{hf_id}")'
+        code = f'import snapvit_cli\n\nmodel = snapvit_cli.load("{hf_id}")  # a torch.nn.Module in eval mode'
         return f"## Usage\n\n```bash\npip install snapvit-cli\n```\n\n```python\n{code}\n```"
     code = f'import snapvit_cli\n\nbundle = snapvit_cli.load_bundle("{hf_id}")\nmodel = bundle.slice(flops=0.5)'
     cli = f"snapvit slice {hf_id} --flops 0.5 -o out"

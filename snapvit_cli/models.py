@@ -12,6 +12,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 from urllib.parse import urlparse
 
 import timm
@@ -20,6 +21,7 @@ from torch import nn
 
 from snapvit_cli.errors import ModelLoadError
 from snapvit_cli.fileio import sha256_file
+from snapvit_cli.hub import hub_error_message, unreachable_message
 
 # One table of friendly names -> timm names (with pretrained tag). The paper's CLI ids (method doc §1.1) and the
 # torch.hub names of DINO/DINOv2 are included so that commands copied from either keep working.
@@ -256,13 +258,10 @@ def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: 
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except ModelLoadError:
         raise
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
+    except Exception as exc:
+        if isinstance(exc, RuntimeError) and "Unknown model" in str(exc):
             raise ModelLoadError(_unknown_model_message(timm_name)) from None
-        raise
-    except Exception as exc:  # noqa: BLE001 - network and cache errors come in many types
-        if _is_download_error(exc):
-            raise ModelLoadError(_download_message(timm_name, exc)) from None
+        _raise_if_download_error(timm_name, exc)
         raise
 
 
@@ -279,36 +278,38 @@ def _fail_fast_if_hub_unreachable(timm_name: str) -> None:
         socket.getaddrinfo(host, 443)
     except OSError:
         if not _in_local_cache(timm_name):
-            raise ModelLoadError(_download_message(timm_name, f"cannot resolve {host}")) from None
+            raise ModelLoadError(_download_message(timm_name, unreachable_message(f"cannot resolve {host}"))) from None
+
+
+def _hub_repo_id(timm_name: str) -> str | None:
+    """The Hub repository that holds the weights of ``timm_name``, if they live on the Hub."""
+    if timm_name.startswith("hf-hub:"):
+        return timm_name.removeprefix("hf-hub:").split("@")[0]
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    return getattr(cfg, "hf_hub_id", None)
 
 
 def _in_local_cache(timm_name: str) -> bool:
     from huggingface_hub import scan_cache_dir
 
-    hub_id = timm_name.removeprefix("hf-hub:").split("@")[0]
-    if not timm_name.startswith("hf-hub:"):
-        cfg = timm.models.get_pretrained_cfg(timm_name)
-        hub_id = getattr(cfg, "hf_hub_id", None) or ""
+    hub_id = _hub_repo_id(timm_name)
     try:
         return any(repo.repo_id == hub_id for repo in scan_cache_dir().repos)
     except Exception:  # noqa: BLE001 - no cache folder yet
         return False
 
 
-def _is_download_error(exc: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+def _raise_if_download_error(timm_name: str, exc: Exception) -> None:
+    """Re-raise a failed download as a one-line :class:`ModelLoadError`, with the Hub module's advice."""
+    reason = hub_error_message(exc, _hub_repo_id(timm_name))
+    if reason is None and isinstance(exc, ConnectionError | URLError):  # weights hosted outside the Hub
+        reason = f"cannot download ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
+    if reason is not None:
+        raise ModelLoadError(_download_message(timm_name, reason)) from None
 
-    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | HfHubHTTPError | ConnectionError):
-        return True
-    return type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}
 
-
-def _download_message(timm_name: str, exc: BaseException | str) -> str:
-    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return (
-        f"cannot download pretrained weights for {timm_name} ({reason}); "
-        f"the Hugging Face Hub is unreachable — pass --checkpoint FILE with local weights"
-    )
+def _download_message(timm_name: str, reason: str) -> str:
+    return f"cannot download pretrained weights for {timm_name}: {reason}; or pass --checkpoint FILE with local weights"
 
 
 def _unknown_model_message(name: str) -> str:
@@ -342,7 +343,6 @@ def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:
     try:
         _cfg, _arch, model_args = load_model_config_from_hf(hub_id)
     except Exception as exc:  # noqa: BLE001
-        if _is_download_error(exc):
-            raise ModelLoadError(_download_message(timm_name, exc)) from None
+        _raise_if_download_error(timm_name, exc)
         raise
     return dict(model_args or {})

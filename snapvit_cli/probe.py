@@ -135,9 +135,7 @@ def probe_accuracy(result: ProbeResult, x: Tensor, y: Tensor) -> float:
     return _accuracy(result.classifier, x, y)
 
 
-def _init_linear(
-    in_features: int, num_classes: int, generator: torch.Generator, device: torch.device
-) -> nn.Linear:
+def _init_linear(in_features: int, num_classes: int, generator: torch.Generator, device: torch.device) -> nn.Linear:
     """``nn.Linear`` with weight ~ N(0, 0.01) and zero bias (DINO's linear-eval init).
 
     The weight is drawn on the CPU from ``generator`` so the probe is the same on every device and the global

@@ -305,8 +305,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not hub._is_authorized(headers):
             raise HubError(401, "Invalid credentials in Authorization header")
         repo_id = f"{payload['organization']}/{payload['name']}"
-        if repo_id in hub.repos:
-            raise HubError(409, "You already created this model repo")
+        if repo_id in hub.repos:  # the Hub's 409 carries the url, which create_repo(exist_ok=True) returns
+            message = "You already created this model repo"
+            return self._send_json(409, {"error": message, "url": f"{hub.url}/{repo_id}"}, {"X-Error-Message": message})
         repo = Repo(repo_id, private=payload.get("visibility") == "private")
         initial = hub._new_oid()
         repo.commits[initial] = {}

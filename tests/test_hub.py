@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +13,19 @@ from safetensors.numpy import save_file
 from snapvit_cli import hub
 from snapvit_cli.errors import BundleError, OutputExistsError
 from snapvit_cli.hub import HubError
+from tests.hub_artifacts import (
+    BASE_HUB_ID,
+    TOKEN,
+    build_artifacts,
+    copy_artifacts,
+    free_port,
+    point_client_at,
+    restore_client,
+    snapshot,
+)
 from tests.hub_server import FakeHub
 
-TOKEN = "hf_snapvitTEST0123456789abcdefXYZ"
 REPO = "tester/tiny-snapvit"
-
-SOURCE = {
-    "model_id": "tiny_vit",
-    "timm_name": "vit_tiny_patch16_224.augreg_in21k",
-    "hf_hub_id": "timm/vit_tiny_patch16_224.augreg_in21k",
-    "revision": None,
-    "weights_sha256": "0" * 64,
-    "license": "apache-2.0",
-}
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -35,26 +33,14 @@ SOURCE = {
 
 @pytest.fixture
 def configure(tmp_path, monkeypatch):
-    """Point huggingface_hub at ``endpoint`` through its environment variables, with an isolated HF_HOME.
-
-    ``huggingface_hub.constants`` reads the environment at import, so it is reloaded after each change and
-    once more after the test, when monkeypatch has restored the environment.
-    """
+    """``configure(endpoint, **env)``: point huggingface_hub at ``endpoint`` with an isolated HF_HOME."""
 
     def _configure(endpoint: str, **env: str) -> None:
-        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE",
-                     "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH",
-                     "HF_HUB_DISABLE_XET"):  # fmt: skip
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        importlib.reload(constants)
+        point_client_at(monkeypatch, tmp_path / "hf-home", endpoint, **env)
 
     yield _configure
     monkeypatch.undo()
-    importlib.reload(constants)
+    restore_client()
 
 
 @pytest.fixture
@@ -64,76 +50,32 @@ def fake_hub(configure):
         yield server
 
 
-@pytest.fixture
-def sliced_dir(tmp_path) -> Path:
-    """A tiny sliced-model folder: two blocks of different widths, as the core writes it."""
-    folder = tmp_path / "sliced"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    save_file(
-        {
-            "blocks.0.mlp.fc1.weight": rng.standard_normal((24, 16)).astype(np.float32),
-            "blocks.1.mlp.fc1.weight": rng.standard_normal((8, 16)).astype(np.float32),
-        },
-        str(folder / "model.safetensors"),
-    )
-    config = {
-        "snapvit_format_version": 1,
-        "kind": "sliced-model",
-        "architecture": "vit_tiny_patch16_224",
-        "model_args": {"num_classes": 0},
-        "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.9},
-        "base_model": SOURCE,
-        "widths": {"mlp_hidden": [24, 8], "num_heads": [3, 1]},
-        "head_dim": 64,
-        "budget": {"kind": "flops", "target": 0.5, "mlp_ratio": 0.41, "head_ratio": 0.26},
-        "cost": {"resolution": 224, "gmacs": 0.6, "params": 2.9e6, "dense_gmacs": 1.2, "dense_params": 5.7e6},
-        "scoring": {"method": "snapvit"},
-        "bundle_sha256": "1" * 64,
-        "snapvit_version": "0.1.0",
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture
-def bundle_file(tmp_path) -> Path:
-    path = tmp_path / "my-scores.safetensors"
-    info = {
-        "format_version": 1,
-        "kind": "elastic-bundle",
-        "source": SOURCE,
-        "structure": {
-            "num_blocks": 2,
-            "embed_dim": 16,
-            "num_heads": 4,
-            "head_dim": 4,
-            "mlp_hidden": [64, 64],
-        },
-        "scoring": {"method": "snapvit"},
-    }
-    tensors = {"scores.mlp": np.arange(128, dtype=np.float32), "scores.heads": np.ones(8, dtype=np.float32)}
-    save_file(tensors, str(path), metadata={"format": "pt", "snapvit": json.dumps(info)})
-    return path
+def artifacts(built, tmp_path) -> tuple[Path, Path]:
+    return copy_artifacts(built, tmp_path / "mine")
 
 
-def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
-    """Content and mtime of every file under ``path`` (or of ``path`` itself)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
+@pytest.fixture
+def sliced_dir(artifacts) -> Path:
+    """A real sliced-model folder (config.json + model.safetensors), as `snapvit slice` writes it."""
+    return artifacts[1]
+
+
+@pytest.fixture
+def bundle_file(artifacts) -> Path:
+    """A real elastic bundle, as `snapvit score` writes it."""
+    return artifacts[0]
 
 
 def assert_no_token(capfd, *texts: str) -> None:
     out, err = capfd.readouterr()
     for text in (out, err, *texts):
         assert TOKEN not in text
-
-
-def free_port() -> int:
-    """A port nothing listens on: bound once to find it, then closed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- hf-hub ids ----------------------------------------------------------------------------------------------
@@ -183,7 +125,7 @@ def test_push_sliced_uploads_exactly_the_staged_files(fake_hub, sliced_dir, tmp_
     assert result.hf_id == f"hf-hub:{REPO}"
 
     card = ModelCard(uploaded["README.md"].decode())
-    assert card.data.base_model == SOURCE["hf_hub_id"]
+    assert card.data.base_model == BASE_HUB_ID
     assert f'snapvit_cli.load("hf-hub:{REPO}")' in card.text
 
     writes = [r for r in fake_hub.requests if r.method in ("POST", "PUT") and r.path.startswith("/api/")]
@@ -347,7 +289,7 @@ def test_push_refuses_what_is_not_a_snapvit_artifact(fake_hub, tmp_path):
         hub.push(tmp_path / "folder", REPO, token=TOKEN)
     plain = tmp_path / "plain.safetensors"
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(plain))
-    with pytest.raises(BundleError, match="not a snapvit elastic bundle"):
+    with pytest.raises(BundleError, match="not a snapvit bundle"):
         hub.push(plain, REPO, token=TOKEN)
     assert fake_hub.requests == []
 

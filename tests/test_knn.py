@@ -14,9 +14,7 @@ from snapvit_cli.knn import knn_accuracy, knn_neighbours, knn_predict
 # rows 3 and 4 are orthogonal / opposite. With k = 3 the majority vote is 0 (two votes against one), but
 # DINO's weighted vote at T = 0.07 gives class 1 exp(1/0.07) ~ 1.6e6 against class 0 2·exp(0.8/0.07) ~ 1.8e5.
 # At T = 1 the weights are e ~ 2.72 against 2·e^0.8 ~ 4.45, so class 0 wins again.
-VOTE_TRAIN = torch.tensor(
-    [[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.8, 0.0, 0.6], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
-)
+VOTE_TRAIN = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.8, 0.0, 0.6], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 VOTE_LABELS = torch.tensor([1, 0, 0, 2, 1])
 VOTE_QUERY = torch.tensor([[1.0, 0.0, 0.0]])
 
@@ -24,9 +22,7 @@ VOTE_QUERY = torch.tensor([[1.0, 0.0, 0.0]])
 def test_majority_and_weighted_votes_differ_as_computed_by_hand() -> None:
     assert knn_predict(VOTE_TRAIN, VOTE_LABELS, VOTE_QUERY, k=3, vote="majority").tolist() == [0]
     assert knn_predict(VOTE_TRAIN, VOTE_LABELS, VOTE_QUERY, k=3, vote="weighted").tolist() == [1]
-    assert knn_predict(
-        VOTE_TRAIN, VOTE_LABELS, VOTE_QUERY, k=3, vote="weighted", temperature=1.0
-    ).tolist() == [0]
+    assert knn_predict(VOTE_TRAIN, VOTE_LABELS, VOTE_QUERY, k=3, vote="weighted", temperature=1.0).tolist() == [0]
 
 
 def test_weighted_vote_stays_finite_for_tiny_temperature() -> None:
@@ -121,9 +117,7 @@ def _tied_data() -> tuple[torch.Tensor, ...]:
     """Train rows that are all one of four axis directions, so every query has four groups of exactly
     equal similarities (its own coordinates) and k = 7 almost always cuts through a group."""
     gen = torch.Generator().manual_seed(1)
-    train = torch.eye(4)[torch.randint(0, 4, (60,), generator=gen)] * torch.rand(60, 1, generator=gen).add(
-        0.5
-    )
+    train = torch.eye(4)[torch.randint(0, 4, (60,), generator=gen)] * torch.rand(60, 1, generator=gen).add(0.5)
     return train, torch.randint(0, 5, (60,), generator=gen), torch.randn(40, 4, generator=gen)
 
 

@@ -1,9 +1,9 @@
 """Model cards: Hub metadata, the body tables, and tolerance of partial inputs.
 
-``ModelCard.validate()`` POSTs the card to ``{HF_ENDPOINT}/api/validate-yaml`` and so cannot run offline;
-the metadata is checked locally instead, by parsing the card back with ``huggingface_hub`` and comparing the
-fields with what the Hub expects (a listed license identifier, or ``other`` + ``license_name``; a task id; a
-list of tags).
+``ModelCard.validate()`` POSTs the card to ``{HF_ENDPOINT}/api/validate-yaml`` (exercised against the loopback
+Hub in test_push_cli.py); here the metadata is checked locally, by parsing the card back with ``huggingface_hub``
+and comparing the fields with what the Hub expects (a listed license identifier, or ``other`` +
+``license_name``; a task id; a list of tags).
 """
 
 from __future__ import annotations
@@ -18,37 +18,64 @@ from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from snapvit_cli.model_card import HUB_LICENSES, render_model_card
 
+BASE_MODEL = {
+    "model_id": "dino_vitb16",
+    "timm_name": "vit_base_patch16_224.dino",
+    "hf_hub_id": "timm/vit_base_patch16_224.dino",
+    "revision": None,
+    "weights_sha256": "a" * 64,
+    "license": "apache-2.0",
+    "checkpoint": None,
+}
+PRETRAINED_CFG = {
+    "input_size": [3, 224, 224],
+    "interpolation": "bicubic",
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "crop_pct": 0.9,
+    "crop_mode": "center",
+    "license": "apache-2.0",
+    "hf_hub_id": "timm/vit_base_patch16_224.dino",
+}
+STRUCTURE = {
+    "family": "vit",
+    "num_blocks": 3,
+    "embed_dim": 768,
+    "num_heads": 12,
+    "head_dim": 64,
+    "mlp_hidden": 3072,
+    "mlp_type": "standard",
+    "num_prefix_tokens": 1,
+    "patch_size": [16, 16],
+    "img_size": [224, 224],
+    "num_classes": 0,
+}
+SCORING = {"method": "magnitude", "settings": {"norm": "l2", "blocks": [0, 1]}, "timings_s": {"total": 1.5}}
+MIN_KEEP = {"mlp": 0.05, "heads": 0.2}
+
+# The schema of `sliced.sliced_config` and of the bundle metadata (test_fixtures_follow_the_real_schema).
 SLICED = {
     "snapvit_format_version": 1,
     "kind": "sliced-model",
     "architecture": "vit_base_patch16_224",
-    "model_args": {"num_classes": 0},
-    "pretrained_cfg": {
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "input_size": [3, 224, 224],
-        "interpolation": "bicubic",
-        "crop_pct": 0.9,
-    },
-    "base_model": {
-        "model_id": "dino_vitb16",
-        "timm_name": "vit_base_patch16_224.dino",
-        "hf_hub_id": "timm/vit_base_patch16_224.dino",
-        "revision": None,
-        "weights_sha256": "a" * 64,
-        "license": "apache-2.0",
-    },
+    "model_args": {},
+    "pretrained_cfg": PRETRAINED_CFG,
+    "base_model": BASE_MODEL,
+    "structure": STRUCTURE,
     "widths": {"mlp_hidden": [3072, 2000, 153], "num_heads": [12, 7, 2]},
     "head_dim": 64,
-    "budget": {"kind": "flops", "target": 0.5, "mlp_ratio": 0.41, "head_ratio": 0.26},
+    "budget": {"kind": "flops", "target": 0.5, "head_offset": 0.15, "mlp_ratio": 0.41, "head_ratio": 0.26},
     "cost": {
         "resolution": 224,
         "gmacs": 8.7,
         "params": 43_000_000,
         "dense_gmacs": 17.5,
         "dense_params": 85_800_000,
+        "flops_fraction": 8.7 / 17.5,
+        "params_fraction": 43 / 85.8,
     },
-    "scoring": {"method": "snapvit"},
+    "min_keep": MIN_KEEP,
+    "scoring": SCORING,
     "bundle_sha256": "b" * 64,
     "snapvit_version": "0.1.0",
 }
@@ -56,16 +83,53 @@ SLICED = {
 BUNDLE = {
     "format_version": 1,
     "kind": "elastic-bundle",
-    "source": SLICED["base_model"],
-    "structure": {
-        "num_blocks": 12,
-        "embed_dim": 768,
-        "num_heads": 12,
-        "head_dim": 64,
-        "mlp_hidden": [3072] * 12,
+    "snapvit_version": "0.1.0",
+    "source": {
+        "model_id": "dino_vitb16",
+        "timm_name": "vit_base_patch16_224.dino",
+        "architecture": "vit_base_patch16_224",
+        "model_args": {},
+        "pretrained_cfg": PRETRAINED_CFG,
+        "weights_sha256": "a" * 64,
+        "pretrained": True,
+        "hf_hub_id": "timm/vit_base_patch16_224.dino",
+        "revision": None,
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "license": "apache-2.0",
+        "extra": {},
     },
-    "scoring": {"method": "snapvit", "min_head_keep_ratio": 0.2},
+    "structure": {**STRUCTURE, "num_blocks": 12},
+    "min_keep": MIN_KEEP,
+    "scoring": SCORING,
+    "extras": [],
 }
+
+
+def plan_json(budget: dict, mlp_ratio: float, head_ratio: float, gmacs: float, params: int) -> dict:
+    """A ``SlicePlan.to_json()`` of a 12-block ViT-B/16 (widths are not used by the card)."""
+    return {
+        "widths": {"mlp_hidden": [3072] * 12, "num_heads": [12] * 12},
+        "budget": budget,
+        "mlp_removed": round(mlp_ratio * 36864),
+        "heads_removed": round(head_ratio * 144),
+        "mlp_ratio": mlp_ratio,
+        "head_ratio": head_ratio,
+        "resolution": 224,
+        "gmacs": gmacs,
+        "params": params,
+        "dense_gmacs": 17.56,
+        "dense_params": 85_798_656,
+        "flops_fraction": gmacs / 17.56,
+        "params_fraction": params / 85_798_656,
+    }
+
+
+EXAMPLES = [
+    plan_json({"kind": "ratios", "mlp": 0.0, "heads": 0.0}, 0.0, 0.0, 17.56, 85_798_656),
+    plan_json({"kind": "flops", "target": 0.75, "head_offset": 0.15}, 0.3, 0.15, 13.17, 64_350_000),
+    plan_json({"kind": "flops", "target": 0.5, "head_offset": 0.15}, 0.6, 0.45, 8.78, 42_900_000),
+]
 
 EVAL = {
     "results": [
@@ -119,13 +183,13 @@ def test_sliced_card_metadata_is_what_the_hub_expects():
 
 def test_classifier_gets_the_classification_task():
     config = copy.deepcopy(SLICED)
-    config["model_args"] = {"num_classes": 1000}
+    config["structure"]["num_classes"] = 1000
     assert metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))["pipeline_tag"] == (
         "image-classification"
     )
-    del config["model_args"]
-    config["pretrained_cfg"]["num_classes"] = 10
-    assert metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))["pipeline_tag"] == (
+    bundle = copy.deepcopy(BUNDLE)
+    bundle["structure"]["num_classes"] = 10
+    assert metadata_of(render_model_card(bundle, kind="bundle", repo_id="me/x"))["pipeline_tag"] == (
         "image-classification"
     )
 
@@ -163,6 +227,14 @@ def test_no_base_model_without_a_hub_id():
     assert meta["license"] == "other"
 
 
+def test_base_model_id_drops_prefix_and_revision():
+    config = copy.deepcopy(SLICED)
+    config["base_model"]["hf_hub_id"] = "hf-hub:timm/vit_base_patch16_224.dino@abc123"
+    assert metadata_of(render_model_card(config, kind="sliced", repo_id="me/x"))["base_model"] == (
+        "timm/vit_base_patch16_224.dino"
+    )
+
+
 def test_sliced_body_tables():
     text = render_model_card(SLICED, kind="sliced", repo_id="me/vitb-half")
     widths = table_rows(text, "| Block |")
@@ -172,13 +244,33 @@ def test_sliced_body_tables():
         ["2", "153", "2"],
         ["**Total**", "**5225**", "**21**"],
     ]
+    assert "the dense model has 3072 MLP hidden units and 12 heads of dimension 64 in each block" in text
     cost = table_rows(text, "| | This model |")
-    assert cost == [["GMACs", "8.70", "17.50", "49.7%"], ["Parameters", "43.00 M", "85.80 M", "50.1%"]]
-    assert "50.0% of the dense model's FLOPs" in text
-    assert "r_m = 0.41" in text and "r_h = 0.26" in text
-    assert "head dimension 64" in text and "224×224" in text
+    assert cost == [["GMACs", "8.7", "17.5", "49.7%"], ["Parameters", "43 M", "85.8 M", "50.1%"]]
+    assert "GMACs at 224×224 input" in text
+    assert "keep 50.0% of the dense model's FLOPs (head offset 0.15)" in text
+    # mlp_ratio / head_ratio are the fractions *removed*
+    assert "removed 41.0% of the MLP neurons and 26.0% of the attention heads" in text
+    assert "method `magnitude` (norm = l2, blocks = [0,1])" in text
+    assert "5.0% of the MLP neurons and 20.0% of the attention heads" in text
+    assert f"sha256 `{'b' * 64}` by snapvit 0.1.0" in text
     assert 'model = snapvit_cli.load("hf-hub:me/vitb-half")' in text
     assert "## Evaluation" not in text
+
+
+def test_ratio_budget_is_shown_as_the_command_line():
+    config = copy.deepcopy(SLICED)
+    config["budget"] = {"kind": "ratios", "mlp": 0.35, "heads": 0.2, "mlp_ratio": 0.35, "head_ratio": 0.2}
+    text = render_model_card(config, kind="sliced", repo_id="me/x")
+    assert "- **Budget:** `--mlp 0.35 --heads 0.2`; removed 35.0% of the MLP neurons and 20.0%" in text
+
+
+def test_usage_names_the_pushed_revision():
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/x", revision="v1")
+    assert 'snapvit_cli.load("hf-hub:me/x@v1")' in text
+    assert 'snapvit_cli.load("hf-hub:me/x")' in render_model_card(
+        SLICED, kind="sliced", repo_id="me/x", revision="main"
+    )
 
 
 def test_eval_table_tolerates_missing_keys():
@@ -198,16 +290,47 @@ def test_no_eval_section_without_results(eval_results):
 
 
 def test_bundle_card():
-    text = render_model_card(BUNDLE, kind="bundle", repo_id="me/vitb-elastic")
+    text = render_model_card(BUNDLE, kind="bundle", repo_id="me/vitb-elastic", examples=EXAMPLES)
     meta = metadata_of(text)
     assert meta["base_model"] == "timm/vit_base_patch16_224.dino"
     assert meta["pipeline_tag"] == "image-feature-extraction"
     assert 'bundle = snapvit_cli.load_bundle("hf-hub:me/vitb-elastic")' in text
     assert "model = bundle.slice(flops=0.5)" in text
     assert "snapvit slice hf-hub:me/vitb-elastic --flops 0.5 -o out" in text
-    assert "12 blocks, embedding dimension 768, 12 heads of dimension 64, MLP hidden 3072 per block" in text
-    assert "min_head_keep_ratio = 0.2" in text
+    assert "12 blocks, embedding dimension 768, 12 heads of dimension 64 and 3072 MLP hidden units per block" in text
+    assert "method `magnitude`" in text and "5.0% of the MLP neurons and 20.0% of the attention heads" in text
+    assert table_rows(text, "| Budget |") == [
+        ["dense", "17.56", "85.8", "0.0%", "0.0%"],
+        ["FLOPs 75.0%", "13.17", "64.35", "30.0%", "15.0%"],
+        ["FLOPs 50.0%", "8.78", "42.9", "60.0%", "45.0%"],
+    ]
+    assert "GMACs at 224×224 input" in text
     assert "| Block |" not in text
+
+
+def test_bundle_card_without_examples_has_no_table():
+    assert "| Budget |" not in render_model_card(BUNDLE, kind="bundle", repo_id="me/x")
+
+
+def test_fixtures_follow_the_real_schema(tmp_path):
+    """The dicts above have the keys the core writes, so the card is tested on the real field names."""
+    from snapvit_cli.bundle import ElasticBundle
+    from snapvit_cli.sliced import read_config
+    from tests.hub_artifacts import build_artifacts
+
+    bundle_path, sliced_dir = build_artifacts(tmp_path)
+    real_config = read_config(sliced_dir)
+    real_bundle = ElasticBundle.open(bundle_path)
+    for fixture, real in ((SLICED, real_config), (BUNDLE, real_bundle.metadata)):
+        assert set(fixture) == set(real)
+        for key, value in real.items():
+            if isinstance(value, dict) and key not in ("model_args", "settings", "timings_s"):
+                assert set(fixture[key]) == set(value), key
+    assert set(real_config["cost"]) == set(SLICED["cost"])
+    for plan in (real_bundle.plan(flops=0.5), real_bundle.plan(mlp=0.0, heads=0.0)):
+        real_plan = plan.to_json()
+        example = next(e for e in EXAMPLES if e["budget"]["kind"] == real_plan["budget"]["kind"])
+        assert set(example) == set(real_plan) and set(example["budget"]) == set(real_plan["budget"])
 
 
 @pytest.mark.parametrize("kind", ["sliced", "bundle"])

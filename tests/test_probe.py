@@ -97,13 +97,9 @@ def test_best_validation_state_is_returned_by_value(created_linears: list[nn.Lin
     snapshots: list[torch.Tensor] = []
 
     def snapshot(epoch: int, epochs: int) -> None:
-        snapshots.append(
-            torch.cat([created_linears[0].weight.flatten(), created_linears[0].bias]).detach().clone()
-        )
+        snapshots.append(torch.cat([created_linears[0].weight.flatten(), created_linears[0].bias]).detach().clone())
 
-    result = train_linear_probe(
-        train_x, train_y, val_x=val_x, val_y=val_y, epochs=60, lr=0.1, progress=snapshot
-    )
+    result = train_linear_probe(train_x, train_y, val_x=val_x, val_y=val_y, epochs=60, lr=0.1, progress=snapshot)
     accuracies = [stats.val_accuracy for stats in result.history]
     assert max(accuracies) == 1.0 and accuracies[-1] == 0.5
     assert result.best_epoch == accuracies.index(1.0) + 1  # the earliest best epoch

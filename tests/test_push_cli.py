@@ -1,0 +1,361 @@
+"""`snapvit push`, `snapvit slice hf-hub:...` and `snapvit_cli.load("hf-hub:...")` end to end.
+
+Real artifacts from the core (tests/hub_artifacts.py) go through the CLI and the real huggingface_hub client
+to a loopback Hub (tests/hub_server.py) and back; nothing in huggingface_hub is patched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+from safetensors import safe_open
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import snapvit_cli
+from snapvit_cli.api import load, load_bundle
+from snapvit_cli.cli import app
+from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.model_card import HUB_LICENSES
+from snapvit_cli.models import load_model
+from tests.conftest import image_batch
+from tests.hub_artifacts import (
+    BASE_HUB_ID,
+    BASE_LICENSE,
+    SLICE_FLOPS,
+    TOKEN,
+    build_artifacts,
+    copy_artifacts,
+    free_port,
+    point_client_at,
+    restore_client,
+    snapshot,
+)
+from tests.hub_server import FakeHub
+
+runner = CliRunner()
+SLICED_REPO = "tester/small-half"
+BUNDLE_REPO = "tester/small-elastic"
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_same_sliced_model(a: Path, b: Path) -> None:
+    """Same config.json bytes, same tensors and header metadata (safetensors orders metadata keys at random)."""
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    tensors_a, tensors_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert tensors_a.keys() == tensors_b.keys()
+    assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+    with safe_open(a / "model.safetensors", "pt") as fa, safe_open(b / "model.safetensors", "pt") as fb:
+        assert fa.metadata() == fb.metadata()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture
+def artifacts(built, tmp_path) -> tuple[Path, Path]:
+    return copy_artifacts(built, tmp_path / "mine")
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    """``client(endpoint, **env)`` points huggingface_hub at ``endpoint``; cwd is an empty folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield lambda endpoint, **env: point_client_at(monkeypatch, tmp_path / "hf-home", endpoint, **env)
+    monkeypatch.undo()
+    restore_client()
+
+
+@pytest.fixture
+def server(client):
+    with FakeHub(token=TOKEN) as hub:
+        client(hub.url)
+        yield hub
+
+
+def push(path: Path, repo: str, *args: str):
+    result = run("push", path, "--repo", repo, "--token", TOKEN, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# -- round trips ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_push_sliced_and_load_it_back_identically(server, artifacts):
+    bundle_path, sliced_dir = artifacts
+    result = push(sliced_dir, SLICED_REPO)
+    assert f"snapvit_cli.load('hf-hub:{SLICED_REPO}')" in result.stdout
+
+    uploaded = server.files(SLICED_REPO)
+    assert set(uploaded) == {"README.md", "config.json", "model.safetensors"}
+    for name in ("config.json", "model.safetensors"):
+        assert uploaded[name] == (sliced_dir / name).read_bytes()
+
+    local = load(sliced_dir)
+    remote = snapvit_cli.load(f"hf-hub:{SLICED_REPO}")
+    x = image_batch(local)
+    assert torch.equal(remote(x), local(x))
+    assert torch.equal(remote(x), load_bundle(bundle_path).slice(flops=SLICE_FLOPS)(x))
+    assert remote.snapvit_config == json.loads((sliced_dir / "config.json").read_text())
+
+
+@torch.no_grad()
+def test_push_bundle_then_slice_it_from_the_hub(server, artifacts):
+    bundle_path, _ = artifacts
+    push(bundle_path, BUNDLE_REPO)
+    assert server.files(BUNDLE_REPO)["bundle.safetensors"] == bundle_path.read_bytes()
+
+    remote = run("slice", f"hf-hub:{BUNDLE_REPO}", "--flops", "0.5", "-o", "from-hub", "--json")
+    assert remote.exit_code == 0, remote.output
+    assert remote.stderr == ""  # no progress bars or warnings in --json mode
+    assert run("slice", bundle_path, "--flops", "0.5", "-o", "from-file").exit_code == 0
+    assert_same_sliced_model(Path("from-hub"), Path("from-file"))
+
+    default = run("slice", f"hf-hub:{BUNDLE_REPO}", "--flops", "0.75")
+    assert default.exit_code == 0, default.output
+    assert Path("small-elastic-flops0.75/model.safetensors").is_file()
+
+    bundle = load_bundle(f"hf-hub:{BUNDLE_REPO}")
+    x = image_batch(load(Path("from-file")))
+    assert torch.equal(bundle.slice(flops=0.5)(x), load(Path("from-file"))(x))
+    dense = snapvit_cli.load(f"hf-hub:{BUNDLE_REPO}")  # a bundle repo loads as its dense model
+    assert torch.equal(dense(x), load_bundle(bundle_path).dense_model()(x))
+
+
+def test_revision_round_trip(server, artifacts):
+    _, sliced_dir = artifacts
+    result = run("push", sliced_dir, "--repo", SLICED_REPO, "--revision", "v1", "--token", TOKEN, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["hf_id"] == f"hf-hub:{SLICED_REPO}@v1" and report["revision"] == "v1"
+    assert server.files(SLICED_REPO, "main") == {}
+    assert f'snapvit_cli.load("hf-hub:{SLICED_REPO}@v1")' in server.files(SLICED_REPO, "v1")["README.md"].decode()
+    x = image_batch(load(sliced_dir))
+    with torch.no_grad():
+        expected = load(sliced_dir)(x)
+        assert torch.equal(load(f"hf-hub:{SLICED_REPO}@v1")(x), expected)
+        assert torch.equal(load(f"hf-hub:{SLICED_REPO}", revision="v1")(x), expected)
+    with pytest.raises(ValueError, match="only applies to hf-hub"):
+        load(sliced_dir, revision="v1")
+
+
+def test_pull_request(server, artifacts):
+    _, sliced_dir = artifacts
+    result = run("push", sliced_dir, "--repo", SLICED_REPO, "--create-pr", "-m", "Add", "--token", TOKEN, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pr_url"] == f"{server.url}/{SLICED_REPO}/discussions/1"
+    assert report["hf_id"] == f"hf-hub:{SLICED_REPO}@refs/pr/1"
+    assert server.files(SLICED_REPO, "main") == {}
+    weights = (sliced_dir / "model.safetensors").read_bytes()
+    assert server.files(SLICED_REPO, "refs/pr/1")["model.safetensors"] == weights
+    x = image_batch(load(sliced_dir))
+    with torch.no_grad():
+        assert torch.equal(load(report["hf_id"])(x), load(sliced_dir)(x))
+
+
+@pytest.mark.parametrize("kind", ["sliced", "bundle"])
+def test_dry_run_writes_exactly_what_a_push_uploads(server, artifacts, kind):
+    path = artifacts[1] if kind == "sliced" else artifacts[0]
+    dry = run("push", path, "--repo", SLICED_REPO, "--dry-run", "staged")  # no token needed
+    assert dry.exit_code == 0, dry.output
+    assert "nothing was sent" in dry.stdout and server.requests == []
+    push(path, SLICED_REPO)
+    assert files_under(Path("staged")) == server.files(SLICED_REPO)
+
+    again = run("push", path, "--repo", SLICED_REPO, "--dry-run", "staged")
+    assert again.exit_code == 1 and "--force" in again.stderr
+    assert run("push", path, "--repo", SLICED_REPO, "--dry-run", "staged", "--force").exit_code == 0
+
+
+# -- the model card -------------------------------------------------------------------------------------------
+
+
+def test_card_is_valid_and_has_the_numbers_of_the_pushed_model(server, artifacts):
+    _, sliced_dir = artifacts
+    push(sliced_dir, SLICED_REPO)
+    text = server.files(SLICED_REPO)["README.md"].decode()
+    ModelCard(text).validate()  # POST /api/validate-yaml on the loopback Hub
+    meta = yaml.safe_load(REGEX_YAML_BLOCK.search(text).group(2))
+    assert meta == {
+        "base_model": BASE_HUB_ID,
+        "library_name": "snapvit",
+        "license": BASE_LICENSE,
+        "pipeline_tag": "image-feature-extraction",
+        "tags": ["vision", "pruning", "snapvit", "timm", "elastic"],
+    }
+    assert meta["license"] in HUB_LICENSES
+
+    config = json.loads((sliced_dir / "config.json").read_text())
+    cost, widths = config["cost"], config["widths"]
+    assert f"| GMACs | {cost['gmacs']:.4g} | {cost['dense_gmacs']:.4g} | {100 * cost['flops_fraction']:.1f}% |" in text
+    assert f"| Parameters | {cost['params'] / 1e6:.4g} M | {cost['dense_params'] / 1e6:.4g} M |" in text
+    for i, (m, h) in enumerate(zip(widths["mlp_hidden"], widths["num_heads"], strict=True)):
+        assert f"| {i} | {m} | {h} |" in text
+    assert f"removed {100 * config['budget']['mlp_ratio']:.1f}% of the MLP neurons" in text
+    assert f"sha256 `{config['bundle_sha256']}`" in text
+
+
+def test_bundle_card_lists_example_budgets(server, artifacts):
+    bundle_path, _ = artifacts
+    push(bundle_path, BUNDLE_REPO)
+    text = server.files(BUNDLE_REPO)["README.md"].decode()
+    ModelCard(text).validate()
+    bundle = load_bundle(bundle_path)
+    for fraction in (0.9, 0.75, 0.5):
+        plan = bundle.plan(flops=fraction)
+        assert f"| FLOPs {100 * fraction:.1f}% | {plan.gmacs:.4g} | {plan.params / 1e6:.4g} |" in text
+    assert f"snapvit slice hf-hub:{BUNDLE_REPO} --flops 0.5 -o out" in text
+
+
+def test_eval_results_go_into_the_card(server, artifacts, tmp_path):
+    _, sliced_dir = artifacts
+    results = tmp_path / "eval.json"
+    results.write_text(json.dumps({"results": [{"name": "half", "accuracy": {"knn": 71.25}, "gmacs": 0.01}]}))
+    push(sliced_dir, SLICED_REPO, "--eval-results", str(results))
+    card = server.files(SLICED_REPO)["README.md"].decode()
+    assert "## Evaluation" in card and "| half | — | 71.25 |" in card
+
+    results.write_text("[1, 2]")
+    bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
+    assert bad.exit_code == 1 and "not `snapvit eval --json` output" in bad.stderr
+
+
+def test_a_user_card_is_kept(server, artifacts):
+    _, sliced_dir = artifacts
+    (sliced_dir / "README.md").write_text("---\nlicense: mit\n---\n# mine\n")
+    result = push(sliced_dir, SLICED_REPO)
+    assert "your README.md" in result.stdout
+    assert server.files(SLICED_REPO)["README.md"] == b"---\nlicense: mit\n---\n# mine\n"
+
+
+# -- the token ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["--token", "HF_TOKEN"])
+def test_token_never_leaks(server, artifacts, tmp_path, capfd, via):
+    bundle_path, sliced_dir = artifacts
+    args, env = (["--token", TOKEN], None) if via == "--token" else ([], {"HF_TOKEN": TOKEN})
+    outputs = []
+    for path, repo in ((sliced_dir, SLICED_REPO), (bundle_path, BUNDLE_REPO)):
+        for extra in ([], ["--json"]):
+            result = run("push", path, "--repo", repo, *args, *extra, env=env)
+            assert result.exit_code == 0, result.output
+            outputs += [result.stdout, result.stderr]
+    server.fail(401, path_contains="/preupload/", message=f"token {TOKEN} is revoked")
+    refused = run("push", sliced_dir, "--repo", SLICED_REPO, *args, env=env)
+    assert refused.exit_code == 1 and "token *** is revoked" in refused.stderr
+    outputs += [refused.stdout, refused.stderr, *capfd.readouterr()]
+
+    assert all(TOKEN not in text for text in outputs)
+    secret = TOKEN.encode()
+    uploaded = [data for repo in (SLICED_REPO, BUNDLE_REPO) for data in server.files(repo).values()]
+    assert uploaded and all(secret not in data for data in uploaded)  # cards and weights
+    assert all(secret not in r.body and TOKEN not in r.path for r in server.requests)
+    assert all(secret not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())  # HF_HOME, cwd, ...
+    sent = [r for r in server.requests if r.path == "/api/repos/create"]
+    assert sent and all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in sent)  # it was used, though
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+
+
+def assert_one_line_error(result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a handled error, not a crash
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert TOKEN not in result.output
+
+
+PUSH_ERRORS = {
+    "no token": ({}, [], "no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
+    "401": ({"status": 401, "path_contains": "/api/repos/create"}, ["--token", TOKEN], "authentication failed"),
+    "403": ({"status": 403, "path_contains": "/commit/"}, ["--token", TOKEN], "authentication failed"),
+    "404": (
+        {"status": 404, "path_contains": "/preupload/", "code": "RepoNotFound"},
+        ["--token", TOKEN],
+        "repository not found on the Hub: tester/small-half",
+    ),
+    "500": ({"status": 500}, ["--token", TOKEN], "the Hub answered 500"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PUSH_ERRORS))
+@pytest.mark.parametrize("kind", ["sliced", "bundle"])
+def test_push_errors(server, artifacts, case, kind):
+    failure, args, message = PUSH_ERRORS[case]
+    path = artifacts[1] if kind == "sliced" else artifacts[0]
+    before = snapshot(path.parent)
+    if failure:
+        server.fail(**failure)
+    assert_one_line_error(run("push", path, "--repo", SLICED_REPO, *args), message)
+    assert snapshot(path.parent) == before  # a failed upload leaves the local files untouched
+    assert list(Path.cwd().iterdir()) == []
+
+
+@pytest.mark.parametrize("environment", ["unreachable", "offline"])
+def test_push_and_load_without_a_hub(client, artifacts, environment):
+    bundle_path, sliced_dir = artifacts
+    if environment == "unreachable":
+        client(f"http://127.0.0.1:{free_port()}")
+        message = "cannot reach the Hub at http://127.0.0.1:"
+    else:
+        client("http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+        message = "cannot reach the Hub (offline): HF_HUB_OFFLINE=1 is set"
+    before = snapshot(bundle_path.parent)
+    assert_one_line_error(run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN), message)
+    assert_one_line_error(run("push", bundle_path, "--repo", BUNDLE_REPO, "--token", TOKEN), message)
+    assert_one_line_error(run("slice", f"hf-hub:{BUNDLE_REPO}", "--flops", "0.5"), message)
+    assert snapshot(bundle_path.parent) == before
+    assert list(Path.cwd().iterdir()) == []
+
+
+def test_download_errors(server, artifacts):
+    bundle_path, sliced_dir = artifacts
+    assert_one_line_error(
+        run("slice", "hf-hub:tester/missing", "--flops", "0.5"), "repository not found on the Hub: tester/missing"
+    )
+    push(sliced_dir, SLICED_REPO)
+    assert_one_line_error(
+        run("slice", f"hf-hub:{SLICED_REPO}", "--flops", "0.5"), f"file not found in {SLICED_REPO}: bundle.safetensors"
+    )
+    assert_one_line_error(run("slice", f"hf-hub:{SLICED_REPO}@nope", "--flops", "0.5"), "revision not found")
+    push(bundle_path, BUNDLE_REPO)
+    server.fail(401, path_contains=f"/api/models/{BUNDLE_REPO}")
+    assert_one_line_error(run("slice", f"hf-hub:{BUNDLE_REPO}", "--flops", "0.5"), "authentication failed")
+    server.failures.clear()
+    server.fail(500)
+    assert_one_line_error(run("slice", f"hf-hub:{BUNDLE_REPO}", "--flops", "0.5"), "the Hub answered 500")
+    assert list(Path.cwd().iterdir()) == []
+
+
+def test_model_download_errors_use_the_hub_translation(server):
+    with pytest.raises(ModelLoadError) as info:
+        load_model("hf-hub:tester/not-a-model")
+    message = str(info.value)
+    assert "cannot download pretrained weights for hf-hub:tester/not-a-model" in message
+    assert "repository not found on the Hub: tester/not-a-model" in message and "--checkpoint FILE" in message
+    result = run("score", "--model", "hf-hub:tester/not-a-model")
+    assert_one_line_error(result, "repository not found on the Hub: tester/not-a-model")
