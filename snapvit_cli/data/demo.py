@@ -121,15 +121,14 @@ def _draw_params(count: int, size: int, gen: torch.Generator) -> dict[str, torch
 def _class_mask(cls: int, y: torch.Tensor, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Boolean foreground [m,S,S] of class ``cls`` for the m images whose parameters are in ``p``."""
     dy, dx, r = y - p["cy"], x - p["cx"], p["r"]
-    dist = torch.sqrt(dy**2 + dx**2)
-    if cls == 0:
-        return dist <= r
+    if cls in (0, 3):
+        dist2 = dy**2 + dx**2
+        disc = dist2 <= r**2
+        return disc if cls == 0 else disc & (dist2 >= (0.55 * r) ** 2)
     if cls == 1:
         return torch.maximum(dy.abs(), dx.abs()) <= 0.85 * r
     if cls == 2:
         return (dy >= -r) & (dy <= 0.6 * r) & (dx.abs() <= 0.6 * (dy + r))
-    if cls == 3:
-        return (dist <= r) & (dist >= 0.55 * r)
     if cls in _STRIPE_ANGLES:
         theta = torch.deg2rad(_STRIPE_ANGLES[cls] + p["tilt"])
         along = x * torch.cos(theta) + y * torch.sin(theta)
