@@ -108,7 +108,7 @@ def score(
     ] = "demo",
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Bundle to write [default: <model>.bundle.safetensors]."),
+        typer.Option("--output", "-o", help="Bundle to write (default: <model>.bundle.safetensors)."),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Local weights (.safetensors or torch state dict).")
@@ -179,9 +179,9 @@ def slice_(
             "0.15 follows the paper's grid, 0 prunes both alike, 1 prunes MLP only."
         ),
     ] = 0.15,
-    resolution: Annotated[int | None, typer.Option(help="Input resolution for GMACs [default: the model's].")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Input resolution for GMACs (default: the model's).")] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output folder [default: <bundle>-<budget>/].")
+        Path | None, typer.Option("--output", "-o", help="Output folder (default: <bundle>-<budget>/).")
     ] = None,
     force: ForceOpt = False,
     dry_run: Annotated[bool, typer.Option(help="Report widths and cost without writing anything.")] = False,

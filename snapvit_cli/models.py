@@ -191,7 +191,7 @@ def load_model(
     # A pretrained tag can set the classifier width (`.dino` has none); record it, because build_architecture
     # rebuilds from the untagged architecture name and would otherwise get timm's default 1000 classes.
     model_args.setdefault("num_classes", model.num_classes)
-    cfg = _json_cfg(model.pretrained_cfg)
+    cfg = _model_cfg(model)
     architecture = model.pretrained_cfg.get("architecture") or arch
     source = ModelSource(
         model_id=name,
@@ -220,7 +220,7 @@ def _demo_model() -> tuple[nn.Module, ModelSource]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_DEMO_SEED)
         model = timm.create_model(_DEMO_ARCH, pretrained=False, **_DEMO_ARGS).eval()
-    cfg = _json_cfg(model.pretrained_cfg)
+    cfg = _model_cfg(model)
     source = ModelSource(
         model_id=DEMO_MODEL,
         timm_name=_DEMO_ARCH,
@@ -330,6 +330,15 @@ def _json_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             out[key] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _model_cfg(model: nn.Module) -> dict[str, Any]:
+    """The model's pretrained config, with ``input_size`` corrected when ``img_size`` was overridden."""
+    cfg = _json_cfg(model.pretrained_cfg)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None and "input_size" in cfg:
+        cfg["input_size"] = [cfg["input_size"][0], *img_size]
+    return cfg
 
 
 def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:

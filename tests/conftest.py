@@ -41,7 +41,7 @@ def make_small_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def small_model_source(name: str, model: torch.nn.Module):
-    from snapvit_cli.models import ModelSource, _json_cfg, state_dict_sha256
+    from snapvit_cli.models import ModelSource, _model_cfg, state_dict_sha256
 
     arch, kwargs = SMALL_CONFIGS[name]
     return ModelSource(
@@ -49,7 +49,7 @@ def small_model_source(name: str, model: torch.nn.Module):
         timm_name=arch,
         architecture=arch,
         model_args=dict(kwargs),
-        pretrained_cfg=_json_cfg(model.pretrained_cfg),
+        pretrained_cfg=_model_cfg(model),
         weights_sha256=state_dict_sha256(model.state_dict()),
         pretrained=False,
     )

@@ -178,9 +178,7 @@ def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:
 
 
 def test_seeded_subsets(tmp_path: Path) -> None:
-    np.savez(
-        tmp_path / "n.npz", x=np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1).repeat(3, 3), y=np.arange(50)
-    )
+    np.savez(tmp_path / "n.npz", x=np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1).repeat(3, 3), y=np.arange(50))
     src = str(tmp_path / "n.npz")
     a = load_images(src, samples=10, seed=1)
     b = load_images(src, samples=10, seed=1)
@@ -332,10 +330,7 @@ def test_describe_is_json_and_identifies_the_data(tmp_path: Path, class_folder: 
     info = json.loads(json.dumps(describe(sub)))
     assert info["n"] == 4 and info["samples"] == 4 and info["seed"] == 5 and info["split"] == "train"
     assert info["num_classes"] == 8 and info["identity"]["sha256"] == sha256_file(tmp_path / "d.npz")
-    assert (
-        describe(load_images(str(tmp_path / "d.npz"), samples=4, seed=6))["indices_sha256"]
-        != info["indices_sha256"]
-    )
+    assert describe(load_images(str(tmp_path / "d.npz"), samples=4, seed=6))["indices_sha256"] != info["indices_sha256"]
 
     before = describe(load_images(str(class_folder)))
     save_image(class_folder / "dog" / "new.png", 1)
@@ -347,9 +342,7 @@ def test_describe_is_json_and_identifies_the_data(tmp_path: Path, class_folder: 
 
 def test_hf_source_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail, installed or not
-    with pytest.raises(
-        DataError, match=r"needs the 'datasets' package: pip install 'snapvit-cli\[datasets\]'"
-    ):
+    with pytest.raises(DataError, match=r"needs the 'datasets' package: pip install 'snapvit-cli\[datasets\]'"):
         load_images("hf:uoft-cs/cifar10")
 
 
@@ -390,26 +383,20 @@ class _FakeDataset:
         return [r[key] for r in self.rows] if isinstance(key, str) else self.rows[key]
 
     def select_columns(self, columns: list[str]) -> _FakeDataset:
-        return _FakeDataset(
-            {c: self.features[c] for c in columns}, [{c: r[c] for c in columns} for r in self.rows]
-        )
+        return _FakeDataset({c: self.features[c] for c in columns}, [{c: r[c] for c in columns} for r in self.rows])
 
 
 def _fake_datasets(features: dict, rows: list[dict], splits: list[str]) -> types.ModuleType:
     module = types.ModuleType("datasets")
     module.Image, module.ClassLabel, module.Value = _FakeImage, _FakeClassLabel, _FakeValue
     module.exceptions = types.SimpleNamespace(DatasetsError=type("DatasetsError", (Exception,), {}))
-    module.load_dataset_builder = lambda name, config: types.SimpleNamespace(
-        info=types.SimpleNamespace(splits=splits)
-    )
+    module.load_dataset_builder = lambda name, config: types.SimpleNamespace(info=types.SimpleNamespace(splits=splits))
     module.load_dataset = lambda name, config, split: _FakeDataset(features, rows)
     return module
 
 
 def test_hf_source_picks_image_and_label_columns(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [
-        {"caption": "x", "picture": Image.new("L", (4, 3), 9 * i), "fine": i % 3, "id": i} for i in range(6)
-    ]
+    rows = [{"caption": "x", "picture": Image.new("L", (4, 3), 9 * i), "fine": i % 3, "id": i} for i in range(6)]
     features = {
         "caption": _FakeValue("string"),
         "picture": _FakeImage(),
@@ -432,9 +419,7 @@ def test_hf_source_without_usable_columns(monkeypatch: pytest.MonkeyPatch) -> No
     features = {"image": _FakeImage(), "label": _FakeValue("string")}
     monkeypatch.setitem(sys.modules, "datasets", _fake_datasets(features, rows, []))
     assert load_images("hf:x/y").labels is None  # string labels are not class ids
-    monkeypatch.setitem(
-        sys.modules, "datasets", _fake_datasets({"text": _FakeValue("string")}, [{"text": "a"}], [])
-    )
+    monkeypatch.setitem(sys.modules, "datasets", _fake_datasets({"text": _FakeValue("string")}, [{"text": "a"}], []))
     with pytest.raises(DataError, match="has no image column \\(columns: text\\)"):
         load_images("hf:x/y")
 

@@ -32,8 +32,7 @@ def load_folder(source: str, split: str) -> ImageSet:
         class_names = sorted(d.name for d in _subdirs(root))
     else:
         raise DataError(
-            f"folder {root} has a single split (no train/, test/ or val/ sub-folders); "
-            f"cannot provide split '{split}'"
+            f"folder {root} has a single split (no train/, test/ or val/ sub-folders); cannot provide split '{split}'"
         )
     relpaths = _image_files(folder)
     if not relpaths:
