@@ -40,6 +40,11 @@ SMALL_CONFIGS: dict[str, tuple[str, dict]] = {
     ),
     # DINOv3 H+/S+: split SwiGLU (fc1_g, fc1_x) with hidden width aligned to 8
     "dinov3-swiglu": ("vit_huge_plus_patch16_dinov3", {**_SMALL, "init_values": 0.5, "global_pool": "token"}),
+    # Eva with separate q/k/v projections (q and v with bias, k without)
+    "eva-separate-qkv": (
+        "vit_base_patch16_dinov3",
+        {**_SMALL, "init_values": 0.5, "global_pool": "token", "qkv_fused": False, "qkv_bias": True},
+    ),
     # SigLIP2 image tower: no class token, attention-pool (MAP) head kept whole
     "siglip2": ("vit_base_patch16_siglip_224", {**_SMALL, "num_classes": 0}),
 }

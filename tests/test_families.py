@@ -86,6 +86,26 @@ def test_dinov3_loads_with_cls_pooling():
         assert torch.equal(get_adapter(model).features(x), cls_after_norm)
 
 
+def test_hub_models_get_family_defaults_unless_their_config_says_otherwise(monkeypatch):
+    import huggingface_hub.constants
+    import timm.models
+
+    from snapvit_cli.models import _hub_model_args
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network lookups
+    hub_args = {}
+    monkeypatch.setattr(timm.models, "load_model_config_from_hf", lambda _id: ({}, "vit_base_patch16_dinov3", hub_args))
+    assert _hub_model_args("hf-hub:timm/vit_base_patch16_dinov3.lvd1689m", None) == {"global_pool": "token"}
+    hub_args["global_pool"] = "avg"
+    assert _hub_model_args("hf-hub:someone/dinov3-avg", None) == {"global_pool": "avg"}
+
+
+def test_reference_score_model_types_agree_with_the_alias_table():
+    from snapvit_cli.reference_scores import MODEL_TYPE_TO_TIMM
+
+    assert {k: ALIASES[k] for k in MODEL_TYPE_TO_TIMM} == MODEL_TYPE_TO_TIMM
+
+
 def test_eval_transform_squashes_siglip2_and_crops_dino():
     image = Image.new("RGB", (400, 100), "black")
     image.paste(Image.new("RGB", (20, 100), "white"), (0, 0))  # a stripe at the left edge
