@@ -405,20 +405,33 @@ def _read_eval_results(path: Path) -> dict[str, Any]:
 @app.command()
 @_user_errors
 def models(json_output: JsonOpt = False) -> None:
-    """List the model aliases snapvit knows and the families it can prune."""
-    from snapvit_cli.adapters import SUPPORTED_FAMILIES
+    """List the supported models: family, timm name, aliases, and what is pruned."""
+    from dataclasses import asdict
+
+    from snapvit_cli.families import supported_models, supported_summary
     from snapvit_cli.models import ALIASES, DEMO_MODEL
 
+    rows = supported_models()
     if json_output:
-        _emit_json({"aliases": ALIASES, "demo": DEMO_MODEL, "supported": SUPPORTED_FAMILIES})
+        _emit_json(
+            {
+                "models": [asdict(r) for r in rows],
+                "aliases": ALIASES,
+                "demo": DEMO_MODEL,
+                "supported": supported_summary(),
+            }
+        )
         return
     table = Table(show_edge=False)
-    table.add_column("alias")
-    table.add_column("timm model")
-    for alias, name in ALIASES.items():
-        table.add_row(alias, name)
+    for column in ("family", "timm model", "aliases", "heads pruned", "MLP pruned"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row.family, row.timm_name, ", ".join(row.aliases), row.heads, row.mlp)
     out.print(table)
-    out.print(f"Any timm name or hf-hub:org/repo of these families also works: {SUPPORTED_FAMILIES}.")
+    notes = {row.family: row.notes for row in rows}
+    for family, note in notes.items():
+        out.print(f"[bold]{family}[/]: {note}", highlight=False)
+    out.print("Any other timm name or hf-hub:org/repo of these architectures also works; other models are refused.")
 
 
 def main() -> None:

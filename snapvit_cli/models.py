@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.families import corrected_preprocessing, default_model_args
 from snapvit_cli.fileio import sha256_file
 from snapvit_cli.hub import hub_error_message, unreachable_message
 
@@ -40,15 +41,19 @@ ALIASES: dict[str, str] = {
     "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
     "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2.lvd142m",
     "dinov2_vitg14_reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
-    # DINOv3
+    # DINOv3 (torch.hub names, which the paper's ids also use)
     "dinov3_vits16": "vit_small_patch16_dinov3.lvd1689m",
+    "dinov3_vits16plus": "vit_small_plus_patch16_dinov3.lvd1689m",
     "dinov3_vitb16": "vit_base_patch16_dinov3.lvd1689m",
     "dinov3_vitl16": "vit_large_patch16_dinov3.lvd1689m",
     "dinov3_vith16plus": "vit_huge_plus_patch16_dinov3.lvd1689m",
+    "dinov3_vit7b16": "vit_7b_patch16_dinov3.lvd1689m",
     # DeiT (ImageNet-1k) and its distilled variant
     "deit_tiny": "deit_tiny_patch16_224.fb_in1k",
     "deit_small": "deit_small_patch16_224.fb_in1k",
     "deit_base": "deit_base_patch16_224.fb_in1k",
+    "deit_tiny_distilled": "deit_tiny_distilled_patch16_224.fb_in1k",
+    "deit_small_distilled": "deit_small_distilled_patch16_224.fb_in1k",
     "deit_base_distilled": "deit_base_distilled_patch16_224.fb_in1k",
     "deit-vit-b-16": "deit_base_distilled_patch16_224.fb_in1k",
     # DeiT-III (IN-21k -> IN-1k, as in the paper)
@@ -69,9 +74,11 @@ ALIASES: dict[str, str] = {
     "augreg-vit-s-16-in21k-ft-in1k": "vit_small_patch16_224.augreg_in21k_ft_in1k",
     "augreg-vit-b-16-in21k-ft-in1k": "vit_base_patch16_224.augreg_in21k_ft_in1k",
     "augreg-vit-l-16-in21k-ft-in1k": "vit_large_patch16_224.augreg_in21k_ft_in1k",
-    # SigLIP2 image towers
+    # SigLIP2 image towers (the paper's ids: the open_clip models' `.visual`, i.e. these timm towers)
     "siglip2_vitb16": "vit_base_patch16_siglip_224.v2_webli",
     "siglip2-vit-b16": "vit_base_patch16_siglip_224.v2_webli",
+    "siglip2_vitg16": "vit_giantopt_patch16_siglip_256.v2_webli",
+    "siglip2-vit-g16": "vit_giantopt_patch16_siglip_256.v2_webli",
 }
 
 # The embedded default used by the README's offline demo: a randomly initialised ViT-Tiny/16 at 64x64 (16 patches),
@@ -170,7 +177,7 @@ def load_model(
     if not timm_name.startswith("hf-hub:") and not timm.is_model(arch):
         raise ModelLoadError(_unknown_model_message(name))
     use_pretrained = checkpoint is None if pretrained is None else pretrained
-    model_args: dict[str, Any] = {}
+    model_args: dict[str, Any] = default_model_args(arch)
     state = None
     if checkpoint is not None:
         state = read_checkpoint(checkpoint)
@@ -191,7 +198,7 @@ def load_model(
     # A pretrained tag can set the classifier width (`.dino` has none); record it, because build_architecture
     # rebuilds from the untagged architecture name and would otherwise get timm's default 1000 classes.
     model_args.setdefault("num_classes", model.num_classes)
-    cfg = _model_cfg(model)
+    cfg = preprocessing_cfg(model)
     architecture = model.pretrained_cfg.get("architecture") or arch
     source = ModelSource(
         model_id=name,
@@ -216,11 +223,20 @@ def build_architecture(source: ModelSource, *, device: str | torch.device = "cpu
         return timm.create_model(source.architecture, pretrained=False, **source.model_args).eval()
 
 
+def preprocessing_cfg(model: nn.Module) -> dict[str, Any]:
+    """The preprocessing a bundle records for ``model``: timm's pretrained config with the family's corrections."""
+    cfg = _json_cfg(corrected_preprocessing(model.pretrained_cfg))
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None and "input_size" in cfg:  # the size the model was built with, e.g. an img_size override
+        cfg["input_size"] = [cfg["input_size"][0], *img_size]
+    return cfg
+
+
 def _demo_model() -> tuple[nn.Module, ModelSource]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_DEMO_SEED)
         model = timm.create_model(_DEMO_ARCH, pretrained=False, **_DEMO_ARGS).eval()
-    cfg = _model_cfg(model)
+    cfg = preprocessing_cfg(model)
     source = ModelSource(
         model_id=DEMO_MODEL,
         timm_name=_DEMO_ARCH,
@@ -332,15 +348,6 @@ def _json_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_cfg(model: nn.Module) -> dict[str, Any]:
-    """The model's pretrained config, with ``input_size`` corrected when ``img_size`` was overridden."""
-    cfg = _json_cfg(model.pretrained_cfg)
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None and "input_size" in cfg:
-        cfg["input_size"] = [cfg["input_size"][0], *img_size]
-    return cfg
-
-
 def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:
     """The model arguments in an ``hf-hub:`` repo's config, so the architecture can be rebuilt offline later."""
     from timm.models import load_model_config_from_hf
@@ -350,8 +357,8 @@ def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:
         hub_id = f"{hub_id.split('@')[0]}@{revision}"
     _fail_fast_if_hub_unreachable(timm_name)
     try:
-        _cfg, _arch, model_args = load_model_config_from_hf(hub_id)
+        _cfg, arch, model_args = load_model_config_from_hf(hub_id)
     except Exception as exc:  # noqa: BLE001
         _raise_if_download_error(timm_name, exc)
         raise
-    return dict(model_args or {})
+    return {**default_model_args(arch), **(model_args or {})}

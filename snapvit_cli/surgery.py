@@ -68,12 +68,14 @@ def mask_suffix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: W
 def build_model(skeleton: nn.Module, widths: Widths, state: dict[str, torch.Tensor]) -> nn.Module:
     """Resize ``skeleton`` (built on the meta device: no allocation, no init) to ``widths`` and load ``state``.
 
-    Loading with ``assign=True`` adopts the tensors of ``state`` as parameters, so nothing is copied twice.
+    Loading with ``assign=True`` adopts the tensors of ``state`` as parameters, so nothing is copied twice; buffers
+    that are computed rather than stored (RoPE periods) are then recomputed by the adapter.
     """
     adapter = get_adapter(skeleton)
     for i in range(adapter.num_blocks):
         adapter.resize_block(i, widths.mlp[i], widths.heads[i])
     skeleton.load_state_dict(state, strict=True, assign=True)
+    adapter.materialize()
     leftover = [name for name, t in list(skeleton.named_parameters()) + list(skeleton.named_buffers()) if t.is_meta]
     if leftover:
         raise RuntimeError(f"tensors not materialised after loading: {leftover[:5]}")

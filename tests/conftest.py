@@ -25,6 +25,28 @@ SMALL_CONFIGS: dict[str, tuple[str, dict]] = {
     ),
     "no-cls-avgpool": ("vit_small_patch16_224", {**_SMALL, "class_token": False, "global_pool": "avg"}),
     "qk-norm": ("vit_small_patch16_224", {**_SMALL, "qk_norm": True, "num_classes": 0}),
+    # DINOv2-giant: packed SwiGLU (GluMlp, fc1 = [gate | value]); the giant's mlp_ratio would give 128 neurons
+    "dinov2-giant-swiglu": (
+        "vit_giant_patch14_dinov2",
+        {**_SMALL, "patch_size": 7, "img_size": 28, "init_values": 0.5, "num_classes": 0},
+    ),
+    # DINOv3 (timm Eva): RoPE, 4 registers, LayerScale; loaded with CLS pooling like snapvit does
+    "dinov3": ("vit_base_patch16_dinov3", {**_SMALL, "init_values": 0.5, "global_pool": "token"}),
+    # DINOv3 with q/v bias parameters and a k-bias buffer; timm's default avg pooling and a classifier (whose
+    # default init is scaled by 1e-3, which would hide every change of the blocks)
+    "dinov3-qkvb": (
+        "vit_base_patch16_dinov3_qkvb",
+        {**_SMALL, "init_values": 0.5, "num_classes": 5, "head_init_scale": 1.0},
+    ),
+    # DINOv3 H+/S+: split SwiGLU (fc1_g, fc1_x) with hidden width aligned to 8
+    "dinov3-swiglu": ("vit_huge_plus_patch16_dinov3", {**_SMALL, "init_values": 0.5, "global_pool": "token"}),
+    # Eva with separate q/k/v projections (q and v with bias, k without)
+    "eva-separate-qkv": (
+        "vit_base_patch16_dinov3",
+        {**_SMALL, "init_values": 0.5, "global_pool": "token", "qkv_fused": False, "qkv_bias": True},
+    ),
+    # SigLIP2 image tower: no class token, attention-pool (MAP) head kept whole
+    "siglip2": ("vit_base_patch16_siglip_224", {**_SMALL, "num_classes": 0}),
 }
 
 
@@ -41,7 +63,7 @@ def make_small_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def small_model_source(name: str, model: torch.nn.Module):
-    from snapvit_cli.models import ModelSource, _model_cfg, state_dict_sha256
+    from snapvit_cli.models import ModelSource, preprocessing_cfg, state_dict_sha256
 
     arch, kwargs = SMALL_CONFIGS[name]
     return ModelSource(
@@ -49,7 +71,7 @@ def small_model_source(name: str, model: torch.nn.Module):
         timm_name=arch,
         architecture=arch,
         model_args=dict(kwargs),
-        pretrained_cfg=_model_cfg(model),
+        pretrained_cfg=preprocessing_cfg(model),
         weights_sha256=state_dict_sha256(model.state_dict()),
         pretrained=False,
     )

@@ -13,8 +13,10 @@ from tests.conftest import SMALL_CONFIGS, make_small_model
 
 
 def measured_macs(model: torch.nn.Module, resolution: int) -> float:
-    for block in model.blocks:
-        block.attn.fused_attn = False  # count q·kᵀ and attn·v as the matmuls they are
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False  # count q·kᵀ and attn·v (blocks and attention pool) as the matmuls they are
+    model.requires_grad_(False)  # FlopCounterMode's module tracker trips over views of trainable parameters
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, resolution, resolution))
     return counter.get_total_flops() / 2
@@ -48,7 +50,14 @@ def test_sliced_macs_and_params_match(small_name):
 
 
 @pytest.mark.parametrize(
-    "arch", ["vit_small_patch16_224", "deit_base_distilled_patch16_224", "vit_base_patch14_reg4_dinov2"]
+    "arch",
+    [
+        "vit_small_patch16_224",
+        "deit_base_distilled_patch16_224",
+        "vit_base_patch14_reg4_dinov2",
+        "vit_base_patch16_dinov3",
+        "vit_base_patch16_siglip_224",
+    ],
 )
 def test_full_size_macs_at_several_resolutions(arch):
     torch.manual_seed(0)

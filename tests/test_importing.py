@@ -153,10 +153,16 @@ def test_unknown_model_type_without_model_is_refused_before_loading(tmp_path):
         import_reference_scores(path, pretrained=False)
 
 
-def test_dinov3_family_is_refused_until_it_has_an_adapter(tmp_path):
-    path = write_small_file(tmp_path, model_type="dinov3_vitb16")
-    with pytest.raises(UnsupportedModelError, match="Eva is not a supported model"):
-        import_reference_scores(path, "vit_small_patch16_dinov3", pretrained=False)
+def test_dinov3_family_imports_through_the_eva_adapter(tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    shapes = {
+        "mlp_scores": torch.rand(12, 1536, generator=generator),
+        "head_scores": torch.rand(12, 6, generator=generator),
+    }
+    path = write_small_file(tmp_path, model_type="dinov3_vitb16", hidden_dim=1536, embed_dim=384, num_heads=6, **shapes)
+    imported = import_reference_scores(path, "vit_small_patch16_dinov3", pretrained=False)
+    assert type(imported.model).__name__ == "Eva"
+    assert torch.equal(imported.scores.mlp, shapes["mlp_scores"].double())
 
 
 def test_swiglu_scores_do_not_fit_a_standard_mlp(tmp_path):

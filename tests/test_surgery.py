@@ -42,8 +42,9 @@ def test_permutation_keeps_outputs(small_name):
     x = image_batch(model)
     reference = model(x)
     permuted = permute(model.state_dict(), adapter, _random_orders(adapter))
-    changed = [k for k in permuted if not torch.equal(permuted[k], model.state_dict()[k])]
-    assert any("fc1" in k for k in changed) and any("qkv" in k for k in changed)  # the permutation did something
+    changed = {k for k in permuted if not torch.equal(permuted[k], model.state_dict()[k])}
+    for kind in (MLP, HEADS):  # the permutation moved every unit tensor
+        assert {f"blocks.0.{spec.name}" for spec in adapter.unit_tensors(kind, 0)} <= changed
     model.load_state_dict(permuted)
     assert (model(x) - reference).abs().max() < 1e-5
 
@@ -78,28 +79,15 @@ def test_sliced_modules_are_consistent(small_name):
     adapter = get_adapter(model)
     widths = _random_widths(adapter, seed=5)
     sliced = build_model(_skeleton(small_name), widths, keep_prefix(model.state_dict(), adapter, widths))
-    for block, mlp, heads in zip(sliced.blocks, widths.mlp, widths.heads, strict=True):
-        assert block.mlp.fc1.out_features == mlp == block.mlp.fc1.weight.shape[0]
-        assert block.mlp.fc2.in_features == mlp == block.mlp.fc2.weight.shape[1]
-        assert block.attn.num_heads == heads
-        assert block.attn.qkv.out_features == 3 * heads * block.attn.head_dim == block.attn.qkv.weight.shape[0]
-        assert block.attn.proj.in_features == heads * block.attn.head_dim == block.attn.proj.weight.shape[1]
-    assert get_adapter(sliced).widths() == widths
-
-
-def test_score_tensors_select_value_rows_and_fc1():
-    from snapvit_cli.adapters.base import unit_view
-
-    model = make_small_model("dino")
-    adapter = get_adapter(model)
-    block = model.blocks[1]
-    heads, hd, dim = block.attn.num_heads, block.attn.head_dim, model.embed_dim
-    (value_spec,) = adapter.score_tensors(HEADS, 1)
-    values = unit_view(block.attn.qkv.weight, value_spec)
-    assert values.shape == (1, heads, hd, dim)
-    # head h's value rows are rows 2·H·hd + h·hd ... + hd of qkv
-    h = heads - 1
-    expected = block.attn.qkv.weight[2 * heads * hd + h * hd : 2 * heads * hd + (h + 1) * hd]
-    assert torch.equal(values[0, h], expected)
-    (fc1_spec,) = adapter.score_tensors(MLP, 1)
-    assert torch.equal(unit_view(block.mlp.fc1.weight, fc1_spec)[0, 5, 0], block.mlp.fc1.weight[5])
+    sliced_adapter = get_adapter(sliced)
+    assert sliced_adapter.widths() == widths
+    for i, block in enumerate(sliced.blocks):
+        params = dict(block.named_parameters())
+        for kind in (MLP, HEADS):
+            for spec in sliced_adapter.unit_tensors(kind, i):
+                expected = spec.groups * widths.of(kind)[i] * spec.unit_size
+                assert params[spec.name].shape[spec.axis] == expected, (spec.name, i)
+        assert block.attn.num_heads == widths.heads[i]
+    for name, module in sliced.named_modules():  # nn.Linear sizes follow the sliced weights
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.shape == (module.out_features, module.in_features), name

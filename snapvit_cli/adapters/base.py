@@ -26,6 +26,10 @@ class UnitTensor:
     (``axis=0, groups=3, unit_size=hd``); ``attn.proj.weight`` columns are ``[1, H, hd]`` (``axis=1``);
     ``mlp.fc1.weight`` rows are ``[1, D, 1]``. ``consumer`` marks tensors that read the unit's output (``fc2``,
     ``proj``): zeroing a unit's slice there removes the unit exactly, which is how masking works.
+
+    ``group`` is only set by :meth:`ModelAdapter.score_tensors`: the one group whose slice defines the unit's
+    reference score (2 = the v rows of a fused qkv; the gate half of a packed SwiGLU ``fc1``); ``None`` = all.
+    Permuting, slicing and masking always move every group.
     """
 
     name: str
@@ -33,7 +37,7 @@ class UnitTensor:
     groups: int = 1
     unit_size: int = 1
     consumer: bool = False
-    group: int | None = None  # when set, only this group holds the unit (e.g. 2 = the value rows of qkv)
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,18 @@ def take_units(tensor: torch.Tensor, spec: UnitTensor, index: torch.Tensor | int
     return picked.reshape(*shape[:axis], new_len, *shape[axis + 1 :]).contiguous()
 
 
-def unit_view(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
-    """``tensor`` as ``[groups, units, unit_size, rest]`` (or ``[1, units, unit_size, rest]`` for ``spec.group``)."""
-    moved = tensor.movedim(spec.axis, 0)
-    n_units = moved.shape[0] // (spec.groups * spec.unit_size)
-    view = moved.reshape(spec.groups, n_units, spec.unit_size, -1)
-    return view if spec.group is None else view[spec.group : spec.group + 1]
+def unit_rows(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
+    """``[units, n]``: row ``u`` holds every element of unit ``u`` in ``tensor`` (only group ``spec.group`` if set).
+
+    Works on a weight or on its gradient; e.g. the reference score of a unit is ``unit_rows(grad, spec)`` squared
+    and averaged over the row (method doc §3.2).
+    """
+    axis = spec.axis % tensor.ndim
+    n_units = tensor.shape[axis] // (spec.groups * spec.unit_size)
+    view = tensor.movedim(axis, 0).reshape(spec.groups, n_units, spec.unit_size, -1)
+    if spec.group is not None:
+        view = view[spec.group : spec.group + 1]
+    return view.transpose(0, 1).reshape(n_units, -1)
 
 
 def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:
@@ -107,8 +117,9 @@ def resized_linear(linear: nn.Linear, *, in_features: int | None = None, out_fea
 class ModelAdapter:
     """Knows one model family's structure: its blocks, where units live, how to resize a block, its features.
 
-    Subclasses implement :meth:`matches`, :meth:`check`, :meth:`unit_tensors`, :meth:`resize_block`,
-    :meth:`features` and :meth:`cost_terms`. Everything else (permuting, slicing, masking, FLOPs) is generic.
+    Subclasses implement :meth:`matches`, :meth:`check`, :meth:`unit_tensors`, :meth:`score_tensors`,
+    :meth:`resize_block`, :meth:`features` and :meth:`cost_terms`. Everything else (permuting, slicing, masking,
+    FLOPs) is generic.
     """
 
     family: str = ""
@@ -139,6 +150,14 @@ class ModelAdapter:
     def unit_tensors(self, kind: str, index: int) -> list[UnitTensor]:
         raise NotImplementedError
 
+    def score_tensors(self, kind: str, index: int) -> list[UnitTensor]:
+        """The weights (relative to the block, no biases) whose gradients define the reference score (§3.2).
+
+        MLP: the rows of ``fc1`` (SwiGLU: of the gate projection ``w1`` only); heads: the value rows of the
+        attention input projection. Each is a parameter of the block; ``group`` selects the part that counts.
+        """
+        raise NotImplementedError
+
     def width(self, kind: str, index: int) -> int:
         raise NotImplementedError
 
@@ -146,14 +165,27 @@ class ModelAdapter:
         n = range(self.num_blocks)
         return Widths(tuple(self.width(MLP, i) for i in n), tuple(self.width(HEADS, i) for i in n))
 
-    def score_tensors(self, kind: str, index: int) -> list[UnitTensor]:
-        """The weights whose gradients define a unit's score (method doc §3.1–3.2): for an MLP neuron its input
-        row (``fc1``; ``w1`` for SwiGLU), for a head its **value** rows of ``qkv``."""
-        raise NotImplementedError
-
     def resize_block(self, index: int, mlp: int, heads: int) -> None:
         """Give block ``index`` new module shapes for ``mlp`` neurons and ``heads`` heads (values set on load)."""
         raise NotImplementedError
+
+    def materialize(self) -> None:
+        """Allocate and recompute the non-persistent buffers a meta-device build left empty (e.g. RoPE periods).
+
+        They are not in any state dict, so loading cannot fill them; timm modules that own such buffers recompute
+        them in ``init_non_persistent_buffers``. Called by :func:`snapvit_cli.surgery.build_model` after loading.
+        """
+        device = next(self.model.parameters()).device
+        for name, module in self.model.named_modules():
+            empty = [key for key, buf in module.named_buffers(recurse=False) if buf.is_meta]
+            if not empty:
+                continue
+            init = getattr(module, "init_non_persistent_buffers", None)
+            if init is None:
+                raise RuntimeError(f"{name or 'model'} has buffers {empty} that cannot be recomputed after loading")
+            for key in empty:
+                setattr(module, key, torch.empty_like(getattr(module, key), device=device))
+            init()
 
     # --- behaviour -------------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,29 @@
-"""Adapter for timm's ``VisionTransformer`` family: DINO, DeiT (incl. distilled), DeiT-III, AugReg, DINOv2.
+"""Adapter for timm's ``VisionTransformer``: DINO, DINOv2 (incl. giant's packed SwiGLU), DeiT (incl. distilled),
+DeiT-III, AugReg and SigLIP2.
 
 Per block (``timm.models.vision_transformer.Block``): heads live in ``attn.qkv`` rows laid out
-``[q|k|v] × head × head_dim`` and in ``attn.proj`` columns ``head × head_dim``; MLP neurons are rows of ``mlp.fc1`` and
-columns of ``mlp.fc2``. LayerScale, q/k norms (over head_dim), register tokens and missing class tokens need no
-surgery. timm's ``Attention`` reshapes by ``attn_dim``, so updating ``num_heads`` and ``attn_dim`` is all a smaller
-head count needs.
+``[q|k|v] × head × head_dim`` and in ``attn.proj`` columns ``head × head_dim``; MLP neurons are described in
+:mod:`snapvit_cli.adapters.mlp`. LayerScale, q/k norms (over head_dim), register tokens and missing class tokens need
+no surgery. timm's ``Attention`` reshapes by ``attn_dim``, so updating ``num_heads`` and ``attn_dim`` is all a smaller
+head count needs. SigLIP2's attention-pool (MAP) head is kept whole: only the blocks are pruned.
 """
 
 from __future__ import annotations
 
 import torch
-from timm.layers import Attention, Mlp
+from timm.layers import Attention, AttentionPoolLatent
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from snapvit_cli.adapters.base import HEADS, MLP, ModelAdapter, UnitTensor, resized_linear
+from snapvit_cli.adapters.mlp import (
+    check_mlp,
+    mlp_score_tensors,
+    mlp_type,
+    mlp_unit_tensors,
+    mlp_width,
+    resize_mlp,
+)
 from snapvit_cli.errors import UnsupportedModelError
 from snapvit_cli.flops import CostTerms, dense_unit_params, unit_costs
 
@@ -29,13 +38,13 @@ class ViTAdapter(ModelAdapter):
     def check(self) -> None:
         model = self.model
         name = type(model).__name__
-        if getattr(model, "attn_pool", None) is not None:
-            raise UnsupportedModelError(f"{name} with an attention-pool head is not supported by the ViT adapter")
+        self._check_pool()
         for i, block in enumerate(model.blocks):
             where = f"{name} block {i}"
             if type(block) is not Block:
                 raise UnsupportedModelError(
-                    f"{where} is a {type(block).__name__}; only timm's standard Block is supported"
+                    f"{where} is a {type(block).__name__}; only timm's standard (pre-norm, sequential) Block is "
+                    f"supported"
                 )
             attn = block.attn
             if type(attn) is not Attention:
@@ -44,13 +53,12 @@ class ViTAdapter(ModelAdapter):
                 raise UnsupportedModelError(
                     f"{where}: attention output norm/gate across heads cannot be pruned exactly"
                 )
-            if type(block.mlp) is not Mlp or not isinstance(block.mlp.norm, nn.Identity):
-                raise UnsupportedModelError(
-                    f"{where} uses {type(block.mlp).__name__}; only the standard fc1/fc2 Mlp without hidden norm "
-                    f"is supported"
-                )
-            if not isinstance(block.mlp.fc1, nn.Linear):
-                raise UnsupportedModelError(f"{where}: convolutional MLPs are not supported")
+            check_mlp(block.mlp, where)
+
+    def _check_pool(self) -> None:
+        pool = getattr(self.model, "attn_pool", None)
+        if pool is not None and type(pool) is not AttentionPoolLatent:
+            raise UnsupportedModelError(f"{type(self.model).__name__}: pooling head {type(pool).__name__} is unknown")
 
     # --- structure -------------------------------------------------------------------------------------------
     @property
@@ -63,16 +71,12 @@ class ViTAdapter(ModelAdapter):
 
     def width(self, kind: str, index: int) -> int:
         block = self.model.blocks[index]
-        return block.mlp.fc1.out_features if kind == MLP else block.attn.num_heads
+        return mlp_width(block.mlp) if kind == MLP else block.attn.num_heads
 
     def unit_tensors(self, kind: str, index: int) -> list[UnitTensor]:
         block = self.model.blocks[index]
         if kind == MLP:
-            specs = [UnitTensor("mlp.fc1.weight", 0)]
-            if block.mlp.fc1.bias is not None:
-                specs.append(UnitTensor("mlp.fc1.bias", 0))
-            specs.append(UnitTensor("mlp.fc2.weight", 1, consumer=True))
-            return specs
+            return mlp_unit_tensors(block.mlp)
         hd = block.attn.head_dim
         specs = [UnitTensor("attn.qkv.weight", 0, groups=3, unit_size=hd)]
         if block.attn.qkv.bias is not None:
@@ -81,16 +85,18 @@ class ViTAdapter(ModelAdapter):
         return specs
 
     def score_tensors(self, kind: str, index: int) -> list[UnitTensor]:
+        block = self.model.blocks[index]
         if kind == MLP:
-            return [UnitTensor("mlp.fc1.weight", 0)]
-        hd = self.model.blocks[index].attn.head_dim
-        return [UnitTensor("attn.qkv.weight", 0, groups=3, unit_size=hd, group=2)]
+            return mlp_score_tensors(block.mlp)
+        return [UnitTensor("attn.qkv.weight", 0, groups=3, unit_size=block.attn.head_dim, group=2)]
 
     def resize_block(self, index: int, mlp: int, heads: int) -> None:
         block = self.model.blocks[index]
-        block.mlp.fc1 = resized_linear(block.mlp.fc1, out_features=mlp)
-        block.mlp.fc2 = resized_linear(block.mlp.fc2, in_features=mlp)
-        attn = block.attn
+        resize_mlp(block.mlp, mlp)
+        self._resize_attention(block.attn, heads)
+
+    @staticmethod
+    def _resize_attention(attn: Attention, heads: int) -> None:
         attn.num_heads = heads
         attn.attn_dim = heads * attn.head_dim
         attn.qkv = resized_linear(attn.qkv, out_features=3 * attn.attn_dim)
@@ -98,6 +104,8 @@ class ViTAdapter(ModelAdapter):
 
     # --- behaviour -------------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's pre-logits: CLS after the final norm, the mean of CLS and distillation token (distilled
+        DeiT), the average of patch tokens (``global_pool='avg'``), or the attention-pool output (SigLIP2)."""
         model = self.model
         return model.forward_head(model.forward_features(images), pre_logits=True)
 
@@ -114,6 +122,7 @@ class ViTAdapter(ModelAdapter):
         conv = model.patch_embed.proj
         patch_macs = patches * conv.weight.numel()
         head_macs = sum(m.weight.numel() for m in self._classifiers())
+        pool_macs = self._pool_macs(patches, tokens)
         mlp_macs, mlp_params = unit_costs(self, MLP, tokens)
         head_unit_macs, head_unit_params = unit_costs(self, HEADS, tokens)
         total_params = sum(p.numel() for p in model.parameters())
@@ -121,13 +130,30 @@ class ViTAdapter(ModelAdapter):
         return CostTerms(
             resolution=size,
             tokens=tokens,
-            fixed_macs=patch_macs + head_macs,
+            fixed_macs=patch_macs + pool_macs + head_macs,
             macs_per_neuron=mlp_macs,
             macs_per_head=head_unit_macs,
             fixed_params=total_params - dense_unit_params(self),
             params_per_neuron=mlp_params,
             params_per_head=head_unit_params,
         )
+
+    def _pool_tokens(self, patches: int, tokens: int) -> int:
+        """Tokens the attention pool reads: timm's ViT drops prefix tokens first unless told otherwise."""
+        return tokens if getattr(self.model, "pool_include_prefix", False) else patches
+
+    def _pool_macs(self, patches: int, tokens: int) -> int:
+        """MACs of an attention-pool (MAP) head: its latent queries read every pooled token once (kv), then q·kᵀ,
+        attn·v and the latent-sized q, proj and MLP layers."""
+        pool = getattr(self.model, "attn_pool", None)
+        if pool is None:
+            return 0
+        seen = self._pool_tokens(patches, tokens)
+        latent = pool.latent_len
+        linear = sum(
+            m.weight.numel() * (seen if m is pool.kv else latent) for m in pool.modules() if isinstance(m, nn.Linear)
+        )
+        return linear + 2 * latent * seen * pool.num_heads * pool.head_dim
 
     def _classifiers(self) -> list[nn.Linear]:
         heads = [getattr(self.model, name, None) for name in ("head", "head_dist")]
@@ -139,12 +165,14 @@ class ViTAdapter(ModelAdapter):
             "family": self.family,
             "num_blocks": self.num_blocks,
             "embed_dim": self.embed_dim,
-            "num_heads": self.model.blocks[0].attn.num_heads,
+            "num_heads": self.width(HEADS, 0),
             "head_dim": self.head_dim,
-            "mlp_hidden": self.model.blocks[0].mlp.fc1.out_features,
-            "mlp_type": "standard",
+            "mlp_hidden": self.width(MLP, 0),
+            "mlp_type": mlp_type(model.blocks[0].mlp),
             "num_prefix_tokens": model.num_prefix_tokens,
             "patch_size": list(model.patch_embed.patch_size),
             "img_size": list(model.patch_embed.img_size),
             "num_classes": model.num_classes,
+            "global_pool": model.global_pool,
+            "attention_pool": getattr(model, "attn_pool", None) is not None,  # kept whole, never pruned
         }

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
-from snapvit_cli.adapters.base import unit_view
+from snapvit_cli.adapters.base import unit_rows
 from snapvit_cli.bundle import ScoreSet
 
 
@@ -25,7 +25,7 @@ def unit_weight_norms(adapter: ModelAdapter, kind: str) -> torch.Tensor:
             if spec.name.endswith("bias"):
                 continue
             weight = params[spec.name].detach().double()
-            total += unit_view(weight, spec).square().sum(dim=(0, 2, 3)).cpu()
+            total += unit_rows(weight, spec).square().sum(dim=1).cpu()
         rows.append(total.sqrt())
     return torch.stack(rows)
 
