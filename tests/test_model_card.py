@@ -49,6 +49,8 @@ STRUCTURE = {
     "patch_size": [16, 16],
     "img_size": [224, 224],
     "num_classes": 0,
+    "global_pool": "token",
+    "attention_pool": False,
 }
 SCORING = {"method": "magnitude", "settings": {"norm": "l2", "blocks": [0, 1]}, "timings_s": {"total": 1.5}}
 MIN_KEEP = {"mlp": 0.05, "heads": 0.2}
