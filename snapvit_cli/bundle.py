@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +181,7 @@ class ElasticBundle:
         """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
         the mapping is copy-on-write, so nothing ever writes to the file)."""
         if self._weights is None:
-            with safe_open(str(self.path), framework="pt") as f:
+            with safe_open(str(self.path), framework="pt", backend="mmap") as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
@@ -228,16 +227,10 @@ class ElasticBundle:
             return read_prefix(f, self._adapter, widths, prefix=WEIGHT_PREFIX)
 
     def save_slice(self, out_dir: str | os.PathLike, plan: SlicePlan, *, force: bool = False) -> Path:
-        """Write the model for ``plan`` as a sliced-model folder (what ``snapvit slice`` does).
-
-        The weights come from :meth:`read_state_dict`; the bundle's sha256 (recorded in ``config.json``) is computed
-        in a second thread meanwhile, since hashing the whole file takes about as long as reading the kept part.
-        """
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            digest = pool.submit(sha256_file, self.path)
-            state = self.read_state_dict(plan.widths)
-            config = sliced_config(self.metadata, plan, bundle_sha256=digest.result())
-        return save_sliced(out_dir, state, config, force=force)
+        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does: the weights come from
+        :meth:`read_state_dict`, and ``config.json`` records the bundle file's sha256 (the Hub's LFS id for it)."""
+        config = sliced_config(self.metadata, plan, bundle_sha256=sha256_file(self.path))
+        return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force)
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
