@@ -8,6 +8,7 @@ machine-readable result on stdout and everything else on stderr.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import sys
 from pathlib import Path
@@ -222,4 +223,9 @@ def models(json_output: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # torch, timm and torchvision leave millions of objects that the interpreter's shutdown collections would
+        # traverse: freezing them first (nothing needs collecting at exit) saves about a second per command.
+        gc.freeze()
