@@ -16,6 +16,7 @@ model, the structure, the scoring method with every setting, the min-keep ratios
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ from snapvit_cli import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
 from snapvit_cli.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_path, check_output
+from snapvit_cli.fileio import atomic_path, check_output, sha256_file
 from snapvit_cli.flops import CostTerms
 from snapvit_cli.models import ModelSource, build_architecture
-from snapvit_cli.surgery import build_model, keep_prefix, permute
+from snapvit_cli.sliced import save_sliced, sliced_config
+from snapvit_cli.surgery import build_model, keep_prefix, permute, read_prefix
 
 FORMAT_VERSION = 1
 BUNDLE_KIND = "elastic-bundle"
@@ -112,8 +114,8 @@ def write_bundle(
 
 
 class ElasticBundle:
-    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are read once and kept in memory,
-    so switching budget at run time costs a prefix copy, not a reload."""
+    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are memory-mapped once and kept, so
+    switching budget at run time costs a prefix copy, not a reload. ``read_state_dict`` serves one-off cuts."""
 
     def __init__(self, path: Path, metadata: dict[str, Any], scores: dict[str, torch.Tensor], adapter: ModelAdapter):
         self.path = path
@@ -176,9 +178,10 @@ class ElasticBundle:
             return f.get_tensor(name)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The permuted dense state dict, read from disk on first use and kept."""
+        """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
+        the mapping is copy-on-write, so nothing ever writes to the file)."""
         if self._weights is None:
-            with safe_open(str(self.path), framework="pt") as f:
+            with safe_open(str(self.path), framework="pt", backend="mmap") as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
@@ -217,6 +220,18 @@ class ElasticBundle:
             for k, v in sliced.items()
         }
 
+    def read_state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
+        """The same as :meth:`state_dict`, read straight from the file without keeping the dense weights: only the
+        kept units' bytes are read, so a one-off cut (``snapvit slice``) needs about the memory of its result."""
+        with safe_open(str(self.path), framework="pt", backend="pread") as f:
+            return read_prefix(f, self._adapter, widths, prefix=WEIGHT_PREFIX)
+
+    def save_slice(self, out_dir: str | os.PathLike, plan: SlicePlan, *, force: bool = False) -> Path:
+        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does: the weights come from
+        :meth:`read_state_dict`, and ``config.json`` records the bundle file's sha256 (the Hub's LFS id for it)."""
+        config = sliced_config(self.metadata, plan, bundle_sha256=sha256_file(self.path))
+        return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force)
+
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
         plan = plan or self.plan(**budget)
@@ -229,8 +244,9 @@ class ElasticBundle:
         return self.slice(self.plan(mlp=0.0, heads=0.0))
 
     def skeleton(self) -> nn.Module:
-        """A fresh dense architecture on the meta device (shapes only, built in milliseconds)."""
-        return build_architecture(self.source, device="meta")
+        """A fresh dense architecture on the meta device (shapes only): a copy of the one built when opening, since
+        copying takes a fraction of timm's construction (which initialises every weight, even on meta)."""
+        return copy.deepcopy(self._adapter.model)
 
 
 def load_bundle(path: str | os.PathLike) -> ElasticBundle:

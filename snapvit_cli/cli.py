@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import re
 import sys
@@ -189,8 +190,7 @@ def slice_(
 ) -> None:
     """Cut a bundle to a budget and write a dense, smaller model (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
-    from snapvit_cli.fileio import check_output, sha256_file
-    from snapvit_cli.sliced import save_sliced, sliced_config
+    from snapvit_cli.fileio import check_output
 
     if mlp is None and heads is None and flops is None and params is None:
         raise typer.BadParameter("give a budget: --flops F, --params P, or --mlp R --heads R")
@@ -212,8 +212,7 @@ def slice_(
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if not dry_run:
-        config = sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path))
-        save_sliced(output, elastic.state_dict(plan.widths), config, force=force)
+        elastic.save_slice(output, plan, force=force)
     if json_output:
         _emit_json(result)
         return
@@ -436,4 +435,9 @@ def models(json_output: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # torch, timm and torchvision leave millions of objects that the interpreter's shutdown collections would
+        # traverse: freezing them first (nothing needs collecting at exit) saves about 0.8 s of CPU per command.
+        gc.freeze()

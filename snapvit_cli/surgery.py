@@ -1,19 +1,36 @@
 """Tensor surgery on state dicts: permute units, keep a prefix of them, or zero them out.
 
 All three work on plain ``{name: tensor}`` dicts through an adapter's :class:`UnitTensor` lists, so a bundle can be
-cut without instantiating the dense model. :func:`build_model` then turns a sliced state dict into a module made
-of stock timm layers.
+cut without instantiating the dense model; :func:`read_prefix` cuts straight from a safetensors file, reading only
+the kept units. :func:`build_model` then turns a sliced state dict into a module made of stock timm layers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, Widths, get_adapter
-from snapvit_cli.adapters.base import take_units, zero_units
+from snapvit_cli.adapters.base import UnitTensor, take_units, zero_units
+
+
+def _unit_args(
+    adapter: ModelAdapter, per_block: Callable[[str, int], object | None]
+) -> dict[str, list[tuple[UnitTensor, object]]]:
+    """``{state-dict key: [(spec, argument), ...]}`` for every unit tensor whose ``per_block(kind, block)`` is set."""
+    args: dict[str, list[tuple[UnitTensor, object]]] = {}
+    for i in range(adapter.num_blocks):
+        prefix = adapter.block_prefix(i)
+        for kind in UNIT_KINDS:
+            arg = per_block(kind, i)
+            if arg is None:
+                continue
+            for spec in adapter.unit_tensors(kind, i):
+                args.setdefault(prefix + spec.name, []).append((spec, arg))
+    return args
 
 
 def _map_units(
@@ -24,16 +41,20 @@ def _map_units(
 ) -> dict[str, torch.Tensor]:
     """Apply ``op(tensor, spec, arg)`` to every unit tensor whose ``per_block(kind, block)`` argument is not None."""
     out = dict(state)
-    for i in range(adapter.num_blocks):
-        prefix = adapter.block_prefix(i)
-        for kind in UNIT_KINDS:
-            arg = per_block(kind, i)
-            if arg is None:
-                continue
-            for spec in adapter.unit_tensors(kind, i):
-                key = prefix + spec.name
-                out[key] = op(state[key], spec, arg)
+    for key, ops in _unit_args(adapter, per_block).items():
+        for spec, arg in ops:
+            out[key] = op(out[key], spec, arg)
     return out
+
+
+def _kept_counts(adapter: ModelAdapter, widths: Widths) -> Callable[[str, int], int | None]:
+    """``per_block`` for :func:`_unit_args`: the kept count of every block that loses units."""
+    dense = adapter.widths()
+
+    def count(kind: str, i: int) -> int | None:
+        return None if widths.of(kind)[i] == dense.of(kind)[i] else widths.of(kind)[i]
+
+    return count
 
 
 def permute(state: dict[str, torch.Tensor], adapter: ModelAdapter, orders: dict[str, Sequence[torch.Tensor]]):
@@ -43,12 +64,40 @@ def permute(state: dict[str, torch.Tensor], adapter: ModelAdapter, orders: dict[
 
 def keep_prefix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: Widths):
     """Keep the first ``widths`` units of every block (units are stored in descending importance)."""
-    dense = adapter.widths()
+    return _map_units(state, adapter, _kept_counts(adapter, widths), take_units)
 
-    def count(kind: str, i: int) -> int | None:
-        return None if widths.of(kind)[i] == dense.of(kind)[i] else widths.of(kind)[i]
 
-    return _map_units(state, adapter, count, take_units)
+def read_prefix(file: Any, adapter: ModelAdapter, widths: Widths, prefix: str = "") -> dict[str, torch.Tensor]:
+    """:func:`keep_prefix` straight from an open safetensors ``file`` (tensors named ``prefix + key``).
+
+    Only the bytes of the kept units are read; with ``safe_open(..., backend="pread")`` they go straight into fresh
+    tensors, so a one-off cut needs about the memory of its result, not that of the dense weights plus the result.
+    """
+    units = _unit_args(adapter, _kept_counts(adapter, widths))
+    state = {}
+    for name in file.keys():
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :]
+        if key not in units:
+            state[key] = file.get_tensor(name)
+            continue
+        (spec, count), *more = units[key]
+        state[key] = _read_units(file.get_slice(name), spec, count)
+        for spec, count in more:
+            state[key] = take_units(state[key], spec, count)
+    return state
+
+
+def _read_units(part: Any, spec: UnitTensor, count: int) -> torch.Tensor:
+    """``take_units(tensor, spec, count)`` for a lazily read safetensors slice: one read per group of units."""
+    shape = part.get_shape()
+    axis = spec.axis % len(shape)
+    group = shape[axis] // spec.groups
+    keep = count * spec.unit_size
+    lead = (slice(None),) * axis
+    pieces = [part[(*lead, slice(g * group, g * group + keep))] for g in range(spec.groups)]
+    return torch.cat(pieces, dim=axis) if len(pieces) > 1 else pieces[0].contiguous()
 
 
 def mask_suffix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: Widths):

@@ -110,12 +110,18 @@ def test_models_lists_aliases():
 
 
 def test_help_does_not_import_torch():
+    """`snapvit --help` and every command's `--help` start without torch or timm (run as `python -m snapvit_cli`)."""
     code = (
-        "import sys\n"
+        "import runpy, sys, typer\n"
         "from snapvit_cli.cli import app\n"
-        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'heavy import'\n"
+        "for args in [['--help'], *([name, '--help'] for name in typer.main.get_command(app).commands)]:\n"
+        "    sys.argv = ['snapvit', *args]\n"
+        "    try:\n        runpy.run_module('snapvit_cli', run_name='__main__')\n"
+        "    except SystemExit as exit:\n        assert exit.code == 0, args\n"
+        "heavy = sorted({'torch', 'timm', 'torchvision'} & set(sys.modules))\n"
+        "assert not heavy, f'--help imported {heavy}'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "score" in done.stdout and "slice" in done.stdout
+    assert "--flops" in done.stdout  # `slice --help` ran too
