@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from snapvit_cli import __version__
@@ -43,7 +44,7 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except SnapvitError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
@@ -549,8 +550,8 @@ def _print_eval(report: dict[str, Any]) -> None:
     has_probe = any(r["accuracy"]["probe"] is not None for r in results)
     has_speed = any(r["throughput"] is not None for r in results)
     table = Table(title=f"snapvit eval {report['target']}", show_edge=False)
-    for column in ("model", "budget", "GMACs", "FLOPs", "params (M)", "kNN top-1"):
-        table.add_column(column, justify="left" if column in ("model", "budget") else "right")
+    for column in ("budget", "GMACs", "FLOPs", "params (M)", "kNN top-1"):
+        table.add_column(column, justify="left" if column == "budget" else "right")
     if has_probe:
         table.add_column("probe top-1", justify="right")
     if has_speed:
@@ -558,7 +559,6 @@ def _print_eval(report: dict[str, Any]) -> None:
         table.add_column("latency (ms)", justify="right")
     for r in results:
         row = [
-            r["name"],
             budget_label(r["budget"]) + (" (dense)" if r["dense"] and isinstance(r["budget"], dict) else ""),
             f"{r['gmacs']:.3f}",
             f"{r['flops_fraction']:.1%}",
