@@ -13,6 +13,7 @@ The report is a plain JSON-ready dict (schema in the README, ``snapvit eval --js
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from snapvit_cli import __version__
 from snapvit_cli.adapters import Widths, get_adapter
+from snapvit_cli.budget import SlicePlan
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
 from snapvit_cli.flops import CostTerms
@@ -178,8 +180,6 @@ def _local_kind(spec: str) -> tuple[str, Path | None]:
 
 def _safetensors_kind(path: Path) -> str | None:
     """The ``kind`` a snapvit safetensors header declares (``elastic-bundle`` / ``sliced-model``), if any."""
-    import json
-
     from safetensors import safe_open
 
     try:
@@ -194,15 +194,13 @@ def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
     from snapvit_cli.bundle import ElasticBundle
 
     bundle = ElasticBundle.open(path)
-    for fraction in budgets:
-        bundle.plan(flops=fraction)  # reject unreachable budgets before any work is done
+    plans = [bundle.plan(flops=fraction) for fraction in budgets]  # unreachable budgets fail before any work
     name = spec if spec.startswith("hf-hub:") else path.name.removesuffix(".safetensors").removesuffix(".bundle")
 
-    def candidate(fraction: float) -> Candidate:
-        plan = bundle.plan(flops=fraction)
+    def candidate(plan: SlicePlan) -> Candidate:
         return Candidate(name, dict(plan.budget), lambda: bundle.slice(plan))
 
-    return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(f) for f in budgets])
+    return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans])
 
 
 def _sliced_target(spec: str, folder: Path) -> Target:
@@ -405,7 +403,7 @@ def evaluate(
     resolution = settings.resolution or get_adapter(target.dense).cost_terms().resolution  # the built img_size
     transform = preprocess(target.pretrained_cfg, resolution)
     dense_cost, dense_widths = _cost(target.dense, resolution)
-    cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+    cache: dict[Widths, tuple[Tensor, Tensor]] = {}
     results = [
         _evaluate_one(c, data, settings, device, resolution, transform, (dense_cost, dense_widths), cache, progress)
         for c in target.candidates
@@ -433,7 +431,7 @@ def _evaluate_one(
     resolution: int,
     transform: Callable[[Tensor], Tensor],
     dense: tuple[CostTerms, Widths],
-    cache: dict[tuple, tuple[Tensor, Tensor]],
+    cache: dict[Widths, tuple[Tensor, Tensor]],
     progress: Progress | None,
 ) -> dict[str, Any]:
     """One result row: build the model, extract (or reuse) features, score them, measure cost and speed."""
@@ -443,10 +441,9 @@ def _evaluate_one(
         model = _at_resolution(candidate.build().eval().to(device), resolution)
     cost, widths = _cost(model, resolution)
     dense_cost, dense_widths = dense
-    key = (widths, resolution)
-    if key not in cache:
-        cache[key] = tuple(_features(model, data, settings, device, transform, label, progress, wall))
-    train_x, test_x = cache[key]
+    if widths not in cache:  # budgets that round to the same widths share their features
+        cache[widths] = _features(model, data, settings, device, transform, label, progress, wall)
+    train_x, test_x = cache[widths]
     train_y, test_y = data.train.labels, data.test.labels
 
     with _timer(wall, "knn"):
@@ -505,22 +502,25 @@ def _features(
     label: str,
     progress: Progress | None,
     wall: dict[str, float],
-) -> Iterator[Tensor]:
-    """Train then test features of ``model``, timing each split."""
+) -> tuple[Tensor, Tensor]:
+    """Train and test features of ``model``, timing each split."""
+    features = []
     for split in ("train", "test"):
-        images = getattr(data, split)
         stage = f"features {label} {split}"
         with _timer(wall, f"features_{split}"):
-            yield extract_features(
-                model,
-                images,
-                transform,
-                batch_size=settings.batch_size,
-                device=device,
-                dtype=settings.dtype,
-                workers=settings.workers,
-                progress=None if progress is None else lambda done, total, s=stage: progress(s, done, total),
+            features.append(
+                extract_features(
+                    model,
+                    getattr(data, split),
+                    transform,
+                    batch_size=settings.batch_size,
+                    device=device,
+                    dtype=settings.dtype,
+                    workers=settings.workers,
+                    progress=None if progress is None else lambda done, total, s=stage: progress(s, done, total),
+                )
             )
+    return features[0], features[1]
 
 
 def _linear_probe(

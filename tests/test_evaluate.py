@@ -248,3 +248,16 @@ def test_measure_speed_reports_the_setup(demo_model):
     assert speed.images_per_s > 0 and speed.latency_ms > 0
     assert (speed.batch_size, speed.device, speed.dtype, speed.repeats) == (3, "cpu", "float32", 2)
     assert speed.threads == torch.get_num_threads()
+
+
+def test_features_are_extracted_once_per_model_and_split(demo_bundle, monkeypatch):
+    """kNN and the probe share one extraction per split; a budget repeated gives the same model and reuses it."""
+    target = ev.open_target(str(demo_bundle), budgets=[1.0, 1.0])
+    settings = ev.EvalSettings(probe=True, probe_epochs=2, speed=False)
+    calls = []
+    real_extract = ev.extract_features
+    monkeypatch.setattr(ev, "extract_features", lambda model, images, *a, **k: calls.append(images.split) or
+                        real_extract(model, images, *a, **k))  # fmt: skip
+    first, second = ev.evaluate(target, ev.EvalData.load(DATA, settings), settings)["results"]
+    assert calls == ["train", "test"]
+    assert first["accuracy"] == second["accuracy"] and "features_train" not in second["wall_s"]
