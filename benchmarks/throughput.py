@@ -84,20 +84,24 @@ def time_interleaved(models: list[nn.Module], batch: torch.Tensor, warmup: int, 
     return times
 
 
-def profile_ops(model: nn.Module, batch: torch.Tensor, passes: int = 3) -> dict[str, float]:
-    """Self CPU time (ms per pass) of each operator group, plus "other"."""
+def profile_ops(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Self CPU time (ms per pass) of each operator group of each model: the median of ``rounds`` profiled passes,
+    interleaved across models like the timing."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode():
-        model(batch)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(passes):
-                model(batch)
     group_of = {op: group for group, ops in OP_GROUPS.items() for op in ops}
-    totals: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        totals[group_of.get(event.key, "other")] += event.self_cpu_time_total / 1000 / passes
-    return dict(totals)
+    samples = {label: defaultdict(list) for label in models}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for label, model in models.items():
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    model(batch)
+                totals: dict[str, float] = defaultdict(float)
+                for event in prof.key_averages():
+                    totals[group_of.get(event.key, "other")] += event.self_cpu_time_total / 1000
+                for group in [*OP_GROUPS, "other"]:
+                    samples[label][group].append(totals[group])
+    return {label: {g: statistics.median(v) for g, v in groups.items()} for label, groups in samples.items()}
 
 
 def machine() -> str:
@@ -133,7 +137,8 @@ def render_profile(profiles: dict[str, dict[str, float]]) -> str:
     labels = list(profiles)
     groups = [*OP_GROUPS, "other"]
     lines = [
-        "Per-operator self CPU time (ms per batch, torch.profiler; profiling adds overhead to every op):",
+        "Per-operator self CPU time (ms per batch, torch.profiler, median of 3 interleaved passes; profiling adds "
+        "overhead to every op):",
         "",
         "| operators | " + " | ".join(labels) + " | ratio |",
         "|---|" + "---|" * (len(labels) + 1),
@@ -180,7 +185,7 @@ def main() -> None:
     section = render(rows, times, args, time.perf_counter() - start)
     if args.profile:
         smallest = min(rows, key=lambda row: row[1])
-        profiles = {label: profile_ops(model, batch) for label, _, _, model in (rows[0], smallest)}
+        profiles = profile_ops({label: model for label, _, _, model in (rows[0], smallest)}, batch)
         section += "\n\n" + render_profile(profiles)
     print(section)
     speedups = {row[0]: statistics.median(times[0]) / statistics.median(t) for row, t in zip(rows, times, strict=True)}
