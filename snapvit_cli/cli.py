@@ -419,7 +419,7 @@ def eval_(
     ],
     budgets: Annotated[
         str | None,
-        typer.Option(help="Bundles only: comma-separated FLOPs fractions to keep [default: 1.0,0.9,0.75,0.5]."),
+        typer.Option(help="Bundles only: comma-separated FLOPs fractions to keep (default: 1.0,0.9,0.75,0.5)."),
     ] = None,
     knn_k: Annotated[int, typer.Option("--knn-k", help="Neighbours of the kNN classifier.")] = 20,
     vote: Annotated[
@@ -436,7 +436,7 @@ def eval_(
     ] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision of the target's weights.")] = None,
     resolution: Annotated[
-        int | None, typer.Option(help="Input resolution [default: the model's]; also the resolution of GMACs.")
+        int | None, typer.Option(help="Input resolution (default: the model's); also the resolution of GMACs.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size of feature extraction.")] = 64,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
@@ -451,7 +451,7 @@ def eval_(
     samples_test: Annotated[int | None, typer.Option(help="Seeded random subset of the test split.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the subsets and of the linear probe.")] = 0,
     plot: Annotated[
-        Path | None, typer.Option(help="Write a PNG of accuracy against GMACs (needs snapvit-cli[plot]).")
+        Path | None, typer.Option(help="Write a PNG of accuracy against GMACs (needs matplotlib: the plot extra).")
     ] = None,
     force: ForceOpt = False,
     json_output: JsonOpt = False,

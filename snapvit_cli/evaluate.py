@@ -84,6 +84,10 @@ class EvalSettings:
         for name, value in positive.items():
             if value < 1:
                 raise SnapvitError(f"{name} must be at least 1, got {value}")
+        if self.temperature <= 0 or self.probe_lr <= 0:
+            raise SnapvitError("--temperature and --probe-lr must be positive")
+        if self.workers < 0 or self.speed_warmup < 0:
+            raise SnapvitError("--workers and the number of warm-up passes cannot be negative")
         if self.resolution is not None and self.resolution < 1:
             raise SnapvitError(f"--resolution must be positive, got {self.resolution}")
 
