@@ -59,7 +59,7 @@ def plot_accuracy_vs_gmacs(report: dict[str, Any], path: str | os.PathLike) -> P
                 markersize=16,
                 color=line.get_color(),
                 markeredgecolor="black",
-                label=f"dense ({name})",
+                label="dense model" if metric == "knn" else None,
             )
     axes.set_xlabel(f"GMACs at {report['resolution']}×{report['resolution']}")
     axes.set_ylabel("top-1 accuracy")
