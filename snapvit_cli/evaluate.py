@@ -1,0 +1,592 @@
+"""``snapvit eval``: accuracy, cost and speed of a dense model and of the models sliced from it (method §10).
+
+For every model the report gives top-1 kNN accuracy (§10.2) and optionally linear-probe accuracy (§10.3) on
+frozen features, GMACs and parameters at the evaluated resolution, and measured throughput and batch-1
+latency. Features are the pooled embedding with the classifier disabled (§1.4), extracted once per model and
+split. The linear probe selects its checkpoint on a validation split carved from the train split: the test
+split is only ever scored, never used for selection.
+
+The report is a plain JSON-ready dict (schema in the README, ``snapvit eval --json``); ``snapvit push
+--eval-results`` puts its ``results`` table into a model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snapvit_cli import __version__
+from snapvit_cli.adapters import Widths, get_adapter
+from snapvit_cli.budget import SlicePlan
+from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
+from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
+from snapvit_cli.flops import CostTerms
+from snapvit_cli.knn import VOTES, knn_accuracy
+from snapvit_cli.probe import probe_accuracy, train_linear_probe
+
+REPORT_FORMAT = "snapvit-eval"
+REPORT_VERSION = 1
+DEFAULT_BUDGETS = (1.0, 0.9, 0.75, 0.5)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda")
+
+# Progress is reported as (label, done, total); the CLI draws one bar per label.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that determines an evaluation besides the target and the data source."""
+
+    k: int = 20
+    vote: str = "majority"
+    temperature: float = 0.07
+    probe: bool = False
+    probe_epochs: int = 100
+    probe_lr: float = 1e-3
+    probe_val_fraction: float = 0.2
+    resolution: int | None = None
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    speed: bool = True
+    speed_batch_size: int = 32
+    speed_warmup: int = 2
+    speed_repeats: int = 5
+    samples_train: int | None = None
+    samples_test: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vote not in VOTES:
+            raise SnapvitError(f"--vote must be one of {', '.join(VOTES)}, got '{self.vote}'")
+        if self.dtype not in DTYPES:
+            raise SnapvitError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.device not in DEVICES:
+            raise SnapvitError(f"--device must be one of {', '.join(DEVICES)}, got '{self.device}'")
+        positive = {
+            "--knn-k": self.k,
+            "--batch-size": self.batch_size,
+            "--probe-epochs": self.probe_epochs,
+            "--speed-batch-size": self.speed_batch_size,
+            "--speed-repeats": self.speed_repeats,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise SnapvitError(f"{name} must be at least 1, got {value}")
+        if self.temperature <= 0 or self.probe_lr <= 0:
+            raise SnapvitError("--temperature and --probe-lr must be positive")
+        if self.workers < 0 or self.speed_warmup < 0:
+            raise SnapvitError("--workers and the number of warm-up passes cannot be negative")
+        if self.resolution is not None and self.resolution < 1:
+            raise SnapvitError(f"--resolution must be positive, got {self.resolution}")
+
+
+@dataclass
+class Candidate:
+    """One model of a target, built on demand so that only one budget's weights exist at a time."""
+
+    name: str
+    budget: dict[str, Any] | None  # None: the target's dense model
+    build: Callable[[], nn.Module]
+
+
+@dataclass
+class Target:
+    """What TARGET named, opened: the models to evaluate and the dense architecture they are measured against."""
+
+    spec: str
+    kind: str  # "bundle" | "sliced" | "model"
+    pretrained_cfg: dict[str, Any]
+    dense: nn.Module  # the dense architecture (a meta-device skeleton is enough): cost fractions and "dense" flags
+    candidates: list[Candidate]
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Measured speed: median over ``repeats`` timed forward passes after ``warmup`` untimed ones."""
+
+    images_per_s: float
+    batch_size: int
+    latency_ms: float
+    device: str
+    dtype: str
+    threads: int
+    warmup: int
+    repeats: int
+
+
+# -- targets ---------------------------------------------------------------------------------------------
+
+
+def open_target(
+    spec: str,
+    *,
+    budgets: Sequence[float] | None = None,
+    checkpoint: str | Path | None = None,
+    revision: str | None = None,
+) -> Target:
+    """Resolve TARGET: an elastic bundle (one model per FLOPs budget), a sliced model, or a model name (dense).
+
+    Bundles and sliced models may be local paths or ``hf-hub:OWNER/NAME[@REV]`` repositories pushed by
+    ``snapvit push``; a sliced model is its folder or that folder's ``config.json`` / ``model.safetensors``.
+    """
+    from snapvit_cli.hub import is_hf_id, resolve_hub_artifact
+
+    if is_hf_id(spec):
+        kind, path = resolve_hub_artifact(spec, revision=revision)
+    else:
+        kind, path = _local_kind(spec)
+        if revision is not None and kind != "model":
+            raise SnapvitError("--revision applies to hf-hub: ids and model names only")
+    if kind != "model" and checkpoint is not None:
+        raise SnapvitError("--checkpoint applies to model names only, not to bundles or sliced models")
+    if kind != "bundle" and budgets is not None:
+        raise BudgetError("--budgets applies to elastic bundles only; a sliced model or a model name is one row")
+    if kind == "bundle":
+        return _bundle_target(spec, path, budgets or DEFAULT_BUDGETS)
+    if kind == "sliced":
+        return _sliced_target(spec, path)
+    return _model_target(spec, checkpoint, revision)
+
+
+def _local_kind(spec: str) -> tuple[str, Path | None]:
+    """("bundle" | "sliced" | "model", path) for a local TARGET, from what is on disk."""
+    from snapvit_cli.sliced import CONFIG_NAME
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "sliced", path
+    if path.is_file():
+        if path.name == CONFIG_NAME:
+            return "sliced", path.parent
+        if path.suffix == ".safetensors":
+            kind = _safetensors_kind(path)
+            if kind == "elastic-bundle":
+                return "bundle", path
+            if kind == "sliced-model":
+                return "sliced", path.parent
+        raise BundleError(f"{spec} is neither an elastic bundle nor a sliced model written by snapvit")
+    if path.suffix in (".safetensors", ".json", ".pt", ".pth") or "/" in spec or "\\" in spec:
+        raise BundleError(f"{spec} not found: TARGET is an elastic bundle, a sliced-model folder or a model name")
+    return "model", None
+
+
+def _safetensors_kind(path: Path) -> str | None:
+    """The ``kind`` a snapvit safetensors header declares (``elastic-bundle`` / ``sliced-model``), if any."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header.get("snapvit", "{}")).get("kind")
+    except Exception:  # noqa: BLE001 - unreadable or foreign files are reported by the caller
+        return None
+
+
+def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
+    from snapvit_cli.bundle import ElasticBundle
+
+    bundle = ElasticBundle.open(path)
+    plans = [bundle.plan(flops=fraction) for fraction in budgets]  # unreachable budgets fail before any work
+    name = spec if spec.startswith("hf-hub:") else path.name.removesuffix(".safetensors").removesuffix(".bundle")
+
+    def candidate(plan: SlicePlan) -> Candidate:
+        return Candidate(name, dict(plan.budget), lambda: bundle.slice(plan))
+
+    return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans])
+
+
+def _sliced_target(spec: str, folder: Path) -> Target:
+    from snapvit_cli.models import ModelSource, build_architecture
+    from snapvit_cli.sliced import load_sliced, read_config
+
+    config = read_config(folder)
+    source = ModelSource(
+        model_id="",
+        timm_name=config["architecture"],
+        architecture=config["architecture"],
+        model_args=config["model_args"],
+        pretrained_cfg=config.get("pretrained_cfg", {}),
+        weights_sha256="",
+    )
+    name = spec if spec.startswith("hf-hub:") else folder.name
+    candidate = Candidate(name, config.get("budget"), lambda: load_sliced(folder))
+    return Target(spec, "sliced", source.pretrained_cfg, build_architecture(source, device="meta"), [candidate])
+
+
+def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
+    from snapvit_cli.models import load_model
+
+    model, source = load_model(spec, checkpoint=checkpoint, revision=revision)
+    return Target(spec, "model", source.pretrained_cfg, model, [Candidate(source.timm_name, None, lambda: model)])
+
+
+# -- measurements ----------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without it is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SnapvitError("--device cuda was requested but no CUDA device is available")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _inference(device: torch.device, dtype: str) -> Iterator[None]:
+    """No autograd, and bf16 autocast when asked (as the reference extracted features, §10.1)."""
+    with torch.inference_mode():
+        if dtype == "float32":
+            yield
+        else:
+            with torch.autocast(device.type, dtype=DTYPES[dtype]):
+                yield
+
+
+def extract_features(
+    model: nn.Module,
+    images: ImageSet,
+    transform: Callable[[Tensor], Tensor],
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    dtype: str = "float32",
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Pooled features [N, E] (float32, on the CPU) of every image, in dataset order; classifier disabled."""
+    device = torch.device(device)
+    adapter = get_adapter(model)
+    loader = make_loader(images, transform, batch_size, num_workers=workers)
+    parts, done = [], 0
+    with _inference(device, dtype):
+        for batch, _ in loader:
+            parts.append(adapter.features(batch.to(device)).float().cpu())
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(images))
+    return torch.cat(parts)
+
+
+def measure_speed(
+    model: nn.Module,
+    resolution: int,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: str = "float32",
+    warmup: int = 2,
+    repeats: int = 5,
+) -> Speed:
+    """Images/s at ``batch_size`` and latency at batch 1 of a full forward pass on random input.
+
+    Medians of ``repeats`` timed passes, each after ``warmup`` untimed ones (allocator, kernel selection and
+    cache effects), so a single interrupted pass on a shared machine does not move the result.
+    """
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
+    per_batch = _median_seconds(model, batch, device, dtype, warmup, repeats)
+    per_image = _median_seconds(model, batch[:1], device, dtype, warmup, repeats)
+    return Speed(
+        images_per_s=batch_size / per_batch,
+        batch_size=batch_size,
+        latency_ms=per_image * 1000.0,
+        device=_device_name(device),
+        dtype=dtype,
+        threads=torch.get_num_threads(),
+        warmup=warmup,
+        repeats=repeats,
+    )
+
+
+def _median_seconds(model: nn.Module, x: Tensor, device: torch.device, dtype: str, warmup: int, repeats: int) -> float:
+    times = []
+    with _inference(device, dtype):
+        for i in range(warmup + repeats):
+            _synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            _synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def _at_resolution(model: nn.Module, resolution: int) -> nn.Module:
+    """``model`` taking ``resolution``-pixel input: timm resamples the position embeddings when it differs."""
+    if get_adapter(model).cost_terms().resolution == resolution:
+        return model
+    if not hasattr(model, "set_input_size"):
+        raise SnapvitError(f"{type(model).__name__} cannot change its input size; drop --resolution")
+    model.set_input_size(img_size=(resolution, resolution))
+    return model
+
+
+def _cost(model: nn.Module, resolution: int) -> tuple[CostTerms, Widths]:
+    adapter = get_adapter(model)
+    return adapter.cost_terms(resolution), adapter.widths()
+
+
+# -- the evaluation --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalData:
+    """Train (kNN memory, probe training and validation) and test (scored only) images, read once per run."""
+
+    train: ImageSet
+    test: ImageSet
+
+    @classmethod
+    def load(cls, source: str, settings: EvalSettings) -> EvalData:
+        seed = settings.seed
+        train = load_images(source, "train", samples=settings.samples_train, seed=seed, need_labels=True)
+        test = load_images(source, "test", samples=settings.samples_test, seed=seed, need_labels=True)
+        return cls(train, test)
+
+    def describe(self) -> dict[str, Any]:
+        return {"train": describe(self.train), "test": describe(self.test)}
+
+
+def evaluate_target(
+    spec: str,
+    data_source: str,
+    settings: EvalSettings = EvalSettings(),
+    *,
+    budgets: Sequence[float] | None = None,
+    checkpoint: str | Path | None = None,
+    revision: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Open TARGET and the data, then :func:`evaluate`; the report's ``wall_s`` includes both openings."""
+    started = time.perf_counter()
+    target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision)
+    opened = time.perf_counter()
+    data = EvalData.load(data_source, settings)
+    loaded = time.perf_counter()
+    report = evaluate(target, data, settings, progress)
+    report["wall_s"] = {
+        "open_target": opened - started,
+        "load_data": loaded - opened,
+        "evaluate": report["wall_s"]["total"],
+        "total": time.perf_counter() - started,
+    }
+    return report
+
+
+def evaluate(
+    target: Target, data: EvalData, settings: EvalSettings = EvalSettings(), progress: Progress | None = None
+) -> dict[str, Any]:
+    """Evaluate every model of ``target`` on ``data``; returns the JSON-ready report."""
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    resolution = settings.resolution or get_adapter(target.dense).cost_terms().resolution  # the built img_size
+    transform = preprocess(target.pretrained_cfg, resolution)
+    dense_cost, dense_widths = _cost(target.dense, resolution)
+    cache: dict[Widths, tuple[Tensor, Tensor]] = {}
+    results = [
+        _evaluate_one(c, data, settings, device, resolution, transform, (dense_cost, dense_widths), cache, progress)
+        for c in target.candidates
+    ]
+    return {
+        "format": REPORT_FORMAT,
+        "format_version": REPORT_VERSION,
+        "snapvit_version": __version__,
+        "target": target.spec,
+        "target_kind": target.kind,
+        "dataset": data.describe(),
+        "resolution": resolution,
+        "preprocessing": {k: target.pretrained_cfg.get(k) for k in ("interpolation", "mean", "std")},
+        "settings": _settings_json(settings, device),
+        "results": results,
+        "wall_s": {"total": time.perf_counter() - started},
+    }
+
+
+def _evaluate_one(
+    candidate: Candidate,
+    data: EvalData,
+    settings: EvalSettings,
+    device: torch.device,
+    resolution: int,
+    transform: Callable[[Tensor], Tensor],
+    dense: tuple[CostTerms, Widths],
+    cache: dict[Widths, tuple[Tensor, Tensor]],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """One result row: build the model, extract (or reuse) features, score them, measure cost and speed."""
+    label = f"{candidate.name} ({budget_label(candidate.budget)})"
+    wall: dict[str, float] = {}
+    with _timer(wall, "load"):
+        model = _at_resolution(candidate.build().eval().to(device), resolution)
+    cost, widths = _cost(model, resolution)
+    dense_cost, dense_widths = dense
+    if widths not in cache:  # budgets that round to the same widths share their features
+        cache[widths] = _features(model, data, settings, device, transform, label, progress, wall)
+    train_x, test_x = cache[widths]
+    train_y, test_y = data.train.labels, data.test.labels
+
+    with _timer(wall, "knn"):
+        knn = knn_accuracy(
+            train_x.to(device), train_y, test_x.to(device), test_y, settings.k, settings.vote, settings.temperature
+        )
+    accuracy = {"knn": knn, "probe": None}
+    probe = None
+    if settings.probe:
+        with _timer(wall, "probe"):
+            accuracy["probe"], probe = _linear_probe(
+                train_x, train_y, test_x, test_y, settings, device, label, progress
+            )
+    speed = None
+    if settings.speed:
+        _report(progress, f"speed {label}", 0, 1)
+        with _timer(wall, "speed"):
+            speed = measure_speed(
+                model,
+                resolution,
+                batch_size=settings.speed_batch_size,
+                device=device,
+                dtype=settings.dtype,
+                warmup=settings.speed_warmup,
+                repeats=settings.speed_repeats,
+            )
+        _report(progress, f"speed {label}", 1, 1)
+    gmacs, dense_gmacs = cost.gmacs(widths), dense_cost.gmacs(dense_widths)
+    params, dense_params = cost.params(widths), dense_cost.params(dense_widths)
+    return {
+        "name": candidate.name,
+        "budget": candidate.budget if candidate.budget is not None else "dense",
+        "dense": widths == dense_widths,
+        "accuracy": accuracy,
+        "probe": probe,
+        "gmacs": gmacs,
+        "params": params,
+        "flops_fraction": gmacs / dense_gmacs,
+        "params_fraction": params / dense_params,
+        "dense_gmacs": dense_gmacs,
+        "dense_params": dense_params,
+        "resolution": resolution,
+        "widths": widths.to_json(),
+        "throughput": None if speed is None else _throughput_json(speed),
+        "latency_ms": None if speed is None else speed.latency_ms,
+        "wall_s": wall,
+    }
+
+
+def _features(
+    model: nn.Module,
+    data: EvalData,
+    settings: EvalSettings,
+    device: torch.device,
+    transform: Callable[[Tensor], Tensor],
+    label: str,
+    progress: Progress | None,
+    wall: dict[str, float],
+) -> tuple[Tensor, Tensor]:
+    """Train and test features of ``model``, timing each split."""
+    features = []
+    for split in ("train", "test"):
+        stage = f"features {label} {split}"
+        with _timer(wall, f"features_{split}"):
+            features.append(
+                extract_features(
+                    model,
+                    getattr(data, split),
+                    transform,
+                    batch_size=settings.batch_size,
+                    device=device,
+                    dtype=settings.dtype,
+                    workers=settings.workers,
+                    progress=None if progress is None else lambda done, total, s=stage: progress(s, done, total),
+                )
+            )
+    return features[0], features[1]
+
+
+def _linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    settings: EvalSettings,
+    device: torch.device,
+    label: str,
+    progress: Progress | None,
+) -> tuple[float, dict[str, Any]]:
+    """Train on train features (validation carved from them, seeded), then score the selected probe on test.
+
+    The test split reaches :func:`probe_accuracy` only, after training and selection are over.
+    """
+    stage = f"probe {label}"
+    result = train_linear_probe(
+        train_x,
+        train_y,
+        val_fraction=settings.probe_val_fraction,
+        epochs=settings.probe_epochs,
+        lr=settings.probe_lr,
+        seed=settings.seed,
+        device=device,
+        progress=None if progress is None else lambda done, total: progress(stage, done, total),
+    )
+    accuracy = probe_accuracy(result, test_x, test_y)
+    return accuracy, {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy}
+
+
+def _throughput_json(speed: Speed) -> dict[str, Any]:
+    data = asdict(speed)
+    del data["latency_ms"]
+    return data
+
+
+def _settings_json(settings: EvalSettings, device: torch.device) -> dict[str, Any]:
+    data = asdict(settings)
+    data["device"] = _device_name(device)
+    data["threads"] = torch.get_num_threads()
+    if settings.vote != "weighted":
+        del data["temperature"]
+    return data
+
+
+def budget_label(budget: dict[str, Any] | str | None) -> str:
+    """A budget for humans: ``flops 0.5``, ``params 0.7``, ``mlp 0.35 heads 0.2`` or ``dense``."""
+    if not isinstance(budget, dict):
+        return "dense"
+    if budget.get("kind") == "ratios":
+        return f"mlp {budget.get('mlp', 0):g} heads {budget.get('heads', 0):g}"
+    return f"{budget.get('kind')} {budget.get('target', 0):g}"
+
+
+@contextlib.contextmanager
+def _timer(wall: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    wall[stage] = wall.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _report(progress: Progress | None, label: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(label, done, total)
