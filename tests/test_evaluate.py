@@ -279,14 +279,14 @@ def test_features_are_extracted_once_per_model_and_split(demo_bundle, monkeypatc
 @pytest.mark.slow
 def test_real_vit_tiny_on_a_cifar10_subset(shared_data):
     """The pretrained ViT-Tiny separates CIFAR-10 far above chance (0.1) and above its random init (~0.27 on the
-    full subset); the full 5000/1000 split gives 0.683 (benchmarks/README.md)."""
+    full subset); a 500/100 subset is enough to show it; the full 5000/1000 split gives 0.683 (benchmarks/README.md)."""
     checkpoint = shared_data / "vit_tiny_patch16_224.tinyimagenet.safetensors"
     data = shared_data / "cifar10_subset.npz"
     result = run(
         "eval", "vit_tiny_patch16_224", "--checkpoint", str(checkpoint), "--data", str(data),
-        "--samples-train", "1000", "--samples-test", "200", "--no-speed", "--json",
+        "--samples-train", "500", "--samples-test", "100", "--no-speed", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)["results"]
-    assert row["accuracy"]["knn"] > 0.5
+    assert row["accuracy"]["knn"] > 0.45
     assert row["gmacs"] == pytest.approx(1.2535296) and row["params"] == 5_563_016

@@ -23,7 +23,7 @@ def written(tmp_path, small_name):
 
 
 @pytest.mark.parametrize(
-    "budget", [{"flops": 0.3}, {"flops": 0.8}, {"mlp": 0.5, "heads": 0.0}, {"mlp": 0.0, "heads": 0.0}]
+    "budget", [{"flops": 0.5}, {"flops": 0.8}, {"mlp": 0.5, "heads": 0.0}, {"mlp": 0.0, "heads": 0.0}]
 )
 def test_read_state_dict_equals_in_memory_cut(written, budget):
     _, path = written
