@@ -123,19 +123,17 @@ def correct_slice(
         images = sum(len(x) for x in inputs)
         layers: list[LayerCorrection] = []
         for i, block in enumerate(adapter.blocks()):
-            consumers = _consumers(adapter, i, widths)
-            if not any(c.kept.numel() < c.module.in_features for c in consumers):
-                inputs = [_run(block, x, kwargs, device) for x in inputs]
-            else:
-                stats = {c.name: InputStatistics(c.module.in_features, stats_dtype, device) for c in consumers}
-                handles = [stats[c.name].register(c.module) for c in consumers]
-                try:
-                    outputs = [_run(block, x, kwargs, device) for x in inputs]
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                layers += [_correct_layer(c, stats[c.name], damping) for c in consumers]
-                inputs = [_run(block, x, kwargs, device) for x in inputs] if sequential else outputs
+            consumers = [c for c in _consumers(adapter, i, widths) if c.kept.numel() < c.module.in_features]
+            stats = {c.name: InputStatistics(c.module.in_features, stats_dtype, device) for c in consumers}
+            handles = [stats[c.name].register(c.module) for c in consumers]
+            try:
+                outputs = [_run(block, x, kwargs, device) for x in inputs]
+            finally:
+                for handle in handles:
+                    handle.remove()
+            layers += [_correct_layer(c, stats[c.name], damping) for c in consumers]
+            # ``outputs`` came from the dense block; sequential inputs are those of the corrected sliced block.
+            inputs = [_run(block, x, kwargs, device) for x in inputs] if sequential and consumers else outputs
             if progress:
                 progress("blocks", i + 1, adapter.num_blocks)
     state = {k: v.detach().cpu() for k, v in dense.state_dict().items()}
