@@ -187,6 +187,36 @@ def slice_(
     ] = None,
     force: ForceOpt = False,
     dry_run: Annotated[bool, typer.Option(help="Report widths and cost without writing anything.")] = False,
+    correct: Annotated[
+        bool,
+        typer.Option(
+            "--correct",
+            help="Re-fit the kept columns of fc2 and attn.proj by least squares on calibration images (--data).",
+        ),
+    ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(help="With --correct: calibration images (image folder, .npz, hf:NAME[:CONFIG] or demo)."),
+    ] = None,
+    correct_samples: Annotated[
+        int, typer.Option(help="With --correct: random training images used (seeded by --seed).")
+    ] = 1000,
+    damping: Annotated[
+        str, typer.Option(help="With --correct: mean:F, max:F or pNN:F (F × that statistic of diag H).")
+    ] = "mean:0.01",
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential/--dense-inputs",
+            help="With --correct: feed each block the corrected sliced outputs of the blocks before it, or the "
+            "dense model's activations (the reference).",
+        ),
+    ] = True,
+    batch_size: Annotated[int, typer.Option(help="With --correct: images per forward pass.")] = 64,
+    seed: Annotated[int, typer.Option(help="With --correct: seed of the calibration subset.")] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="With --correct: torch device (default: cuda if available, else cpu).")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to a budget and write a dense, smaller model (model.safetensors + config.json)."""
@@ -195,6 +225,8 @@ def slice_(
 
     if mlp is None and heads is None and flops is None and params is None:
         raise typer.BadParameter("give a budget: --flops F, --params P, or --mlp R --heads R")
+    if correct != (data is not None):
+        raise typer.BadParameter("--correct and --data go together: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
     if output is None:
         given = {"flops": flops, "params": params, "mlp": mlp, "heads": heads}
         tag = "-".join(f"{k}{v:g}" for k, v in given.items() if v is not None)
@@ -212,12 +244,69 @@ def slice_(
         head_offset=head_offset,
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
-    if not dry_run:
+    if correct and not dry_run:
+        result["correction"] = _save_corrected(
+            elastic, plan, output, data, correct_samples, seed, damping, sequential, batch_size, device, force
+        )
+    elif not dry_run:
         elastic.save_slice(output, plan, force=force)
     if json_output:
         _emit_json(result)
         return
     _print_plan(plan, output if not dry_run else None)
+
+
+def _save_corrected(
+    elastic,
+    plan,
+    output: Path,
+    data: str,
+    samples: int,
+    seed: int,
+    damping: str,
+    sequential: bool,
+    batch_size: int,
+    device: str | None,
+    force: bool,
+) -> dict[str, Any]:
+    """``slice --correct``: calibrate, correct, and write the folder; returns the correction record."""
+    from snapvit_cli.correct import correct_bundle_slice, resolve_device
+    from snapvit_cli.correction import parse_damping
+    from snapvit_cli.data import load_images
+    from snapvit_cli.fileio import sha256_file
+    from snapvit_cli.sliced import save_sliced, sliced_config
+
+    if samples < 1:
+        raise typer.BadParameter("--correct-samples must be positive")
+    spec = parse_damping(damping)
+    torch_device = resolve_device(device)
+    images = load_images(data, "train", samples=samples, seed=seed)
+
+    with err.status("correcting") as status:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            what = "calibration batches" if stage == "capture" else "blocks"
+            status.update(f"correcting: {done}/{total or '?'} {what}")
+
+        corrected = correct_bundle_slice(
+            elastic,
+            plan,
+            images,
+            batch_size=batch_size,
+            damping=spec,
+            sequential=sequential,
+            device=torch_device,
+            progress=progress,
+        )
+    record = corrected.to_json()
+    config = {**sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path)), "correction": record}
+    save_sliced(output, corrected.state, config, force=force)
+    err.print(
+        f"corrected {len(corrected.layers)} layers on {corrected.images} images in {corrected.seconds:.1f} s "
+        f"({record['inputs']} inputs, damping {record['damping']})",
+        highlight=False,
+    )
+    return record
 
 
 @app.command("import-scores")

@@ -11,8 +11,8 @@ which is exactly what sequential OBS computes when all pruned columns are proces
 right-to-left SparseGPT pass on the permuted model); it costs one Cholesky factorisation of H_KK per layer.
 
 This module only does the linear algebra on tensors. Driving it block by block (hooks on ``fc2``/``w3`` and
-``attn.proj``, batched block forwards, dense vs sequential calibration inputs, writing weights back) is the
-job of the integration step. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
+``attn.proj``, batched block forwards, dense vs sequential calibration inputs, writing weights back) is
+:mod:`snapvit_cli.correct`. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
 and its statistics are collected from whatever actually enters ``w3``.
 """
 
