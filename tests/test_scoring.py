@@ -277,3 +277,31 @@ def test_pca_is_skipped_when_it_would_not_reduce(data):
     assert fit.pca_components == 0
     settings = ScoreSettings(data=data, pca_components=30)  # capped by the 12 images
     assert FeatureFitness(model, get_adapter(model), images, raw, settings, torch.device("cpu")).pca_components == 12
+
+
+def test_linear_cka_is_invariant_to_rotation_and_scale():
+    from snapvit_cli.scoring.cka import linear_cka_matrix
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 6, dtype=torch.float64, generator=gen)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=gen))
+    unrelated = torch.randn(30, 4, dtype=torch.float64, generator=gen)
+    cka = linear_cka_matrix([x, 3.0 * x @ rotation + 1.0, unrelated])
+    torch.testing.assert_close(cka.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert cka[0, 1] == pytest.approx(1.0, abs=1e-12) and cka[0, 2] < 0.6
+    torch.testing.assert_close(cka, cka.T)
+
+
+def test_cka_initialisation_gives_a_correlation_covariance(data):
+    from snapvit_cli.scoring.cka import cka_covariance
+
+    model = make_small_model("dinov2-registers")
+    adapter = get_adapter(model)
+    images = preprocessed(data, input_config(model, ScoreSettings()))
+    cov = cka_covariance(model, adapter, images, 5, torch.device("cpu"))
+    assert cov.shape == (15, 15)  # 3 block MLPs + 3 x 4 heads
+    np.testing.assert_allclose(np.diag(cov), 1.0)
+    np.linalg.cholesky(cov)  # positive definite
+    assert (cov > 0).all() and cov[0, 1] < 1
+    scores = score_model(model, "snapvit", data=data, cka_init=True, **FAST)
+    assert scores.settings["cka_init"] is True and "cka_s" in scores.timings
