@@ -14,7 +14,7 @@ from snapvit_cli.adapters import HEADS, MLP, get_adapter
 from snapvit_cli.budget import plan_slice
 from snapvit_cli.data.arrays import ArrayReader
 from snapvit_cli.data.imageset import ImageSet
-from snapvit_cli.errors import DataError, SnapvitError
+from snapvit_cli.errors import BudgetError, DataError, SnapvitError
 from snapvit_cli.scoring import METHODS, score_model
 from snapvit_cli.scoring import gradient as gradient_module
 from snapvit_cli.scoring.baselines import lamp_element_scores
@@ -65,7 +65,7 @@ def test_model_is_left_as_it_was(data):
     score_model(model, "snapvit", data=data, **FAST)
     assert model.training
     assert [p.requires_grad for p in model.parameters()] == flags
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())  # none before, none after
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -193,6 +193,21 @@ def test_snapvit_bundle_extras_explain_the_scores(data):
     assert ((extras["ga.mlp_weight"] >= 0) & (extras["ga.mlp_weight"] <= 2)).all()
     assert scores.settings["data"]["n"] == FAST["samples"] and scores.settings["ga_data"]["seed"] == FAST["seed"] + 1
     assert set(scores.timings) >= {"gradients_s", "dense_features_s", "xnes_s", "total_s"}
+
+
+def test_search_pairs_beyond_the_floors_fail_before_any_work(monkeypatch, data):
+    monkeypatch.setattr(gradient_module, "accumulate_gradients", None)  # would fail if reached
+    with pytest.raises(BudgetError, match="at most"):
+        score_model(make_small_model("dino"), "snapvit", data=data, ga_pairs=((0.97, 0.0),), **FAST)
+
+
+def test_model_grads_are_kept(data):
+    model = make_small_model("dino")
+    grads = [torch.full_like(p, 0.5) for p in model.parameters()]
+    for param, grad in zip(model.parameters(), grads, strict=True):
+        param.grad = grad
+    score_model(model, "gradient", data=data, **FAST)
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
 
 
 def test_search_starts_from_the_linspace_mean():

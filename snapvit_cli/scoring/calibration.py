@@ -81,16 +81,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Put ``model`` in eval mode on ``device`` for the duration; restore its device, mode and grad flags after."""
+    """Put ``model`` in eval mode on ``device`` for the duration; restore its device, mode, ``requires_grad`` flags
+    and ``.grad`` tensors after."""
     params = list(model.parameters())
     home = params[0].device if params else torch.device("cpu")
     was_training = model.training
-    flags = [p.requires_grad for p in params]
+    saved = [(p.requires_grad, p.grad) for p in params]
     model.to(device).eval()
     try:
         yield
     finally:
-        for param, flag in zip(params, flags, strict=True):
-            param.requires_grad_(flag)
-            param.grad = None
         model.to(home).train(was_training)
+        for param, (flag, grad) in zip(params, saved, strict=True):
+            param.requires_grad_(flag)
+            param.grad = grad

@@ -40,7 +40,7 @@ def unit_representations(
             x = inputs[0]
             if x.ndim == 3:  # [batch, tokens, features]
                 x = x[:, 0] if has_class_token else x.mean(dim=1)
-            pooled.setdefault(key, []).append(x.double().cpu())
+            pooled.setdefault(key, []).append(x.cpu().double())
 
         return hook
 

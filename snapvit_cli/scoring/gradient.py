@@ -96,7 +96,7 @@ def accumulate_gradients(
             for i, block in enumerate(per_kind):
                 for k, (spec, param) in enumerate(block):
                     grad = param.grad if param.grad is not None else torch.zeros_like(param)
-                    view = unit_view(grad.detach(), spec).to("cpu", torch.float64)
+                    view = unit_view(grad.detach(), spec).cpu().double()
                     summed[kind][i][k] = summed[kind][i][k] + view
                     if keep_squares:
                         squared[kind][i][k] = squared[kind][i][k] + view.square()
@@ -104,7 +104,7 @@ def accumulate_gradients(
         if settings.progress is not None:
             settings.progress("gradients", indices.stop, total, None)
     weights = {
-        kind: [[unit_view(p.detach(), spec).to("cpu", torch.float64) for spec, p in block] for block in per_kind]
+        kind: [[unit_view(p.detach(), spec).cpu().double() for spec, p in block] for block in per_kind]
         for kind, per_kind in specs.items()
     }
     return UnitGradients(summed, squared if keep_squares else None, weights, total, batches)

@@ -47,6 +47,14 @@ def removed_units(scores: dict[str, torch.Tensor], ratios: tuple[float, float], 
     return removed
 
 
+def check_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> None:
+    """Raise :class:`~snapvit_cli.errors.BudgetError` now if a search pair removes more than the floors allow."""
+    widths = adapter.widths()
+    zeros = {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
+    for pair in settings.ga_pairs:
+        removed_units(zeros, pair, settings.min_keep)
+
+
 @contextlib.contextmanager
 def masked(model: nn.Module, adapter: ModelAdapter, removed: Removed) -> Iterator[None]:
     """Within the block, ``model`` behaves as if the ``removed`` units were sliced away (their consumer slices are

@@ -15,7 +15,7 @@ from snapvit_cli.bundle import ScoreSet
 from snapvit_cli.data import describe
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
-from snapvit_cli.scoring.search import FeatureFitness, search_multipliers
+from snapvit_cli.scoring.search import FeatureFitness, check_pairs, search_multipliers
 from snapvit_cli.scoring.settings import ScoreSettings, resolve_device
 
 SEARCH_SETTINGS = (
@@ -33,6 +33,7 @@ SEARCH_SETTINGS = (
 
 def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
     """Gradient pass, then the xNES search for per-block / per-head multipliers on a second seeded image draw."""
+    check_pairs(adapter, settings)
     device = resolve_device(settings.device)
     timings: dict[str, float] = {}
     with scoring_mode(model, device):
