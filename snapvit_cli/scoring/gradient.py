@@ -82,9 +82,8 @@ def accumulate_gradients(
     chunks = _dino_chunks if settings.loss == "dino" else _ce_chunks
     if settings.loss == "ce":
         _check_classifier(model, images)
-    summed: UnitViews = {kind: [[0.0 for _ in block] for block in per_kind] for kind, per_kind in specs.items()}
-    keep_squares = settings.score == "fisher"
-    squared: UnitViews = {kind: [[0.0 for _ in block] for block in per_kind] for kind, per_kind in specs.items()}
+    summed = _zeros(specs)
+    squared = _zeros(specs) if settings.score == "fisher" else None
     total, batches = len(images), 0
     for start in range(0, total, settings.batch_size):
         indices = range(start, min(start + settings.batch_size, total))
@@ -97,9 +96,9 @@ def accumulate_gradients(
                 for k, (spec, param) in enumerate(block):
                     grad = param.grad if param.grad is not None else torch.zeros_like(param)
                     view = unit_view(grad.detach(), spec).cpu().double()
-                    summed[kind][i][k] = summed[kind][i][k] + view
-                    if keep_squares:
-                        squared[kind][i][k] = squared[kind][i][k] + view.square()
+                    summed[kind][i][k] += view
+                    if squared is not None:
+                        squared[kind][i][k] += view.square()
         batches += 1
         if settings.progress is not None:
             settings.progress("gradients", indices.stop, total, None)
@@ -107,7 +106,15 @@ def accumulate_gradients(
         kind: [[unit_view(p.detach(), spec).cpu().double() for spec, p in block] for block in per_kind]
         for kind, per_kind in specs.items()
     }
-    return UnitGradients(summed, squared if keep_squares else None, weights, total, batches)
+    return UnitGradients(summed, squared, weights, total, batches)
+
+
+def _zeros(specs: dict[str, list[list[tuple[UnitTensor, nn.Parameter]]]]) -> UnitViews:
+    """float64 CPU zeros shaped like every score tensor's unit view."""
+    return {
+        kind: [[torch.zeros(unit_view(p, spec).shape, dtype=torch.float64) for spec, p in block] for block in per_kind]
+        for kind, per_kind in specs.items()
+    }
 
 
 def _dino_chunks(
