@@ -108,7 +108,7 @@ def score(
     ] = "demo",
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Bundle to write [default: <model>.bundle.safetensors]."),
+        typer.Option("--output", "-o", help="Bundle to write (default: <model>.bundle.safetensors)."),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Local weights (.safetensors or torch state dict).")
@@ -134,7 +134,7 @@ def score(
     ] = "demo",
     samples: Annotated[int, typer.Option(help="Images for the gradient pass (a seeded random draw).")] = 1000,
     ga_samples: Annotated[
-        int | None, typer.Option(help="Images for the xNES fitness, a second draw [default: --samples].")
+        int | None, typer.Option(help="Images for the xNES fitness, a second draw (default: as many as --samples).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per gradient step (the loss is averaged over it).")] = 16,
     micro_batch: Annotated[
