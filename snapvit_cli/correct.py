@@ -36,7 +36,7 @@ from snapvit_cli.budget import SlicePlan
 from snapvit_cli.bundle import ElasticBundle
 from snapvit_cli.correction import DEFAULT_DAMPING, Damping, InputStatistics, corrected_weight, reconstruction_error
 from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
-from snapvit_cli.errors import DataError, SnapvitError
+from snapvit_cli.errors import DataError
 from snapvit_cli.surgery import keep_prefix
 
 #: ``progress(stage, done, total)``: stage is "capture" (batches of images; total 0 if unknown) or "blocks".
@@ -178,18 +178,6 @@ def correct_bundle_slice(
     )
     result.data = describe(images)
     return result
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``name`` as a torch device; None picks CUDA when available, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        raise SnapvitError(f"device {name!r} is not usable here: {str(exc).splitlines()[0]}") from None
-    return device
 
 
 def _capture_block_inputs(

@@ -28,6 +28,7 @@ from snapvit_cli import __version__
 from snapvit_cli.adapters import Widths, get_adapter
 from snapvit_cli.budget import SlicePlan
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
+from snapvit_cli.devices import DEVICES, resolve_device
 from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
 from snapvit_cli.flops import CostTerms
 from snapvit_cli.knn import VOTES, knn_accuracy
@@ -37,7 +38,6 @@ REPORT_FORMAT = "snapvit-eval"
 REPORT_VERSION = 1
 DEFAULT_BUDGETS = (1.0, 0.9, 0.75, 0.5)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
 
 # Progress is reported as (label, done, total); the CLI draws one bar per label.
 Progress = Callable[[str, int, int], None]
@@ -233,15 +233,6 @@ def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None
 
 
 # -- measurements ----------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; asking for CUDA without it is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SnapvitError("--device cuda was requested but no CUDA device is available")
-    return torch.device(device)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ def run(*args: str):
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "demo.safetensors"
-    result = run("score", "--model", "demo", "-o", str(path), "--json")
+    result = run("score", "--model", "demo", "--method", "magnitude", "-o", str(path), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["bundle"] == str(path)
     return path

@@ -14,8 +14,9 @@ from snapvit_cli.adapters import Widths, get_adapter
 from snapvit_cli.api import load
 from snapvit_cli.bundle import load_bundle, write_bundle
 from snapvit_cli.cli import app
-from snapvit_cli.correct import correct_slice, resolve_device
+from snapvit_cli.correct import correct_slice
 from snapvit_cli.correction import InputStatistics, parse_damping
+from snapvit_cli.devices import resolve_device
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring import score_model
 from snapvit_cli.surgery import build_model, keep_prefix

@@ -27,6 +27,8 @@ def real_bundle(tmp_path_factory):
         app,
         [
             "score",
+            "--method",
+            "magnitude",
             "--model",
             "vit_tiny_patch16_224",
             "--checkpoint",

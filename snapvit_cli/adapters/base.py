@@ -78,18 +78,22 @@ def take_units(tensor: torch.Tensor, spec: UnitTensor, index: torch.Tensor | int
     return picked.reshape(*shape[:axis], new_len, *shape[axis + 1 :]).contiguous()
 
 
+def unit_view(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
+    """``tensor`` as ``[groups, units, unit_size, rest]`` (only group ``spec.group`` when set, kept as a size-1 dim)."""
+    axis = spec.axis % tensor.ndim
+    n_units = tensor.shape[axis] // (spec.groups * spec.unit_size)
+    view = tensor.movedim(axis, 0).reshape(spec.groups, n_units, spec.unit_size, -1)
+    return view if spec.group is None else view[spec.group : spec.group + 1]
+
+
 def unit_rows(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
     """``[units, n]``: row ``u`` holds every element of unit ``u`` in ``tensor`` (only group ``spec.group`` if set).
 
     Works on a weight or on its gradient; e.g. the reference score of a unit is ``unit_rows(grad, spec)`` squared
     and averaged over the row (method doc §3.2).
     """
-    axis = spec.axis % tensor.ndim
-    n_units = tensor.shape[axis] // (spec.groups * spec.unit_size)
-    view = tensor.movedim(axis, 0).reshape(spec.groups, n_units, spec.unit_size, -1)
-    if spec.group is not None:
-        view = view[spec.group : spec.group + 1]
-    return view.transpose(0, 1).reshape(n_units, -1)
+    view = unit_view(tensor, spec)
+    return view.transpose(0, 1).reshape(view.shape[1], -1)
 
 
 def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:

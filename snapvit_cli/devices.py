@@ -1,0 +1,24 @@
+"""Choosing the torch device: one rule for scoring, correction and evaluation."""
+
+from __future__ import annotations
+
+import torch
+
+from snapvit_cli.errors import SnapvitError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` (or None) → CUDA if available, else MPS, else the CPU; a named device must be usable here."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SnapvitError(f"--device {name} is not usable on this machine ({reason})") from None
+    return device

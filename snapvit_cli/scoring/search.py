@@ -1,0 +1,214 @@
+"""xNES re-weighting of gradient scores (method doc §5): one multiplier per block for its MLP neurons and one per
+(block, head), searched so that the pruned models stay close to the dense one.
+
+Fitness of multipliers θ (lower is better): for every configured (MLP, heads) removal pair, select units globally
+with the scores |θ|·raw (the same rule and min-keep floors as slicing, :func:`snapvit_cli.budget.select_widths`),
+and measure 1 − mean cosine similarity between the dense model's features and the pruned model's, both projected
+into the PCA space of the dense features; average over the pairs.
+
+Candidates are evaluated on the model itself, never on copies: removing a unit is exactly zeroing its consumer
+slices (``fc2`` columns, ``proj`` column groups; §2.3), so for each pair the consumer weights are swapped for masked
+copies during one feature pass and restored afterwards. The calibration images, the dense features and the PCA
+basis are computed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
+from snapvit_cli.adapters.base import zero_units
+from snapvit_cli.budget import removal_count, select_widths
+from snapvit_cli.scoring.calibration import autocast
+from snapvit_cli.scoring.settings import Progress, ScoreSettings
+from snapvit_cli.scoring.xnes import default_population_size, minimize
+
+Removed = dict[str, list[torch.Tensor]]  # kind -> per block: indices of the removed units (original order)
+
+
+def removed_units(scores: dict[str, torch.Tensor], ratios: tuple[float, float], min_keep: dict[str, float]) -> Removed:
+    """The units a slice at ``ratios`` = (MLP, heads) removes, given ``[blocks, units]`` scores per kind.
+
+    Each block keeps a prefix of its units in descending score (stable), exactly as a bundle is sliced.
+    """
+    removed: Removed = {}
+    for kind, ratio in zip((MLP, HEADS), ratios, strict=True):
+        values = scores[kind]
+        order = torch.argsort(values, dim=1, descending=True, stable=True)
+        keep = select_widths(values.gather(1, order), removal_count(values.numel(), ratio), min_keep[kind])
+        removed[kind] = [order[i, k:] for i, k in enumerate(keep)]
+    return removed
+
+
+def check_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> None:
+    """Raise :class:`~snapvit_cli.errors.BudgetError` now if a search pair removes more than the floors allow."""
+    widths = adapter.widths()
+    zeros = {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
+    for pair in settings.ga_pairs:
+        removed_units(zeros, pair, settings.min_keep)
+
+
+@contextlib.contextmanager
+def masked(model: nn.Module, adapter: ModelAdapter, removed: Removed) -> Iterator[None]:
+    """Within the block, ``model`` behaves as if the ``removed`` units were sliced away (their consumer slices are
+    zeroed); the original weight tensors are put back on exit."""
+    blocks = adapter.blocks()
+    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for kind, per_block in removed.items():
+                for i, index in enumerate(per_block):
+                    if index.numel() == 0:
+                        continue
+                    for spec in adapter.unit_tensors(kind, i):
+                        if spec.consumer:
+                            param = blocks[i].get_parameter(spec.name)
+                            saved.append((param, param.data))
+                            param.data = zero_units(param.data, spec, index)
+        yield
+    finally:
+        for param, original in reversed(saved):
+            param.data = original
+
+
+def pca_projection(features: torch.Tensor, components: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, basis [k, E]) of the top-``components`` principal axes of ``features`` (float64 SVD), or ``None`` when
+    ``components`` ≥ E, where the reference compares raw features (§5.3). k is capped by the number of samples."""
+    if components >= features.shape[1]:
+        return None
+    data = features.double()
+    mean = data.mean(dim=0)
+    _, _, vh = torch.linalg.svd(data - mean, full_matrices=False)
+    return mean, vh[: min(components, vh.shape[0])]
+
+
+class FeatureFitness:
+    """Callable fitness of a multiplier vector θ = [α_0..α_{L−1}, β_{0,0}..β_{L−1,H−1}] (|θ| is used).
+
+    Args:
+        model, adapter: the dense model, already on ``device`` in eval mode.
+        images: preprocessed calibration images [N, 3, S, S].
+        raw: ``[blocks, units]`` raw scores per kind.
+        settings: pairs, min-keep ratios, PCA components, batch size and progress callback.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        images: torch.Tensor,
+        raw: dict[str, torch.Tensor],
+        settings: ScoreSettings,
+        device: torch.device,
+    ) -> None:
+        self.model, self.adapter, self.raw, self.device = model, adapter, raw, device
+        self.pairs = settings.ga_pairs
+        self.min_keep = settings.min_keep
+        self.batch_size = settings.ga_batch_size
+        self.images = images.to(device)
+        dense = self.features(settings.progress)
+        self.pca = pca_projection(dense, settings.pca_components)
+        self.target = self.project(dense)
+
+    @property
+    def pca_components(self) -> int:
+        """Components of the comparison space (0: raw features, no PCA)."""
+        return 0 if self.pca is None else int(self.pca[1].shape[0])
+
+    def features(self, progress: Progress | None = None) -> torch.Tensor:
+        """Pooled features [N, E] (float32, CPU) of the calibration images under the model's current weights."""
+        out = []
+        total = len(self.images)
+        with torch.no_grad():
+            for start in range(0, total, self.batch_size):
+                with autocast(self.device):
+                    out.append(self.adapter.features(self.images[start : start + self.batch_size]).float().cpu())
+                if progress is not None:
+                    progress("features", min(start + self.batch_size, total), total, None)
+        return torch.cat(out)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pca is None:
+            return features.double()
+        mean, basis = self.pca
+        return (features.double() - mean) @ basis.T
+
+    def scaled(self, theta: np.ndarray) -> dict[str, torch.Tensor]:
+        """Raw scores times |θ|: one multiplier per block for MLP neurons, one per (block, head)."""
+        weights = torch.as_tensor(np.abs(theta), dtype=torch.float64)
+        blocks, heads = self.raw[HEADS].shape
+        mlp_weight, head_weight = weights[:blocks], weights[blocks:].view(blocks, heads)
+        return {MLP: self.raw[MLP] * mlp_weight[:, None], HEADS: self.raw[HEADS] * head_weight}
+
+    def distance(self, removed: Removed) -> float:
+        """1 − mean cosine similarity to the dense features of the model with ``removed`` units masked."""
+        with masked(self.model, self.adapter, removed):
+            pruned = self.project(self.features())
+        return 1.0 - F.cosine_similarity(pruned, self.target, dim=1).mean().item()
+
+    def __call__(self, theta: np.ndarray) -> float:
+        scores = self.scaled(theta)
+        return float(np.mean([self.distance(removed_units(scores, pair, self.min_keep)) for pair in self.pairs]))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The multipliers found and how the search went."""
+
+    mlp_weight: torch.Tensor  # [L], float64, non-negative
+    head_weight: torch.Tensor  # [L, H]
+    best_fitness: float
+    initial_fitness: float  # of the starting mean μ₀ (evaluated first)
+    trace: torch.Tensor  # fitness of every evaluation, in order
+    evaluations: int
+    updates: int
+    population: int
+
+
+def initial_mean(blocks: int, heads: int, start: float, end: float) -> np.ndarray:
+    """μ₀ (§5.2): α_l = linspace(start, end, L)[l], and every head of block l starts at α_l (early blocks favoured)."""
+    alpha = np.linspace(start, end, blocks)
+    return np.concatenate([alpha, np.repeat(alpha, heads)])
+
+
+def search_multipliers(
+    fitness: FeatureFitness, settings: ScoreSettings, covariance: np.ndarray | None = None
+) -> SearchResult:
+    """Minimise ``fitness`` with xNES from μ₀ (evaluated first, so the result is never worse than μ₀)."""
+    blocks, heads = fitness.raw[HEADS].shape
+    progress = settings.progress
+
+    def report(index: int, _value: float, best: float) -> None:
+        if progress is not None:
+            progress("xnes", index + 1, settings.ga_evals, best)
+
+    result = minimize(
+        fitness,
+        initial_mean(blocks, heads, *settings.ga_init),
+        max_evaluations=settings.ga_evals,
+        evaluate_mean=True,
+        on_evaluation=report,
+        sigma=settings.ga_sigma,
+        bounds=settings.ga_bounds,
+        population_size=settings.ga_population,
+        seed=settings.seed,
+        covariance=covariance,
+    )
+    weights = torch.as_tensor(np.abs(result.best_x), dtype=torch.float64)
+    return SearchResult(
+        mlp_weight=weights[:blocks].clone(),
+        head_weight=weights[blocks:].view(blocks, heads).clone(),
+        best_fitness=result.best_fitness,
+        initial_fitness=float(result.trace[0]),
+        trace=torch.as_tensor(result.trace, dtype=torch.float64),
+        evaluations=result.evaluations,
+        updates=result.updates,
+        population=settings.ga_population or default_population_size(blocks * (1 + heads)),
+    )

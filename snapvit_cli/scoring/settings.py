@@ -1,0 +1,128 @@
+"""Every knob of the data-driven scoring methods, validated in one place (method doc §12 for the defaults).
+
+:class:`ScoreSettings` is what :func:`snapvit_cli.scoring.score_model` builds from its keyword arguments; each method
+records the fields it used in the bundle's metadata, so a bundle says exactly how it was scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+from snapvit_cli.budget import DEFAULT_MIN_KEEP
+from snapvit_cli.devices import DEVICES
+from snapvit_cli.errors import SnapvitError
+
+# The four (MLP, head) removal ratios the released bundles were searched with (§12).
+DEFAULT_GA_PAIRS: tuple[tuple[float, float], ...] = ((0.15, 0.0), (0.35, 0.2), (0.55, 0.4), (0.65, 0.5))
+CROP_MODES = ("independent", "legacy")
+LOSSES = ("dino", "ce")
+SCORE_FORMULAS = ("sqgrad", "fisher", "taylor")
+
+# progress(stage, done, total, best): stages "gradients" (images), "features" (images), "xnes" (evaluations;
+# ``best`` is the lowest fitness so far). Library code reports through it and never prints.
+Progress = Callable[[str, int, int, float | None], None]
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Settings of the gradient pass (``samples`` … ``score``) and of the xNES search (``ga_*``).
+
+    ``samples`` images are drawn (seeded) for the gradient pass and, in a second draw with ``seed + 1``, ``ga_samples``
+    (default: ``samples``) for the search, as the reference draws its two sets independently. ``micro_batch`` is the
+    number of images whose crops go through one forward/backward pass; it bounds memory, not the result.
+    """
+
+    data: object = "demo"  # a --data string (see snapvit_cli.data) or an ImageSet
+    samples: int = 1000
+    batch_size: int = 16
+    micro_batch: int = 4
+    seed: int = 42
+    device: str = "auto"
+    crops: str = "independent"
+    loss: str = "dino"
+    score: str = "sqgrad"
+    resolution: int | None = None  # None = the size the model was built for
+    preprocessing: dict | None = None  # mean/std/interpolation; None = the model's pretrained_cfg
+    ga_samples: int | None = None
+    ga_batch_size: int = 64
+    ga_evals: int = 50
+    ga_sigma: float = 0.3
+    ga_bounds: tuple[float, float] | None = (0.0, 2.0)
+    ga_pairs: tuple[tuple[float, float], ...] = DEFAULT_GA_PAIRS
+    ga_init: tuple[float, float] = (1.2, 0.8)
+    ga_population: int | None = None
+    pca_components: int = 192
+    cka_init: bool = False
+    snip_alpha: float = 1e-3
+    min_keep: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIN_KEEP))
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("crops", self.crops, CROP_MODES)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("score", self.score, SCORE_FORMULAS)
+        _check_choice("device", self.device, DEVICES)
+        for name in ("samples", "batch_size", "micro_batch", "ga_batch_size", "ga_evals", "pca_components"):
+            if getattr(self, name) < 1:
+                raise SnapvitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.ga_samples is not None and self.ga_samples < 1:
+            raise SnapvitError(f"--ga-samples must be at least 1, got {self.ga_samples}")
+        if not (self.ga_sigma > 0 and math.isfinite(self.ga_sigma)):
+            raise SnapvitError(f"--ga-sigma must be a positive number, got {self.ga_sigma}")
+        if self.ga_bounds is not None and not self.ga_bounds[0] < self.ga_bounds[1]:
+            raise SnapvitError(f"xNES bounds must satisfy low < high, got {self.ga_bounds}")
+        if not self.ga_pairs:
+            raise SnapvitError("--ga-pairs needs at least one MLP:HEADS pair")
+        for r_m, r_h in self.ga_pairs:
+            if not (0.0 <= r_m < 1.0 and 0.0 <= r_h < 1.0):
+                raise SnapvitError(f"--ga-pairs ratio ({r_m}, {r_h}) must lie in [0, 1)")
+
+    @property
+    def ga_sample_count(self) -> int:
+        return self.samples if self.ga_samples is None else self.ga_samples
+
+    def record(self, names: Sequence[str]) -> dict:
+        """The named settings as JSON-ready values, for the bundle's metadata."""
+        return {name: _jsonable(getattr(self, name)) for name in names}
+
+    @classmethod
+    def from_kwargs(cls, settings: dict) -> ScoreSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"unknown scoring settings: {', '.join(unknown)}")
+        values = dict(settings)
+        if "ga_pairs" in values and isinstance(values["ga_pairs"], str):
+            values["ga_pairs"] = parse_pairs(values["ga_pairs"])
+        if "min_keep" in values:
+            values["min_keep"] = {**DEFAULT_MIN_KEEP, **(values["min_keep"] or {})}
+        return cls(**values)
+
+
+def parse_pairs(text: str) -> tuple[tuple[float, float], ...]:
+    """``"0.15:0,0.35:0.2"`` → ((0.15, 0.0), (0.35, 0.2)): the (MLP, heads) removal ratios the search scores."""
+    pairs = []
+    for item in text.split(","):
+        mlp, sep, heads = item.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append((float(mlp), float(heads)))
+        except ValueError:
+            raise SnapvitError(f"bad --ga-pairs item '{item.strip()}': use MLP:HEADS ratios, e.g. 0.35:0.2") from None
+    return tuple(pairs)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise SnapvitError(f"--{name} must be one of {', '.join(choices)}; got '{value}'")
+
+
+def _jsonable(value):
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

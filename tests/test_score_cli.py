@@ -1,0 +1,91 @@
+"""`snapvit score` with the data-driven methods, end to end on the demo model with tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from snapvit_cli.api import load, load_bundle
+from snapvit_cli.cli import app
+
+runner = CliRunner()
+TINY = ["--samples", "4", "--ga-samples", "4", "--batch-size", "4", "--ga-evals", "3", "--seed", "7"]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def snapvit_bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp("score") / "demo.safetensors"
+    result = run("score", "--model", "demo", *TINY, "--crops", "legacy", "-o", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    return path, json.loads(result.stdout)
+
+
+def test_snapvit_is_the_default_and_records_everything(snapvit_bundle):
+    path, report = snapvit_bundle
+    assert report["method"] == "snapvit" and report["bundle"] == str(path)
+    assert report["fitness"]["best"] <= report["fitness"]["initial"]
+    assert {"gradients_s", "dense_features_s", "xnes_s", "total_s"} <= set(report["timings_s"])
+    bundle = load_bundle(path)
+    scoring = bundle.metadata["scoring"]
+    settings = scoring["settings"]
+    assert scoring["method"] == "snapvit" and scoring["timings_s"] == report["timings_s"]
+    assert settings["crops"] == "legacy" and settings["seed"] == 7 and settings["device"] == "cpu"
+    assert settings["data"]["source"] == "demo" and settings["data"]["n"] == 4
+    assert settings["input"]["size"] == 64 and settings["input"]["mean"] == [0.5, 0.5, 0.5]
+    assert settings["ga_evals"] == 3 and settings["ga_pairs"] == [[0.15, 0.0], [0.35, 0.2], [0.55, 0.4], [0.65, 0.5]]
+    assert settings["xnes"]["evaluations"] == 3
+    assert bundle.read_tensor("ga.fitness_trace").shape == (3,)
+    assert bundle.read_tensor("ga.head_weight").shape == (12, 3)
+    raw, weight = bundle.read_tensor("raw.mlp"), bundle.read_tensor("ga.mlp_weight")
+    assert torch.equal(bundle.read_tensor("scores.mlp"), raw * weight[:, None])
+
+
+def test_bundle_slices(tmp_path, snapvit_bundle):
+    path, _ = snapvit_bundle
+    out = tmp_path / "half"
+    result = run("slice", str(path), "--flops", "0.5", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    model = load(out)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_progress_on_stderr_unless_quiet(tmp_path):
+    shown = run("score", *TINY, "--ga-evals", "2", "-o", str(tmp_path / "a.safetensors"))
+    assert shown.exit_code == 0, shown.output
+    assert "gradient pass" in shown.stderr and "xNES evaluations" in shown.stderr and "best fitness" in shown.stderr
+    quiet = run("score", *TINY, "--ga-evals", "2", "--quiet", "-o", str(tmp_path / "b.safetensors"))
+    assert quiet.exit_code == 0 and "xNES" not in quiet.stderr
+    assert "wrote" in quiet.stdout
+
+
+@pytest.mark.parametrize("method", ["gradient", "random", "lamp"])
+def test_other_methods_write_bundles(tmp_path, method):
+    path = tmp_path / f"{method}.safetensors"
+    result = run("score", "--method", method, *TINY, "-o", str(path), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_bundle(path).metadata["scoring"]["method"] == method
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "best"], "--method must be one of"),
+        (["--crops", "diagonal"], "--crops must be one of"),
+        (["--ga-pairs", "0.3"], "bad --ga-pairs item"),
+        (["--samples", "0"], "--samples must be at least 1"),
+        (["--device", "tpu"], "--device must be one of"),
+        (["--data", "/nonexistent/images"], "not found"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, args, message):
+    result = run("score", *TINY, *args, "-o", str(tmp_path / "x.safetensors"))
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
