@@ -11,8 +11,10 @@ importance-ordered dense model, where every block keeps a prefix of its units:
    activations are never stored;
 3. the kept columns are re-fitted in closed form and the pruned columns zeroed in place, which makes the block
    exactly the corrected sliced block (zeroed consumer columns remove a unit exactly);
-4. the next block gets either the **dense** outputs computed in the same pass (the reference ``ElasticViT``),
-   or, with ``sequential=True``, the outputs of the corrected sliced block (standard SparseGPT).
+4. the next block gets either the outputs of the corrected sliced block (``sequential=True``, the default;
+   standard SparseGPT: later layers also make up for the error of earlier ones), or the **dense** outputs computed
+   in the same pass (``sequential=False``, the reference ``ElasticViT``). On the real ViT-Tiny, sequential inputs
+   gave the better kNN accuracy at every budget measured (``benchmarks/README.md``).
 
 Blocks are called as ``block(x, **kwargs)`` with the keyword arguments the model itself passed to block 0, so
 models that hand blocks extra inputs (e.g. rotary embeddings in timm's ``Eva``) get them too; this assumes those
@@ -101,7 +103,7 @@ def correct_slice(
     batches: Iterable[Tensor | tuple[Tensor, ...]],
     *,
     damping: Damping = DEFAULT_DAMPING,
-    sequential: bool = False,
+    sequential: bool = True,
     device: torch.device | str = "cpu",
     stats_dtype: torch.dtype = torch.float64,
     progress: Progress | None = None,
@@ -154,7 +156,7 @@ def correct_bundle_slice(
     *,
     batch_size: int = 64,
     damping: Damping = DEFAULT_DAMPING,
-    sequential: bool = False,
+    sequential: bool = True,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> CorrectionResult:
