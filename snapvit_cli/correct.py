@@ -4,7 +4,8 @@
 importance-ordered dense model, where every block keeps a prefix of its units:
 
 1. the input tokens of block 0 are captured once for all calibration images (batched forwards, stopped at
-   block 0); memory is ``N × tokens × embed_dim`` floats, held on the CPU;
+   block 0); tokens live on the CPU, at most two sets at a time (a block's inputs and outputs), each
+   ``N × tokens × embed_dim`` floats;
 2. for each block, one batched pass over those tokens accumulates ``Σ x xᵀ`` of the inputs of every *consumer*
    layer (the Linear whose input columns are the units: ``fc2``/``w3`` for neurons, ``attn.proj`` for heads,
    found through the adapter, so every family with an adapter works, SwiGLU included) — statistics are summed,
