@@ -70,7 +70,7 @@ def test_correction_lowers_the_output_error_of_every_corrected_layer(small_name:
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = layer_inputs(model, batches)
 
-    result = correct_slice(copy.deepcopy(model), widths, batches)
+    result = correct_slice(copy.deepcopy(model), widths, batches, sequential=False)
     plain = keep_prefix(dense_state, get_adapter(model), widths)
 
     corrected_names = {layer.tensor for layer in result.layers}
@@ -144,11 +144,12 @@ def test_batch_size_does_not_change_the_result() -> None:
     model = make_small_model("qk-norm")
     widths = small_widths(model)
     images = image_batch(model, n=12, seed=5)
-    one_at_a_time = correct_slice(copy.deepcopy(model), widths, list(images.split(1)))
-    batched = correct_slice(copy.deepcopy(model), widths, [images])
-    assert one_at_a_time.images == batched.images == 12
-    for name, tensor in batched.state.items():
-        torch.testing.assert_close(one_at_a_time.state[name], tensor, rtol=1e-4, atol=1e-5)
+    for sequential in (False, True):
+        one_at_a_time = correct_slice(copy.deepcopy(model), widths, list(images.split(1)), sequential=sequential)
+        batched = correct_slice(copy.deepcopy(model), widths, [images], sequential=sequential)
+        assert one_at_a_time.images == batched.images == 12
+        for name, tensor in batched.state.items():
+            torch.testing.assert_close(one_at_a_time.state[name], tensor, rtol=1e-4, atol=1e-5)
 
 
 def test_statistics_accumulate_per_batch_and_hooks_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
