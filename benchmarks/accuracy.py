@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated scoring methods")
     parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="FLOPs fractions to keep")
-    parser.add_argument("--memory", type=int, default=1000, help="kNN memory images from x_train (class-balanced)")
+    parser.add_argument("--memory", type=int, default=5000, help="kNN memory images from x_train (class-balanced)")
     parser.add_argument("--queries", type=int, default=1000, help="query images from x_test (class-balanced)")
     parser.add_argument("--samples", type=int, default=128, help="calibration images (gradient pass and search)")
     parser.add_argument("--ga-samples", type=int, default=64, help="search images (a second seeded draw)")
