@@ -157,8 +157,8 @@ def main() -> None:
     print(_table(results, fractions))
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
         "args": {k: str(v) for k, v in vars(args).items()},
         "memory": len(memory),
         "queries": len(queries),
@@ -168,6 +168,17 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(f"\n{report['date']}, {report['machine']}")
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo on Linux (platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _progress(method: str):
