@@ -70,7 +70,7 @@ def keep_masks(adapter: ModelAdapter, candidates: list[Removed]) -> dict[str, li
 
 @contextlib.contextmanager
 def masked(model: nn.Module, adapter: ModelAdapter, candidates: list[Removed]) -> Iterator[None]:
-    """Within the block, a batch made of ``len(candidates)`` equal chunks runs chunk c as if candidate c's removed
+    """Inside the ``with`` block, a batch of ``len(candidates)`` equal chunks runs chunk c as if candidate c's removed
     units were sliced away.
 
     Each unit's consumer (``fc2``, ``proj``: a Linear reading the unit's outputs) gets a forward pre-hook that zeroes
