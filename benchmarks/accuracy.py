@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated scoring methods")
     parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="FLOPs fractions to keep")
-    parser.add_argument("--memory", type=int, default=1000, help="kNN memory images from x_train (class-balanced)")
+    parser.add_argument("--memory", type=int, default=5000, help="kNN memory images from x_train (class-balanced)")
     parser.add_argument("--queries", type=int, default=1000, help="query images from x_test (class-balanced)")
     parser.add_argument("--samples", type=int, default=128, help="calibration images (gradient pass and search)")
     parser.add_argument("--ga-samples", type=int, default=64, help="search images (a second seeded draw)")
@@ -157,8 +157,8 @@ def main() -> None:
     print(_table(results, fractions))
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
         "args": {k: str(v) for k, v in vars(args).items()},
         "memory": len(memory),
         "queries": len(queries),
@@ -168,6 +168,17 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(f"\n{report['date']}, {report['machine']}")
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo on Linux (platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _progress(method: str):

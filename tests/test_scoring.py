@@ -262,8 +262,18 @@ def test_masked_candidate_equals_a_physically_sliced_model(fitness):
     with torch.no_grad():
         expected = fitness.project(get_adapter(sliced).features(fitness.images))
     want = 1 - F.cosine_similarity(expected, fitness.target, dim=1).mean().item()
-    assert fitness.distance(removed) == pytest.approx(want, abs=1e-5)
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # weights put back
+    assert fitness.distances([removed])[0] == pytest.approx(want, abs=1e-5)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # no weight touched
+
+
+def test_candidates_batched_together_equal_one_at_a_time(fitness):
+    scores = fitness.scaled(np.linspace(0.7, 1.3, 3 + 12))
+    candidates = [removed_units(scores, pair, fitness.min_keep) for pair in ((0.15, 0.0), (0.35, 0.2), (0.65, 0.5))]
+    together = fitness.distances(candidates)
+    alone = [fitness.distances([c])[0] for c in candidates]
+    assert together == pytest.approx(alone, abs=1e-6)
+    assert together[0] < together[1] < together[2]  # more pruning, further from the dense features
+    assert not any(module._forward_pre_hooks for module in fitness.model.modules())  # hooks removed
 
 
 def test_search_never_copies_the_model(monkeypatch, data):
@@ -279,7 +289,7 @@ def test_search_never_copies_the_model(monkeypatch, data):
 
 def test_dense_candidate_has_zero_distance(fitness):
     nothing = [torch.empty(0, dtype=torch.long)] * 3
-    assert fitness.distance({MLP: nothing, HEADS: nothing}) == pytest.approx(0.0, abs=1e-6)
+    assert fitness.distances([{MLP: nothing, HEADS: nothing}]) == pytest.approx([0.0], abs=1e-6)
     assert fitness(np.ones(15)) > 0  # pruning moves the features
 
 

@@ -6,10 +6,10 @@ with the scores |θ|·raw (the same rule and min-keep floors as slicing, :func:`
 and measure 1 − mean cosine similarity between the dense model's features and the pruned model's, both projected
 into the PCA space of the dense features; average over the pairs.
 
-Candidates are evaluated on the model itself, never on copies: removing a unit is exactly zeroing its consumer
-slices (``fc2`` columns, ``proj`` column groups; §2.3), so for each pair the consumer weights are swapped for masked
-copies during one feature pass and restored afterwards. The calibration images, the dense features and the PCA
-basis are computed once.
+Candidates are evaluated on the model itself, never on copies and without touching a weight: removing a unit is
+exactly zeroing its slice of the consumer's input (``fc2`` columns, ``proj`` column groups; §2.3), which forward
+pre-hooks do per chunk of a batch, so the pruned models of all pairs run as one batched forward pass. The
+calibration images, the dense features and the PCA basis are computed once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
-from snapvit_cli.adapters.base import zero_units
 from snapvit_cli.budget import removal_count, select_widths
 from snapvit_cli.scoring.calibration import autocast
 from snapvit_cli.scoring.settings import Progress, ScoreSettings
@@ -55,27 +54,56 @@ def check_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> None:
         removed_units(zeros, pair, settings.min_keep)
 
 
+def keep_masks(adapter: ModelAdapter, candidates: list[Removed]) -> dict[str, list[torch.Tensor]]:
+    """Per kind, per block: a [candidates, units] mask, 1 for kept units and 0 for removed ones."""
+    widths = adapter.widths()
+    masks: dict[str, list[torch.Tensor]] = {}
+    for kind in (MLP, HEADS):
+        masks[kind] = []
+        for i in range(adapter.num_blocks):
+            mask = torch.ones(len(candidates), widths.of(kind)[i])
+            for c, removed in enumerate(candidates):
+                mask[c, removed[kind][i]] = 0.0
+            masks[kind].append(mask)
+    return masks
+
+
 @contextlib.contextmanager
-def masked(model: nn.Module, adapter: ModelAdapter, removed: Removed) -> Iterator[None]:
-    """Within the block, ``model`` behaves as if the ``removed`` units were sliced away (their consumer slices are
-    zeroed); the original weight tensors are put back on exit."""
+def masked(model: nn.Module, adapter: ModelAdapter, candidates: list[Removed]) -> Iterator[None]:
+    """Inside the ``with`` block, a batch of ``len(candidates)`` equal chunks runs chunk c as if candidate c's removed
+    units were sliced away.
+
+    Each unit's consumer (``fc2``, ``proj``: a Linear reading the unit's outputs) gets a forward pre-hook that zeroes
+    the removed units' input features of each chunk. That equals zeroing the consumer's weight columns, i.e. removing
+    the unit (§2.3); no weight is touched or copied, and all candidates share one forward pass.
+    """
     blocks = adapter.blocks()
-    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+    count = len(candidates)
+    hooks = []
+    for kind, per_block in keep_masks(adapter, candidates).items():
+        for i, mask in enumerate(per_block):
+            if bool(mask.all()):
+                continue
+            spec = next(s for s in adapter.unit_tensors(kind, i) if s.consumer)
+            consumer = blocks[i].get_submodule(spec.name.rsplit(".", 1)[0])
+            # [candidates, units] -> [candidates, consumer input features], features laid out [groups, units, size]
+            features = mask[:, None, :, None].expand(count, spec.groups, mask.shape[1], spec.unit_size).flatten(1)
+            hooks.append(consumer.register_forward_pre_hook(_zero_inputs(features, count)))
     try:
-        with torch.no_grad():
-            for kind, per_block in removed.items():
-                for i, index in enumerate(per_block):
-                    if index.numel() == 0:
-                        continue
-                    for spec in adapter.unit_tensors(kind, i):
-                        if spec.consumer:
-                            param = blocks[i].get_parameter(spec.name)
-                            saved.append((param, param.data))
-                            param.data = zero_units(param.data, spec, index)
         yield
     finally:
-        for param, original in reversed(saved):
-            param.data = original
+        for hook in hooks:
+            hook.remove()
+
+
+def _zero_inputs(features: torch.Tensor, count: int):
+    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+        x = inputs[0]
+        chunks = x.unflatten(0, (count, -1))  # [candidates, batch, ..., features]
+        mask = features.to(x.device, x.dtype).view(count, *([1] * (x.ndim - 1)), -1)
+        return ((chunks * mask).flatten(0, 1), *inputs[1:])
+
+    return hook
 
 
 def pca_projection(features: torch.Tensor, components: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -113,7 +141,7 @@ class FeatureFitness:
         self.min_keep = settings.min_keep
         self.batch_size = settings.ga_batch_size
         self.images = images.to(device)
-        dense = self.features(settings.progress)
+        dense = self.features(progress=settings.progress)[0]
         self.pca = pca_projection(dense, settings.pca_components)
         self.target = self.project(dense)
 
@@ -122,17 +150,20 @@ class FeatureFitness:
         """Components of the comparison space (0: raw features, no PCA)."""
         return 0 if self.pca is None else int(self.pca[1].shape[0])
 
-    def features(self, progress: Progress | None = None) -> torch.Tensor:
-        """Pooled features [N, E] (float32, CPU) of the calibration images under the model's current weights."""
+    def features(self, copies: int = 1, progress: Progress | None = None) -> torch.Tensor:
+        """Pooled features [copies, N, E] (float32, CPU) of the calibration images, each batch repeated ``copies``
+        times in one forward pass (one copy per candidate under :func:`masked`)."""
         out = []
         total = len(self.images)
         with torch.no_grad():
             for start in range(0, total, self.batch_size):
+                batch = self.images[start : start + self.batch_size]
                 with autocast(self.device):
-                    out.append(self.adapter.features(self.images[start : start + self.batch_size]).float().cpu())
+                    features = self.adapter.features(batch.repeat(copies, 1, 1, 1))
+                out.append(features.float().cpu().unflatten(0, (copies, -1)))
                 if progress is not None:
                     progress("features", min(start + self.batch_size, total), total, None)
-        return torch.cat(out)
+        return torch.cat(out, dim=1)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         if self.pca is None:
@@ -147,15 +178,16 @@ class FeatureFitness:
         mlp_weight, head_weight = weights[:blocks], weights[blocks:].view(blocks, heads)
         return {MLP: self.raw[MLP] * mlp_weight[:, None], HEADS: self.raw[HEADS] * head_weight}
 
-    def distance(self, removed: Removed) -> float:
-        """1 − mean cosine similarity to the dense features of the model with ``removed`` units masked."""
-        with masked(self.model, self.adapter, removed):
-            pruned = self.project(self.features())
-        return 1.0 - F.cosine_similarity(pruned, self.target, dim=1).mean().item()
+    def distances(self, candidates: list[Removed]) -> list[float]:
+        """1 − mean cosine similarity to the dense features, for the model without each candidate's removed units
+        (all candidates in one batched pass)."""
+        with masked(self.model, self.adapter, candidates):
+            pruned = self.features(copies=len(candidates))
+        return [1.0 - F.cosine_similarity(self.project(z), self.target, dim=1).mean().item() for z in pruned]
 
     def __call__(self, theta: np.ndarray) -> float:
         scores = self.scaled(theta)
-        return float(np.mean([self.distance(removed_units(scores, pair, self.min_keep)) for pair in self.pairs]))
+        return float(np.mean(self.distances([removed_units(scores, pair, self.min_keep) for pair in self.pairs])))
 
 
 @dataclass(frozen=True)
