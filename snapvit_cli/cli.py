@@ -99,6 +99,14 @@ def _root(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help="Local weights (.safetensors or torch state dict).")
+]
+RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) of the weights.")]
+PretrainedOpt = Annotated[
+    bool,
+    typer.Option(help="Download pretrained weights; --no-pretrained builds random weights (tests, benchmarks)."),
+]
 
 
 @app.command()
@@ -112,14 +120,9 @@ def score(
         Path | None,
         typer.Option("--output", "-o", help="Bundle to write (default: <model>.bundle.safetensors)."),
     ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Local weights (.safetensors or torch state dict).")
-    ] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) of the weights.")] = None,
-    pretrained: Annotated[
-        bool,
-        typer.Option(help="Download pretrained weights; --no-pretrained builds random weights (benchmarks)."),
-    ] = True,
+    checkpoint: CheckpointOpt = None,
+    revision: RevisionOpt = None,
+    pretrained: PretrainedOpt = True,
     method: Annotated[
         str,
         typer.Option(
@@ -431,14 +434,9 @@ def import_scores(
         Path | None,
         typer.Option("--output", "-o", help="Bundle to write (default: <file stem>.bundle.safetensors)."),
     ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Local weights (.safetensors or torch state dict).")
-    ] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) of the weights.")] = None,
-    pretrained: Annotated[
-        bool,
-        typer.Option(help="Download pretrained weights; --no-pretrained builds random weights (tests, offline)."),
-    ] = True,
+    checkpoint: CheckpointOpt = None,
+    revision: RevisionOpt = None,
+    pretrained: PretrainedOpt = True,
     force: ForceOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
