@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snapvit_cli.bundle import ElasticBundle
+from snapvit_cli.elastic.bundle import ElasticBundle
+from snapvit_cli.elastic.sliced import load_sliced
 from snapvit_cli.errors import BundleError
-from snapvit_cli.hub import download_bundle, is_hf_id, resolve_hub_artifact
-from snapvit_cli.sliced import load_sliced
+from snapvit_cli.hub.client import download_bundle, is_hf_id, resolve_hub_artifact
 
 
 def load(source: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu") -> nn.Module:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.bundle import write_bundle
+from snapvit_cli.elastic.bundle import write_bundle
 from snapvit_cli.errors import BundleError, OutputExistsError
 from snapvit_cli.scoring import score_model
 from tests.conftest import image_batch, make_small_model, small_model_source
@@ -59,7 +59,7 @@ def test_metadata_is_self_describing(written):
 
 @torch.no_grad()
 def test_slice_switches_budget_and_roundtrips(tmp_path, written):
-    from snapvit_cli.sliced import save_sliced, sliced_config
+    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 
     model, path = written
     bundle = load_bundle(path)

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 import snapvit_cli
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.cli import app
+from snapvit_cli.cli.app import app
 from snapvit_cli.errors import ModelLoadError
-from snapvit_cli.model_card import HUB_LICENSES
-from snapvit_cli.models import load_model
+from snapvit_cli.hub.model_card import HUB_LICENSES
+from snapvit_cli.models.loading import load_model
 from tests.conftest import image_batch
 from tests.hub_artifacts import (
     BASE_HUB_ID,

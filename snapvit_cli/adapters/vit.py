@@ -24,8 +24,8 @@ from snapvit_cli.adapters.mlp import (
     mlp_width,
     resize_mlp,
 )
+from snapvit_cli.elastic.flops import CostTerms, dense_unit_params, unit_costs
 from snapvit_cli.errors import UnsupportedModelError
-from snapvit_cli.flops import CostTerms, dense_unit_params, unit_costs
 
 
 class ViTAdapter(ModelAdapter):

@@ -24,15 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from snapvit_cli import __version__
+from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
-from snapvit_cli.budget import SlicePlan
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.devices import DEVICES, resolve_device
+from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
-from snapvit_cli.flops import CostTerms
-from snapvit_cli.knn import VOTES, knn_accuracy
-from snapvit_cli.probe import probe_accuracy, train_linear_probe
+from snapvit_cli.evaluation.knn import VOTES, knn_accuracy
+from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
 
 REPORT_FORMAT = "snapvit-eval"
 REPORT_VERSION = 1
@@ -141,7 +141,7 @@ def open_target(
     Bundles and sliced models may be local paths or ``hf-hub:OWNER/NAME[@REV]`` repositories pushed by
     ``snapvit push``; a sliced model is its folder or that folder's ``config.json`` / ``model.safetensors``.
     """
-    from snapvit_cli.hub import is_hf_id, resolve_hub_artifact
+    from snapvit_cli.hub.client import is_hf_id, resolve_hub_artifact
 
     if is_hf_id(spec):
         kind, path = resolve_hub_artifact(spec, revision=revision)
@@ -162,7 +162,7 @@ def open_target(
 
 def _local_kind(spec: str) -> tuple[str, Path | None]:
     """("bundle" | "sliced" | "model", path) for a local TARGET, from what is on disk."""
-    from snapvit_cli.sliced import CONFIG_NAME
+    from snapvit_cli.elastic.sliced import CONFIG_NAME
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -195,7 +195,7 @@ def _safetensors_kind(path: Path) -> str | None:
 
 
 def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
-    from snapvit_cli.bundle import ElasticBundle
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
     bundle = ElasticBundle.open(path)
     plans = [bundle.plan(flops=fraction) for fraction in budgets]  # unreachable budgets fail before any work
@@ -208,8 +208,8 @@ def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
 
 
 def _sliced_target(spec: str, folder: Path) -> Target:
-    from snapvit_cli.models import ModelSource, build_architecture
-    from snapvit_cli.sliced import load_sliced, read_config
+    from snapvit_cli.elastic.sliced import load_sliced, read_config
+    from snapvit_cli.models.loading import ModelSource, build_architecture
 
     config = read_config(folder)
     source = ModelSource(
@@ -226,7 +226,7 @@ def _sliced_target(spec: str, folder: Path) -> Target:
 
 
 def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
-    from snapvit_cli.models import load_model
+    from snapvit_cli.models.loading import load_model
 
     model, source = load_model(spec, checkpoint=checkpoint, revision=revision)
     return Target(spec, "model", source.pretrained_cfg, model, [Candidate(source.timm_name, None, lambda: model)])

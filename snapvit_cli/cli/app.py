@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from snapvit_cli import __version__
+from snapvit_cli._version import __version__
 from snapvit_cli.errors import SnapvitError
 
 app = typer.Typer(
@@ -176,10 +176,10 @@ def score(
     json_output: JsonOpt = False,
 ) -> None:
     """Score every MLP neuron and attention head once and write an elastic bundle."""
-    from snapvit_cli.bundle import write_bundle
     from snapvit_cli.devices import resolve_device
+    from snapvit_cli.elastic.bundle import write_bundle
     from snapvit_cli.fileio import check_output
-    from snapvit_cli.models import load_model
+    from snapvit_cli.models.loading import load_model
     from snapvit_cli.scoring import DATA_METHODS, METHODS, ScoreSettings, score_model
     from snapvit_cli.scoring.settings import parse_pairs
 
@@ -380,12 +380,12 @@ def _save_corrected(
     force: bool,
 ) -> dict[str, Any]:
     """``slice --correct``: calibrate, correct, and write the folder; returns the correction record."""
-    from snapvit_cli.correct import correct_bundle_slice
-    from snapvit_cli.correction import parse_damping
+    from snapvit_cli.correction.apply import correct_bundle_slice
+    from snapvit_cli.correction.solver import parse_damping
     from snapvit_cli.data import load_images
     from snapvit_cli.devices import resolve_device
+    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
     from snapvit_cli.fileio import sha256_file
-    from snapvit_cli.sliced import save_sliced, sliced_config
 
     if samples < 1:
         raise typer.BadParameter("--correct-samples must be positive")
@@ -445,7 +445,7 @@ def import_scores(
     The file is read with a restricted unpickler (nothing in it can run) and must fit the model's structure.
     """
     from snapvit_cli.fileio import check_output
-    from snapvit_cli.importing import import_reference_scores, write_imported_bundle
+    from snapvit_cli.reference.importing import import_reference_scores, write_imported_bundle
 
     output = output or Path(f"{ref.stem}.bundle.safetensors")
     check_output(output, force)  # fail before loading the model
@@ -479,7 +479,7 @@ def import_scores(
 
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
-    from snapvit_cli.hub import is_hf_id, parse_hf_id
+    from snapvit_cli.hub.client import is_hf_id, parse_hf_id
 
     if not is_hf_id(bundle):
         return Path(bundle).stem.removesuffix(".bundle")
@@ -540,7 +540,7 @@ def push(
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
-    from snapvit_cli.hub import push as push_to_hub
+    from snapvit_cli.hub.push import push as push_to_hub
 
     results = _read_eval_results(eval_results) if eval_results is not None else None
     with _quiet_hub(json_output):
@@ -651,7 +651,7 @@ def eval_(
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy (kNN, linear probe), GMACs, params and measured speed of a dense model and its sliced budgets."""
-    from snapvit_cli.evaluate import EvalSettings, evaluate_target
+    from snapvit_cli.evaluation.evaluate import EvalSettings, evaluate_target
     from snapvit_cli.fileio import check_output
 
     settings = EvalSettings(
@@ -674,7 +674,7 @@ def eval_(
         seed=seed,
     )
     if plot is not None:
-        from snapvit_cli.plot import require_matplotlib
+        from snapvit_cli.evaluation.plot import require_matplotlib
 
         require_matplotlib()
         check_output(plot, force)  # fail before the expensive part
@@ -689,7 +689,7 @@ def eval_(
             progress=progress,
         )
     if plot is not None:
-        from snapvit_cli.plot import plot_accuracy_vs_gmacs
+        from snapvit_cli.evaluation.plot import plot_accuracy_vs_gmacs
 
         plot_accuracy_vs_gmacs(report, plot)
     if json_output:
@@ -738,7 +738,7 @@ def _progress_bars() -> Iterator[Any]:
 
 
 def _print_eval(report: dict[str, Any]) -> None:
-    from snapvit_cli.evaluate import budget_label
+    from snapvit_cli.evaluation.evaluate import budget_label
 
     results = report["results"]
     has_probe = any(r["accuracy"]["probe"] is not None for r in results)
@@ -793,8 +793,8 @@ def models(json_output: JsonOpt = False) -> None:
     """List the supported models: family, timm name, aliases, and what is pruned."""
     from dataclasses import asdict
 
-    from snapvit_cli.families import supported_models, supported_summary
-    from snapvit_cli.models import ALIASES, DEMO_MODEL
+    from snapvit_cli.models.aliases import ALIASES, DEMO_MODEL
+    from snapvit_cli.models.families import supported_models, supported_summary
 
     rows = supported_models()
     if json_output:
