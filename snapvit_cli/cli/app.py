@@ -14,6 +14,7 @@ import typer
 
 from snapvit_cli._version import __version__
 from snapvit_cli.cli import eval as eval_command
+from snapvit_cli.cli import export as export_command
 from snapvit_cli.cli import import_scores, models, push, score
 from snapvit_cli.cli import slice as slice_command
 from snapvit_cli.cli._output import out
@@ -48,6 +49,7 @@ app.command("slice")(slice_command.slice_)
 app.command("import-scores")(import_scores.import_scores)
 app.command("push")(push.push)
 app.command("eval")(eval_command.eval_)
+app.command("export")(export_command.export)
 app.command("models")(models.models)
 
 

@@ -1,4 +1,4 @@
-"""``snapvit slice``: cut a bundle to a budget and write a sliced-model folder."""
+"""``snapvit slice``: cut a bundle to one or several budgets and write a sliced-model folder for each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from snapvit_cli.cli._options import ForceOpt, JsonOpt
+from snapvit_cli.cli._options import FlopsOpt, ForceOpt, HeadsOpt, JsonOpt, MlpOpt, ParamsOpt, budget_specs
 from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
 
 
@@ -22,12 +22,10 @@ def slice_(
             "pushed with `snapvit push`."
         ),
     ],
-    flops: Annotated[float | None, typer.Option(help="Fraction of the dense GMACs to keep, in (0, 1].")] = None,
-    params: Annotated[float | None, typer.Option(help="Fraction of the dense parameters to keep, in (0, 1].")] = None,
-    mlp: Annotated[
-        float | None, typer.Option(help="Fraction of MLP neurons to remove, in [0, 1) (paper convention).")
-    ] = None,
-    heads: Annotated[float | None, typer.Option(help="Fraction of attention heads to remove, in [0, 1).")] = None,
+    flops: FlopsOpt = None,
+    params: ParamsOpt = None,
+    mlp: MlpOpt = None,
+    heads: HeadsOpt = None,
     head_offset: Annotated[
         float,
         typer.Option(
@@ -37,7 +35,13 @@ def slice_(
     ] = 0.15,
     resolution: Annotated[int | None, typer.Option(help="Input resolution for GMACs (default: the model's).")] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output folder (default: <bundle>-<budget>/).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder (default: <bundle>-<budget>/); with several budgets, the parent of one folder per "
+            "budget (<budget>/, e.g. flops0.5/).",
+        ),
     ] = None,
     force: ForceOpt = False,
     dry_run: Annotated[bool, typer.Option(help="Report widths and cost without writing anything.")] = False,
@@ -73,41 +77,40 @@ def slice_(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Cut a bundle to a budget and write a dense, smaller model (model.safetensors + config.json)."""
+    """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
+    from snapvit_cli.elastic.grid import output_paths, plan_grid, save_slices
     from snapvit_cli.fileio import check_output
 
-    if mlp is None and heads is None and flops is None and params is None:
-        raise typer.BadParameter("give a budget: --flops F, --params P, or --mlp R --heads R")
+    specs = budget_specs(flops, params, mlp, heads)
+    if not specs:
+        raise typer.BadParameter("give a budget: --flops F[,F...], --params P[,P...], or --mlp R --heads R")
     if correct != (data is not None):
         raise typer.BadParameter("--correct and --data go together: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
-    if output is None:
-        given = {"flops": flops, "params": params, "mlp": mlp, "heads": heads}
-        tag = "-".join(f"{k}{v:g}" for k, v in given.items() if v is not None)
-        output = Path(f"{_bundle_stem(bundle)}-{tag}")
+    outputs = output_paths(specs, output, _bundle_stem(bundle))
     if not dry_run:
-        check_output(output, force)
+        for path in outputs:
+            check_output(path, force)
     with quiet_hub(json_output):
-        elastic = load_bundle(bundle)
-    plan = elastic.plan(
-        flops=flops,
-        params=params,
-        mlp=mlp,
-        heads=heads,
-        resolution=resolution,
-        head_offset=head_offset,
-    )
-    result = {"output": None if dry_run else str(output), **plan.to_json()}
+        elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
+    plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset)
+    results = [
+        {"output": None if dry_run else str(path), **plan.to_json()} for plan, path in zip(plans, outputs, strict=True)
+    ]
     if correct and not dry_run:
-        result["correction"] = _save_corrected(
-            elastic, plan, output, data, correct_samples, seed, damping, sequential, batch_size, device, force
-        )
+        for plan, path, result in zip(plans, outputs, results, strict=True):
+            result["correction"] = _save_corrected(
+                elastic, plan, path, data, correct_samples, seed, damping, sequential, batch_size, device, force
+            )
+    elif not dry_run and len(plans) == 1:
+        elastic.save_slice(outputs[0], plans[0], force=force)
     elif not dry_run:
-        elastic.save_slice(output, plan, force=force)
+        save_slices(elastic, plans, outputs, force=force)
     if json_output:
-        emit_json(result)
+        emit_json(results[0] if len(results) == 1 else results)
         return
-    _print_plan(plan, output if not dry_run else None)
+    for plan, path in zip(plans, outputs, strict=True):
+        _print_plan(plan, path if not dry_run else None)
 
 
 def _save_corrected(

@@ -4,6 +4,7 @@
 Everything goes through ``huggingface_hub`` (its cache, revisions, token lookup and ``HF_ENDPOINT`` /
 ``HF_HUB_OFFLINE`` handling). The token is only handed to ``huggingface_hub``; it is never in a message or a file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,6 @@ Kind = Literal["sliced", "bundle"]
 
 class HubError(SnapvitError):
     """The Hub could not be reached, refused the request, or does not have what was asked for."""
-
 
 
 # -- hf-hub ids ------------------------------------------------------------------------------------------

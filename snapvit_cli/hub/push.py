@@ -1,4 +1,5 @@
 """``snapvit push``: upload a sliced model folder or an elastic bundle, with a generated model card."""
+
 from __future__ import annotations
 
 import os
@@ -205,5 +206,3 @@ def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool
         shutil.copy2(src, target)
     if card is not None:
         (dest / CARD_FILENAME).write_text(card, encoding="utf-8")
-
-

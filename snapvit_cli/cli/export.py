@@ -1,0 +1,124 @@
+"""``snapvit export``: a sliced model (or budgets cut from a bundle) as a verified ONNX or torch.export file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from snapvit_cli.cli._options import FlopsOpt, ForceOpt, HeadsOpt, JsonOpt, MlpOpt, ParamsOpt, budget_specs
+from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
+
+
+@user_errors
+def export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Sliced-model folder, or elastic bundle (.safetensors) to cut with --flops/--params/--mlp/--heads "
+            "(without a budget: its dense model); or hf-hub:OWNER/NAME[@REV] of either."
+        ),
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save)."),
+    ] = "onnx",
+    flops: FlopsOpt = None,
+    params: ParamsOpt = None,
+    mlp: MlpOpt = None,
+    heads: HeadsOpt = None,
+    head_offset: Annotated[
+        float, typer.Option(help="With --flops/--params: heads are removed at max(0, mlp_ratio - OFFSET).")
+    ] = 0.15,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file (default: <source>[-<budget>].<format>); with several budgets, the folder that gets "
+            "one <budget>.<format> file each.",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest |exported - PyTorch| output difference accepted (float32).")
+    ] = 1e-4,
+    force: ForceOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Write a deployable file (ONNX or .pt2) with a dynamic batch axis, checked against PyTorch at batch 1 and 7."""
+    from snapvit_cli.export import FORMATS, export_model, require_onnx
+    from snapvit_cli.fileio import check_output
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "onnx":
+        require_onnx()
+    specs = budget_specs(flops, params, mlp, heads)
+    kind, path = _resolve(source, json_output)
+    if kind == "sliced" and specs:
+        raise typer.BadParameter("a sliced model has its budget already; --flops/--params/--mlp/--heads need a bundle")
+    from snapvit_cli.elastic.grid import output_paths
+
+    stem = _stem(source, path)
+    outputs = output_paths(specs, output, stem, f".{fmt}") if specs else [output or Path(f"{stem}.{fmt}")]
+    for target in outputs:
+        check_output(target, force)
+    results = []
+    for model, budget, target in _models(kind, path, specs, outputs, head_offset):
+        with err.status(f"exporting {target}"):
+            result = export_model(model, target, fmt, force=force, tolerance=tolerance)
+        results.append({**result.to_json(), "budget": budget})
+        if not json_output:
+            opset = f", opset {result.opset}" if result.opset else ""
+            out.print(
+                f"wrote [bold]{result.path}[/] ({result.format}{opset}, input {result.input_shape}, "
+                f"{result.bytes / 2**20:.1f} MiB) in {result.export_s:.1f} s; max |diff| vs PyTorch at batch "
+                f"{' and '.join(map(str, result.checked_batches))}: {result.max_abs_diff:.2e}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if json_output:
+        emit_json(results[0] if len(results) == 1 else results)
+
+
+def _resolve(source: str, json_output: bool) -> tuple[str, Path]:
+    """``("sliced", folder)`` or ``("bundle", file)`` for a local path or an ``hf-hub:`` id."""
+    from snapvit_cli.errors import BundleError
+    from snapvit_cli.hub.client import is_hf_id, resolve_hub_artifact
+
+    if is_hf_id(source):
+        with quiet_hub(json_output):
+            return resolve_hub_artifact(source)
+    path = Path(source)
+    if path.is_dir():
+        return "sliced", path
+    if path.is_file():
+        return "bundle", path
+    raise BundleError(f"{path} does not exist")
+
+
+def _stem(source: str, path: Path) -> str:
+    from snapvit_cli.hub.client import is_hf_id
+
+    if is_hf_id(source):
+        return source.removeprefix("hf-hub:").split("@")[0].split("/")[-1]
+    return path.name if path.is_dir() else path.stem.removesuffix(".bundle")
+
+
+def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset: float):
+    """``(model, budget record, output)`` for each file to write; a bundle is opened once for every budget."""
+    from snapvit_cli.elastic.grid import plan_grid
+    from snapvit_cli.elastic.sliced import load_sliced, read_config
+
+    if kind == "sliced":
+        yield load_sliced(path), read_config(path).get("budget"), outputs[0]
+        return
+    from snapvit_cli.elastic.bundle import ElasticBundle
+
+    bundle = ElasticBundle.open(path)
+    if not specs:
+        yield bundle.dense_model(), {"kind": "dense"}, outputs[0]
+        return
+    for plan, target in zip(plan_grid(bundle, specs, head_offset=head_offset), outputs, strict=True):
+        yield bundle.slice(plan), plan.budget, target

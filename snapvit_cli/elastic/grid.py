@@ -1,0 +1,110 @@
+"""Several budgets in one call: a grid of budgets, their output names, and slicing them from one opened bundle.
+
+A CI job that publishes a model family slices the same bundle at several budgets; opening, validating and hashing
+the bundle once (instead of once per budget) is what makes that one step cheap. Each folder written here is
+byte-identical to the one ``snapvit slice`` writes for that budget alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.errors import BudgetError
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One budget as the user gave it: a FLOPs or parameter fraction to keep, or MLP/head fractions to remove."""
+
+    flops: float | None = None
+    params: float | None = None
+    mlp: float | None = None
+    heads: float | None = None
+
+    def kwargs(self) -> dict[str, float]:
+        """Keyword arguments for :meth:`ElasticBundle.plan`."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @property
+    def tag(self) -> str:
+        """A file-name part naming the budget, e.g. ``flops0.5`` or ``mlp0.3-heads0.15``."""
+        return "-".join(f"{k}{v:g}" for k, v in self.kwargs().items())
+
+
+def budget_grid(
+    *,
+    flops: Sequence[float] | None = None,
+    params: Sequence[float] | None = None,
+    mlp: Sequence[float] | None = None,
+    heads: Sequence[float] | None = None,
+) -> list[BudgetSpec]:
+    """The budgets of one call: a list of FLOPs fractions, of parameter fractions, or ``mlp``/``heads`` pairs.
+
+    ``mlp`` and ``heads`` pair up element by element (both lists must then have the same length); either may be
+    left out. An empty result means no budget was given; repeated budgets are refused (they would name the same
+    output twice).
+    """
+    kinds = [name for name, values in (("flops", flops), ("params", params)) if values]
+    if mlp or heads:
+        kinds.append("ratios")
+    if len(kinds) > 1:
+        raise BudgetError("give one kind of budget: --flops, --params, or --mlp/--heads")
+    if not kinds:
+        return []
+    if kinds[0] == "flops":
+        specs = [BudgetSpec(flops=v) for v in flops or ()]
+    elif kinds[0] == "params":
+        specs = [BudgetSpec(params=v) for v in params or ()]
+    else:
+        if mlp and heads and len(mlp) != len(heads):
+            raise BudgetError(f"--mlp and --heads pair up: {len(mlp)} values against {len(heads)}")
+        count = len(mlp or heads or ())
+        specs = [BudgetSpec(mlp=mlp[i] if mlp else None, heads=heads[i] if heads else None) for i in range(count)]
+    tags = [spec.tag for spec in specs]
+    repeated = sorted({t for t in tags if tags.count(t) > 1})
+    if repeated:
+        raise BudgetError(f"budget {repeated[0]} is given twice")
+    return specs
+
+
+def output_paths(specs: Sequence[BudgetSpec], output: Path | None, stem: str, suffix: str = "") -> list[Path]:
+    """Where each budget goes: ``output`` itself for one budget; ``output/<tag><suffix>`` for several; and
+    ``<stem>-<tag><suffix>`` in the working folder when no ``output`` is given."""
+    if output is not None and len(specs) == 1:
+        return [output]
+    if output is not None:
+        return [output / f"{spec.tag}{suffix}" for spec in specs]
+    return [Path(f"{stem}-{spec.tag}{suffix}") for spec in specs]
+
+
+def plan_grid(bundle: Any, specs: Sequence[BudgetSpec], **options: Any) -> list[SlicePlan]:
+    """Every budget's :class:`SlicePlan`, all resolved before anything is written (one bad budget stops all)."""
+    return [bundle.plan(**spec.kwargs(), **options) for spec in specs]
+
+
+def save_slices(
+    bundle: Any, plans: Sequence[SlicePlan], outputs: Sequence[str | os.PathLike], *, force: bool = False
+) -> list[Path]:
+    """Write one sliced-model folder per plan from an opened :class:`ElasticBundle`, reading its file once.
+
+    The weights come from the bundle's memory map (every page read at most once, whatever the number of budgets)
+    and the bundle's sha256 is computed once; the folders are what :meth:`ElasticBundle.save_slice` writes.
+    """
+    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
+    from snapvit_cli.fileio import check_output, sha256_file
+
+    if len(plans) != len(outputs):
+        raise ValueError("one output per plan")
+    for out in outputs:
+        check_output(out, force)
+    digest = sha256_file(bundle.path)
+    written = []
+    for plan, out in zip(plans, outputs, strict=True):
+        config = sliced_config(bundle.metadata, plan, bundle_sha256=digest)
+        written.append(save_sliced(out, bundle.state_dict(plan.widths), config, force=force))
+    return written
