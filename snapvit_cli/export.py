@@ -157,17 +157,17 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> int:
         raise ExportError(
             f"the model's weights take {weights / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit; use --format pt2"
         )
-    program = _exported_program(model, example)
     # The exporter reports its progress with print(); keep it off stdout (where --json goes).
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), _quiet_loggers("onnxscript", "torch.onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                program,
+                model,
                 (example,),
                 str(path),
                 dynamo=True,
+                dynamic_shapes=({0: _batch_dim()},),  # the model itself, not a program: keeps the axis name "batch"
                 opset_version=ONNX_OPSET,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
