@@ -52,7 +52,10 @@ def restore_client() -> None:
 def build_artifacts(folder: Path) -> tuple[Path, Path]:
     """A real elastic bundle and the sliced model cut from it at ``SLICE_FLOPS``, under ``folder``."""
     model = make_small_model(SMALL)
-    source = dataclasses.replace(small_model_source(SMALL, model), hf_hub_id=BASE_HUB_ID, license=BASE_LICENSE)
+    # stands for timm's pretrained Hub weights (pretrained=True), which is what a card may name as base model
+    source = dataclasses.replace(
+        small_model_source(SMALL, model), hf_hub_id=BASE_HUB_ID, license=BASE_LICENSE, pretrained=True
+    )
     bundle_path = write_bundle(folder / "small.safetensors", model, source, score_model(model))
     bundle = ElasticBundle.open(bundle_path)
     plan = bundle.plan(flops=SLICE_FLOPS)

@@ -22,6 +22,7 @@ import snapvit_cli
 from snapvit_cli.api import load, load_bundle
 from snapvit_cli.cli.app import app
 from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.fileio import sha256_file
 from snapvit_cli.hub.model_card import HUB_LICENSES
 from snapvit_cli.models.loading import load_model
 from tests.conftest import image_batch
@@ -228,17 +229,86 @@ def test_bundle_card_lists_example_budgets(server, artifacts):
     assert f"snapvit slice hf-hub:{BUNDLE_REPO} --flops 0.5 -o out" in text
 
 
-def test_eval_results_go_into_the_card(server, artifacts, tmp_path):
+def eval_report(sliced_dir: Path, **changes) -> dict:
+    """A `snapvit eval --json`-shaped report on ``sliced_dir`` (its sha, widths and resolution), with ``changes``."""
+    config = json.loads((sliced_dir / "config.json").read_text())
+    row = {
+        "name": "half",
+        "budget": config["budget"],
+        "accuracy": {"knn": 0.7125, "probe": 0.75},
+        "gmacs": 0.01,
+        "widths": config["widths"],
+        "resolution": config["cost"]["resolution"],
+    }
+    report = {
+        "source": {"kind": "sliced", "sha256": sha256_file(sliced_dir / "model.safetensors")},
+        "dataset": {
+            "train": {"name": "cifar10", "split": "train", "n": 500, "samples": 500},
+            "test": {"name": "cifar10", "split": "test", "n": 100, "samples": None},
+        },
+        "settings": {"k": 20, "vote": "majority", "seed": 0, "probe": True, "probe_epochs": 5, "probe_lr": 0.001},
+        "resolution": config["cost"]["resolution"],
+        "preprocessing": {"interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3},
+        "transform": {"name": "resize", "description": "whole image resized to the input size (no crop)"},
+        "results": [row],
+    }
+    for key, value in changes.items():
+        target = row if key in row else report
+        target[key] = value
+    return report
+
+
+def test_eval_results_go_into_the_card_and_model_index(server, artifacts, tmp_path):
     _, sliced_dir = artifacts
     results = tmp_path / "eval.json"
-    results.write_text(json.dumps({"results": [{"name": "half", "accuracy": {"knn": 71.25}, "gmacs": 0.01}]}))
+    results.write_text(json.dumps(eval_report(sliced_dir)))
     push(sliced_dir, SLICED_REPO, "--eval-results", str(results))
     card = server.files(SLICED_REPO)["README.md"].decode()
-    assert "## Evaluation" in card and "| half | — | 71.25 |" in card
+    assert "## Evaluation" in card and "| half | flops 0.5 | 0.7125 | 0.75 |" in card
+    assert "500 train images" in card and "100 test images" in card and "k = 20, majority vote" in card
+    assert "whole image resized to the input size" in card
+    ModelCard(card).validate()  # the loopback Hub's /api/validate-yaml
+    parsed = ModelCard(card).data
+    assert parsed.model_name and [(r.metric_name, r.metric_value, r.dataset_split) for r in parsed.eval_results] == [
+        ("kNN top-1 (k=20)", 0.7125, "test"),
+        ("linear-probe top-1", 0.75, "test"),
+    ]
+    assert {r.dataset_name for r in parsed.eval_results} == {"cifar10"}
 
     results.write_text("[1, 2]")
     bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
     assert bad.exit_code == 1 and "not `snapvit eval --json` output" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"source": {"kind": "sliced", "sha256": "0" * 64}}, "neither this model"),
+        ({"widths": {"mlp_hidden": [1, 1, 1], "num_heads": [1, 1, 1]}}, "no result in the report has this model"),
+        ({"resolution": 999}, "measured at 999 px"),
+        ({"source": None}, "does not name the file it evaluated"),
+    ],
+)
+def test_eval_results_of_another_model_are_refused(server, artifacts, tmp_path, change, message):
+    _, sliced_dir = artifacts
+    results = tmp_path / "eval.json"
+    results.write_text(json.dumps(eval_report(sliced_dir, **change)))
+    bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
+    assert bad.exit_code == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert SLICED_REPO not in server.repos
+
+
+def test_a_bundle_report_covers_the_model_cut_from_it(server, artifacts, tmp_path):
+    bundle_path, sliced_dir = artifacts
+    report = eval_report(sliced_dir, source={"kind": "bundle", "sha256": sha256_file(bundle_path)})
+    report["results"].insert(
+        0, {**report["results"][0], "name": "dense", "widths": {"mlp_hidden": [], "num_heads": []}}
+    )
+    results = tmp_path / "eval.json"
+    results.write_text(json.dumps(report))
+    push(sliced_dir, SLICED_REPO, "--eval-results", str(results))
+    card = server.files(SLICED_REPO)["README.md"].decode()
+    assert "| half |" in card and "| dense |" not in card  # only the row with this model's widths
 
 
 def test_a_user_card_is_kept(server, artifacts):

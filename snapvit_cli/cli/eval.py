@@ -48,6 +48,13 @@ def eval_(
     resolution: Annotated[
         int | None, typer.Option(help="Input resolution (default: the model's); also the resolution of GMACs.")
     ] = None,
+    transform: Annotated[
+        str,
+        typer.Option(
+            help="resize: the whole image resized to the input size (the method's kNN protocol, default); "
+            "timm: timm's resolve_data_config + create_transform (crop_pct honoured)."
+        ),
+    ] = "resize",
     batch_size: Annotated[int, typer.Option(help="Batch size of feature extraction.")] = 64,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -88,6 +95,7 @@ def eval_(
         samples_train=samples_train,
         samples_test=samples_test,
         seed=seed,
+        transform=transform,
     )
     if plot is not None:
         from snapvit_cli.evaluation.plot import require_matplotlib
@@ -186,6 +194,7 @@ def _print_eval(report: dict[str, Any]) -> None:
     lines = [
         f"data: {train['source']} ({train['n']} train / {test['n']} test images, {test['num_classes']} classes), "
         f"{report['resolution']} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
+        f"transform: {report['transform']['description']}",
     ]
     if has_probe:
         lines.append(

@@ -42,6 +42,23 @@ def push(
         Path | None,
         typer.Option(help="`snapvit eval --json` output to put in the model card.", metavar="FILE.json"),
     ] = None,
+    allow_random: Annotated[
+        bool, typer.Option("--allow-random", help="Push a model scored from random weights (the card says so).")
+    ] = False,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="--checkpoint weights only: the Hub model OWNER/NAME they derive from, as you state it.",
+            metavar="OWNER/NAME",
+        ),
+    ] = None,
+    license_id: Annotated[
+        str | None,
+        typer.Option(
+            "--license",
+            help="Licence of the weights (a Hub licence id); needed for --checkpoint weights, else 'other'.",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -61,6 +78,9 @@ def push(
             dry_run_dir=dry_run,
             force=force,
             eval_results=results,
+            allow_random=allow_random,
+            base_model=base_model,
+            license=license_id,
         )
     if json_output:
         emit_json(

@@ -70,6 +70,59 @@ class EvalTransform:
         return F.center_crop(image, [height, width])
 
 
+TRANSFORMS = ("resize", "timm")
+
+
+class TimmTransform:
+    """timm's evaluation transform (``resolve_data_config`` + ``create_transform``: resize the shorter side to
+    size / crop_pct, centre crop, normalise), fed the PIL image a timm user would feed it."""
+
+    def __init__(self, cfg: dict, resolution: int | None = None) -> None:
+        from timm.data import create_transform, resolve_data_config
+
+        args = dict(cfg)
+        if resolution:
+            args["input_size"] = (3, resolution, resolution)
+        self.config = resolve_data_config(args)
+        self.transform = create_transform(**self.config)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transform(F.to_pil_image(to_rgb(image)))
+
+    def describe(self) -> dict:
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}
+        return {
+            "name": "timm",
+            "description": f"timm eval transform: shorter side to size / crop_pct ({config['crop_pct']:g}), "
+            f"{config.get('crop_mode', 'center')} crop",
+            **config,
+        }
+
+
+def eval_transform(name: str, cfg: dict, resolution: int | None = None):
+    """The evaluation transform called ``name``: ``resize`` (the whole image resized to the input size, the
+    method's kNN protocol) or ``timm`` (timm's own eval transform, crop_pct honoured)."""
+    if name == "timm":
+        return TimmTransform(cfg, resolution)
+    if name != "resize":
+        raise DataError(f"--transform must be one of {', '.join(TRANSFORMS)}, not {name!r}")
+    return preprocess(cfg, resolution)
+
+
+def describe_transform(transform) -> dict:
+    """A JSON record of an evaluation transform, for reports and model cards."""
+    if isinstance(transform, TimmTransform):
+        return transform.describe()
+    return {
+        "name": "resize",
+        "description": "whole image resized to the input size (no crop)",
+        "input_size": [3, *transform.size],
+        "interpolation": transform.mode.value,
+        "mean": transform.mean,
+        "std": transform.std,
+    }
+
+
 class _Transformed(Dataset):
     """Applies ``transform`` to the images of ``dataset``, keeping labels."""
 

@@ -37,6 +37,7 @@ from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output, sha256_file
 from snapvit_cli.models.loading import ModelSource, build_architecture
+from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 
 FORMAT_VERSION = 1
 BUNDLE_KIND = "elastic-bundle"
@@ -236,7 +237,7 @@ class ElasticBundle:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
-        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **self.source.pretrained_cfg}
+        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg)
         return model
 
     def dense_model(self) -> nn.Module:

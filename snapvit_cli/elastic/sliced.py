@@ -23,6 +23,7 @@ from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
+from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 
 FORMAT_VERSION = 1
 SLICED_KIND = "sliced-model"
@@ -49,6 +50,8 @@ def sliced_config(metadata: dict[str, Any], plan: SlicePlan, *, bundle_sha256: s
                 "weights_sha256",
                 "license",
                 "checkpoint",
+                "checkpoint_sha256",
+                "pretrained",
             )
         },
         "structure": metadata["structure"],
@@ -132,6 +135,6 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise
     except Exception as exc:  # noqa: BLE001 - any mismatch between files is a bad model folder
         raise BundleError(f"{folder}: weights do not match config.json ({exc})") from None
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **source.pretrained_cfg}
+    model.pretrained_cfg = honest_pretrained_cfg(model, source.pretrained_cfg)
     model.snapvit_config = config
     return model

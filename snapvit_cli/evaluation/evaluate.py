@@ -26,13 +26,15 @@ from torch import Tensor, nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
-from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
+from snapvit_cli.data import ImageSet, describe, load_images, make_loader
+from snapvit_cli.data.transforms import describe_transform, eval_transform
 from snapvit_cli.devices import DEVICES, resolve_device
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
 from snapvit_cli.evaluation.knn import VOTES, knn_accuracy
 from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
+from snapvit_cli.fileio import sha256_file
 
 REPORT_FORMAT = "snapvit-eval"
 REPORT_VERSION = 1
@@ -66,6 +68,7 @@ class EvalSettings:
     samples_train: int | None = None
     samples_test: int | None = None
     seed: int = 0
+    transform: str = "resize"  # "resize": whole image (the method's kNN protocol); "timm": timm's eval transform
 
     def __post_init__(self) -> None:
         if self.vote not in VOTES:
@@ -110,6 +113,7 @@ class Target:
     pretrained_cfg: dict[str, Any]
     dense: nn.Module  # the dense architecture (a meta-device skeleton is enough): cost fractions and "dense" flags
     candidates: list[Candidate]
+    source: dict[str, Any] | None = None  # what was evaluated: {"kind", "sha256" of the file}, for push checks
 
 
 @dataclass(frozen=True)
@@ -204,11 +208,14 @@ def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
     def candidate(plan: SlicePlan) -> Candidate:
         return Candidate(name, dict(plan.budget), lambda: bundle.slice(plan))
 
-    return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans])
+    source = {"kind": "bundle", "sha256": sha256_file(path)}
+    return Target(
+        spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans], source
+    )
 
 
 def _sliced_target(spec: str, folder: Path) -> Target:
-    from snapvit_cli.elastic.sliced import load_sliced, read_config
+    from snapvit_cli.elastic.sliced import WEIGHTS_NAME, load_sliced, read_config
     from snapvit_cli.models.loading import ModelSource, build_architecture
 
     config = read_config(folder)
@@ -222,14 +229,23 @@ def _sliced_target(spec: str, folder: Path) -> Target:
     )
     name = spec if spec.startswith("hf-hub:") else folder.name
     candidate = Candidate(name, config.get("budget"), lambda: load_sliced(folder))
-    return Target(spec, "sliced", source.pretrained_cfg, build_architecture(source, device="meta"), [candidate])
+    evaluated = {
+        "kind": "sliced",
+        "sha256": sha256_file(folder / WEIGHTS_NAME),
+        "bundle_sha256": config.get("bundle_sha256"),
+    }
+    dense = build_architecture(source, device="meta")
+    return Target(spec, "sliced", source.pretrained_cfg, dense, [candidate], evaluated)
 
 
 def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
     from snapvit_cli.models.loading import load_model
 
     model, source = load_model(spec, checkpoint=checkpoint, revision=revision)
-    return Target(spec, "model", source.pretrained_cfg, model, [Candidate(source.timm_name, None, lambda: model)])
+    evaluated = {"kind": "model", "weights_sha256": source.weights_sha256}
+    return Target(
+        spec, "model", source.pretrained_cfg, model, [Candidate(source.timm_name, None, lambda: model)], evaluated
+    )
 
 
 # -- measurements ----------------------------------------------------------------------------------------
@@ -396,7 +412,7 @@ def evaluate(
     started = time.perf_counter()
     device = resolve_device(settings.device)
     resolution = settings.resolution or get_adapter(target.dense).cost_terms().resolution  # the built img_size
-    transform = preprocess(target.pretrained_cfg, resolution)
+    transform = eval_transform(settings.transform, target.pretrained_cfg, resolution)
     dense_cost, dense_widths = _cost(target.dense, resolution)
     cache: dict[Widths, tuple[Tensor, Tensor]] = {}
     results = [
@@ -411,7 +427,9 @@ def evaluate(
         "target_kind": target.kind,
         "dataset": data.describe(),
         "resolution": resolution,
+        "source": target.source,
         "preprocessing": {k: target.pretrained_cfg.get(k) for k in ("interpolation", "mean", "std")},
+        "transform": describe_transform(transform),
         "settings": _settings_json(settings, device),
         "results": results,
         "wall_s": {"total": time.perf_counter() - started},

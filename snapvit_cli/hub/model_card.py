@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Literal
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 LIBRARY_NAME = "snapvit"
 TAGS = ["vision", "pruning", "snapvit", "timm", "elastic"]
@@ -57,42 +57,107 @@ def render_model_card(
     revision: str | None = None,
     eval_results: dict[str, Any] | None = None,
     examples: list[dict[str, Any]] | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
 ) -> str:
     """The ``README.md`` for a sliced model or an elastic bundle.
 
     ``config`` is the sliced model's ``config.json`` (:func:`snapvit_cli.elastic.sliced.sliced_config`) or the bundle's
     ``snapvit`` metadata (:func:`snapvit_cli.elastic.bundle.write_bundle`). ``examples`` are ``SlicePlan.to_json()``
-    dicts listed in a bundle's card; ``eval_results`` is ``snapvit eval --json`` output; ``revision`` is the
-    branch pushed to, so the usage snippet loads what this card describes.
+    dicts listed in a bundle's card; ``eval_results`` is ``snapvit eval --json`` output (already checked to belong
+    to this model, :mod:`snapvit_cli.hub.eval_results`); ``revision`` is the branch pushed to, so the usage snippet
+    loads what this card describes. ``base_model`` and ``license`` are what the uploader states about weights
+    snapvit cannot trace to the Hub (a ``--checkpoint``); an explicit ``license`` always wins.
     """
     if kind not in ("sliced", "bundle"):
         raise ValueError(f"kind must be 'sliced' or 'bundle', not {kind!r}")
     hf_id = f"hf-hub:{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
     sections = [
-        _intro(config, kind, repo_id),
+        _random_warning(config, kind),
+        _intro(config, kind, repo_id, base_model),
         _about_snapvit(),
         _sliced_details(config) if kind == "sliced" else _bundle_details(config, examples or []),
+        _weights_section(config, kind, base_model),
         _eval_section(eval_results),
-        _usage(kind, hf_id),
+        _usage(kind, hf_id, config),
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
     ]
     body = "\n\n".join(s for s in sections if s)
-    card = ModelCard(f"---\n{card_metadata(config, kind).to_yaml()}\n---\n\n{body}\n")
+    metadata = card_metadata(config, kind, base_model=base_model, license=license, eval_results=eval_results)
+    card = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}\n")
     return str(card)
 
 
-def card_metadata(config: dict[str, Any], kind: Kind) -> ModelCardData:
-    """The card's YAML metadata: base model, license, library, task and tags."""
+def card_metadata(
+    config: dict[str, Any],
+    kind: Kind,
+    *,
+    base_model: str | None = None,
+    license: str | None = None,
+    eval_results: dict[str, Any] | None = None,
+    model_name: str | None = None,
+) -> ModelCardData:
+    """The card's YAML metadata: base model, license, library, task, tags and ``model-index`` of the eval results.
+
+    ``base_model`` names the Hub weights only when those are the weights that were scored; for a checkpoint it is
+    whatever the uploader states (``base_model``), and for random weights nothing. The licence follows the same
+    rule: inherited from Hub weights, otherwise ``license`` or ``other``.
+    """
     source = _source(config, kind)
-    base = _base_hub_id(source)
+    origin = weights_origin(source)
+    base = _base_hub_id(source) if origin == "hub" else (base_model if origin == "checkpoint" else None)
     num_classes = (config.get("structure") or {}).get("num_classes") or 0
+    inherited = source.get("license") if origin == "hub" else None
+    results = model_index(eval_results)
     return ModelCardData(
         base_model=base,
         library_name=LIBRARY_NAME,
         pipeline_tag="image-classification" if num_classes > 0 else "image-feature-extraction",
         tags=list(TAGS),
-        **_license_fields(source.get("license"), base),
+        eval_results=results or None,
+        model_name=(model_name or "snapvit-model") if results else None,
+        **_license_fields(license or inherited, base if origin == "hub" else None),
     )
+
+
+def weights_origin(source: dict[str, Any]) -> str:
+    """Where the scored weights came from: ``checkpoint`` (a user's file), ``random`` (``pretrained: false``),
+    or ``hub`` (timm's pretrained weights, named by ``hf_hub_id``); ``unknown`` when nothing says."""
+    if source.get("checkpoint"):
+        return "checkpoint"
+    if source.get("pretrained") is False:
+        return "random"
+    return "hub" if source.get("hf_hub_id") else "unknown"
+
+
+def model_index(eval_results: dict[str, Any] | None) -> list[EvalResult]:
+    """``model-index`` entries for a ``snapvit eval`` report: kNN top-1 (with its k) and linear-probe top-1 on the
+    test split, one pair per evaluated model row."""
+    report = eval_results or {}
+    test = (report.get("dataset") or {}).get("test") or {}
+    dataset = test.get("name") or test.get("source")
+    if not dataset:
+        return []
+    k = (report.get("settings") or {}).get("k")
+    entries = []
+    for row in report.get("results") or []:
+        accuracy = row.get("accuracy") or {}
+        for key, name in (("knn", f"kNN top-1 (k={k})" if k else "kNN top-1"), ("probe", "linear-probe top-1")):
+            value = accuracy.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                entries.append(
+                    EvalResult(
+                        task_type="image-classification",
+                        dataset_type=str(dataset),
+                        dataset_name=str(dataset),
+                        dataset_split=str(test.get("split") or "test"),
+                        metric_type="accuracy",
+                        metric_name=name,
+                        metric_value=float(value),
+                        task_name=f"image classification on frozen features ({budget_text(row.get('budget'))})",
+                    )
+                )
+    return entries
 
 
 def _source(config: dict[str, Any], kind: Kind) -> dict[str, Any]:
@@ -118,19 +183,64 @@ def _license_fields(license_id: str | None, base: str | None) -> dict[str, str]:
     return {"license": "other", "license_name": slug, **link}
 
 
-def _intro(config: dict[str, Any], kind: Kind, repo_id: str) -> str:
+def _random_warning(config: dict[str, Any], kind: Kind) -> str:
+    """The card's first line when the scored weights were random: such a model only demonstrates the pipeline."""
+    if weights_origin(_source(config, kind)) != "random":
+        return ""
+    return (
+        "> **Random weights:** this model was built from randomly initialised weights (`pretrained: false`), not "
+        "from a trained model; its outputs and scores are meaningless. It demonstrates the snapvit pipeline only."
+    )
+
+
+def _intro(config: dict[str, Any], kind: Kind, repo_id: str, base_model: str | None = None) -> str:
     source = _source(config, kind)
-    base = _base_hub_id(source)
+    origin = weights_origin(source)
     name = source.get("timm_name") or source.get("model_id") or "a pretrained ViT"
-    base_ref = f"[`{name}`](https://huggingface.co/{base})" if base else f"`{name}`"
+    if origin == "hub":
+        base = _base_hub_id(source)
+        base_ref = f"[`{name}`](https://huggingface.co/{base})"
+    elif origin == "checkpoint":
+        base_ref = f"a `{source.get('architecture') or name}` with the uploader's weights (`{source['checkpoint']}`)"
+    elif origin == "random":
+        base_ref = f"a randomly initialised `{source.get('architecture') or name}`"
+    else:
+        base_ref = f"`{name}`"
     if kind == "sliced":
         what = f"a SnapViT-pruned {base_ref}, cut to a smaller dense ViT without retraining."
     else:
         what = (
-            f"a SnapViT elastic bundle for {base_ref}: the pretrained weights plus one importance score "
+            f"a SnapViT elastic bundle for {base_ref}: the dense weights plus one importance score "
             "per MLP neuron and attention head, from which a model of any compute budget can be sliced."
         )
     return f"# {repo_id.split('/')[-1]}\n\nThis repository holds {what}"
+
+
+def _weights_section(config: dict[str, Any], kind: Kind, base_model: str | None) -> str:
+    """Where the scored weights came from, as far as snapvit knows it."""
+    source = _source(config, kind)
+    origin = weights_origin(source)
+    sha = source.get("weights_sha256")
+    content = f" (content sha256 of the state dict `{sha}`)" if sha else ""
+    if origin == "hub":
+        revision = f" at revision `{source['revision']}`" if source.get("revision") else ""
+        text = f"timm's pretrained weights [`{_base_hub_id(source)}`](https://huggingface.co/{_base_hub_id(source)})"
+        return f"## Source weights\n\nScored from {text}{revision}{content}."
+    if origin == "checkpoint":
+        file_sha = source.get("checkpoint_sha256")
+        file_line = f"`{source['checkpoint']}`" + (f", file sha256 `{file_sha}`" if file_sha else "")
+        stated = (
+            f" The uploader states that they derive from [`{base_model}`](https://huggingface.co/{base_model})."
+            if base_model
+            else ""
+        )
+        return (
+            f"## Source weights\n\nScored from a local checkpoint, {file_line}{content}. Its provenance and licence "
+            f"are the uploader's to state: snapvit cannot trace these weights to a published model.{stated}"
+        )
+    if origin == "random":
+        return f"## Source weights\n\nRandom initialisation of `{source.get('architecture', '')}`{content}."
+    return ""
 
 
 def _about_snapvit() -> str:
@@ -301,12 +411,22 @@ def _scoring_line(scoring: dict[str, Any]) -> str:
     if not method:
         return ""
     settings = scoring.get("settings") or {}
-    shown = ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
-    return f"- **Importance scores:** method `{method}`" + (f" ({shown})" if shown else "")
+    if not settings:
+        return f"- **Importance scores:** method `{method}`"
+    rows = "\n".join(f"| `{k}` | {_setting(v)} |" for k, v in settings.items())
+    return (
+        f"- **Importance scores:** method `{method}`\n\n<details>\n<summary>Scoring settings "
+        f"({len(settings)})</summary>\n\n| setting | value |\n|---|---|\n{rows}\n\n</details>\n"
+    )
 
 
 def _setting(value: Any) -> str:
-    return str(value) if isinstance(value, (str, int, float, bool)) else json.dumps(value, separators=(",", ":"))
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = str(value)
+    else:
+        text = json.dumps(value, separators=(", ", ": "))
+    text = text if len(text) <= 120 else text[:117] + "..."
+    return text.replace("|", "\\|")
 
 
 def _min_keep_line(min_keep: dict[str, Any]) -> str:
@@ -337,7 +457,7 @@ def _eval_section(eval_results: dict[str, Any] | None) -> str:
             + " | ".join(
                 [
                     str(r.get("name", "—")),
-                    _fmt_budget(r.get("budget")),
+                    budget_text(r.get("budget")),
                     _num(acc.get("knn")),
                     _num(acc.get("probe")),
                     _num(r.get("gmacs")),
@@ -352,17 +472,126 @@ def _eval_section(eval_results: dict[str, Any] | None) -> str:
         if setup:
             setups.add(", ".join(setup))
     note = f"\n\nThroughput measured with {'; '.join(sorted(setups))}." if setups else ""
-    return "## Evaluation\n\nResults from `snapvit eval`:\n\n" + "\n".join(rows) + note
+    protocol = _eval_protocol(eval_results or {})
+    return "## Evaluation\n\nResults from `snapvit eval`:\n\n" + "\n".join(rows) + note + protocol
 
 
-def _usage(kind: Kind, hf_id: str) -> str:
+def _eval_protocol(report: dict[str, Any]) -> str:
+    """Data, sample counts, k and preprocessing of an eval report, so a reader can reproduce the numbers."""
+    dataset, settings = report.get("dataset") or {}, report.get("settings") or {}
+    train, test = dataset.get("train") or {}, dataset.get("test") or {}
+    lines = []
+    if train or test:
+        name = test.get("name") or test.get("source") or train.get("name") or "—"
+        subset = (
+            f", seeded subsets (seed {settings['seed']})"
+            if "seed" in settings and (train.get("samples") or test.get("samples"))
+            else ""
+        )
+        lines.append(
+            f"| Data | `{name}`: {train.get('n', '—')} train images (kNN memory, probe training) and "
+            f"{test.get('n', '—')} {test.get('split', 'test')} images scored{subset} |"
+        )
+    if settings.get("k") is not None:
+        vote = settings.get("vote", "majority")
+        lines.append(f"| kNN | k = {settings['k']}, {vote} vote on L2-normalised features |")
+    if settings.get("probe"):
+        lines.append(
+            f"| Linear probe | {settings.get('probe_epochs')} epochs, lr {settings.get('probe_lr')}, epoch chosen on "
+            f"a validation split of train |"
+        )
+    pre = report.get("preprocessing") or {}
+    transform = report.get("transform") or {}
+    if pre or transform:
+        what = transform.get("description") or "whole image resized to the input size, no crop"
+        fields = ", ".join(f"{k} {v}" for k, v in pre.items() if v is not None)
+        resolution = f"{report['resolution']} px, " if report.get("resolution") else ""
+        lines.append(f"| Preprocessing | {resolution}{what}; {fields} |")
+    if not lines:
+        return ""
+    return "\n\n| Protocol | |\n|---|---|\n" + "\n".join(lines)
+
+
+# The card's plain loader: timm + safetensors, no snapvit. A test runs it (taken from a rendered card) in a process
+# where snapvit_cli cannot be imported and checks that it reproduces snapvit_cli.load exactly.
+PLAIN_TIMM_LOADER = """\
+import json
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+
+def load_sliced(folder: str) -> torch.nn.Module:
+    \"\"\"A snapvit sliced model from timm + safetensors alone: the dense timm model, every layer resized.\"\"\"
+    config = json.load(open(f"{folder}/config.json"))
+    model = timm.create_model(config["architecture"], pretrained=False, **config["model_args"])
+    for name, tensor in load_file(f"{folder}/model.safetensors").items():
+        module, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module), attr, torch.nn.Parameter(tensor, requires_grad=False))
+    for block, heads in zip(model.blocks, config["widths"]["num_heads"]):
+        block.attn.num_heads, block.attn.attn_dim = heads, heads * block.attn.head_dim
+    return model.eval()
+"""
+
+
+def plain_timm_loadable(config: dict[str, Any]) -> bool:
+    """Whether :data:`PLAIN_TIMM_LOADER` rebuilds this sliced model: any timm VisionTransformer, and Eva (DINOv3)
+    only with all its heads, because timm's Eva attention reshapes its output to the full embedding width."""
+    family = (config.get("structure") or {}).get("family")
+    heads = (config.get("widths") or {}).get("num_heads") or []
+    return family == "vit" or (family == "eva" and all(h == config["structure"].get("num_heads") for h in heads))
+
+
+def install_hint() -> str:
+    """How to install snapvit, from the package's own metadata: a project URL when ``pyproject.toml`` declares one.
+    snapvit is not published on a package index, so ``pip install snapvit-cli`` is never suggested."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("snapvit-cli").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("source", "repository", "homepage") and url.strip().startswith("https://"):
+            return f'pip install "snapvit-cli @ git+{url.strip()}"'
+    return ""
+
+
+def _usage(kind: Kind, hf_id: str, config: dict[str, Any] | None = None) -> str:
+    install = install_hint()
+    setup = (
+        f"Install snapvit:\n\n```bash\n{install}\n```\n\n"
+        if install
+        else "With snapvit installed from its source repository (`pip install -e .` in a clone):\n\n"
+    )
+    repo = hf_id.removeprefix("hf-hub:").split("@")[0]
+    revision = hf_id.partition("@")[2]
+    download = f'snapshot_download("{repo}"' + (f', revision="{revision}"' if revision else "") + ")"
     if kind == "sliced":
         code = f'import snapvit_cli\n\nmodel = snapvit_cli.load("{hf_id}")  # a torch.nn.Module in eval mode'
-        return f"## Usage\n\n```bash\npip install snapvit-cli\n```\n\n```python\n{code}\n```"
+        if config is not None and plain_timm_loadable(config):
+            plain = (
+                "## Use without snapvit\n\nWith `timm` and `safetensors` only (`pip install timm safetensors`):\n\n"
+                f"```python\n{PLAIN_TIMM_LOADER}\n\nfrom huggingface_hub import snapshot_download\n\n"
+                f"folder = {download}\n"
+                "model = load_sliced(folder)\n"
+                'preprocessing = json.load(open(f"{folder}/config.json"))["pretrained_cfg"]\n'
+                "data_config = timm.data.resolve_data_config(preprocessing)\n"
+                "transform = timm.data.create_transform(**data_config)\n```\n\n"
+            )
+        else:
+            plain = (
+                "## Use without snapvit\n\ntimm's Eva attention (DINOv3) cannot run with fewer heads than it was "
+                "built with, so plain timm cannot rebuild this model; load it with snapvit, or deploy the file "
+                "`snapvit export` writes (ONNX or torch.export `.pt2`, which need neither snapvit nor timm).\n\n"
+            )
+        return f"{plain}## Use with snapvit\n\n{setup}```python\n{code}\n```"
     code = f'import snapvit_cli\n\nbundle = snapvit_cli.load_bundle("{hf_id}")\nmodel = bundle.slice(flops=0.5)'
     cli = f"snapvit slice {hf_id} --flops 0.5 -o out"
     return (
-        "## Usage\n\n```bash\npip install snapvit-cli\n```\n\n"
+        f"## Usage\n\nA bundle is read by snapvit. {setup}"
         "Slice a model at half the FLOPs of the dense one:\n\n"
         f"```python\n{code}\n```\n\nor from the command line:\n\n```bash\n{cli}\n```"
     )
@@ -376,7 +605,7 @@ def _num(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
-def _fmt_budget(budget: Any) -> str:
+def budget_text(budget: Any) -> str:
     """Budgets appear as a number, a string, or a dict like ``{"kind": "flops", "target": 0.5}``."""
     if isinstance(budget, dict):
         return f"{budget.get('kind', '')} {_num(budget.get('target'))}".strip()

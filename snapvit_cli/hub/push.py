@@ -24,7 +24,8 @@ from snapvit_cli.hub.client import (
     check_repo_id,
     hub_errors,
 )
-from snapvit_cli.hub.model_card import render_model_card
+from snapvit_cli.hub.eval_results import matching_results
+from snapvit_cli.hub.model_card import render_model_card, weights_origin
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ def push(
     dry_run_dir: str | os.PathLike | None = None,
     force: bool = False,
     eval_results: dict[str, Any] | None = None,
+    allow_random: bool = False,
+    base_model: str | None = None,
+    license: str | None = None,
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
 
@@ -76,12 +80,28 @@ def push(
     With ``dry_run_dir`` the staged folder is written there instead and nothing is sent. A ``README.md``
     already in a sliced model folder is uploaded as is (``eval_results`` then go unused). ``private=False``
     leaves visibility to the namespace default (public unless an organisation makes new repos private).
+
+    Models scored from random weights are refused unless ``allow_random`` (their card then says so first);
+    ``eval_results`` must describe this very model (:func:`~snapvit_cli.hub.eval_results.matching_results`).
+    ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights.
     """
     path = Path(path)
     check_repo_id(repo_id)
     if create_pr and revision is not None:
         raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
     kind, sources, config, examples = _collect(path)
+    source = config.get("base_model" if kind == "sliced" else "source") or {}
+    if weights_origin(source) == "random" and not allow_random:
+        raise HubError(
+            f"{path} was scored from random weights (pretrained: false); pass --allow-random to push it anyway "
+            "(its card then says so in its first line)"
+        )
+    if base_model is not None and weights_origin(source) != "checkpoint":
+        raise HubError("--base-model states where --checkpoint weights come from; this model's source is known")
+    if base_model is not None:
+        check_repo_id(base_model)
+    if eval_results is not None:
+        eval_results = matching_results(eval_results, kind, path, config)
     card_generated = CARD_FILENAME not in sources
     card = (
         render_model_card(
@@ -91,6 +111,8 @@ def push(
             revision=revision,
             eval_results=eval_results,
             examples=examples,
+            base_model=base_model,
+            license=license,
         )
         if card_generated
         else None
