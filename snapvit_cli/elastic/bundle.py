@@ -30,8 +30,8 @@ from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
+from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
-from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix
 from snapvit_cli.errors import BundleError, SnapvitError

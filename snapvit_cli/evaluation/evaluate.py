@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
+from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.devices import DEVICES, resolve_device
 from snapvit_cli.elastic.budget import SlicePlan
-from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
 from snapvit_cli.evaluation.knn import VOTES, knn_accuracy
 from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
