@@ -31,6 +31,8 @@ from torch import nn
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
 from snapvit_cli.adapters.cost import CostTerms
+from snapvit_cli.elastic.artifacts import BUNDLE_KIND
+from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix
@@ -39,8 +41,6 @@ from snapvit_cli.fileio import atomic_path, check_output, sha256_file
 from snapvit_cli.models.loading import ModelSource, build_architecture
 
 FORMAT_VERSION = 1
-BUNDLE_KIND = "elastic-bundle"
-METADATA_KEY = "snapvit"
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
 ORDER_KEYS = {MLP: "order.mlp", HEADS: "order.heads"}
