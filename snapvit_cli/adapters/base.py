@@ -96,17 +96,6 @@ def unit_rows(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
     return view.transpose(0, 1).reshape(view.shape[1], -1)
 
 
-def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:
-    """A copy of ``tensor`` with the slices of the ``removed`` units set to zero (exact stand-in for removal)."""
-    axis = spec.axis % tensor.ndim
-    shape = tensor.shape
-    n_units = shape[axis] // (spec.groups * spec.unit_size)
-    out = tensor.clone()
-    view = out.view(*shape[:axis], spec.groups, n_units, spec.unit_size, *shape[axis + 1 :])
-    view.index_fill_(axis + 1, removed.to(tensor.device), 0)
-    return out
-
-
 def resized_linear(linear: nn.Linear, *, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
     """An ``nn.Linear`` like ``linear`` (device, dtype, bias) with new sizes; its values are set by loading."""
     return nn.Linear(
