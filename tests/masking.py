@@ -1,4 +1,4 @@
-"""Removal by masking: the exact stand-in for slicing that slices and searches are tested against (method doc §2.3).
+"""Removal by masking: the exact stand-in for slicing that slices and searches are tested against (docs/method.md §2.3).
 
 Zeroing the consumer slices (``fc2`` columns, ``proj`` column groups) of removed units gives the same outputs as
 cutting them out; the package itself masks only through forward pre-hooks (the xNES search), so the state-dict

@@ -90,7 +90,7 @@ def unit_rows(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
     """``[units, n]``: row ``u`` holds every element of unit ``u`` in ``tensor`` (only group ``spec.group`` if set).
 
     Works on a weight or on its gradient; e.g. the reference score of a unit is ``unit_rows(grad, spec)`` squared
-    and averaged over the row (method doc §3.2).
+    and averaged over the row (docs/method.md §3.2).
     """
     view = unit_view(tensor, spec)
     return view.transpose(0, 1).reshape(view.shape[1], -1)
@@ -183,7 +183,7 @@ class ModelAdapter:
 
     # --- behaviour -------------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding with the classifier disabled (method doc §1.4)."""
+        """The pooled embedding with the classifier disabled (docs/method.md §1.4)."""
         raise NotImplementedError
 
     def cost_terms(self, resolution: int | None = None):

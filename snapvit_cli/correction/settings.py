@@ -10,7 +10,7 @@ from snapvit_cli.errors import SnapvitError
 
 @dataclass(frozen=True)
 class CorrectionSettings:
-    """Least-squares correction of a slice on calibration images (method doc §8).
+    """Least-squares correction of a slice on calibration images (docs/method.md §8).
 
     ``data`` is a ``--data`` string (image folder, ``.npz``, ``hf:NAME``, ``demo``) or an
     :class:`~snapvit_cli.data.ImageSet` (used as given); of a string's train split, ``samples`` images are drawn

@@ -1,4 +1,4 @@
-"""From a budget to per-block widths: the global selection rule (method doc §4) and FLOPs/params targets.
+"""From a budget to per-block widths: the global selection rule (docs/method.md §4) and FLOPs/params targets.
 
 Units are ranked globally across blocks, separately for MLP neurons and heads. Within each block the top
 ``max(1, ⌊width·min_keep⌋)`` units are protected; of the rest exactly ``N`` are removed, lowest score first, ties

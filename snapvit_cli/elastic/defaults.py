@@ -1,4 +1,4 @@
-"""Slicing defaults, in a module without torch so that the CLI can show them in ``--help`` (method doc §4, §12)."""
+"""Slicing defaults, in a module without torch so that the CLI can show them in ``--help`` (docs/method.md §4, §12)."""
 
 from __future__ import annotations
 

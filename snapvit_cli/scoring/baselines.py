@@ -1,4 +1,4 @@
-"""Baseline scores of the paper's comparisons (method doc §9), through the same adapter score tensors as the
+"""Baseline scores of the paper's comparisons (docs/method.md §9), through the same adapter score tensors as the
 gradient scores (``fc1`` rows for MLP neurons, the value rows of ``qkv`` for heads).
 
 - ``random``: i.i.d. N(0, 1) per unit from a seeded generator (finite, possibly negative: only the order matters).

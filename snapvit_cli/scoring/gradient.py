@@ -1,4 +1,4 @@
-"""Gradient importance scores (method doc §3): one pass over calibration images, gradients of a loss accumulated
+"""Gradient importance scores (docs/method.md §3): one pass over calibration images, gradients of a loss accumulated
 on the weights that feed each unit (``adapter.score_tensors``: ``fc1`` rows for MLP neurons, the value rows of
 ``qkv`` for heads), then reduced to one number per unit.
 

@@ -1,4 +1,4 @@
-"""Every knob of the data-driven scoring methods, validated in one place (method doc §12 for the defaults).
+"""Every knob of the data-driven scoring methods, validated in one place (docs/method.md §12 for the defaults).
 
 :class:`ScoreSettings` is what :func:`snapvit_cli.scoring.score_model` builds from its keyword arguments; each method
 records the fields it used in the bundle's metadata, so a bundle says exactly how it was scored.

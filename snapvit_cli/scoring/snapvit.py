@@ -1,4 +1,4 @@
-"""Method ``snapvit`` (the default): label-free gradient scores re-weighted by xNES (method doc §3 and §5).
+"""Method ``snapvit`` (the default): label-free gradient scores re-weighted by xNES (docs/method.md §3 and §5).
 
 The bundle keeps, besides the final scores |α_l|·raw_mlp and |β_{l,h}|·raw_heads, the raw scores, the multipliers
 and the fitness trace (§5.5), so a bundle can be re-weighted or diagnosed without scoring again.
