@@ -55,12 +55,13 @@ def export(
     if fmt == "onnx":
         require_onnx()
     specs = budget_specs(flops, params, mlp, heads)
-    kind, path = _resolve(source, json_output)
+    artifact = _resolve(source, json_output)
+    kind, path = artifact.kind, artifact.path
     if kind == "sliced" and specs:
         raise typer.BadParameter("a sliced model has its budget already; --flops/--params/--mlp/--heads need a bundle")
     from snapvit_cli.elastic.grid import output_paths
 
-    stem = _stem(source, path)
+    stem = artifact.name.removeprefix("hf-hub:").split("@")[0].split("/")[-1]
     outputs = output_paths(specs, output, stem, f".{fmt}") if specs else [output or Path(f"{stem}.{fmt}")]
     for target in outputs:
         check_output(target, force)
@@ -82,28 +83,12 @@ def export(
         emit_json(results[0] if len(results) == 1 else results)
 
 
-def _resolve(source: str, json_output: bool) -> tuple[str, Path]:
-    """``("sliced", folder)`` or ``("bundle", file)`` for a local path or an ``hf-hub:`` id."""
-    from snapvit_cli.errors import BundleError
-    from snapvit_cli.hub.client import is_hf_id, resolve_hub_artifact
+def _resolve(source: str, json_output: bool):
+    """The artifact ``source`` names (a bundle file or a sliced-model folder, local or ``hf-hub:``)."""
+    from snapvit_cli.elastic.artifacts import resolve_artifact
 
-    if is_hf_id(source):
-        with quiet_hub(json_output):
-            return resolve_hub_artifact(source)
-    path = Path(source)
-    if path.is_dir():
-        return "sliced", path
-    if path.is_file():
-        return "bundle", path
-    raise BundleError(f"{path} does not exist")
-
-
-def _stem(source: str, path: Path) -> str:
-    from snapvit_cli.hub.client import is_hf_id
-
-    if is_hf_id(source):
-        return source.removeprefix("hf-hub:").split("@")[0].split("/")[-1]
-    return path.name if path.is_dir() else path.stem.removesuffix(".bundle")
+    with quiet_hub(json_output):
+        return resolve_artifact(source)
 
 
 def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset: float):

@@ -70,9 +70,6 @@ class EvalTransform:
         return F.center_crop(image, [height, width])
 
 
-TRANSFORMS = ("resize", "timm")
-
-
 class TimmTransform:
     """timm's evaluation transform (``resolve_data_config`` + ``create_transform``: resize the shorter side to
     size / crop_pct, centre crop, normalise), fed the PIL image a timm user would feed it."""
@@ -105,7 +102,7 @@ def eval_transform(name: str, cfg: dict, resolution: int | None = None):
     if name == "timm":
         return TimmTransform(cfg, resolution)
     if name != "resize":
-        raise DataError(f"--transform must be one of {', '.join(TRANSFORMS)}, not {name!r}")
+        raise DataError(f"unknown transform {name!r}: resize or timm")
     return preprocess(cfg, resolution)
 
 

@@ -53,7 +53,7 @@ def budget_grid(
     if mlp or heads:
         kinds.append("ratios")
     if len(kinds) > 1:
-        raise BudgetError("give one kind of budget: --flops, --params, or --mlp/--heads")
+        raise BudgetError("give exactly one budget: --flops, --params, or --mlp/--heads (each may list several values)")
     if not kinds:
         return []
     if kinds[0] == "flops":

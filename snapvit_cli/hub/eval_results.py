@@ -15,8 +15,9 @@ from snapvit_cli.errors import DataError
 from snapvit_cli.fileio import sha256_file
 
 
-def matching_results(report: dict[str, Any], kind: str, path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """``report`` reduced to the rows that describe the pushed model; :class:`DataError` when none does."""
+def matching_results(report: dict[str, Any], kind: str, weights: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """``report`` reduced to the rows that describe the pushed model (``weights``: the bundle file, or the sliced
+    model's ``model.safetensors``); :class:`DataError` when it describes another model."""
     source = report.get("source")
     if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):
         raise DataError(
@@ -25,13 +26,13 @@ def matching_results(report: dict[str, Any], kind: str, path: Path, config: dict
         )
     evaluated = source["sha256"]
     if kind == "bundle":
-        own = sha256_file(path)
+        own = sha256_file(weights)
         if evaluated != own:
             raise DataError(f"--eval-results: the report evaluated {evaluated[:12]}…, not this bundle ({own[:12]}…)")
         rows = list(report.get("results") or [])
         resolution = (config.get("structure") or {}).get("img_size", [None])[0]
     else:
-        own = sha256_file(path / "model.safetensors")
+        own = sha256_file(weights)
         bundle = config.get("bundle_sha256")
         if evaluated not in (own, bundle):
             raise DataError(
