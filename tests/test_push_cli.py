@@ -7,6 +7,7 @@ to a loopback Hub (tests/hub_server.py) and back; nothing in huggingface_hub is 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,76 @@ def test_model_download_errors_use_the_hub_translation(server):
     assert "repository not found on the Hub: tester/not-a-model" in message and "--checkpoint FILE" in message
     result = run("score", "--model", "hf-hub:tester/not-a-model")
     assert_one_line_error(result, "repository not found on the Hub: tester/not-a-model")
+
+
+# -- truthful cards ---------------------------------------------------------------------------------------------
+def bundle_with_source(folder: Path, **changes) -> tuple[Path, Path]:
+    """A small bundle whose source record has ``changes`` (e.g. a checkpoint), and its half-FLOPs slice."""
+    import dataclasses
+
+    from snapvit_cli.elastic.bundle import write_bundle
+    from snapvit_cli.scoring import score_model
+    from tests.conftest import make_small_model, small_model_source
+
+    model = make_small_model("dino")
+    source = dataclasses.replace(small_model_source("dino", model), **changes)
+    bundle = write_bundle(folder / "b.safetensors", model, source, score_model(model))
+    elastic = load_bundle(bundle)
+    return bundle, elastic.save_slice(folder / "half", elastic.plan(flops=SLICE_FLOPS))
+
+
+def card_meta(text: str) -> dict:
+    return yaml.safe_load(REGEX_YAML_BLOCK.search(text).group(2))
+
+
+def test_checkpoint_card_names_the_file_not_a_hub_model(server, tmp_path):
+    sha = "c" * 64
+    # what `score --model vit_small_patch16_224.dino --checkpoint ft.pth` records: timm's Hub id is still known
+    bundle, sliced_dir = bundle_with_source(
+        tmp_path, checkpoint="ft.pth", checkpoint_sha256=sha, hf_hub_id=BASE_HUB_ID, license=BASE_LICENSE
+    )
+    for path, repo in ((sliced_dir, SLICED_REPO), (bundle, BUNDLE_REPO)):
+        push(path, repo)
+        text = server.files(repo)["README.md"].decode()
+        meta = card_meta(text)
+        assert "base_model" not in meta and BASE_HUB_ID not in text
+        assert meta["license"] == "other"  # never the Hub weights' licence for the user's weights
+        assert "`ft.pth`" in text and f"file sha256 `{sha}`" in text and "uploader" in text
+        ModelCard(text).validate()
+
+    push(sliced_dir, SLICED_REPO, "--base-model", "someone/finetuned-from", "--license", "cc-by-4.0")
+    text = server.files(SLICED_REPO)["README.md"].decode()
+    assert card_meta(text)["base_model"] == "someone/finetuned-from" and card_meta(text)["license"] == "cc-by-4.0"
+    assert "The uploader states that they derive from [`someone/finetuned-from`]" in text
+
+
+def test_base_model_is_refused_for_known_weights(server, artifacts):
+    _, sliced_dir = artifacts
+    result = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--base-model", "a/b")
+    assert result.exit_code == 1 and "--base-model states where --checkpoint weights come from" in result.stderr
+
+
+def test_random_weights_are_refused_unless_allowed(server, tmp_path):
+    bundle, sliced_dir = bundle_with_source(tmp_path, pretrained=False, hf_hub_id=BASE_HUB_ID, license="mit")
+    for path in (sliced_dir, bundle):
+        refused = run("push", path, "--repo", SLICED_REPO, "--token", TOKEN)
+        assert refused.exit_code == 1 and "random weights" in refused.stderr and "--allow-random" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert SLICED_REPO not in server.repos
+    push(sliced_dir, SLICED_REPO, "--allow-random")
+    text = server.files(SLICED_REPO)["README.md"].decode()
+    body = REGEX_YAML_BLOCK.sub("", text, count=1).strip()
+    assert body.splitlines()[0].startswith("> **Random weights:**")
+    meta = card_meta(text)
+    assert "base_model" not in meta and meta["license"] == "other"
+
+
+def test_no_card_suggests_an_install_that_fails(server, artifacts):
+    bundle, sliced_dir = artifacts
+    push(sliced_dir, SLICED_REPO)
+    push(bundle, BUNDLE_REPO)
+    for repo in (SLICED_REPO, BUNDLE_REPO):
+        text = server.files(repo)["README.md"].decode()
+        assert "pip install snapvit-cli" not in text and "pip install 'snapvit-cli" not in text
+        for line in re.findall(r"pip install [^`\n]*", text):
+            assert line in ("pip install timm safetensors", "pip install -e ."), line
