@@ -20,6 +20,7 @@ from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths
 from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_KIND, WEIGHTS_NAME
 from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.header import sort_metadata
 from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
@@ -83,6 +84,7 @@ def save_sliced(
             str(tmp / WEIGHTS_NAME),
             metadata={"format": "pt", "snapvit": json.dumps({"kind": SLICED_KIND})},
         )
+        sort_metadata(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
 
