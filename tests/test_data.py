@@ -336,7 +336,7 @@ def test_describe_is_json_and_identifies_the_data(tmp_path: Path, class_folder: 
 
 def test_hf_source_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail, installed or not
-    with pytest.raises(DataError, match=r"needs the 'datasets' package: pip install 'snapvit-cli\[datasets\]'"):
+    with pytest.raises(DataError, match=r"needs the 'datasets' package: pip install datasets"):
         load_images("hf:uoft-cs/cifar10")
 
 

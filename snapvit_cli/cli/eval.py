@@ -70,6 +70,13 @@ def eval_(
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of accuracy against GMACs (needs matplotlib: the plot extra).")
     ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="Sliced models only: the bundle they were cut from; its dense model is evaluated too (and plotted).",
+            metavar="BUNDLE",
+        ),
+    ] = None,
     force: ForceOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -110,6 +117,7 @@ def eval_(
             budgets=_parse_budgets(budgets),
             checkpoint=checkpoint,
             revision=revision,
+            reference=reference,
             progress=progress,
         )
     if plot is not None:

@@ -8,7 +8,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from snapvit_cli.data.imageset import ImageSet, resolve_split
 from snapvit_cli.errors import DataError
 
-INSTALL_HINT = "pip install 'snapvit-cli[datasets]'"
+INSTALL_HINT = "pip install datasets (the 'datasets' extra)"
 
 
 def load_hf(source: str, split: str) -> ImageSet:

@@ -88,11 +88,14 @@ def open_target(
     budgets: Sequence[float] | None = None,
     checkpoint: str | Path | None = None,
     revision: str | None = None,
+    reference: str | Path | None = None,
 ) -> Target:
     """Resolve TARGET: an elastic bundle (one model per FLOPs budget), a sliced model, or a model name (dense).
 
     Bundles and sliced models may be local paths or ``hf-hub:OWNER/NAME[@REV]`` repositories pushed by
     ``snapvit push``; a sliced model is its folder or that folder's ``config.json`` / ``model.safetensors``.
+    ``reference`` (sliced models only) is the bundle the model was cut from: its dense model is evaluated too, as
+    the first row, so that a report and its plot show what the budget cost.
     """
     from snapvit_cli.elastic.artifacts import looks_like_path, resolve_artifact
 
@@ -101,11 +104,14 @@ def open_target(
         raise SnapvitError("--checkpoint applies to model names only, not to bundles or sliced models")
     if (artifact is None or artifact.kind != "bundle") and budgets is not None:
         raise BudgetError("--budgets applies to elastic bundles only; a sliced model or a model name is one row")
+    if reference is not None and (artifact is None or artifact.kind != "sliced"):
+        raise SnapvitError("--reference applies to sliced models: the bundle they were cut from", param="reference")
     if artifact is None:
         return _model_target(spec, checkpoint, revision)
     if artifact.kind == "bundle":
         return _bundle_target(spec, artifact.path, artifact.name, budgets or DEFAULT_BUDGETS)
-    return _sliced_target(spec, artifact.path, artifact.name)
+    target = _sliced_target(spec, artifact.path, artifact.name)
+    return target if reference is None else _with_reference(target, reference)
 
 
 def _bundle_target(spec: str, path: Path, name: str, budgets: Sequence[float]) -> Target:
@@ -144,6 +150,28 @@ def _sliced_target(spec: str, folder: Path, name: str) -> Target:
     }
     dense = build_architecture(source, device="meta")
     return Target(spec, "sliced", source.pretrained_cfg, dense, [candidate], evaluated)
+
+
+def _with_reference(target: Target, reference: str | Path) -> Target:
+    """``target`` (a sliced model) with the dense model of the bundle it was cut from as its first candidate; the
+    bundle must be that very file (its sha256 is the one the sliced model's config.json records)."""
+    from snapvit_cli.elastic.artifacts import require_kind, resolve_artifact
+    from snapvit_cli.elastic.bundle import ElasticBundle
+
+    artifact = require_kind(resolve_artifact(reference), "bundle")
+    expected = (target.source or {}).get("bundle_sha256")
+    if expected is None or sha256_file(artifact.path) != expected:
+        raise SnapvitError(
+            f"--reference {reference} is not the bundle this model was cut from (its sha256 differs from the "
+            "bundle_sha256 in config.json)",
+            param="reference",
+        )
+    bundle = ElasticBundle.open(artifact.path)
+    plan = bundle.plan(mlp=0.0, heads=0.0)
+    dense = Candidate(artifact.name, dict(plan.budget), lambda: bundle.slice(plan))
+    return Target(
+        target.spec, target.kind, target.pretrained_cfg, target.dense, [dense, *target.candidates], target.source
+    )
 
 
 def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
@@ -295,11 +323,12 @@ def evaluate_target(
     budgets: Sequence[float] | None = None,
     checkpoint: str | Path | None = None,
     revision: str | None = None,
+    reference: str | Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Open TARGET and the data, then :func:`evaluate`; the report's ``wall_s`` includes both openings."""
     started = time.perf_counter()
-    target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision)
+    target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision, reference=reference)
     opened = time.perf_counter()
     data = EvalData.load(data_source, settings)
     loaded = time.perf_counter()

@@ -1,7 +1,7 @@
 """``snapvit eval --plot``: accuracy against GMACs, one point per evaluated model, the dense model marked.
 
-matplotlib is an optional extra (``pip install 'snapvit-cli[plot]'``); it is imported only when a plot is asked
-for, and drawn on an Agg canvas without pyplot so that no GUI backend or global state is touched.
+matplotlib is an optional extra (``pip install matplotlib``, the ``plot`` extra); it is imported only when a plot is
+asked for, and drawn on an Agg canvas without pyplot so that no GUI backend or global state is touched.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def require_matplotlib() -> None:
         importlib.import_module("matplotlib.figure")
         importlib.import_module("matplotlib.backends.backend_agg")
     except ImportError:
-        raise SnapvitError("plotting needs matplotlib: pip install 'snapvit-cli[plot]'") from None
+        raise SnapvitError("plotting needs matplotlib: pip install matplotlib (the 'plot' extra)") from None
 
 
 def plot_accuracy_vs_gmacs(report: dict[str, Any], path: str | os.PathLike) -> Path:
