@@ -102,3 +102,10 @@ def test_loaded_model_has_an_honest_pretrained_cfg(sliced, name):
     assert data["crop_pct"] == recorded.get("crop_pct", data["crop_pct"])
     if name == "siglip2":  # the family's correction survives: squash resize, no crop
         assert data["crop_mode"] == "squash" and data["crop_pct"] == 1.0
+
+
+def test_readme_shows_the_tested_loader():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert PLAIN_TIMM_LOADER in readme

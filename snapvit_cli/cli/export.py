@@ -47,6 +47,7 @@ def export(
     json_output: JsonOpt = False,
 ) -> None:
     """Write a deployable file (ONNX or .pt2) with a dynamic batch axis, checked against PyTorch at batch 1 and 7."""
+    from snapvit_cli.elastic.grid import output_paths
     from snapvit_cli.export import FORMATS, export_model, require_onnx
     from snapvit_cli.fileio import check_output
 
@@ -59,8 +60,6 @@ def export(
     kind, path = artifact.kind, artifact.path
     if kind == "sliced" and specs:
         raise typer.BadParameter("a sliced model has its budget already; --flops/--params/--mlp/--heads need a bundle")
-    from snapvit_cli.elastic.grid import output_paths
-
     stem = artifact.name.removeprefix("hf-hub:").split("@")[0].split("/")[-1]
     outputs = output_paths(specs, output, stem, f".{fmt}") if specs else [output or Path(f"{stem}.{fmt}")]
     for target in outputs:
