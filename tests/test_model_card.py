@@ -356,3 +356,13 @@ def test_minimal_config_still_renders():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="kind"):
         render_model_card(SLICED, kind="model", repo_id="me/x")
+
+
+def test_long_scoring_settings_are_collapsed_not_inline():
+    config = copy.deepcopy(SLICED)
+    config["scoring"]["settings"] = {"ga_pairs": [[0.15 + i / 100, i / 100] for i in range(60)], "samples": 1000}
+    text = render_model_card(config, kind="sliced", repo_id="me/x")
+    details = text.split("<details>", 1)[1].split("</details>", 1)[0]
+    assert "| `samples` | 1000 |" in details and "| `ga_pairs` | [[0.15, 0.0]" in details
+    assert max(len(line) for line in details.splitlines()) < 200  # long values are cut, not 1,500 characters
+    assert "ga_pairs" not in text.split("<details>", 1)[0]  # the bullet list only names the method

@@ -274,7 +274,7 @@ def _sliced_details(config: dict[str, Any]) -> str:
         _cost_table(config.get("cost") or {}),
         _widths_table(config.get("widths") or {}, config.get("structure") or {}),
     ]
-    parts = ["\n".join(lines), *tables]
+    parts = ["\n".join(lines), _scoring_details(config.get("scoring") or {}), *tables]
     body = "\n\n".join(p for p in parts if p)
     return f"## Model details\n\n{body}" if body else ""
 
@@ -371,7 +371,7 @@ def _bundle_details(config: dict[str, Any], examples: list[dict[str, Any]]) -> s
         )
         if line
     ]
-    parts = ["\n".join(lines), _examples_table(examples)]
+    parts = ["\n".join(lines), _scoring_details(config.get("scoring") or {}), _examples_table(examples)]
     body = "\n\n".join(p for p in parts if p)
     return f"## Bundle details\n\n{body}" if body else ""
 
@@ -410,13 +410,18 @@ def _scoring_line(scoring: dict[str, Any]) -> str:
     method = scoring.get("method")
     if not method:
         return ""
+    return f"- **Importance scores:** method `{method}`" + (" (settings below)" if scoring.get("settings") else "")
+
+
+def _scoring_details(scoring: dict[str, Any]) -> str:
+    """Every scoring setting in a collapsed table: complete, but out of the reader's way."""
     settings = scoring.get("settings") or {}
     if not settings:
-        return f"- **Importance scores:** method `{method}`"
+        return ""
     rows = "\n".join(f"| `{k}` | {_setting(v)} |" for k, v in settings.items())
     return (
-        f"- **Importance scores:** method `{method}`\n\n<details>\n<summary>Scoring settings "
-        f"({len(settings)})</summary>\n\n| setting | value |\n|---|---|\n{rows}\n\n</details>\n"
+        f"<details>\n<summary>Scoring settings ({len(settings)})</summary>\n\n| setting | value |\n|---|---|\n"
+        f"{rows}\n\n</details>"
     )
 
 
