@@ -3,8 +3,8 @@ half-FLOPs model runs in onnxruntime on the CPU than the dense one.
 
 Run from the repository root (needs the export extra: ``pip install onnx onnxruntime onnxscript``)::
 
-    python benchmarks/export.py                 # ViT-S/16 at 224 px; rewrites the block in benchmarks/README.md
-    python benchmarks/export.py --no-readme --batch-size 4 --rounds 3
+    python -m benchmarks.export                 # ViT-S/16 at 224 px; rewrites the block in benchmarks/README.md
+    python -m benchmarks.export --no-readme --batch-size 4 --rounds 3
 
 A random-init ``vit_small_patch16_224`` (no download) is scored with ``magnitude`` into a bundle; its dense model and
 its 0.5-FLOPs slice are exported to ONNX and ``.pt2`` through :func:`snapvit_cli.export.export_model` (each file is
@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-README = ROOT / "benchmarks" / "README.md"
-BEGIN, END = "<!-- export-benchmark:begin -->", "<!-- export-benchmark:end -->"
+from benchmarks.common import log, machine, write_readme_block
+
 ARCH = "vit_small_patch16_224"
 
 
@@ -79,8 +75,6 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
 
-    import torch
-
     from snapvit_cli.export import ONNX_OPSET, export_model
 
     load_before = os.getloadavg()[0]
@@ -96,10 +90,9 @@ def main() -> None:
                 rows.append((name, params, fmt, result))
                 if fmt == "onnx":
                     onnx_files[name] = target
-                print(
+                log(
                     f"{name:9} {fmt:4}: export {result.export_s:6.1f} s, check {result.check_s:5.1f} s, "
-                    f"{result.bytes / 2**20:6.1f} MiB, max |diff| {result.max_abs_diff:.1e}",
-                    flush=True,
+                    f"{result.bytes / 2**20:6.1f} MiB, max |diff| {result.max_abs_diff:.1e}"
                 )
         speed = throughput(onnx_files, args.batch_size, args.rounds, args.repeats, args.threads)
     load_after = os.getloadavg()[0]
@@ -109,10 +102,9 @@ def main() -> None:
     print(f"speed-up of the 0.5-FLOPs model: {ratio:.2f}x (GMACs ratio {plan.dense_gmacs / plan.gmacs:.2f}x)")
 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/export.py" + (f" --batch-size {args.batch_size}" if args.batch_size != 8 else "")
+    command = "python -m benchmarks.export" + (f" --batch-size {args.batch_size}" if args.batch_size != 8 else "")
     lines = [
-        f"Command: `{command}` — {when}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {_version('onnxruntime')}; "
+        f"Command: `{command}` — {when}, {machine()}, onnxruntime {_version('onnxruntime')}; "
         f"load average {load_before:.1f} before and {load_after:.1f} after the run.",
         f"Model: `{ARCH}` (random init, magnitude scores), 224 px; the 0.5-FLOPs slice has "
         f"{plan.gmacs:.2f} of {plan.dense_gmacs:.2f} GMACs. ONNX: opset {ONNX_OPSET}, dynamo exporter.",
@@ -135,11 +127,7 @@ def main() -> None:
     block = "\n".join(lines)
     print(block)
     if not args.no_readme:
-        text = README.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}"
-            README.write_text(text)
+        write_readme_block("export-benchmark", block)
 
 
 def _version(package: str) -> str:
