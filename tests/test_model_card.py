@@ -366,3 +366,26 @@ def test_long_scoring_settings_are_collapsed_not_inline():
     assert "| `samples` | 1000 |" in details and "| `ga_pairs` | [[0.15, 0.0]" in details
     assert max(len(line) for line in details.splitlines()) < 200  # long values are cut, not 1,500 characters
     assert "ga_pairs" not in text.split("<details>", 1)[0]  # the bullet list only names the method
+
+
+def test_install_line_comes_from_the_package_metadata(monkeypatch):
+    from importlib import metadata
+
+    from snapvit_cli.hub import model_card
+
+    class Meta:
+        def __init__(self, urls):
+            self.urls = urls
+
+        def get_all(self, key):
+            return self.urls if key == "Project-URL" else None
+
+    monkeypatch.setattr(metadata, "metadata", lambda name: Meta(None))
+    assert model_card.install_hint() == ""
+    card = render_model_card(SLICED, kind="sliced", repo_id="me/x")
+    assert "pip install -e ." in card and "pip install snapvit" not in card
+    monkeypatch.setattr(metadata, "metadata", lambda name: Meta(["Source, https://example.org/snapvit.git"]))
+    assert model_card.install_hint() == 'pip install "snapvit-cli @ git+https://example.org/snapvit.git"'
+    assert 'pip install "snapvit-cli @ git+https://example.org/snapvit.git"' in render_model_card(
+        SLICED, kind="sliced", repo_id="me/x"
+    )
