@@ -102,10 +102,10 @@ def push(
         raise HubError("--base-model states where --checkpoint weights come from; this model's source is known")
     if base_model is not None:
         check_repo_id(base_model)
-    if eval_results is not None:
+    card_generated = CARD_FILENAME not in sources
+    if eval_results is not None and card_generated:  # a user's own README.md is uploaded as it is
         weights = sources[BUNDLE_FILENAME if kind == "bundle" else "model.safetensors"]
         eval_results = matching_results(eval_results, kind, weights, config)
-    card_generated = CARD_FILENAME not in sources
     card = (
         render_model_card(
             config,
