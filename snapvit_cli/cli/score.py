@@ -2,81 +2,189 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from snapvit_cli.cli._options import CheckpointOpt, ForceOpt, JsonOpt, PretrainedOpt, RevisionOpt
-from snapvit_cli.cli._output import emit_json, err, out, user_errors
+from snapvit_cli.cli._options import (
+    BUDGET,
+    DATA,
+    MODEL,
+    OUTPUT,
+    SCORING,
+    SEARCH,
+    CheckpointOpt,
+    Crops,
+    Device,
+    ForceOpt,
+    JsonOpt,
+    Loss,
+    Method,
+    PretrainedOpt,
+    QuietOpt,
+    RevisionOpt,
+    ScoreFormula,
+    examples,
+)
+from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import progress_bars, status
+
+EPILOG = examples(
+    "snapvit score --model demo --samples 16 --ga-evals 31 -o demo.safetensors",
+    "snapvit score -m dino_vitb16 -d ~/imagenet/train -o dino_vitb16.safetensors",
+    "snapvit score -m deit_tiny --checkpoint deit_tiny.pth -d photos/ --samples 512 -o deit.safetensors",
+    "snapvit score -m vit_tiny_patch16_224 --method magnitude -o tiny.safetensors",
+)
+STAGES = {"gradients": "gradient pass (images)", "features": "dense features (images)", "xnes": "xNES evaluations"}
 
 
 @user_errors
 def score(
     model: Annotated[
         str,
-        typer.Option("--model", "-m", help="Alias (see `snapvit models`), timm name, hf-hub:org/repo, or 'demo'."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Alias (see `snapvit models`), timm name, hf-hub:org/repo, or 'demo'.",
+            metavar="NAME",
+            rich_help_panel=MODEL,
+        ),
     ] = "demo",
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Bundle to write (default: <model>.bundle.safetensors)."),
-    ] = None,
     checkpoint: CheckpointOpt = None,
     revision: RevisionOpt = None,
     pretrained: PretrainedOpt = True,
     method: Annotated[
-        str,
+        Method,
         typer.Option(
             help="snapvit (gradient scores + xNES re-weighting), gradient (no re-weighting), magnitude, random, "
-            "snip, lamp."
+            "snip, lamp.",
+            rich_help_panel=SCORING,
         ),
     ] = "snapvit",
     data: Annotated[
-        str,
+        str | None,
         typer.Option(
+            "--data",
+            "-d",
             help="Calibration images: an image folder, an .npz (x/y uint8 NHWC), hf:NAME[:CONFIG], or demo "
-            "(the built-in images). Labels are needed only by --loss ce."
+            "(the built-in images; the default only for --model demo). Labels are needed only by --loss ce.",
+            metavar="SOURCE",
+            show_default=False,
+            rich_help_panel=DATA,
         ),
-    ] = "demo",
-    samples: Annotated[int, typer.Option(help="Images for the gradient pass (a seeded random draw).")] = 1000,
-    ga_samples: Annotated[
-        int | None, typer.Option(help="Images for the xNES fitness, a second draw (default: as many as --samples).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per gradient step (the loss is averaged over it).")] = 16,
+    samples: Annotated[
+        int,
+        typer.Option(help="Images for the gradient pass (a seeded random draw).", metavar="N", rich_help_panel=DATA),
+    ] = 1000,
+    ga_samples: Annotated[
+        int | None,
+        typer.Option(
+            help="Images for the xNES fitness, a second draw (default: as many as --samples).",
+            metavar="N",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seeds the image draws, crops, random scores and xNES.", metavar="N", rich_help_panel=DATA),
+    ] = 42,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Images per gradient step (the loss is averaged over it).", metavar="N", rich_help_panel=SCORING
+        ),
+    ] = 16,
     micro_batch: Annotated[
-        int, typer.Option(help="Images whose crops go through one forward/backward: bounds memory, not results.")
+        int,
+        typer.Option(
+            help="Images whose crops go through one forward/backward: bounds memory, not results.",
+            metavar="N",
+            rich_help_panel=SCORING,
+        ),
     ] = 4,
-    seed: Annotated[int, typer.Option(help="Seeds the image draws, crops, random scores and xNES.")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, else mps, else cpu).")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto: cuda, else mps, else cpu.", rich_help_panel=SCORING)] = "auto",
     crops: Annotated[
-        str,
-        typer.Option(help="independent: every view draws its own crop; legacy: the reference's identical views."),
+        Crops,
+        typer.Option(
+            help="independent: every view draws its own crop; legacy: the reference's identical views.",
+            rich_help_panel=SCORING,
+        ),
     ] = "independent",
-    loss: Annotated[str, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).")] = "dino",
+    loss: Annotated[
+        Loss, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).", rich_help_panel=SCORING)
+    ] = "dino",
     score_formula: Annotated[
-        str, typer.Option("--score", help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.")
+        ScoreFormula,
+        typer.Option(
+            "--score",
+            help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.",
+            rich_help_panel=SCORING,
+        ),
     ] = "sqgrad",
-    ga_evals: Annotated[int, typer.Option(help="xNES fitness evaluations (the first is the starting point).")] = 50,
-    ga_sigma: Annotated[float, typer.Option(help="xNES initial step size around the starting multipliers.")] = 0.3,
+    ga_evals: Annotated[
+        int,
+        typer.Option(
+            help="xNES fitness evaluations, the first being the starting point; at least two generations' worth "
+            "(2 x population + 1; 31 for ViT-Tiny, 39 for ViT-B), or 0 for no search.",
+            metavar="N",
+            rich_help_panel=SEARCH,
+        ),
+    ] = 50,
+    ga_sigma: Annotated[
+        float,
+        typer.Option(
+            help="xNES initial step size around the starting multipliers.", metavar="S", rich_help_panel=SEARCH
+        ),
+    ] = 0.3,
     ga_bounds: Annotated[
-        bool, typer.Option(help="Keep xNES candidates inside [0, 2] (--no-ga-bounds: unbounded, as the reference).")
+        bool,
+        typer.Option(
+            help="Keep xNES candidates inside [0, 2] (--no-ga-bounds: unbounded, as the reference).",
+            rich_help_panel=SEARCH,
+        ),
     ] = True,
     ga_pairs: Annotated[
-        str, typer.Option(help="MLP:HEADS removal ratios the fitness averages over.")
+        str,
+        typer.Option(
+            help="MLP:HEADS removal ratios the fitness averages over.", metavar="M:H,...", rich_help_panel=SEARCH
+        ),
     ] = "0.15:0,0.35:0.2,0.55:0.4,0.65:0.5",
     pca_components: Annotated[
-        int, typer.Option(help="PCA components of the dense features compared in the fitness (none if >= dim).")
+        int,
+        typer.Option(
+            help="PCA components of the dense features compared in the fitness (none if >= dim).",
+            metavar="N",
+            rich_help_panel=SEARCH,
+        ),
     ] = 192,
     cka_init: Annotated[
-        bool, typer.Option(help="Start xNES with a covariance from the CKA similarity of units' activations.")
+        bool,
+        typer.Option(
+            help="Start xNES with a covariance from the CKA similarity of units' activations.", rich_help_panel=SEARCH
+        ),
     ] = False,
-    min_keep_mlp: Annotated[float, typer.Option(help="Fraction of each block's MLP neurons never removed.")] = 0.05,
-    min_keep_heads: Annotated[float, typer.Option(help="Fraction of each block's heads never removed.")] = 0.2,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    min_keep_mlp: Annotated[
+        float,
+        typer.Option(help="Fraction of each block's MLP neurons never removed.", metavar="F", rich_help_panel=BUDGET),
+    ] = 0.05,
+    min_keep_heads: Annotated[
+        float, typer.Option(help="Fraction of each block's heads never removed.", metavar="F", rich_help_panel=BUDGET)
+    ] = 0.2,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Bundle to write (default: <model>.bundle.safetensors).",
+            metavar="FILE",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Score every MLP neuron and attention head once and write an elastic bundle."""
@@ -84,17 +192,15 @@ def score(
     from snapvit_cli.elastic.bundle import write_bundle
     from snapvit_cli.fileio import check_output
     from snapvit_cli.models.loading import load_model
-    from snapvit_cli.scoring import DATA_METHODS, METHODS, ScoreSettings, score_model
+    from snapvit_cli.scoring import DATA_METHODS, ScoreSettings, default_data, score_model
     from snapvit_cli.scoring.settings import parse_pairs
 
-    if method not in METHODS:
-        raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
     for name, value in (("--min-keep-mlp", min_keep_mlp), ("--min-keep-heads", min_keep_heads)):
         if not 0.0 <= value < 1.0:
             raise typer.BadParameter(f"{name} must lie in [0, 1)")
     min_keep = {"mlp": min_keep_mlp, "heads": min_keep_heads}
     settings = dict(
-        data=data,
+        data=data if data is not None else default_data(model),
         samples=samples,
         ga_samples=ga_samples,
         batch_size=batch_size,
@@ -112,17 +218,17 @@ def score(
         cka_init=cka_init,
         min_keep=min_keep,
     )
-    ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
+    ScoreSettings.from_kwargs(settings).check_method(method)  # reject bad settings before loading anything
     if method in DATA_METHODS:
         resolve_device(device)
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
     check_output(output, force)  # fail before the expensive part
-    show_progress = not quiet and (sys.stderr.isatty() or not json_output)
-    with err.status(f"loading {model}"):
+    with status(not quiet, f"loading {model}"), quiet_hub(quiet):
         dense, source = load_model(
             model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
         )
-    with _score_progress(show_progress and method in DATA_METHODS) as progress:
+    detail = lambda best: f"best fitness {best:.5f}"  # noqa: E731
+    with progress_bars(not quiet and method in DATA_METHODS, STAGES, detail) as progress:
         scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
     path = write_bundle(output, dense, source, scores, min_keep=min_keep, force=force)
     result = {
@@ -134,39 +240,16 @@ def score(
     search = scores.settings.get("xnes")
     if search is not None:
         result["fitness"] = {"initial": search["initial_fitness"], "best": search["best_fitness"]}
+        result["xnes_updates"] = search["updates"]
     if json_output:
         emit_json(result)
         return
     summary = f"{source.timm_name}, method {scores.method}, {scores.timings['total_s']:.1f} s"
     if search is not None:
-        summary += f"; xNES fitness {search['initial_fitness']:.4f} -> {search['best_fitness']:.4f}"
-    out.print(f"wrote [bold]{path}[/] ({summary})")
-
-
-@contextlib.contextmanager
-def _score_progress(enabled: bool) -> Iterator[Any]:
-    """A progress callback for :func:`snapvit_cli.scoring.score_model` drawing rich bars on stderr (or None)."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    labels = {"gradients": "gradient pass (images)", "features": "dense features (images)", "xnes": "xNES evaluations"}
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[best]}"),
-        console=err,
-        transient=False,
-    ) as bars:
-
-        def update(stage: str, done: int, total: int, best: float | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(labels.get(stage, stage), total=total, best="")
-            shown = "" if best is None else f"best fitness {best:.5f}"
-            bars.update(tasks[stage], completed=done, total=total, best=shown)
-
-        yield update
+        summary += (
+            f"; xNES fitness {search['initial_fitness']:.4f} -> {search['best_fitness']:.4f} "
+            f"in {search['updates']} updates"
+        )
+    elif method == "snapvit":
+        summary += "; no xNES search (--ga-evals 0)"
+    say(f"wrote [bold]{escape(str(path))}[/] ({escape(summary)})")

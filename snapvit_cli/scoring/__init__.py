@@ -17,23 +17,18 @@ from torch import nn
 
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.elastic.bundle import ScoreSet
-from snapvit_cli.errors import SnapvitError
-from snapvit_cli.scoring.settings import ScoreSettings
-
-METHODS = ("snapvit", "gradient", "magnitude", "random", "snip", "lamp")
-DATA_METHODS = frozenset({"snapvit", "gradient", "snip"})
+from snapvit_cli.scoring.settings import DATA_METHODS, METHODS, ScoreSettings, default_data
 
 
 def score_model(model: nn.Module, method: str = "magnitude", **settings: Any) -> ScoreSet:
     """Score every unit of ``model`` with ``method``; ``settings`` are the fields of :class:`ScoreSettings`.
 
     The data-driven methods (``snapvit``, ``gradient``, ``snip``) read calibration images from ``data`` (a
-    ``--data`` string or an :class:`~snapvit_cli.data.ImageSet`; default: the built-in ``demo`` images). The model
-    is left as it was: same device, mode, weights and ``requires_grad`` flags.
+    ``--data`` string or an :class:`~snapvit_cli.data.ImageSet`), which they require: a model is never scored on
+    images it was not given. The model is left as it was: same device, mode, weights and ``requires_grad`` flags.
     """
-    if method not in METHODS:
-        raise SnapvitError(f"unknown scoring method '{method}'; choose one of: {', '.join(METHODS)}")
     config = ScoreSettings.from_kwargs(settings)
+    config.check_method(method)
     adapter = get_adapter(model)
     start = time.perf_counter()
     scores = _run(method, model, adapter, config)
@@ -67,4 +62,4 @@ def _run(method: str, model: nn.Module, adapter, settings: ScoreSettings) -> Sco
     return snapvit_scores(model, adapter, settings)
 
 
-__all__ = ["DATA_METHODS", "METHODS", "ScoreSettings", "score_model"]
+__all__ = ["DATA_METHODS", "METHODS", "ScoreSettings", "default_data", "score_model"]

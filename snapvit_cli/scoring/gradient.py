@@ -238,6 +238,7 @@ def gradient_settings(settings: ScoreSettings, run: GradientPass, device: torch.
     """The settings of a gradient pass as recorded in a bundle."""
     return {
         **settings.record(GRADIENT_SETTINGS),
+        "samples": run.grads.images,  # the images used (fewer than asked when the source has fewer)
         "device": str(device),
         "input": run.config.to_json(),
         "data": run.data,
