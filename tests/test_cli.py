@@ -87,13 +87,15 @@ def test_corrupt_bundle_is_one_line_error(tmp_path, demo_bundle):
 
 
 def test_unknown_model_is_one_line_error(tmp_path):
-    result = run("score", "--model", "vit_nonexistent_patch3", "--method", "magnitude", "-o", str(tmp_path / "b.safetensors"))
+    out = str(tmp_path / "b.safetensors")
+    result = run("score", "--model", "vit_nonexistent_patch3", "--method", "magnitude", "-o", out)
     assert result.exit_code == 1 and "unknown model 'vit_nonexistent_patch3'" in result.stderr
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 
 
 def test_unsupported_model_is_refused(tmp_path):
-    result = run("score", "--model", "resnet18", "--method", "magnitude", "--no-pretrained", "-o", str(tmp_path / "b.safetensors"))
+    out = str(tmp_path / "b.safetensors")
+    result = run("score", "--model", "resnet18", "--method", "magnitude", "--no-pretrained", "-o", out)
     assert result.exit_code == 1 and "not a supported model" in result.stderr and "DeiT" in result.stderr
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 

@@ -162,7 +162,8 @@ def test_revision_round_trip(server, artifacts):
 
 def test_pull_request(server, artifacts):
     _, sliced_dir = artifacts
-    result = run("push", sliced_dir, "--repo", SLICED_REPO, "--create-pr", "--message", "Add", "--token", TOKEN, "--json")
+    args = ["--create-pr", "--message", "Add", "--token", TOKEN, "--json"]
+    result = run("push", sliced_dir, "--repo", SLICED_REPO, *args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["pr_url"] == f"{server.url}/{SLICED_REPO}/discussions/1"
