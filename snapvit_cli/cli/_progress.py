@@ -130,3 +130,11 @@ def _plain_line(task: Any, columns: list[Any]) -> str:
     if task.fields.get("detail"):
         parts.append(task.fields["detail"])
     return " ".join(parts)
+
+
+@contextlib.contextmanager
+def transfer(enabled: bool, message: str) -> Iterator[None]:
+    """Around a Hub download or upload: on a terminal huggingface_hub draws its own bars (size, rate, ETA), so
+    nothing is added; elsewhere, where those bars are hidden, one timestamped line says what is transferred."""
+    with status(enabled and not err.is_interactive, message):
+        yield

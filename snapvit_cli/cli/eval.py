@@ -23,7 +23,7 @@ from snapvit_cli.cli._options import (
     examples,
 )
 from snapvit_cli.cli._output import emit_json, print_table, quiet_hub, say, user_errors
-from snapvit_cli.cli._progress import progress_bars
+from snapvit_cli.cli._progress import progress_bars, transfer
 
 EPILOG = examples(
     "snapvit eval demo.safetensors -d demo --budgets 1.0,0.5",
@@ -182,7 +182,8 @@ def eval_(
 
         require_matplotlib()
         check_output(plot, force)  # fail before the expensive part
-    with quiet_hub(quiet), progress_bars(not quiet, transient=True) as progress:
+    hub = transfer(not quiet and target.startswith("hf-hub:"), f"downloading {target}")
+    with hub, quiet_hub(quiet), progress_bars(not quiet, transient=True) as progress:
         report = evaluate_target(
             target,
             data,

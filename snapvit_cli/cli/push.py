@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from snapvit_cli.cli._options import HUB, OUTPUT, JsonOpt, QuietOpt, examples
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
-from snapvit_cli.cli._progress import status
+from snapvit_cli.cli._progress import status, transfer
 
 EPILOG = examples(
     "snapvit push demo-half --repo OWNER/demo-half",
@@ -90,8 +90,11 @@ def push(
     from snapvit_cli.hub.push import push as push_to_hub
 
     results = _read_eval_results(eval_results) if eval_results is not None else None
-    action = f"writing {dry_run}" if dry_run is not None else f"uploading {path} to {repo}"
-    with status(not quiet, action), quiet_hub(quiet):
+    if dry_run is not None:
+        action = status(not quiet, f"writing {dry_run}")
+    else:
+        action = transfer(not quiet, f"uploading {path} to {repo}")
+    with action, quiet_hub(quiet):
         result = push_to_hub(
             path,
             repo,

@@ -20,7 +20,7 @@ from snapvit_cli.cli._options import (
     examples,
 )
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
-from snapvit_cli.cli._progress import progress_bars
+from snapvit_cli.cli._progress import progress_bars, transfer
 
 EPILOG = examples(
     "snapvit slice demo.safetensors --flops 0.5 -o demo-half",
@@ -155,7 +155,7 @@ def slice_(
         output = Path(f"{_bundle_stem(bundle)}-{tag}")
     if not dry_run:
         check_output(output, force)
-    with quiet_hub(quiet):
+    with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)
     plan = elastic.plan(
         flops=flops,

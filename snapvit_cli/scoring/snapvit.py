@@ -110,6 +110,6 @@ def _without_search(raw: dict, settings: ScoreSettings, run, device, timings: di
             **settings.record(SEARCH_SETTINGS),
             "xnes": None,
         },
-        extras={"raw.mlp": raw[MLP], "raw.heads": raw[HEADS]},
+        extras={"raw.mlp": raw[MLP].clone(), "raw.heads": raw[HEADS].clone()},
         timings=timings,
     )
