@@ -140,14 +140,14 @@ def test_short_flags_mean_one_thing():
 
 def test_choices_match_the_library():
     from snapvit_cli.devices import DEVICES
-    from snapvit_cli.evaluation.evaluate import DTYPES, VOTES
+    from snapvit_cli.evaluation.settings import DTYPES, VOTES
     from snapvit_cli.scoring import METHODS
     from snapvit_cli.scoring.settings import CROP_MODES, LOSSES, SCORE_FORMULAS
 
     assert get_args(_options.Method) == METHODS and get_args(_options.Device) == DEVICES
     assert get_args(_options.Crops) == CROP_MODES and get_args(_options.Loss) == LOSSES
     assert get_args(_options.ScoreFormula) == SCORE_FORMULAS
-    assert set(get_args(_options.Vote)) == set(VOTES) and set(get_args(_options.Dtype)) == set(DTYPES)
+    assert get_args(_options.Vote) == VOTES and get_args(_options.Dtype) == DTYPES
 
 
 @pytest.mark.parametrize(

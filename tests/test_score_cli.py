@@ -81,7 +81,7 @@ def test_other_methods_write_bundles(tmp_path, method):
         (["--method", "best"], "'best' is not one of", 2),
         (["--crops", "diagonal"], "'diagonal' is not one of", 2),
         (["--device", "tpu"], "'tpu' is not one of", 2),
-        (["--ga-pairs", "0.3"], "bad --ga-pairs item", 1),
+        (["--ga-pairs", "0.3"], "--ga-pairs item '0.3' is not MLP:HEADS", 1),
         (["--samples", "0"], "--samples must be at least 1", 1),
         (["--ga-evals", "-1"], "--ga-evals must be 0 (no search) or positive", 1),
         (["--data", "/nonexistent/images"], "not found", 1),
@@ -102,7 +102,7 @@ def test_a_real_model_needs_data(tmp_path, args):
     result = run("score", "-m", "deit_tiny", "--no-pretrained", *args, "-o", str(tmp_path / "x.safetensors"))
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "none were given: pass data= (--data)" in lines[0]
+    assert len(lines) == 1 and "--data is required by method" in lines[0] and "image folder" in lines[0]
     assert not list(tmp_path.iterdir())
 
 
@@ -112,7 +112,7 @@ def test_the_library_refuses_a_data_method_without_data():
     from snapvit_cli.scoring import score_model
 
     model, _ = load_model("demo")
-    with pytest.raises(SnapvitError, match=r"pass data="):
+    with pytest.raises(SnapvitError, match=r"^data is required by method 'gradient'"):
         score_model(model, "gradient")
 
 

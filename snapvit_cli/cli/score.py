@@ -30,6 +30,10 @@ from snapvit_cli.cli._options import (
 )
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, status
+from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
+from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
+
+DEFAULTS = ScoreSettings()  # the defaults shown in --help
 
 EPILOG = examples(
     "snapvit score --model demo --samples 16 --ga-evals 31 -o demo.safetensors",
@@ -78,7 +82,7 @@ def score(
     samples: Annotated[
         int,
         typer.Option(help="Images for the gradient pass (a seeded random draw).", metavar="N", rich_help_panel=DATA),
-    ] = 1000,
+    ] = DEFAULTS.samples,
     ga_samples: Annotated[
         int | None,
         typer.Option(
@@ -90,13 +94,13 @@ def score(
     seed: Annotated[
         int,
         typer.Option(help="Seeds the image draws, crops, random scores and xNES.", metavar="N", rich_help_panel=DATA),
-    ] = 42,
+    ] = DEFAULTS.seed,
     batch_size: Annotated[
         int,
         typer.Option(
             help="Images per gradient step (the loss is averaged over it).", metavar="N", rich_help_panel=SCORING
         ),
-    ] = 16,
+    ] = DEFAULTS.batch_size,
     micro_batch: Annotated[
         int,
         typer.Option(
@@ -104,18 +108,20 @@ def score(
             metavar="N",
             rich_help_panel=SCORING,
         ),
-    ] = 4,
-    device: Annotated[Device, typer.Option(help="auto: cuda, else mps, else cpu.", rich_help_panel=SCORING)] = "auto",
+    ] = DEFAULTS.micro_batch,
+    device: Annotated[
+        Device, typer.Option(help="auto: cuda, else mps, else cpu.", rich_help_panel=SCORING)
+    ] = DEFAULTS.device,
     crops: Annotated[
         Crops,
         typer.Option(
             help="independent: every view draws its own crop; legacy: the reference's identical views.",
             rich_help_panel=SCORING,
         ),
-    ] = "independent",
+    ] = DEFAULTS.crops,
     loss: Annotated[
         Loss, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).", rich_help_panel=SCORING)
-    ] = "dino",
+    ] = DEFAULTS.loss,
     score_formula: Annotated[
         ScoreFormula,
         typer.Option(
@@ -123,7 +129,7 @@ def score(
             help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.",
             rich_help_panel=SCORING,
         ),
-    ] = "sqgrad",
+    ] = DEFAULTS.score,
     ga_evals: Annotated[
         int,
         typer.Option(
@@ -132,26 +138,26 @@ def score(
             metavar="N",
             rich_help_panel=SEARCH,
         ),
-    ] = 50,
+    ] = DEFAULTS.ga_evals,
     ga_sigma: Annotated[
         float,
         typer.Option(
             help="xNES initial step size around the starting multipliers.", metavar="S", rich_help_panel=SEARCH
         ),
-    ] = 0.3,
+    ] = DEFAULTS.ga_sigma,
     ga_bounds: Annotated[
         bool,
         typer.Option(
             help="Keep xNES candidates inside [0, 2] (--no-ga-bounds: unbounded, as the reference).",
             rich_help_panel=SEARCH,
         ),
-    ] = True,
+    ] = DEFAULTS.ga_bounds is not None,
     ga_pairs: Annotated[
         str,
         typer.Option(
             help="MLP:HEADS removal ratios the fitness averages over.", metavar="M:H,...", rich_help_panel=SEARCH
         ),
-    ] = "0.15:0,0.35:0.2,0.55:0.4,0.65:0.5",
+    ] = format_pairs(DEFAULTS.ga_pairs),
     pca_components: Annotated[
         int,
         typer.Option(
@@ -159,20 +165,20 @@ def score(
             metavar="N",
             rich_help_panel=SEARCH,
         ),
-    ] = 192,
+    ] = DEFAULTS.pca_components,
     cka_init: Annotated[
         bool,
         typer.Option(
             help="Start xNES with a covariance from the CKA similarity of units' activations.", rich_help_panel=SEARCH
         ),
-    ] = False,
+    ] = DEFAULTS.cka_init,
     min_keep_mlp: Annotated[
         float,
         typer.Option(help="Fraction of each block's MLP neurons never removed.", metavar="F", rich_help_panel=BUDGET),
-    ] = 0.05,
+    ] = DEFAULT_MIN_KEEP["mlp"],
     min_keep_heads: Annotated[
         float, typer.Option(help="Fraction of each block's heads never removed.", metavar="F", rich_help_panel=BUDGET)
-    ] = 0.2,
+    ] = DEFAULT_MIN_KEEP["heads"],
     output: Annotated[
         Path | None,
         typer.Option(
@@ -192,12 +198,9 @@ def score(
     from snapvit_cli.elastic.bundle import write_bundle
     from snapvit_cli.fileio import check_output
     from snapvit_cli.models.loading import load_model
-    from snapvit_cli.scoring import DATA_METHODS, ScoreSettings, default_data, score_model
+    from snapvit_cli.scoring import DATA_METHODS, default_data, score_model
     from snapvit_cli.scoring.settings import parse_pairs
 
-    for name, value in (("--min-keep-mlp", min_keep_mlp), ("--min-keep-heads", min_keep_heads)):
-        if not 0.0 <= value < 1.0:
-            raise typer.BadParameter(f"{name} must lie in [0, 1)")
     min_keep = {"mlp": min_keep_mlp, "heads": min_keep_heads}
     settings = dict(
         data=data if data is not None else default_data(model),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +23,11 @@ from snapvit_cli.cli._options import (
 )
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
+from snapvit_cli.correction.settings import CorrectionSettings
+from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
+
+# The defaults shown in --help, read off the fields (an instance would validate its damping with torch).
+CORRECT_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
 
 EPILOG = examples(
     "snapvit slice demo.safetensors --flops 0.5 -o demo-half",
@@ -30,7 +37,7 @@ EPILOG = examples(
 )
 
 
-@user_errors
+@user_errors(flags={"samples": "--correct-samples"})
 def slice_(
     bundle: Annotated[
         str,
@@ -65,7 +72,7 @@ def slice_(
             metavar="OFFSET",
             rich_help_panel=BUDGET,
         ),
-    ] = 0.15,
+    ] = DEFAULT_HEAD_OFFSET,
     resolution: Annotated[
         int | None,
         typer.Option(help="Input resolution for GMACs (default: the model's).", metavar="PX", rich_help_panel=BUDGET),
@@ -95,7 +102,7 @@ def slice_(
             metavar="N",
             rich_help_panel=CORRECTION,
         ),
-    ] = 1000,
+    ] = CORRECT_DEFAULTS.samples,
     damping: Annotated[
         str,
         typer.Option(
@@ -103,7 +110,7 @@ def slice_(
             metavar="STAT:F",
             rich_help_panel=CORRECTION,
         ),
-    ] = "mean:0.01",
+    ] = CORRECT_DEFAULTS.damping,
     sequential: Annotated[
         bool,
         typer.Option(
@@ -112,18 +119,18 @@ def slice_(
             "dense model's activations (the reference).",
             rich_help_panel=CORRECTION,
         ),
-    ] = True,
+    ] = CORRECT_DEFAULTS.sequential,
     batch_size: Annotated[
         int, typer.Option(help="With --correct: images per forward pass.", metavar="N", rich_help_panel=CORRECTION)
-    ] = 64,
+    ] = CORRECT_DEFAULTS.batch_size,
     seed: Annotated[
         int,
         typer.Option(help="With --correct: seed of the calibration subset.", metavar="N", rich_help_panel=CORRECTION),
-    ] = 0,
+    ] = CORRECT_DEFAULTS.seed,
     device: Annotated[
         Device,
         typer.Option(help="With --correct: torch device (auto: cuda, else mps, else cpu).", rich_help_panel=CORRECTION),
-    ] = "auto",
+    ] = CORRECT_DEFAULTS.device,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -153,6 +160,17 @@ def slice_(
         given = {"flops": flops, "params": params, "mlp": mlp, "heads": heads}
         tag = "-".join(f"{k}{v:g}" for k, v in given.items() if v is not None)
         output = Path(f"{_bundle_stem(bundle)}-{tag}")
+    settings = None
+    if correct:
+        settings = CorrectionSettings(
+            data=data,
+            samples=correct_samples,
+            seed=seed,
+            damping=damping,
+            sequential=sequential,
+            batch_size=batch_size,
+            device=device,
+        )
     if not dry_run:
         check_output(output, force)
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
@@ -167,9 +185,7 @@ def slice_(
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if correct and not dry_run:
-        result["correction"] = _save_corrected(
-            elastic, plan, output, data, correct_samples, seed, damping, sequential, batch_size, device, force, quiet
-        )
+        result["correction"] = _save_corrected(elastic, plan, output, settings, force, quiet)
     elif not dry_run:
         elastic.save_slice(output, plan, force=force)
     if json_output:
@@ -179,51 +195,18 @@ def slice_(
 
 
 def _save_corrected(
-    elastic,
-    plan,
-    output: Path,
-    data: str,
-    samples: int,
-    seed: int,
-    damping: str,
-    sequential: bool,
-    batch_size: int,
-    device: str,
-    force: bool,
-    quiet: bool,
+    elastic, plan, output: Path, settings: CorrectionSettings, force: bool, quiet: bool
 ) -> dict[str, Any]:
-    """``slice --correct``: calibrate, correct, and write the folder; returns the correction record."""
-    from snapvit_cli.correction.apply import correct_bundle_slice
-    from snapvit_cli.correction.solver import parse_damping
-    from snapvit_cli.data import load_images
-    from snapvit_cli.devices import resolve_device
-    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
-    from snapvit_cli.fileio import sha256_file
-
-    if samples < 1:
-        raise typer.BadParameter("--correct-samples must be positive")
-    spec = parse_damping(damping)
-    torch_device = resolve_device(device)
-    images = load_images(data, "train", samples=samples, seed=seed)
+    """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record."""
+    from snapvit_cli.elastic.sliced import read_config
 
     stages = {"capture": "correction: calibration batches", "blocks": "correction: blocks"}
     with progress_bars(not quiet, stages) as progress:
-        corrected = correct_bundle_slice(
-            elastic,
-            plan,
-            images,
-            batch_size=batch_size,
-            damping=spec,
-            sequential=sequential,
-            device=torch_device,
-            progress=progress,
-        )
-    record = corrected.to_json()
-    config = {**sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path)), "correction": record}
-    save_sliced(output, corrected.state, config, force=force)
+        elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
+    record = read_config(output)["correction"]
     if not quiet:
         note(
-            f"corrected {len(corrected.layers)} layers on {corrected.images} images in {corrected.seconds:.1f} s "
+            f"corrected {len(record['layers'])} layers on {record['images']} images in {record['seconds']:.1f} s "
             f"({record['inputs']} inputs, damping {record['damping']})"
         )
     return record

@@ -1,4 +1,4 @@
-"""xNES re-weighting of gradient scores (method doc §5): one multiplier per block for its MLP neurons and one per
+"""xNES re-weighting of gradient scores (docs/method.md §5): one multiplier per block for its MLP neurons and one per
 (block, head), searched so that the pruned models stay close to the dense one.
 
 Fitness of multipliers θ (lower is better): for every configured (MLP, heads) removal pair, select units globally
@@ -69,9 +69,10 @@ def check_evaluations(adapter: ModelAdapter, settings: ScoreSettings) -> None:
     minimum = 2 * population + 1
     if 0 < settings.ga_evals < minimum:
         raise SnapvitError(
-            f"ga_evals (--ga-evals) {settings.ga_evals} is too few for this model: xNES with population "
-            f"{population} needs at least {minimum} evaluations for two updates; use at least {minimum}, or 0 "
-            "for gradient scores without search"
+            f"ga_evals {settings.ga_evals} is too few for this model: xNES with population {population} needs "
+            f"at least {minimum} evaluations for two updates; use at least {minimum}, or 0 for gradient scores "
+            "without search",
+            param="ga_evals",
         )
 
 
