@@ -98,3 +98,39 @@ def test_a_cached_repository_is_served_when_the_hub_hangs(client, artifacts):
         client(gone.url, HF_HUB_OFFLINE="1")
         assert hub.resolve_hub_artifact(f"hf-hub:{REPO}") == online
         assert gone.requests == []
+
+
+def test_cached_model_weights_load_when_the_hub_hangs_or_offline(client, tmp_path):
+    """A timm model on the Hub, downloaded once, loads again from the cache when the Hub hangs (within the probe's
+    limit, no retries) and with HF_HUB_OFFLINE=1."""
+    import timm
+    import torch
+    from huggingface_hub import HfApi
+    from timm.models import save_for_hf
+
+    args = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, num_classes=0)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, **args)
+    folder = tmp_path / "upload"
+    save_for_hf(model, str(folder), model_args=args, safe_serialization=True)
+    with FakeHub(token=TOKEN) as server:
+        client(server.url)
+        api = HfApi(endpoint=server.url, token=TOKEN)
+        api.create_repo("tester/tiny-vit")
+        api.upload_folder(repo_id="tester/tiny-vit", folder_path=str(folder))
+        online, _ = load_model("hf-hub:tester/tiny-vit")
+    expected = online.state_dict()
+    with SilentServer() as silent:
+        client(silent.url)
+        (cached, _), elapsed = timed(lambda: load_model("hf-hub:tester/tiny-vit"))
+        assert elapsed < LIMIT_S + 1, f"{elapsed:.2f} s"
+        start = time.perf_counter()
+        with pytest.raises(ModelLoadError, match="no answer within"):
+            load_model("hf-hub:tester/never-downloaded")
+        assert time.perf_counter() - start < LIMIT_S
+    with FakeHub(token=TOKEN) as gone:
+        client(gone.url, HF_HUB_OFFLINE="1")
+        offline, _ = load_model("hf-hub:tester/tiny-vit")
+        assert gone.requests == []
+    for loaded in (cached, offline):
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())

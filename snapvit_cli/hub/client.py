@@ -8,6 +8,7 @@ Everything goes through ``huggingface_hub`` (its cache, revisions, token lookup 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -49,10 +50,14 @@ class HubError(SnapvitError):
 # connections but never answers (a captive portal, a firewall that drops packets, a dead proxy) makes a download
 # wait for its etag timeout, then retry with a 60 s timeout and five back-offs (hf_hub_download), and the API
 # calls behind snapshot_download and push have no timeout at all. So every Hub access first asks the endpoint
-# once through huggingface_hub's own HTTP session (its proxies and offline switch), bounded by HUB_TIMEOUT_S for
-# connecting and for the first byte of the answer: any HTTP answer, even an error status, means reachable.
+# once through huggingface_hub's own HTTP session (its proxies and offline switch), bounded by
+# HUB_CONNECT_TIMEOUT_S for connecting and HUB_TIMEOUT_S for the answer: any HTTP answer, even an error status,
+# means reachable.
 
-HUB_TIMEOUT_S = 1.5
+HUB_TIMEOUT_S = 1.0  # for the answer; connecting may take longer on slow links (TCP + TLS handshakes)
+HUB_CONNECT_TIMEOUT_S = 1.5
+UNREACHABLE_MEMORY_S = 30.0  # one command asks once: a failed probe is remembered this long per endpoint
+_unreachable: dict[str, tuple[float, str]] = {}
 
 
 def hub_unreachable() -> str | None:
@@ -60,15 +65,31 @@ def hub_unreachable() -> str | None:
     huggingface_hub itself serves the cache without asking)."""
     if constants.is_offline_mode():
         return None
+    endpoint = constants.ENDPOINT
+    remembered = _unreachable.get(endpoint)
+    if remembered is not None and time.monotonic() - remembered[0] < UNREACHABLE_MEMORY_S:
+        return remembered[1]
     try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT_S, follow_redirects=False)
+        timeout = httpx2.Timeout(HUB_TIMEOUT_S, connect=HUB_CONNECT_TIMEOUT_S)
+        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
     except OfflineModeIsEnabled:
         return None
+    except httpx2.ConnectTimeout:
+        reason = f"no connection within {HUB_CONNECT_TIMEOUT_S:g} s"
     except httpx2.TimeoutException:
-        return f"no answer within {HUB_TIMEOUT_S:g} s"
+        reason = f"no answer within {HUB_TIMEOUT_S:g} s"
     except httpx2.TransportError as err:
-        return f"{type(err).__name__}: {_first(err)}"
-    return None
+        reason = f"{type(err).__name__}: {_first(err)}"
+    else:
+        _unreachable.pop(endpoint, None)
+        return None
+    _unreachable[endpoint] = (time.monotonic(), reason)
+    return reason
+
+
+def forget_reachability() -> None:
+    """Forget failed probes, e.g. after pointing ``HF_ENDPOINT`` at a host that is now up."""
+    _unreachable.clear()
 
 
 @contextlib.contextmanager

@@ -238,11 +238,11 @@ def _hub_repo_id(timm_name: str) -> str | None:
 
 
 def _in_local_cache(timm_name: str) -> bool:
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
 
     hub_id = _hub_repo_id(timm_name)
-    try:
-        return any(repo.repo_id == hub_id for repo in scan_cache_dir().repos)
+    try:  # the cache folder named now: scan_cache_dir's default is the one set when it was first imported
+        return any(repo.repo_id == hub_id for repo in scan_cache_dir(constants.HF_HUB_CACHE).repos)
     except Exception:  # noqa: BLE001 - no cache folder yet
         return False
 
