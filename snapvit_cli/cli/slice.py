@@ -42,8 +42,9 @@ def slice_(
     bundle: Annotated[
         str,
         typer.Argument(
-            help="Elastic bundle (.safetensors) written by `snapvit score`, or hf-hub:OWNER/NAME[@REV] of one "
-            "pushed with `snapvit push`."
+            help="Elastic bundle (.safetensors) written by `snapvit score`, or hf-hub:OWNER/NAME\\[@REV] of one "
+            "pushed with `snapvit push`.",
+            metavar="BUNDLE",
         ),
     ],
     flops: Annotated[
