@@ -250,7 +250,7 @@ def test_extract_features_keeps_dataset_order_and_drops_the_classifier(demo_mode
     with torch.inference_mode():
         last = model.forward_head(model.forward_features(transform(images[19][0])[None]), pre_logits=True)
     torch.testing.assert_close(features[19:], last, rtol=1e-4, atol=1e-5)
-    assert seen == [(8, 20), (16, 20), (20, 20)]
+    assert seen == [(0, 20), (8, 20), (16, 20), (20, 20)]  # the stage's start, then every batch
 
 
 def test_bfloat16_autocast_gives_float32_features_close_to_float32(demo_model):

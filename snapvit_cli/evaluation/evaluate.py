@@ -171,6 +171,8 @@ def extract_features(
     adapter = get_adapter(model)
     loader = make_loader(images, transform, batch_size, num_workers=workers)
     parts, done = [], 0
+    if progress is not None:
+        progress(0, len(images))
     with _inference(device, dtype):
         for batch, _ in loader:
             parts.append(adapter.features(batch.to(device)).float().cpu())

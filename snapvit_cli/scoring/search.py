@@ -177,6 +177,8 @@ class FeatureFitness:
         times in one forward pass (one copy per candidate under :func:`masked`)."""
         out = []
         total = len(self.images)
+        if progress is not None:
+            progress("features", 0, total, None)
         with torch.no_grad():
             for start in range(0, total, self.batch_size):
                 batch = self.images[start : start + self.batch_size]
@@ -243,6 +245,8 @@ def search_multipliers(
         if progress is not None:
             progress("xnes", index + 1, settings.ga_evals, best)
 
+    if progress is not None:
+        progress("xnes", 0, settings.ga_evals, None)
     result = minimize(
         fitness,
         initial_mean(blocks, heads, *settings.ga_init),
