@@ -71,14 +71,14 @@ def progress_bars(
         return
     interactive = err.is_interactive
     columns = [
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # stage labels hold paths: never markup
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),
     ]
     bars = Progress(*columns, console=err, transient=transient, disable=not interactive)
     tasks: dict[str, Any] = {}
@@ -106,7 +106,8 @@ def status(enabled: bool, message: str) -> Iterator[None]:
     if not enabled:
         yield
     elif err.is_interactive:
-        with Progress(SpinnerColumn(), TextColumn(message), TimeElapsedColumn(), console=err, transient=True) as bar:
+        description = TextColumn("{task.description}", markup=False)
+        with Progress(SpinnerColumn(), description, TimeElapsedColumn(), console=err, transient=True) as bar:
             bar.add_task(message, total=None)
             yield
     else:
