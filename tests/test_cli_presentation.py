@@ -205,3 +205,13 @@ def test_plain_progress_lines_are_rate_bounded(monkeypatch):
     assert _output.err.file is stream
     assert 10 <= sum(" stage " in f" {line} " for line in lines) <= 12
     assert sum(" slow " in f" {line} " for line in lines) == 4
+
+
+def test_slice_correct_shows_progress_off_a_terminal(demo_bundle, tmp_path):
+    args = ["slice", str(demo_bundle), "--flops", "0.5", "--correct", "-d", "demo:40/10", "--correct-samples", "16"]
+    result = runner.invoke(app, [*args, "--batch-size", "8", "-o", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    blocks = [line for line in result.stderr.splitlines() if "correction: blocks" in line]
+    assert blocks and all(PROGRESS_LINE.match(line) for line in blocks) and "12/12 100%" in blocks[-1]
+    quiet = runner.invoke(app, [*args, "-q", "-o", str(tmp_path / "q")])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
