@@ -6,9 +6,30 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from snapvit_cli.cli._options import FlopsOpt, ForceOpt, HeadsOpt, JsonOpt, MlpOpt, ParamsOpt, budget_specs
-from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
+from snapvit_cli.cli._options import (
+    BUDGET,
+    OUTPUT,
+    FlopsOpt,
+    ForceOpt,
+    HeadsOpt,
+    JsonOpt,
+    MlpOpt,
+    ParamsOpt,
+    QuietOpt,
+    budget_specs,
+    examples,
+)
+from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import status
+from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
+
+EPILOG = examples(
+    "snapvit export dino-b16-half --format onnx -o dino-b16-half.onnx",
+    "snapvit export dino_vitb16.safetensors --flops 0.25,0.5,0.75 --format onnx -o onnx/ --json",
+    "snapvit export dino-b16-half --format pt2 -o dino-b16-half.pt2",
+)
 
 
 @user_errors
@@ -22,15 +43,24 @@ def export(
     ],
     fmt: Annotated[
         str,
-        typer.Option("--format", help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save)."),
+        typer.Option(
+            "--format",
+            help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = "onnx",
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
     mlp: MlpOpt = None,
     heads: HeadsOpt = None,
     head_offset: Annotated[
-        float, typer.Option(help="With --flops/--params: heads are removed at max(0, mlp_ratio - OFFSET).")
-    ] = 0.15,
+        float,
+        typer.Option(
+            help="With --flops/--params: heads are removed at max(0, mlp_ratio - OFFSET).",
+            metavar="OFFSET",
+            rich_help_panel=BUDGET,
+        ),
+    ] = DEFAULT_HEAD_OFFSET,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -38,12 +68,16 @@ def export(
             "-o",
             help="Output file (default: <source>[-<budget>].<format>); with several budgets, the folder that gets "
             "one <budget>.<format> file each.",
+            metavar="FILE",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
     tolerance: Annotated[
-        float, typer.Option(help="Largest |exported - PyTorch| output difference accepted (float32).")
+        float,
+        typer.Option(help="Largest |exported - PyTorch| output difference accepted (float32).", rich_help_panel=OUTPUT),
     ] = 1e-4,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Write a deployable file (ONNX or .pt2) with a dynamic batch axis, checked against PyTorch at batch 1 and 7."""
@@ -56,7 +90,7 @@ def export(
     if fmt == "onnx":
         require_onnx()
     specs = budget_specs(flops, params, mlp, heads)
-    artifact = _resolve(source, json_output)
+    artifact = _resolve(source, quiet)
     kind, path = artifact.kind, artifact.path
     if kind == "sliced" and specs:
         raise typer.BadParameter("a sliced model has its budget already; --flops/--params/--mlp/--heads need a bundle")
@@ -66,27 +100,25 @@ def export(
         check_output(target, force)
     results = []
     for model, budget, target in _models(kind, path, specs, outputs, head_offset):
-        with err.status(f"exporting {target}"):
+        with status(not quiet, f"exporting {target}"):
             result = export_model(model, target, fmt, force=force, tolerance=tolerance)
         results.append({**result.to_json(), "budget": budget})
         if not json_output:
             opset = f", opset {result.opset}" if result.opset else ""
-            out.print(
-                f"wrote [bold]{result.path}[/] ({result.format}{opset}, input {result.input_shape}, "
+            say(
+                f"wrote [bold]{escape(result.path)}[/] ({result.format}{opset}, input {result.input_shape}, "
                 f"{result.bytes / 2**20:.1f} MiB) in {result.export_s:.1f} s; max |diff| vs PyTorch at batch "
-                f"{' and '.join(map(str, result.checked_batches))}: {result.max_abs_diff:.2e}",
-                highlight=False,
-                soft_wrap=True,
+                f"{' and '.join(map(str, result.checked_batches))}: {result.max_abs_diff:.2e}"
             )
     if json_output:
         emit_json(results[0] if len(results) == 1 else results)
 
 
-def _resolve(source: str, json_output: bool):
+def _resolve(source: str, quiet: bool):
     """The artifact ``source`` names (a bundle file or a sliced-model folder, local or ``hf-hub:``)."""
     from snapvit_cli.elastic.artifacts import resolve_artifact
 
-    with quiet_hub(json_output):
+    with quiet_hub(quiet):
         return resolve_artifact(source)
 
 
