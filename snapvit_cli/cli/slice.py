@@ -36,7 +36,6 @@ CORRECT_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(Correcti
 
 EPILOG = examples(
     "snapvit slice demo.safetensors --flops 0.5 -o demo-half",
-    "snapvit slice dino_vitb16.safetensors --mlp 0.35 --heads 0.2 -o dino-b16-35-20",
     "snapvit slice dino_vitb16.safetensors --flops 0.25,0.5,0.75 -o sliced/ --json",
     "snapvit slice hf-hub:OWNER/NAME --params 0.7 --dry-run --json",
     "snapvit slice tiny.safetensors --flops 0.5 --correct -d cifar10.npz -o tiny-half-corrected",
