@@ -285,7 +285,8 @@ def test_eval_results_of_another_model_are_refused(server, artifacts, tmp_path, 
     results = tmp_path / "eval.json"
     results.write_text(json.dumps(eval_report(sliced_dir, **change)))
     bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
-    assert bad.exit_code == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.exit_code == 1 and len(errors) == 1 and message in errors[0]
     assert SLICED_REPO not in server.repos
 
 
@@ -478,7 +479,7 @@ def test_random_weights_are_refused_unless_allowed(server, tmp_path):
     for path in (sliced_dir, bundle):
         refused = run("push", path, "--repo", SLICED_REPO, "--token", TOKEN)
         assert refused.exit_code == 1 and "random weights" in refused.stderr and "--allow-random" in refused.stderr
-        assert len(refused.stderr.strip().splitlines()) == 1
+        assert len([line for line in refused.stderr.splitlines() if line.startswith("error:")]) == 1
     assert SLICED_REPO not in server.repos
     push(sliced_dir, SLICED_REPO, "--allow-random")
     text = server.files(SLICED_REPO)["README.md"].decode()
