@@ -109,7 +109,7 @@ def eval_(
 
         plot_accuracy_vs_gmacs(report, plot)
     if json_output:
-        emit_json(report)
+        emit_json(report.to_json())
         return
     _print_eval(report)
     if plot is not None:
@@ -153,13 +153,11 @@ def _progress_bars() -> Iterator[Any]:
         yield progress
 
 
-def _print_eval(report: dict[str, Any]) -> None:
-    from snapvit_cli.evaluation.evaluate import budget_label
-
-    results = report["results"]
-    has_probe = any(r["accuracy"]["probe"] is not None for r in results)
-    has_speed = any(r["throughput"] is not None for r in results)
-    table = Table(title=f"snapvit eval {report['target']}", show_edge=False)
+def _print_eval(report) -> None:
+    results = report.results
+    has_probe = any(r.probe is not None for r in results)
+    has_speed = any(r.throughput is not None for r in results)
+    table = Table(title=f"snapvit eval {report.target}", show_edge=False)
     for column in ("budget", "GMACs", "FLOPs", "params (M)", "kNN top-1"):
         table.add_column(column, justify="left" if column == "budget" else "right")
     if has_probe:
@@ -169,23 +167,23 @@ def _print_eval(report: dict[str, Any]) -> None:
         table.add_column("latency (ms)", justify="right")
     for r in results:
         row = [
-            budget_label(r["budget"]) + (" (dense)" if r["dense"] and isinstance(r["budget"], dict) else ""),
-            f"{r['gmacs']:.3f}",
-            f"{r['flops_fraction']:.1%}",
-            f"{r['params'] / 1e6:.2f}",
-            f"{r['accuracy']['knn']:.4f}",
+            r.label() + (" (dense)" if r.dense and r.budget is not None else ""),
+            f"{r.gmacs:.3f}",
+            f"{r.flops_fraction:.1%}",
+            f"{r.params / 1e6:.2f}",
+            f"{r.knn:.4f}",
         ]
         if has_probe:
-            row.append(f"{r['accuracy']['probe']:.4f}")
+            row.append(f"{r.probe:.4f}")
         if has_speed:
-            row += [f"{r['throughput']['images_per_s']:.1f}", f"{r['latency_ms']:.1f}"]
+            row += [f"{r.throughput.images_per_s:.1f}", f"{r.latency_ms:.1f}"]
         table.add_row(*row)
     out.print(table)
-    settings, train, test = report["settings"], report["dataset"]["train"], report["dataset"]["test"]
+    settings, train, test = report.settings, report.dataset["train"], report.dataset["test"]
     vote = settings["vote"] + (f", T = {settings['temperature']:g}" if "temperature" in settings else "")
     lines = [
         f"data: {train['source']} ({train['n']} train / {test['n']} test images, {test['num_classes']} classes), "
-        f"{report['resolution']} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
+        f"{report.resolution} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
     ]
     if has_probe:
         lines.append(
@@ -193,11 +191,11 @@ def _print_eval(report: dict[str, Any]) -> None:
             f"{settings['probe_val_fraction']:.0%} validation split of train; test accuracy of that epoch"
         )
     if has_speed:
-        speed = results[0]["throughput"]
+        speed = results[0].throughput
         lines.append(
-            f"speed: {speed['device']}, {speed['dtype']}, {speed['threads']} threads, batch {speed['batch_size']} "
-            f"(latency at batch 1), median of {speed['repeats']} runs after {speed['warmup']} warm-up"
+            f"speed: {speed.device}, {speed.dtype}, {speed.threads} threads, batch {speed.batch_size} "
+            f"(latency at batch 1), median of {speed.repeats} runs after {speed.warmup} warm-up"
         )
-    lines.append(f"wall time: {report['wall_s']['total']:.1f} s")
+    lines.append(f"wall time: {report.wall_s['total']:.1f} s")
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)

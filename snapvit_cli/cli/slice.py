@@ -124,12 +124,13 @@ def _save_corrected(
     force: bool,
 ) -> dict[str, Any]:
     """``slice --correct``: calibrate, correct, and write the folder; returns the correction record."""
+    from dataclasses import replace
+
     from snapvit_cli.correction.apply import correct_bundle_slice
     from snapvit_cli.correction.solver import parse_damping
     from snapvit_cli.data import load_images
     from snapvit_cli.devices import resolve_device
     from snapvit_cli.elastic.sliced import save_sliced, sliced_config
-    from snapvit_cli.fileio import sha256_file
 
     if samples < 1:
         raise typer.BadParameter("--correct-samples must be positive")
@@ -154,14 +155,14 @@ def _save_corrected(
             progress=progress,
         )
     record = corrected.to_json()
-    config = {**sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path)), "correction": record}
-    save_sliced(output, corrected.state, config, force=force)
+    config = sliced_config(elastic.metadata, plan, bundle_sha256=elastic.verified_sha256())
+    save_sliced(output, corrected.state, replace(config, correction=record), force=force)
     err.print(
         f"corrected {len(corrected.layers)} layers on {corrected.images} images in {corrected.seconds:.1f} s "
         f"({record['inputs']} inputs, damping {record['damping']})",
         highlight=False,
     )
-    return record
+    return {**record, "seconds": round(corrected.seconds, 3)}  # timings go to --json, not into config.json
 
 
 def _bundle_stem(bundle: str) -> str:

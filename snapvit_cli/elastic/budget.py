@@ -16,6 +16,7 @@ import torch
 
 from snapvit_cli.adapters import Widths
 from snapvit_cli.elastic.flops import CostTerms
+from snapvit_cli.elastic.records import Budget
 from snapvit_cli.errors import BudgetError
 
 DEFAULT_MIN_KEEP = {"mlp": 0.05, "heads": 0.2}
@@ -58,7 +59,7 @@ class SlicePlan:
     """What a budget resolves to: widths per block, removed fractions, and the resulting cost."""
 
     widths: Widths
-    budget: dict
+    budget: Budget
     mlp_removed: int
     heads_removed: int
     mlp_ratio: float
@@ -80,6 +81,7 @@ class SlicePlan:
     def to_json(self) -> dict:
         data = asdict(self)
         data["widths"] = self.widths.to_json()
+        data["budget"] = self.budget.to_json()
         data["flops_fraction"] = self.flops_fraction
         data["params_fraction"] = self.params_fraction
         return data
@@ -127,7 +129,7 @@ def plan_slice(
             if r > most + 1e-12:
                 raise BudgetError(f"{name} {r} removes more than the minimum keep allows (at most {most:.4f})")
         n_m, n_h = removal_count(total_m, r_m), removal_count(total_h, r_h)
-        budget = {"kind": "ratios", "mlp": r_m, "heads": r_h}
+        budget = Budget("ratios", mlp=r_m, heads=r_h)
     else:
         kind = given[0]
         fraction = flops if kind == "flops" else params
@@ -147,7 +149,7 @@ def plan_slice(
                 f"--{kind} {fraction} is out of reach with min-keep ratios {min_keep} and --head-offset "
                 f"{head_offset}: the smallest model keeps {floor_fraction / base:.3f}"
             )
-        budget = {"kind": kind, "target": fraction, "head_offset": head_offset}
+        budget = Budget(kind, target=fraction, head_offset=head_offset)
 
     widths = Widths(
         select_widths(_sorted(mlp_scores), n_m, min_keep["mlp"]),
