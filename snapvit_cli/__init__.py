@@ -6,6 +6,8 @@ Python API::
     bundle = snapvit_cli.load_bundle("dino_vitb16.safetensors")   # score once (``snapvit score``) ...
     small = bundle.slice(flops=0.5)                               # ... cut to any budget in-process
     model = snapvit_cli.load("sliced-folder/")                    # or load a saved sliced model
+
+Section marks in docstrings and comments (``§3.2``) refer to ``docs/method.md``: the method as snapvit implements it.
 """
 
 from __future__ import annotations

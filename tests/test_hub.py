@@ -162,7 +162,7 @@ def test_push_bundle_is_renamed_and_round_trips(fake_hub, bundle_file, capfd):
     assert result.kind == "bundle"
     assert f'snapvit_cli.load_bundle("hf-hub:{REPO}")' in uploaded["README.md"].decode()
 
-    downloaded = hub.download_bundle(f"hf-hub:{REPO}")
+    downloaded = hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     assert downloaded.read_bytes() == bundle_file.read_bytes()
     assert hub.resolve_hub_artifact(f"hf-hub:{REPO}") == ("bundle", downloaded)
     assert snapshot(bundle_file) == before
@@ -171,7 +171,7 @@ def test_push_bundle_is_renamed_and_round_trips(fake_hub, bundle_file, capfd):
 
 def test_sliced_model_round_trip(fake_hub, sliced_dir):
     push(sliced_dir, REPO, token=TOKEN)
-    folder = hub.download_sliced_model(f"hf-hub:{REPO}")
+    folder = hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     for name in ("config.json", "model.safetensors"):
         assert (folder / name).read_bytes() == (sliced_dir / name).read_bytes()
     kind, path = hub.resolve_hub_artifact(f"hf-hub:{REPO}")
@@ -189,17 +189,17 @@ def test_push_through_the_lfs_batch_api(configure, sliced_dir):
         assert server.files(REPO)["model.safetensors"] == weights
         assert server.repos[REPO].files("main")["model.safetensors"].lfs
         assert any(r.method == "PUT" and r.path.startswith("/lfs-upload/") for r in server.requests)
-        assert hub.download_sliced_model(f"hf-hub:{REPO}").joinpath("model.safetensors").read_bytes() == weights
+        assert hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1].joinpath("model.safetensors").read_bytes() == weights
 
 
 def test_push_to_a_new_branch_and_download_at_that_revision(fake_hub, sliced_dir):
     push(sliced_dir, REPO, token=TOKEN, revision="v1")
     assert "config.json" in fake_hub.files(REPO, "v1")
     assert fake_hub.files(REPO, "main") == {}
-    config = hub.download(f"hf-hub:{REPO}@v1", "config.json")
+    config = hub.resolve_hub_artifact(f"hf-hub:{REPO}@v1")[1] / "config.json"
     assert config.read_bytes() == (sliced_dir / "config.json").read_bytes()
     with pytest.raises(HubError, match="revision not found"):
-        hub.download_sliced_model(f"hf-hub:{REPO}@nope")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}@nope")[1]
 
 
 def test_push_as_pull_request(fake_hub, sliced_dir):
@@ -275,7 +275,10 @@ def test_dry_run_into_an_existing_empty_folder(fake_hub, bundle_file, tmp_path):
     ("kwargs", "message"),
     [
         ({"repo_id": "no-owner"}, "expected OWNER/NAME"),
-        ({"repo_id": REPO, "create_pr": True, "revision": "dev"}, "do not also pass --revision"),
+        (
+            {"repo_id": REPO, "create_pr": True, "revision": "dev"},
+            "create_pr opens a pull request against the default branch; do not also pass a revision",
+        ),
     ],
 )
 def test_push_refuses_bad_arguments_without_requests(fake_hub, bundle_file, kwargs, message):
@@ -286,11 +289,11 @@ def test_push_refuses_bad_arguments_without_requests(fake_hub, bundle_file, kwar
 
 def test_push_refuses_what_is_not_a_snapvit_artifact(fake_hub, tmp_path):
     (tmp_path / "folder").mkdir()
-    with pytest.raises(BundleError, match="missing config.json, model.safetensors"):
+    with pytest.raises(BundleError, match="a directory but not a sliced model folder"):
         push(tmp_path / "folder", REPO, token=TOKEN)
     plain = tmp_path / "plain.safetensors"
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(plain))
-    with pytest.raises(BundleError, match="not a snapvit bundle"):
+    with pytest.raises(BundleError, match="neither an elastic bundle nor a sliced model"):
         push(plain, REPO, token=TOKEN)
     assert fake_hub.requests == []
 
@@ -333,7 +336,7 @@ def test_a_download_error_echoing_the_env_token_is_scrubbed(fake_hub, bundle_fil
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     fake_hub.fail(401, path_contains="/resolve/", message=f"token {TOKEN} is revoked")
     with pytest.raises(HubError, match=r"authentication failed \(token \*\*\* is revoked\)") as info:
-        hub.download_bundle(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     assert_no_token(capfd, str(info.value))
 
 
@@ -344,7 +347,7 @@ def test_unreachable_hub(configure, sliced_dir, capfd):
         push(sliced_dir, REPO, token=TOKEN)
     assert snapshot(sliced_dir) == before
     with pytest.raises(HubError, match="cannot reach the Hub"):
-        hub.download_sliced_model(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     assert_no_token(capfd, str(info.value))
 
 
@@ -354,7 +357,7 @@ def test_offline_mode(configure, sliced_dir, capfd):
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)") as info:
             push(sliced_dir, REPO, token=TOKEN)
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)"):
-            hub.download_sliced_model(f"hf-hub:{REPO}")
+            hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)"):
             hub.resolve_hub_artifact(f"hf-hub:{REPO}")
         assert server.requests == []
@@ -390,24 +393,24 @@ def test_hub_errors_leaves_bugs_alone():
 
 def test_download_from_a_missing_repository(fake_hub):
     with pytest.raises(HubError, match="repository not found on the Hub: tester/missing"):
-        hub.download_sliced_model("hf-hub:tester/missing")
+        hub.resolve_hub_artifact("hf-hub:tester/missing")[1]
     with pytest.raises(HubError, match="repository not found"):
-        hub.download_bundle("hf-hub:tester/missing")
+        hub.resolve_hub_artifact("hf-hub:tester/missing")[1]
 
 
 def test_download_server_error(fake_hub, sliced_dir):
     push(sliced_dir, REPO, token=TOKEN)
     fake_hub.fail(500, path_contains=f"/api/models/{REPO}/revision/")
     with pytest.raises(HubError, match="the Hub answered 500"):
-        hub.download_sliced_model(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
 
 
 def test_private_repository_needs_the_token_to_download(fake_hub, bundle_file, monkeypatch):
     push(bundle_file, REPO, token=TOKEN, private=True)
     with pytest.raises(HubError, match="repository not found"):
-        hub.download_bundle(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert hub.download_bundle(f"hf-hub:{REPO}").read_bytes() == bundle_file.read_bytes()
+    assert hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1].read_bytes() == bundle_file.read_bytes()
 
 
 def test_resolve_rejects_a_repository_without_snapvit_files(fake_hub):
@@ -416,7 +419,3 @@ def test_resolve_rejects_a_repository_without_snapvit_files(fake_hub):
     api.upload_file(path_or_fileobj=b"hello", path_in_repo="notes.txt", repo_id=REPO)
     with pytest.raises(HubError, match="holds neither bundle.safetensors nor config.json"):
         hub.resolve_hub_artifact(f"hf-hub:{REPO}")
-    with pytest.raises(HubError, match="does not hold a sliced model"):
-        hub.download_sliced_model(f"hf-hub:{REPO}")
-    with pytest.raises(HubError, match="file not found in tester/tiny-snapvit: bundle.safetensors"):
-        hub.download_bundle(f"hf-hub:{REPO}")

@@ -24,17 +24,18 @@ from __future__ import annotations
 import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
+from snapvit_cli.adapters.cost import CostTerms
+from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
-from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.elastic.records import BundleMetadata, Scoring, environment
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
@@ -44,26 +45,15 @@ from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
 from snapvit_cli.schema import parse_json, sorted_json
+from snapvit_cli.scoring.scoreset import ScoreSet
 
-METADATA_KEY = "snapvit"
+if TYPE_CHECKING:
+    from snapvit_cli.correction.apply import Progress as CorrectionProgress
+    from snapvit_cli.correction.settings import CorrectionSettings
+
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
 ORDER_KEYS = {MLP: "order.mlp", HEADS: "order.heads"}
-
-
-@dataclass
-class ScoreSet:
-    """What a scoring method produces: one score per unit, plus anything worth keeping for diagnostics."""
-
-    mlp: torch.Tensor
-    heads: torch.Tensor
-    method: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def of(self, kind: str) -> torch.Tensor:
-        return self.mlp if kind == MLP else self.heads
 
 
 def descending_order(scores: torch.Tensor) -> torch.Tensor:
@@ -291,12 +281,35 @@ class ElasticBundle:
         self._file.check_unchanged()
         return digest
 
-    def save_slice(self, out_dir: str | os.PathLike, plan: SlicePlan, *, force: bool = False) -> Path:
-        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does: the weights come from
-        :meth:`read_verified`, and ``config.json`` records the bundle file's sha256 (the Hub's LFS id for it)."""
-        state, bundle_sha256 = self.read_verified(plan.widths)
+    def save_slice(
+        self,
+        out_dir: str | os.PathLike,
+        plan: SlicePlan,
+        *,
+        force: bool = False,
+        correction: CorrectionSettings | None = None,
+        progress: CorrectionProgress | None = None,
+    ) -> Path:
+        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does; ``config.json`` records
+        the bundle file's sha256 (the Hub's LFS id for it), verified with the weights (:meth:`read_verified`).
+
+        Without ``correction`` the weights come from :meth:`read_verified`. With it, the kept columns of each
+        consumer layer are re-fit on its calibration images first (:mod:`snapvit_cli.correction`), and
+        ``config.json``'s ``correction`` records the settings, the images and every layer's error (no timings).
+        """
+        if correction is None:
+            state, bundle_sha256 = self.read_verified(plan.widths)
+            config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
+            return save_sliced(out_dir, state, config, force=force)
+        check_output(out_dir, force)  # fail before the expensive part
+        from snapvit_cli.correction.apply import correct_with_settings
+
+        bundle_sha256 = self.verified_sha256()
+        result = correct_with_settings(self, plan, correction, progress=progress)
+        self._file.check_unchanged()
+        check_finite(result.state, f"{self.path}: the corrected weights")
         config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-        return save_sliced(out_dir, state, config, force=force)
+        return save_sliced(out_dir, result.state, replace(config, correction=result.to_json()), force=force)
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapvit_cli.elastic.artifacts import BUNDLE_KIND, SLICED_KIND
 from snapvit_cli.errors import BundleError
 from snapvit_cli.models.families import MLP_PRUNING
 from snapvit_cli.models.source import (
@@ -28,8 +29,6 @@ from snapvit_cli.models.source import (
 from snapvit_cli.schema import Fields, check_str, optional_str
 
 FORMAT_VERSION = 1
-BUNDLE_KIND = "elastic-bundle"
-SLICED_KIND = "sliced-model"
 BUDGET_KINDS = ("flops", "params", "ratios")
 MAX_MLP_HIDDEN = int(MAX_EMBED_DIM * MAX_MLP_RATIO)
 BASE_MODEL_KEYS = ("model_id", "timm_name", "hf_hub_id", "revision", "weights_sha256", "license", "checkpoint")

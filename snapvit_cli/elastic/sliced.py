@@ -19,9 +19,9 @@ from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
+from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_KIND, WEIGHTS_NAME
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.records import (
-    SLICED_KIND,
     BundleMetadata,
     Cost,
     SlicedConfig,
@@ -34,9 +34,6 @@ from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:

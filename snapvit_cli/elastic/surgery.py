@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, Widths, get_adapter
-from snapvit_cli.adapters.base import UnitTensor, take_units, zero_units
+from snapvit_cli.adapters.base import UnitTensor, take_units
 
 
 def _unit_args(
@@ -127,20 +127,6 @@ def unpermuted_sha256(file: Any, adapter: ModelAdapter, orders: dict[str, torch.
             yield key, tensor
 
     return state_sha256(restored())
-
-
-def mask_suffix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: Widths):
-    """Zero the consumer slices (``fc2`` columns, ``proj`` columns) of units beyond ``widths``: exact removal."""
-    dense = adapter.widths()
-
-    def removed(kind: str, i: int) -> torch.Tensor | None:
-        keep, total = widths.of(kind)[i], dense.of(kind)[i]
-        return None if keep == total else torch.arange(keep, total)
-
-    def op(tensor, spec, index):
-        return zero_units(tensor, spec, index) if spec.consumer else tensor
-
-    return _map_units(state, adapter, removed, op)
 
 
 def build_model(skeleton: nn.Module, widths: Widths, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -83,7 +83,9 @@ def push(
     path = Path(path)
     check_repo_id(repo_id)
     if create_pr and revision is not None:
-        raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
+        raise HubError(
+            "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
+        )
     kind, sources, config, examples = _collect(path)
     card_generated = CARD_FILENAME not in sources
     card = (
@@ -156,24 +158,25 @@ def _collect(path: Path) -> tuple[Kind, dict[str, Path], Record, list[dict[str, 
     Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
     """
     # Imported here: they pull in torch and timm, which the rest of this module does not need.
+    from snapvit_cli.elastic.artifacts import CONFIG_NAME, WEIGHTS_NAME, resolve_artifact
     from snapvit_cli.elastic.bundle import ElasticBundle
-    from snapvit_cli.elastic.sliced import CONFIG_NAME, WEIGHTS_NAME, read_config
+    from snapvit_cli.elastic.sliced import read_config
 
-    if path.is_dir():
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
-        if missing:
-            raise BundleError(f"{path} is not a sliced model folder: missing {', '.join(missing)}")
-        config = read_config(path)
-        sources = {
-            f.relative_to(path).as_posix(): f
-            for f in sorted(path.rglob("*"))
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
-        }
-        return "sliced", sources, config, []
-    if path.is_file():
-        bundle = ElasticBundle.open(path)
-        return "bundle", {BUNDLE_FILENAME: path}, bundle.metadata, _example_plans(bundle)
-    raise BundleError(f"{path} does not exist")
+    artifact = resolve_artifact(path)
+    if artifact.kind == "bundle":
+        bundle = ElasticBundle.open(artifact.path)
+        return "bundle", {BUNDLE_FILENAME: artifact.path}, bundle.metadata, _example_plans(bundle)
+    folder = artifact.path
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        raise BundleError(f"{folder} is not a sliced model folder: missing {', '.join(missing)}")
+    config = read_config(folder)
+    sources = {
+        f.relative_to(folder).as_posix(): f
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    }
+    return "sliced", sources, config, []
 
 
 def _example_plans(bundle) -> list[dict[str, Any]]:
