@@ -157,7 +157,8 @@ class ElasticBundle:
                 _check_tensors(metadata, shapes, skeleton, adapter)
                 raw = {k: f.get_tensor(k) for k in (*SCORE_KEYS.values(), *ORDER_KEYS.values())}
         except BundleError as exc:
-            raise BundleError(f"{path}: {exc}") from None
+            message = str(exc)
+            raise BundleError(message if message.startswith(str(path)) else f"{path}: {message}") from None
         except SnapvitError:
             raise
         except Exception as exc:  # noqa: BLE001 - safetensors reports corruption with several exception types
@@ -189,7 +190,7 @@ class ElasticBundle:
 
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor of the file by its stored name (e.g. ``raw.mlp``), read on demand."""
-        with self._file.safe_open() as f:
+        with self._file.reading(), self._file.safe_open() as f:
             if name not in f.keys():
                 raise BundleError(f"{self.path} has no tensor {name!r}")
             return f.get_tensor(name)
@@ -198,7 +199,7 @@ class ElasticBundle:
         """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
         the mapping is copy-on-write, so nothing ever writes to the file)."""
         if self._weights is None:
-            with self._file.safe_open(backend="mmap") as f:
+            with self._file.reading(), self._file.safe_open(backend="mmap") as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
@@ -214,7 +215,7 @@ class ElasticBundle:
         expected = self.source.weights_sha256
         if not expected:
             return
-        with self._file.safe_open(backend="pread") as f:
+        with self._file.reading(), self._file.safe_open(backend="pread") as f:
             digest = unpermuted_sha256(f, self._adapter, self._orders, prefix=WEIGHT_PREFIX)
         if digest != expected:
             raise BundleError(
@@ -258,7 +259,7 @@ class ElasticBundle:
     def read_state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
         """The same as :meth:`state_dict`, read straight from the file without keeping the dense weights: only the
         kept units' bytes are read, so a one-off cut (``snapvit slice``) needs about the memory of its result."""
-        with self._file.safe_open(backend="pread") as f:
+        with self._file.reading(), self._file.safe_open(backend="pread") as f:
             return read_prefix(f, self._adapter, widths, prefix=WEIGHT_PREFIX)
 
     def read_verified(self, widths: Widths) -> tuple[dict[str, torch.Tensor], str]:

@@ -16,10 +16,12 @@ same tensors and metadata always give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from snapvit_cli.errors import BundleError
+from snapvit_cli.errors import BundleError, SnapvitError
 
 _PROC_FD = Path("/proc/self/fd")
 CHUNK = 1 << 22
@@ -58,7 +60,21 @@ class OpenFile:
     def safe_open(self, **kwargs: Any):
         """``safetensors.safe_open`` on this version of the file (``framework="pt"`` unless given)."""
         kwargs.setdefault("framework", "pt")
-        return safe_open(self._view, **kwargs)
+        with self.reading():
+            return safe_open(self._view, **kwargs)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Report any failure to read the file (truncated, corrupt, changed underneath) as one line."""
+        try:
+            yield
+        except SnapvitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors and the OS report bad files with several types
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise BundleError(
+                f"{self.path} cannot be read (truncated, corrupt or changed while read?): {reason}"
+            ) from None
 
     def check_unchanged(self) -> None:
         """Raise if the file was modified in place since it was opened (its size or modification time moved)."""
