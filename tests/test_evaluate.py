@@ -16,6 +16,7 @@ from snapvit_cli.data import load_images, preprocess
 from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.evaluation import evaluate as ev
 from snapvit_cli.evaluation.knn import knn_accuracy
+from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.hub.model_card import render_model_card
 
 DATA = "demo:60/20"  # 60 train / 20 test images: 6 and 2 per class
@@ -127,7 +128,10 @@ def test_plot_is_a_readable_png(bundle_report):
 def test_model_card_renders_the_report(bundle_report, demo_bundle):
     report, _ = bundle_report
     card = render_model_card(
-        ElasticBundle.open(demo_bundle).metadata, kind="bundle", repo_id="me/demo", eval_results=report
+        ElasticBundle.open(demo_bundle).metadata,
+        kind="bundle",
+        repo_id="me/demo",
+        eval_results=EvalReport.from_json(report),
     )
     dense, half = report["results"]
     assert "## Evaluation" in card and "flops 0.5 |" in card

@@ -209,10 +209,15 @@ class ModelSource:
             checkpoint=optional_str(f, "checkpoint"),
             checkpoint_sha256=optional_str(f, "checkpoint_sha256"),
             license=optional_str(f, "license"),
-            extra={k: check_str(v, f"{where}.extra.{k}") for k, v in f.obj("extra", Fields({}, "")).data.items()},
+            extra=_strings(f.obj("extra").data if f.has("extra") else {}, f"{where}.extra"),
         )
         f.done()
         return source
+
+
+def _strings(data: dict[str, Any], where: str) -> dict[str, str]:
+    """Free-form notes (``{"note": "random init, torch seed 0"}``): strings only."""
+    return {key: check_str(value, f"{where}.{key}") for key, value in data.items()}
 
 
 def _sha256(value: str, where: str, *, empty: bool = False) -> str:
