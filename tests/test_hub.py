@@ -18,8 +18,6 @@ from snapvit_cli.hub.push import push
 from tests.hub_artifacts import (
     BASE_HUB_ID,
     TOKEN,
-    build_artifacts,
-    copy_artifacts,
     free_port,
     point_client_at,
     restore_client,
@@ -51,16 +49,6 @@ def fake_hub(configure):
     with FakeHub(token=TOKEN) as server:
         configure(server.url)
         yield server
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
-
-
-@pytest.fixture
-def artifacts(built, tmp_path) -> tuple[Path, Path]:
-    return copy_artifacts(built, tmp_path / "mine")
 
 
 @pytest.fixture
