@@ -47,9 +47,10 @@ def evaluate(
     checkpoint: str | os.PathLike | None = None,
     revision: str | None = None,
 ) -> EvalReport:
-    """What ``snapvit eval`` measures (``.to_json()`` is what ``--json`` prints): kNN (and with ``settings.probe`` linear-probe) accuracy, GMACs, params and
-    measured speed of ``target`` — a bundle (one row per FLOPs fraction in ``budgets``), a sliced model or a model
-    name — on ``data`` (an image folder, ``.npz``, ``hf:NAME`` or ``demo`` with train and test splits)."""
+    """What ``snapvit eval`` measures (``.to_json()`` is what ``--json`` prints): kNN (and with ``settings.probe``
+    linear-probe) accuracy, GMACs, params and measured speed of ``target`` — a bundle (one row per FLOPs fraction
+    in ``budgets``), a sliced model or a model name — on ``data`` (an image folder, ``.npz``, ``hf:NAME`` or
+    ``demo`` with train and test splits)."""
     return evaluate_target(
         str(target), data, settings or EvalSettings(), budgets=budgets, checkpoint=checkpoint, revision=revision
     )
