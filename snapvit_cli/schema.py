@@ -66,6 +66,14 @@ def check_data(data: Any, what: str) -> None:
             raise BundleError(f"{what} holds a {type(value).__name__}, not JSON data")
 
 
+def as_data(value: Any, what: str) -> Any:
+    """``value`` as plain JSON data (tuples become lists), for writers; NaN or a non-JSON type is a BundleError."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{what} cannot be stored as JSON ({exc})") from None
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number snapvit accepts")
 

@@ -26,7 +26,7 @@ from snapvit_cli.models.source import (
     check_model_args,
     check_pretrained_cfg,
 )
-from snapvit_cli.schema import Fields, check_str, optional_str
+from snapvit_cli.schema import Fields, as_data, check_str, optional_str
 
 FORMAT_VERSION = 1
 BUDGET_KINDS = ("flops", "params", "ratios")
@@ -131,7 +131,7 @@ class Scoring:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "settings": self.settings}
+        return {"method": self.method, "settings": as_data(self.settings, "scoring settings")}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "scoring") -> Scoring:
@@ -327,7 +327,7 @@ class SlicedConfig:
             "snapvit_version": self.snapvit_version,
         }
         if self.correction is not None:
-            data["correction"] = self.correction
+            data["correction"] = as_data(self.correction, "correction record")
         if self.environment:
             data["environment"] = dict(self.environment)
         SlicedConfig.from_json(data)
