@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from snapvit_cli.cli._options import ForceOpt, JsonOpt
 from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
+
+if TYPE_CHECKING:
+    from snapvit_cli.evaluation.report import EvalReport
 
 
 @user_errors
@@ -153,7 +156,7 @@ def _progress_bars() -> Iterator[Any]:
         yield progress
 
 
-def _print_eval(report) -> None:
+def _print_eval(report: EvalReport) -> None:
     results = report.results
     has_probe = any(r.probe is not None for r in results)
     has_speed = any(r.throughput is not None for r in results)
