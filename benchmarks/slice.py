@@ -125,7 +125,7 @@ def _worker(kind: str, args: list[str]) -> dict:
         with _timed(report, "read"):
             bundle.read_state_dict(widths)
         with _timed(report, "verified"):
-            bundle.read_verified(widths)  # + sha256 of the file and of the un-permuted weights, in a second thread
+            bundle.read_verified(widths)  # + sha256 of the file and of the un-permuted weights, in two threads
         report["model_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
     else:
         raise ValueError(f"unknown worker {kind}")
@@ -276,7 +276,7 @@ def render(result: dict, command: str) -> str:
     lines += [
         "",
         "Integrity checks of `snapvit slice` (`ElasticBundle.read_verified`): reading the kept units alone, then "
-        "reading them while a second thread hashes the bundle file (its sha256 goes into `config.json`) and the "
+        "reading them while two threads hash the bundle file (its sha256 goes into `config.json`) and the "
         "un-permuted weights (checked against the recorded `weights_sha256`), all through the one open file.",
         "",
         "| FLOPs kept | read kept units | read + verify | verification adds |",

@@ -264,12 +264,13 @@ class ElasticBundle:
 
     def read_verified(self, widths: Widths) -> tuple[dict[str, torch.Tensor], str]:
         """:meth:`read_state_dict` plus the file's sha256, after checking the whole bundle: the weights against
-        ``weights_sha256`` (hashed in a second thread while the kept units are read), finite values, and that
-        the file did not change in place meanwhile. What :meth:`save_slice` writes comes from here."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapvit-verify") as pool:
-            verified = pool.submit(self.verified_sha256)
+        ``weights_sha256`` and the file's hash (each in a thread of its own while the kept units are read), finite
+        values, and that the file did not change in place meanwhile. What :meth:`save_slice` writes comes from here."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapvit-verify") as pool:
+            weights_ok, file_sha256 = pool.submit(self.verify_weights), pool.submit(self.sha256)
             state = self.read_state_dict(widths)
-            bundle_sha256 = verified.result()
+            weights_ok.result()
+            bundle_sha256 = file_sha256.result()
         self._file.check_unchanged()
         check_finite(state, f"{self.path}: the sliced weights")
         return state, bundle_sha256

@@ -108,7 +108,7 @@ def state_sha256(items: Iterable[tuple[str, torch.Tensor]]) -> str:
     for key, tensor in items:
         tensor = tensor.detach().contiguous().cpu()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
     return digest.hexdigest()
 
 
