@@ -145,9 +145,9 @@ def test_zero_evaluations_is_gradient_scores_recorded_as_no_search(tmp_path):
     result = run("score", *TINY, "--ga-evals", "0", "-o", str(path), "--quiet")
     assert result.exit_code == 0, result.output
     assert "no xNES search" in result.stdout
-    scoring = load_bundle(path).metadata["scoring"]
-    assert scoring["method"] == "snapvit"
-    assert scoring["settings"]["ga_evals"] == 0 and scoring["settings"]["xnes"] is None
+    scoring = load_bundle(path).metadata.scoring
+    assert scoring.method == "snapvit"
+    assert scoring.settings["ga_evals"] == 0 and scoring.settings["xnes"] is None
     gradient = tmp_path / "plain.safetensors"
     assert run("score", *TINY, "--method", "gradient", "-o", str(gradient), "--quiet").exit_code == 0
     bundle, plain = load_bundle(path), load_bundle(gradient)
@@ -161,6 +161,6 @@ def test_more_images_than_the_source_has(tmp_path):
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: 10 images asked from 'demo:6/2' (train), which has 6: using 6"]
-    settings = load_bundle(path).metadata["scoring"]["settings"]
+    settings = load_bundle(path).metadata.scoring.settings
     assert settings["samples"] == 6 and settings["images"] == 6
     assert settings["data"]["n"] == 6 and settings["data"]["samples"] == 6
