@@ -12,6 +12,7 @@ from timm.data import resolve_data_config
 
 from snapvit_cli.api import load, load_bundle
 from snapvit_cli.elastic.bundle import write_bundle
+from snapvit_cli.elastic.sliced import read_config
 from snapvit_cli.hub.model_card import PLAIN_TIMM_LOADER, plain_timm_loadable, render_model_card
 from snapvit_cli.scoring import score_model
 from tests.conftest import SMALL_CONFIGS, make_small_model, small_model_source
@@ -40,10 +41,7 @@ def sliced(tmp_path_factory):
 
 def card_snippet(folder) -> str:
     """The plain-timm code of the card rendered for ``folder`` (its first Python block under "Use without")."""
-    import json
-
-    config = json.loads((folder / "config.json").read_text())
-    card = render_model_card(config, kind="sliced", repo_id="someone/model")
+    card = render_model_card(read_config(folder), kind="sliced", repo_id="someone/model")
     section = card.split("## Use without snapvit", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -79,9 +77,7 @@ def test_eva_with_pruned_heads_says_plain_timm_cannot_load_it(tmp_path):
     bundle = write_bundle(tmp_path / "b.safetensors", model, small_model_source("dinov3", model), score_model(model))
     elastic = load_bundle(bundle)
     folder = elastic.save_slice(tmp_path / "half", elastic.plan(flops=0.5))
-    import json
-
-    config = json.loads((folder / "config.json").read_text())
+    config = read_config(folder)
     assert not plain_timm_loadable(config)
     card = render_model_card(config, kind="sliced", repo_id="someone/model")
     assert "plain timm cannot rebuild this model" in card and "snapvit export" in card
@@ -95,7 +91,7 @@ def test_loaded_model_has_an_honest_pretrained_cfg(sliced, name):
     cfg = model.pretrained_cfg
     assert cfg["num_classes"] == model.num_classes == SMALL_CONFIGS[name][1].get("num_classes", 1000)
     assert not {"url", "hf_hub_id", "file", "tag", "license", "label_names"} & {k for k, v in cfg.items() if v}
-    recorded = model.snapvit_config["pretrained_cfg"]
+    recorded = model.snapvit_config.pretrained_cfg
     data = resolve_data_config(model=model)
     assert data["input_size"] == tuple(recorded["input_size"])
     assert data["mean"] == tuple(recorded["mean"]) and data["std"] == tuple(recorded["std"])

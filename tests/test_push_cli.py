@@ -6,6 +6,7 @@ to a loopback Hub (tests/hub_server.py) and back; nothing in huggingface_hub is 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -38,6 +39,7 @@ from tests.hub_artifacts import (
     snapshot,
 )
 from tests.hub_server import FakeHub
+from tests.test_model_card import EVAL
 
 runner = CliRunner()
 SLICED_REPO = "tester/small-half"
@@ -106,7 +108,7 @@ def test_push_sliced_and_load_it_back_identically(server, artifacts):
     x = image_batch(local)
     assert torch.equal(remote(x), local(x))
     assert torch.equal(remote(x), load_bundle(bundle_path).slice(flops=SLICE_FLOPS)(x))
-    assert remote.snapvit_config == json.loads((sliced_dir / "config.json").read_text())
+    assert remote.snapvit_config.to_json() == json.loads((sliced_dir / "config.json").read_text())
 
 
 @torch.no_grad()
@@ -216,31 +218,44 @@ def test_bundle_card_lists_example_budgets(server, artifacts):
     bundle = load_bundle(bundle_path)
     for fraction in (0.9, 0.75, 0.5):
         plan = bundle.plan(flops=fraction)
-        assert f"| FLOPs {100 * fraction:.1f}% | {plan.gmacs:.4g} | {plan.params / 1e6:.4g} |" in text
+        assert f"| {plan.budget.label()} | {plan.gmacs:.4g} | {plan.params / 1e6:.4g} |" in text
     assert f"snapvit slice hf-hub:{BUNDLE_REPO} --flops 0.5 -o out" in text
 
 
 def eval_report(sliced_dir: Path, **changes) -> dict:
-    """A `snapvit eval --json`-shaped report on ``sliced_dir`` (its sha, widths and resolution), with ``changes``."""
+    """A `snapvit eval --json` report on ``sliced_dir`` (its sha, widths and resolution), with ``changes`` applied
+    to its row (keys of a row) or to the report."""
     config = json.loads((sliced_dir / "config.json").read_text())
+    resolution = config["cost"]["resolution"]
     row = {
+        **copy.deepcopy(EVAL["results"][1]),
         "name": "half",
-        "budget": config["budget"],
+        "budget": {k: v for k, v in config["budget"].items() if k not in ("mlp_ratio", "head_ratio")},
         "accuracy": {"knn": 0.7125, "probe": 0.75},
-        "gmacs": 0.01,
+        "probe": {"best_epoch": 3, "val_accuracy": 0.8},
         "widths": config["widths"],
-        "resolution": config["cost"]["resolution"],
+        "resolution": resolution,
     }
     report = {
+        **copy.deepcopy(EVAL),
+        "target": str(sliced_dir),
+        "target_kind": "sliced",
         "source": {"kind": "sliced", "sha256": sha256_file(sliced_dir / "model.safetensors")},
         "dataset": {
             "train": {"name": "cifar10", "split": "train", "n": 500, "samples": 500},
             "test": {"name": "cifar10", "split": "test", "n": 100, "samples": None},
         },
         "settings": {"k": 20, "vote": "majority", "seed": 0, "probe": True, "probe_epochs": 5, "probe_lr": 0.001},
-        "resolution": config["cost"]["resolution"],
+        "resolution": resolution,
         "preprocessing": {"interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3},
-        "transform": {"name": "resize", "description": "whole image resized to the input size (no crop)"},
+        "transform": {
+            "name": "resize",
+            "description": "whole image resized to the input size (no crop)",
+            "input_size": [3, resolution, resolution],
+            "interpolation": "bicubic",
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
         "results": [row],
     }
     for key, value in changes.items():
@@ -266,9 +281,18 @@ def test_eval_results_go_into_the_card_and_model_index(server, artifacts, tmp_pa
     ]
     assert {r.dataset_name for r in parsed.eval_results} == {"cifar10"}
 
-    results.write_text("[1, 2]")
-    bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
-    assert bad.exit_code == 1 and "not `snapvit eval --json` output" in bad.stderr
+    bad_reports = [
+        "[1, 2]",
+        json.dumps({**EVAL, "results": [{"name": "half"}]}),
+        '{"results": [NaN]}',
+        json.dumps(eval_report(sliced_dir, source={"kind": "sliced", "sha256": "not a hash"})),
+        json.dumps(eval_report(sliced_dir, transform={"name": "resize", "description": "no parameters"})),
+    ]
+    for bad_report in bad_reports:
+        results.write_text(bad_report)
+        bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
+        assert bad.exit_code == 1 and "not `snapvit eval --json` output" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

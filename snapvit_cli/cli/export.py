@@ -123,18 +123,20 @@ def _resolve(source: str, quiet: bool):
 
 
 def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset: float):
-    """``(model, budget record, output)`` for each file to write; a bundle is opened once for every budget."""
+    """``(model, budget as JSON, output)`` for each file to write; a bundle is opened once for every budget. The
+    budget is written as the eval report writes it (:meth:`Budget.to_json`, ``"dense"`` for a dense model)."""
     from snapvit_cli.elastic.grid import plan_grid
-    from snapvit_cli.elastic.sliced import load_sliced, read_config
+    from snapvit_cli.elastic.sliced import load_sliced
 
     if kind == "sliced":
-        yield load_sliced(path), read_config(path).get("budget"), outputs[0]
+        model = load_sliced(path)
+        yield model, model.snapvit_config.budget.to_json(), outputs[0]
         return
     from snapvit_cli.elastic.bundle import ElasticBundle
 
     bundle = ElasticBundle.open(path)
     if not specs:
-        yield bundle.dense_model(), {"kind": "dense"}, outputs[0]
+        yield bundle.dense_model(), "dense", outputs[0]
         return
     for plan, target in zip(plan_grid(bundle, specs, head_offset=head_offset), outputs, strict=True):
-        yield bundle.slice(plan), plan.budget, target
+        yield bundle.slice(plan), plan.budget.to_json(), target

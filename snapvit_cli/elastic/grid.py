@@ -92,19 +92,24 @@ def save_slices(
 ) -> list[Path]:
     """Write one sliced-model folder per plan from an opened :class:`ElasticBundle`, reading its file once.
 
-    The weights come from the bundle's memory map (every page read at most once, whatever the number of budgets)
-    and the bundle's sha256 is computed once; the folders are what :meth:`ElasticBundle.save_slice` writes.
+    The dense weights are read once and kept; the bundle is then verified once (weights against
+    ``weights_sha256``, the file's sha256, the file unchanged since it was opened, so that what was kept is what
+    was verified), and every folder is cut from the kept weights: what :meth:`ElasticBundle.save_slice` writes.
     """
     from snapvit_cli.elastic.sliced import save_sliced, sliced_config
-    from snapvit_cli.fileio import check_output, sha256_file
+    from snapvit_cli.elastic.tensor_checks import check_finite
+    from snapvit_cli.fileio import check_output
 
     if len(plans) != len(outputs):
         raise ValueError("one output per plan")
     for out in outputs:
         check_output(out, force)
-    digest = sha256_file(bundle.path)
+    bundle.weights()
+    digest = bundle.verified_sha256()
     written = []
     for plan, out in zip(plans, outputs, strict=True):
+        state = bundle.state_dict(plan.widths)
+        check_finite(state, f"{bundle.path}: the sliced weights")
         config = sliced_config(bundle.metadata, plan, bundle_sha256=digest)
-        written.append(save_sliced(out, bundle.state_dict(plan.widths), config, force=force))
+        written.append(save_sliced(out, state, config, force=force))
     return written

@@ -15,6 +15,10 @@ from typing import Any, Literal
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from snapvit_cli.elastic.records import Budget, BundleMetadata, Cost, Scoring, SlicedConfig
+from snapvit_cli.evaluation.report import EvalReport
+from snapvit_cli.models.source import ModelSource
+
 LIBRARY_NAME = "snapvit"
 TAGS = ["vision", "pruning", "snapvit", "timm", "elastic"]
 ARXIV_ID = "2510.17700"
@@ -47,37 +51,39 @@ HUB_LICENSES = frozenset([
 # fmt: on
 
 Kind = Literal["sliced", "bundle"]
+Record = SlicedConfig | BundleMetadata
 
 
 def render_model_card(
-    config: dict[str, Any],
+    config: Record,
     *,
     kind: Kind,
     repo_id: str,
     revision: str | None = None,
-    eval_results: dict[str, Any] | None = None,
+    eval_results: EvalReport | None = None,
     examples: list[dict[str, Any]] | None = None,
     base_model: str | None = None,
     license: str | None = None,
 ) -> str:
     """The ``README.md`` for a sliced model or an elastic bundle.
 
-    ``config`` is the sliced model's ``config.json`` (:func:`snapvit_cli.elastic.sliced.sliced_config`) or the bundle's
-    ``snapvit`` metadata (:func:`snapvit_cli.elastic.bundle.write_bundle`). ``examples`` are ``SlicePlan.to_json()``
-    dicts listed in a bundle's card; ``eval_results`` is ``snapvit eval --json`` output (already checked to belong
-    to this model, :mod:`snapvit_cli.hub.eval_results`); ``revision`` is the branch pushed to, so the usage snippet
-    loads what this card describes. ``base_model`` and ``license`` are what the uploader states about weights
-    snapvit cannot trace to the Hub (a ``--checkpoint``); an explicit ``license`` always wins.
+    ``config`` is the sliced model's :class:`~snapvit_cli.elastic.records.SlicedConfig` or the bundle's
+    :class:`~snapvit_cli.elastic.records.BundleMetadata`. ``examples`` are ``SlicePlan.to_json()`` dicts listed in a
+    bundle's card; ``eval_results`` is the report of ``snapvit eval`` (already checked to belong to this model,
+    :mod:`snapvit_cli.hub.eval_results`); ``revision`` is the branch pushed to, so the usage snippet loads what this
+    card describes. ``base_model`` and ``license`` are what the uploader states about weights snapvit cannot trace
+    to the Hub (a ``--checkpoint``); an explicit ``license`` always wins.
     """
-    if kind not in ("sliced", "bundle"):
-        raise ValueError(f"kind must be 'sliced' or 'bundle', not {kind!r}")
+    if kind not in ("sliced", "bundle") or isinstance(config, SlicedConfig) != (kind == "sliced"):
+        raise ValueError(f"kind must be 'sliced' for a SlicedConfig or 'bundle' for BundleMetadata, not {kind!r}")
     hf_id = f"hf-hub:{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
+    source = model_source(config)
     sections = [
-        _random_warning(config, kind),
-        _intro(config, kind, repo_id, base_model),
+        _random_warning(source),
+        _intro(source, kind, repo_id),
         _about_snapvit(),
-        _sliced_details(config) if kind == "sliced" else _bundle_details(config, examples or []),
-        _weights_section(config, kind, base_model),
+        _sliced_details(config) if isinstance(config, SlicedConfig) else _bundle_details(config, examples or []),
+        _weights_section(source, base_model),
         _eval_section(eval_results),
         _usage(kind, hf_id, config),
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
@@ -89,12 +95,12 @@ def render_model_card(
 
 
 def card_metadata(
-    config: dict[str, Any],
+    config: Record,
     kind: Kind,
     *,
     base_model: str | None = None,
     license: str | None = None,
-    eval_results: dict[str, Any] | None = None,
+    eval_results: EvalReport | None = None,
     model_name: str | None = None,
 ) -> ModelCardData:
     """The card's YAML metadata: base model, license, library, task, tags and ``model-index`` of the eval results.
@@ -103,11 +109,11 @@ def card_metadata(
     whatever the uploader states (``base_model``), and for random weights nothing. The licence follows the same
     rule: inherited from Hub weights, otherwise ``license`` or ``other``.
     """
-    source = _source(config, kind)
+    source = model_source(config)
     origin = weights_origin(source)
     base = _base_hub_id(source) if origin == "hub" else (base_model if origin == "checkpoint" else None)
-    num_classes = (config.get("structure") or {}).get("num_classes") or 0
-    inherited = source.get("license") if origin == "hub" else None
+    num_classes = config.structure["num_classes"]
+    inherited = source.license if origin == "hub" else None
     results = model_index(eval_results)
     return ModelCardData(
         base_model=base,
@@ -120,54 +126,54 @@ def card_metadata(
     )
 
 
-def weights_origin(source: dict[str, Any]) -> str:
+def model_source(config: Record) -> ModelSource:
+    """The dense model a record was made from: a bundle's ``source``, a sliced config's ``base_model``."""
+    return config.source() if isinstance(config, SlicedConfig) else config.source
+
+
+def weights_origin(source: ModelSource) -> str:
     """Where the scored weights came from: ``checkpoint`` (a user's file), ``random`` (``pretrained: false``),
     or ``hub`` (timm's pretrained weights, named by ``hf_hub_id``); ``unknown`` when nothing says."""
-    if source.get("checkpoint"):
+    if source.checkpoint:
         return "checkpoint"
-    if source.get("pretrained") is False:
+    if not source.pretrained:
         return "random"
-    return "hub" if source.get("hf_hub_id") else "unknown"
+    return "hub" if source.hf_hub_id else "unknown"
 
 
-def model_index(eval_results: dict[str, Any] | None) -> list[EvalResult]:
+def model_index(report: EvalReport | None) -> list[EvalResult]:
     """``model-index`` entries for a ``snapvit eval`` report: kNN top-1 (with its k) and linear-probe top-1 on the
     test split, one pair per evaluated model row."""
-    report = eval_results or {}
-    test = (report.get("dataset") or {}).get("test") or {}
+    if report is None:
+        return []
+    test = report.dataset.get("test") or {}
     dataset = test.get("name") or test.get("source")
     if not dataset:
         return []
-    k = (report.get("settings") or {}).get("k")
+    k = report.settings.get("k")
     entries = []
-    for row in report.get("results") or []:
-        accuracy = row.get("accuracy") or {}
-        for key, name in (("knn", f"kNN top-1 (k={k})" if k else "kNN top-1"), ("probe", "linear-probe top-1")):
-            value = accuracy.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                entries.append(
-                    EvalResult(
-                        task_type="image-classification",
-                        dataset_type=str(dataset),
-                        dataset_name=str(dataset),
-                        dataset_split=str(test.get("split") or "test"),
-                        metric_type="accuracy",
-                        metric_name=name,
-                        metric_value=float(value),
-                        task_name=f"image classification on frozen features ({budget_text(row.get('budget'))})",
-                    )
+    for row in report.results:
+        for value, name in ((row.knn, f"kNN top-1 (k={k})" if k else "kNN top-1"), (row.probe, "linear-probe top-1")):
+            if value is None:
+                continue
+            entries.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=str(dataset),
+                    dataset_name=str(dataset),
+                    dataset_split=str(test.get("split") or "test"),
+                    metric_type="accuracy",
+                    metric_name=name,
+                    metric_value=float(value),
+                    task_name=f"image classification on frozen features ({row.label()})",
                 )
+            )
     return entries
 
 
-def _source(config: dict[str, Any], kind: Kind) -> dict[str, Any]:
-    """The base-model description: ``base_model`` in a sliced config, ``source`` in bundle metadata."""
-    return config.get("base_model" if kind == "sliced" else "source") or {}
-
-
-def _base_hub_id(source: dict[str, Any]) -> str | None:
+def _base_hub_id(source: ModelSource) -> str | None:
     """The base model's Hub repository (``hf_hub_id`` may carry ``hf-hub:`` or ``@revision``)."""
-    hub_id = source.get("hf_hub_id")
+    hub_id = source.hf_hub_id
     return hub_id.removeprefix("hf-hub:").split("@")[0] if hub_id else None
 
 
@@ -183,9 +189,9 @@ def _license_fields(license_id: str | None, base: str | None) -> dict[str, str]:
     return {"license": "other", "license_name": slug, **link}
 
 
-def _random_warning(config: dict[str, Any], kind: Kind) -> str:
+def _random_warning(source: ModelSource) -> str:
     """The card's first line when the scored weights were random: such a model only demonstrates the pipeline."""
-    if weights_origin(_source(config, kind)) != "random":
+    if weights_origin(source) != "random":
         return ""
     return (
         "> **Random weights:** this model was built from randomly initialised weights (`pretrained: false`), not "
@@ -193,17 +199,16 @@ def _random_warning(config: dict[str, Any], kind: Kind) -> str:
     )
 
 
-def _intro(config: dict[str, Any], kind: Kind, repo_id: str, base_model: str | None = None) -> str:
-    source = _source(config, kind)
+def _intro(source: ModelSource, kind: Kind, repo_id: str) -> str:
     origin = weights_origin(source)
-    name = source.get("timm_name") or source.get("model_id") or "a pretrained ViT"
+    name = source.timm_name or source.model_id or "a pretrained ViT"
     if origin == "hub":
         base = _base_hub_id(source)
         base_ref = f"[`{name}`](https://huggingface.co/{base})"
     elif origin == "checkpoint":
-        base_ref = f"a `{source.get('architecture') or name}` with the uploader's weights (`{source['checkpoint']}`)"
+        base_ref = f"a `{source.architecture or name}` with the uploader's weights (`{source.checkpoint}`)"
     elif origin == "random":
-        base_ref = f"a randomly initialised `{source.get('architecture') or name}`"
+        base_ref = f"a randomly initialised `{source.architecture or name}`"
     else:
         base_ref = f"`{name}`"
     if kind == "sliced":
@@ -216,19 +221,18 @@ def _intro(config: dict[str, Any], kind: Kind, repo_id: str, base_model: str | N
     return f"# {repo_id.split('/')[-1]}\n\nThis repository holds {what}"
 
 
-def _weights_section(config: dict[str, Any], kind: Kind, base_model: str | None) -> str:
+def _weights_section(source: ModelSource, base_model: str | None) -> str:
     """Where the scored weights came from, as far as snapvit knows it."""
-    source = _source(config, kind)
     origin = weights_origin(source)
-    sha = source.get("weights_sha256")
+    sha = source.weights_sha256
     content = f" (content sha256 of the state dict `{sha}`)" if sha else ""
     if origin == "hub":
-        revision = f" at revision `{source['revision']}`" if source.get("revision") else ""
+        revision = f" at revision `{source.revision}`" if source.revision else ""
         text = f"timm's pretrained weights [`{_base_hub_id(source)}`](https://huggingface.co/{_base_hub_id(source)})"
         return f"## Source weights\n\nScored from {text}{revision}{content}."
     if origin == "checkpoint":
-        file_sha = source.get("checkpoint_sha256")
-        file_line = f"`{source['checkpoint']}`" + (f", file sha256 `{file_sha}`" if file_sha else "")
+        file_sha = source.checkpoint_sha256
+        file_line = f"`{source.checkpoint}`" + (f", file sha256 `{file_sha}`" if file_sha else "")
         stated = (
             f" The uploader states that they derive from [`{base_model}`](https://huggingface.co/{base_model})."
             if base_model
@@ -239,7 +243,7 @@ def _weights_section(config: dict[str, Any], kind: Kind, base_model: str | None)
             f"are the uploader's to state: snapvit cannot trace these weights to a published model.{stated}"
         )
     if origin == "random":
-        return f"## Source weights\n\nRandom initialisation of `{source.get('architecture', '')}`{content}."
+        return f"## Source weights\n\nRandom initialisation of `{source.architecture}`{content}."
     return ""
 
 
@@ -258,65 +262,41 @@ def _about_snapvit() -> str:
 # -- sliced model ----------------------------------------------------------------------------------------
 
 
-def _sliced_details(config: dict[str, Any]) -> str:
+def _sliced_details(config: SlicedConfig) -> str:
     lines = [
         line
         for line in (
-            _budget_line(config.get("budget") or {}),
-            _scoring_line(config.get("scoring") or {}),
-            _min_keep_line(config.get("min_keep") or {}),
-            _preprocessing_line(config.get("pretrained_cfg") or {}),
+            _budget_line(config.budget, config.mlp_ratio, config.head_ratio),
+            _scoring_line(config.scoring),
+            _min_keep_line(config.min_keep),
+            _preprocessing_line(config.pretrained_cfg),
             _provenance_line(config),
         )
         if line
     ]
-    tables = [
-        _cost_table(config.get("cost") or {}),
-        _widths_table(config.get("widths") or {}, config.get("structure") or {}),
-    ]
-    parts = ["\n".join(lines), _scoring_details(config.get("scoring") or {}), *tables]
+    tables = [_cost_table(config.cost), _widths_table(config.widths, config.structure)]
+    parts = ["\n".join(lines), _scoring_details(config.scoring), *tables]
     body = "\n\n".join(p for p in parts if p)
     return f"## Model details\n\n{body}" if body else ""
 
 
-def _budget_line(budget: dict[str, Any]) -> str:
-    """The budget as asked (``--flops``/``--params`` keep a fraction; ``--mlp``/``--heads`` remove one) and
-    the fractions of units it removed (``mlp_ratio``/``head_ratio`` are fractions *removed*)."""
-    kind = budget.get("kind")
-    if kind in ("flops", "params") and budget.get("target") is not None:
-        measure = "FLOPs" if kind == "flops" else "parameters"
-        asked = f"keep {_pct(budget['target'])} of the dense model's {measure}"
-        if budget.get("head_offset") is not None:
-            asked += f" (head offset {budget['head_offset']:g})"
-    elif kind == "ratios":
-        asked = f"`--mlp {_num(budget.get('mlp'))} --heads {_num(budget.get('heads'))}`"
-    else:
-        return ""
-    removed = [
-        f"{_pct(budget[key])} of the {units}"
-        for key, units in (("mlp_ratio", "MLP neurons"), ("head_ratio", "attention heads"))
-        if budget.get(key) is not None
+def _budget_line(budget: Budget, mlp_ratio: float, head_ratio: float) -> str:
+    """The budget as asked (:meth:`Budget.label`) and the fractions of units it removed."""
+    asked = f"`{budget.label()}`"
+    if budget.head_offset is not None:
+        asked += f" (head offset {budget.head_offset:g})"
+    removed = f"{_pct(mlp_ratio)} of the MLP neurons and {_pct(head_ratio)} of the attention heads"
+    return f"- **Budget:** {asked}; removed {removed}"
+
+
+def _cost_table(cost: Cost) -> str:
+    rows = [
+        "| | This model | Dense model | Fraction |",
+        "|---|---|---|---|",
+        f"| GMACs | {cost.gmacs:.4g} | {cost.dense_gmacs:.4g} | {_pct(cost.flops_fraction)} |",
+        f"| Parameters | {cost.params / 1e6:.4g} M | {cost.dense_params / 1e6:.4g} M | {_pct(cost.params_fraction)} |",
     ]
-    return f"- **Budget:** {asked}" + (f"; removed {' and '.join(removed)}" if removed else "")
-
-
-def _cost_table(cost: dict[str, Any]) -> str:
-    rows = ["| | This model | Dense model | Fraction |", "|---|---|---|---|"]
-    for label, key, fraction_key, scale, unit in (
-        ("GMACs", "gmacs", "flops_fraction", 1.0, ""),
-        ("Parameters", "params", "params_fraction", 1e-6, " M"),
-    ):
-        value, dense = cost.get(key), cost.get(f"dense_{key}")
-        if value is None:
-            continue
-        fraction = cost.get(fraction_key, value / dense if dense else None)
-        other = f"{dense * scale:.4g}{unit}" if dense else "—"
-        rows.append(f"| {label} | {value * scale:.4g}{unit} | {other} | {_pct(fraction)} |")
-    if len(rows) == 2:
-        return ""
-    resolution = cost.get("resolution")
-    note = f"\n\nGMACs at {resolution}×{resolution} input." if resolution else ""
-    return "\n".join(rows) + note
+    return "\n".join(rows) + f"\n\nGMACs at {cost.resolution}×{cost.resolution} input."
 
 
 def _widths_table(widths: dict[str, list[int]], structure: dict[str, Any]) -> str:
@@ -340,20 +320,19 @@ def _preprocessing_line(pre: dict[str, Any]) -> str:
     return "- **Preprocessing** (as the base model): " + ", ".join(fields) if fields else ""
 
 
-def _provenance_line(config: dict[str, Any]) -> str:
+def _provenance_line(config: SlicedConfig) -> str:
     parts = []
-    if config.get("bundle_sha256"):
-        parts.append(f"cut from an elastic bundle with sha256 `{config['bundle_sha256']}`")
-    if config.get("snapvit_version"):
-        parts.append(f"by snapvit {config['snapvit_version']}")
-    return "- **Provenance:** " + " ".join(parts) if parts else ""
+    if config.bundle_sha256:
+        parts.append(f"cut from an elastic bundle with sha256 `{config.bundle_sha256}`")
+    parts.append(f"by snapvit {config.snapvit_version}")
+    return "- **Provenance:** " + " ".join(parts)
 
 
 # -- bundle ----------------------------------------------------------------------------------------------
 
 
-def _bundle_details(config: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    structure = config.get("structure") or {}
+def _bundle_details(config: BundleMetadata, examples: list[dict[str, Any]]) -> str:
+    structure = config.structure
     dense = ""
     if all(structure.get(k) is not None for k in ("num_blocks", "embed_dim", "num_heads", "head_dim", "mlp_hidden")):
         dense = (
@@ -365,13 +344,13 @@ def _bundle_details(config: dict[str, Any], examples: list[dict[str, Any]]) -> s
         line
         for line in (
             dense,
-            _scoring_line(config.get("scoring") or {}),
-            _min_keep_line(config.get("min_keep") or {}),
-            _preprocessing_line((_source(config, "bundle").get("pretrained_cfg")) or {}),
+            _scoring_line(config.scoring),
+            _min_keep_line(config.min_keep),
+            _preprocessing_line(config.source.pretrained_cfg),
         )
         if line
     ]
-    parts = ["\n".join(lines), _scoring_details(config.get("scoring") or {}), _examples_table(examples)]
+    parts = ["\n".join(lines), _scoring_details(config.scoring), _examples_table(examples)]
     body = "\n\n".join(p for p in parts if p)
     return f"## Bundle details\n\n{body}" if body else ""
 
@@ -385,13 +364,9 @@ def _examples_table(examples: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|",
     ]
     for plan in examples:
-        budget = plan["budget"]
-        if budget.get("kind") in ("flops", "params"):
-            label = f"{'FLOPs' if budget['kind'] == 'flops' else 'params'} {_pct(budget['target'])}"
-        elif plan["mlp_ratio"] == 0 and plan["head_ratio"] == 0:
-            label = "dense"
-        else:
-            label = f"`--mlp {budget['mlp']:g} --heads {budget['heads']:g}`"
+        budget = Budget.from_json(plan["budget"])
+        dense = budget.kind == "ratios" and plan["mlp_ratio"] == 0 and plan["head_ratio"] == 0
+        label = "dense" if dense else budget.label()
         rows.append(
             f"| {label} | {plan['gmacs']:.4g} | {plan['params'] / 1e6:.4g} | {_pct(plan['mlp_ratio'])} "
             f"| {_pct(plan['head_ratio'])} |"
@@ -406,22 +381,18 @@ def _examples_table(examples: list[dict[str, Any]]) -> str:
 # -- shared ----------------------------------------------------------------------------------------------
 
 
-def _scoring_line(scoring: dict[str, Any]) -> str:
-    method = scoring.get("method")
-    if not method:
-        return ""
-    return f"- **Importance scores:** method `{method}`" + (" (settings below)" if scoring.get("settings") else "")
+def _scoring_line(scoring: Scoring) -> str:
+    return f"- **Importance scores:** method `{scoring.method}`" + (" (settings below)" if scoring.settings else "")
 
 
-def _scoring_details(scoring: dict[str, Any]) -> str:
+def _scoring_details(scoring: Scoring) -> str:
     """Every scoring setting in a collapsed table: complete, but out of the reader's way."""
-    settings = scoring.get("settings") or {}
-    if not settings:
+    if not scoring.settings:
         return ""
-    rows = "\n".join(f"| `{k}` | {_setting(v)} |" for k, v in settings.items())
+    rows = "\n".join(f"| `{k}` | {_setting(v)} |" for k, v in scoring.settings.items())
     return (
-        f"<details>\n<summary>Scoring settings ({len(settings)})</summary>\n\n| setting | value |\n|---|---|\n"
-        f"{rows}\n\n</details>"
+        f"<details>\n<summary>Scoring settings ({len(scoring.settings)})</summary>\n\n| setting | value |\n"
+        f"|---|---|\n{rows}\n\n</details>"
     )
 
 
@@ -434,56 +405,46 @@ def _setting(value: Any) -> str:
     return text.replace("|", "\\|")
 
 
-def _min_keep_line(min_keep: dict[str, Any]) -> str:
-    if min_keep.get("mlp") is None or min_keep.get("heads") is None:
-        return ""
+def _min_keep_line(min_keep: dict[str, float]) -> str:
     return (
         f"- **Minimum kept per block:** {_pct(min_keep['mlp'])} of the MLP neurons and "
         f"{_pct(min_keep['heads'])} of the attention heads (at least one of each)"
     )
 
 
-def _eval_section(eval_results: dict[str, Any] | None) -> str:
-    """A table from ``snapvit eval --json`` output; missing fields are shown as a dash."""
-    results = (eval_results or {}).get("results") or []
-    if not results:
+def _eval_section(report: EvalReport | None) -> str:
+    """A table of the rows of a ``snapvit eval`` report, and the protocol they were measured with; what was not
+    measured is shown as a dash."""
+    if report is None or not report.results:
         return ""
     rows = [
         "| Model | Budget | kNN acc. | Linear probe acc. | GMACs | Params (M) | Throughput (img/s) | Latency (ms) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     setups = set()
-    for r in results:
-        acc = r.get("accuracy") or {}
-        tp = r.get("throughput") or {}
-        params = r.get("params")
-        rows.append(
-            "| "
-            + " | ".join(
-                [
-                    str(r.get("name", "—")),
-                    budget_text(r.get("budget")),
-                    _num(acc.get("knn")),
-                    _num(acc.get("probe")),
-                    _num(r.get("gmacs")),
-                    _num(params / 1e6 if isinstance(params, (int, float)) else None),
-                    _num(tp.get("images_per_s"), ".1f"),
-                    _num(r.get("latency_ms")),
-                ]
-            )
-            + " |"
-        )
-        setup = [f"{k} {tp[k]}" for k in ("batch_size", "device", "dtype") if tp.get(k) is not None]
-        if setup:
-            setups.add(", ".join(setup))
+    for r in report.results:
+        tp = r.throughput
+        cells = [
+            r.name,
+            r.label(),
+            _num(r.knn),
+            _num(r.probe),
+            _num(r.gmacs),
+            _num(r.params / 1e6),
+            _num(None if tp is None else tp.images_per_s, ".1f"),
+            _num(r.latency_ms),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+        if tp is not None:
+            setups.add(f"batch_size {tp.batch_size}, device {tp.device}, dtype {tp.dtype}")
     note = f"\n\nThroughput measured with {'; '.join(sorted(setups))}." if setups else ""
-    protocol = _eval_protocol(eval_results or {})
+    protocol = _eval_protocol(report)
     return "## Evaluation\n\nResults from `snapvit eval`:\n\n" + "\n".join(rows) + note + protocol
 
 
-def _eval_protocol(report: dict[str, Any]) -> str:
+def _eval_protocol(report: EvalReport) -> str:
     """Data, sample counts, k and preprocessing of an eval report, so a reader can reproduce the numbers."""
-    dataset, settings = report.get("dataset") or {}, report.get("settings") or {}
+    dataset, settings = report.dataset, report.settings
     train, test = dataset.get("train") or {}, dataset.get("test") or {}
     lines = []
     if train or test:
@@ -505,15 +466,10 @@ def _eval_protocol(report: dict[str, Any]) -> str:
             f"| Linear probe | {settings.get('probe_epochs')} epochs, lr {settings.get('probe_lr')}, epoch chosen on "
             f"a validation split of train |"
         )
-    pre = report.get("preprocessing") or {}
-    transform = report.get("transform") or {}
-    if pre or transform:
-        what = transform.get("description") or "whole image resized to the input size, no crop"
-        fields = ", ".join(f"{k} {v}" for k, v in pre.items() if v is not None)
-        resolution = f"{report['resolution']} px, " if report.get("resolution") else ""
-        lines.append(f"| Preprocessing | {resolution}{what}; {fields} |")
-    if not lines:
-        return ""
+    # Reports written before the transform was recorded all used the whole-image resize.
+    what = report.transform["description"] if report.transform else "whole image resized to the input size, no crop"
+    fields = ", ".join(f"{k} {v}" for k, v in report.preprocessing.items() if v is not None)
+    lines.append(f"| Preprocessing | {report.resolution} px, {what}" + (f"; {fields}" if fields else "") + " |")
     return "\n\n| Protocol | |\n|---|---|\n" + "\n".join(lines)
 
 
@@ -540,12 +496,11 @@ def load_sliced(folder: str) -> torch.nn.Module:
 """
 
 
-def plain_timm_loadable(config: dict[str, Any]) -> bool:
+def plain_timm_loadable(config: SlicedConfig) -> bool:
     """Whether :data:`PLAIN_TIMM_LOADER` rebuilds this sliced model: any timm VisionTransformer, and Eva (DINOv3)
     only with all its heads, because timm's Eva attention reshapes its output to the full embedding width."""
-    family = (config.get("structure") or {}).get("family")
-    heads = (config.get("widths") or {}).get("num_heads") or []
-    return family == "vit" or (family == "eva" and all(h == config["structure"].get("num_heads") for h in heads))
+    family, dense_heads = config.structure["family"], config.structure["num_heads"]
+    return family == "vit" or (family == "eva" and all(h == dense_heads for h in config.widths["num_heads"]))
 
 
 def install_hint() -> str:
@@ -564,7 +519,7 @@ def install_hint() -> str:
     return ""
 
 
-def _usage(kind: Kind, hf_id: str, config: dict[str, Any] | None = None) -> str:
+def _usage(kind: Kind, hf_id: str, config: Record) -> str:
     install = install_hint()
     setup = (
         f"Install snapvit:\n\n```bash\n{install}\n```\n\n"
@@ -576,7 +531,7 @@ def _usage(kind: Kind, hf_id: str, config: dict[str, Any] | None = None) -> str:
     download = f'snapshot_download("{repo}"' + (f', revision="{revision}"' if revision else "") + ")"
     if kind == "sliced":
         code = f'import snapvit_cli\n\nmodel = snapvit_cli.load("{hf_id}")  # a torch.nn.Module in eval mode'
-        if config is not None and plain_timm_loadable(config):
+        if isinstance(config, SlicedConfig) and plain_timm_loadable(config):
             plain = (
                 "## Use without snapvit\n\nWith `timm` and `safetensors` only (`pip install timm safetensors`):\n\n"
                 f"```python\n{PLAIN_TIMM_LOADER}\n\nfrom huggingface_hub import snapshot_download\n\n"
@@ -608,12 +563,3 @@ def _pct(fraction: float | None) -> str:
 
 def _num(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
-
-
-def budget_text(budget: Any) -> str:
-    """Budgets appear as a number, a string, or a dict like ``{"kind": "flops", "target": 0.5}``."""
-    if isinstance(budget, dict):
-        return f"{budget.get('kind', '')} {_num(budget.get('target'))}".strip()
-    if budget is None:
-        return "—"
-    return _num(budget) if isinstance(budget, (int, float)) else str(budget)

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 
@@ -26,7 +26,10 @@ from snapvit_cli.hub.client import (
     require_hub,
 )
 from snapvit_cli.hub.eval_results import matching_results
-from snapvit_cli.hub.model_card import render_model_card, weights_origin
+from snapvit_cli.hub.model_card import Record, model_source, render_model_card, weights_origin
+
+if TYPE_CHECKING:
+    from snapvit_cli.evaluation.report import EvalReport
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def push(
     token: str | None = None,
     dry_run_dir: str | os.PathLike | None = None,
     force: bool = False,
-    eval_results: dict[str, Any] | None = None,
+    eval_results: EvalReport | None = None,
     allow_random: bool = False,
     base_model: str | None = None,
     license: str | None = None,
@@ -93,20 +96,20 @@ def push(
             "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
         )
     kind, sources, config, examples = _collect(path)
-    source = config.get("base_model" if kind == "sliced" else "source") or {}
-    if weights_origin(source) == "random" and not allow_random:
+    origin = weights_origin(model_source(config))
+    if origin == "random" and not allow_random:
         raise HubError(
             f"{path} was scored from random weights (pretrained: false); pass --allow-random to push it anyway "
             "(its card then says so in its first line)"
         )
-    if base_model is not None and weights_origin(source) != "checkpoint":
+    if base_model is not None and origin != "checkpoint":
         raise HubError("--base-model states where --checkpoint weights come from; this model's source is known")
     if base_model is not None:
         check_repo_id(base_model)
     card_generated = CARD_FILENAME not in sources
     if eval_results is not None and card_generated:  # a user's own README.md is uploaded as it is
         weights = sources[BUNDLE_FILENAME if kind == "bundle" else "model.safetensors"]
-        eval_results = matching_results(eval_results, kind, weights, config)
+        eval_results = matching_results(eval_results, weights, config)
     card = (
         render_model_card(
             config,
@@ -173,9 +176,9 @@ def _upload(
     )
 
 
-def _collect(path: Path) -> tuple[Kind, dict[str, Path], dict[str, Any], list[dict[str, Any]]]:
+def _collect(path: Path) -> tuple[Kind, dict[str, Path], Record, list[dict[str, Any]]]:
     """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
-    (the sliced ``config.json`` or the bundle metadata, plus example budgets for a bundle).
+    (the sliced config or the bundle metadata record, plus example budgets for a bundle).
 
     Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
     """
