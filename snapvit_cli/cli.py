@@ -312,8 +312,19 @@ def slice_(
         int, typer.Option(help="With --correct: random training images used (seeded by --seed).")
     ] = 1000,
     damping: Annotated[
-        str, typer.Option(help="With --correct: mean:F, max:F or pNN:F (F × that statistic of diag H).")
-    ] = "mean:0.01",
+        str,
+        typer.Option(
+            help="With --correct: auto (chosen per layer on held-back calibration images), or mean:F, max:F or "
+            "pNN:F (F × that statistic of diag H)."
+        ),
+    ] = "auto",
+    correct_tokens: Annotated[
+        str,
+        typer.Option(
+            help="With --correct: which tokens the fit weighs: weighted (class token and patch tokens half each), "
+            "cls (the class token only) or all (every token alike, the reference)."
+        ),
+    ] = "weighted",
     sequential: Annotated[
         bool,
         typer.Option(
@@ -356,7 +367,18 @@ def slice_(
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if correct and not dry_run:
         result["correction"] = _save_corrected(
-            elastic, plan, output, data, correct_samples, seed, damping, sequential, batch_size, device, force
+            elastic,
+            plan,
+            output,
+            data,
+            correct_samples,
+            seed,
+            damping,
+            correct_tokens,
+            sequential,
+            batch_size,
+            device,
+            force,
         )
     elif not dry_run:
         elastic.save_slice(output, plan, force=force)
@@ -374,6 +396,7 @@ def _save_corrected(
     samples: int,
     seed: int,
     damping: str,
+    tokens: str,
     sequential: bool,
     batch_size: int,
     device: str | None,
@@ -381,7 +404,7 @@ def _save_corrected(
 ) -> dict[str, Any]:
     """``slice --correct``: calibrate, correct, and write the folder; returns the correction record."""
     from snapvit_cli.correct import correct_bundle_slice
-    from snapvit_cli.correction import parse_damping
+    from snapvit_cli.correction import TOKEN_MODES, CorrectionError, parse_damping
     from snapvit_cli.data import load_images
     from snapvit_cli.devices import resolve_device
     from snapvit_cli.fileio import sha256_file
@@ -390,6 +413,8 @@ def _save_corrected(
     if samples < 1:
         raise typer.BadParameter("--correct-samples must be positive")
     spec = parse_damping(damping)
+    if tokens not in TOKEN_MODES:
+        raise CorrectionError(f"unknown --correct-tokens {tokens!r}; choose one of: {', '.join(TOKEN_MODES)}")
     torch_device = resolve_device(device)
     images = load_images(data, "train", samples=samples, seed=seed)
 
@@ -405,6 +430,7 @@ def _save_corrected(
             images,
             batch_size=batch_size,
             damping=spec,
+            tokens=tokens,
             sequential=sequential,
             device=torch_device,
             progress=progress,
@@ -413,10 +439,13 @@ def _save_corrected(
     config = {**sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path)), "correction": record}
     save_sliced(output, corrected.state, config, force=force)
     err.print(
-        f"corrected {len(corrected.layers)} layers on {corrected.images} images in {corrected.seconds:.1f} s "
-        f"({record['inputs']} inputs, damping {record['damping']})",
+        f"corrected {len(corrected.layers)} layers on {corrected.images} images (+{corrected.heldout_images} "
+        f"held back) in {corrected.seconds:.1f} s ({record['inputs']} inputs, {record['tokens']} tokens, "
+        f"damping {record['damping']})",
         highlight=False,
     )
+    if corrected.notice:
+        err.print(corrected.notice, highlight=False, soft_wrap=True)
     return record
 
 
