@@ -6,6 +6,7 @@ when present)::
     python benchmarks/correction.py                  # snapvit + gradient bundles at 0.9 0.75 0.5; updates the README
     python benchmarks/correction.py --methods magnitude --fractions 0.5 --variants plain,default --no-readme
     python benchmarks/correction.py --variants reference-dense,reference-sequential --memory 1000 --no-readme
+    python benchmarks/correction.py --layers gradient-0.75-reference-sequential   # per-layer errors of a result
 
 The pretrained ViT-Tiny/16 (Tiny-ImageNet fine-tune) is scored into a bundle per ``--methods`` (the data-driven
 methods with the accuracy benchmark's settings: 128 gradient images, 64 search images, 50 evaluations, seed 0),
@@ -13,7 +14,8 @@ then sliced at each FLOPs fraction in the ``--variants`` ways:
 
 - ``plain``: no correction;
 - ``reference-dense`` / ``reference-sequential``: the least-squares fit before issue 18, every token alike, damping
-  ``mean:0.01``, all calibration images, no guard, dense or sequential inputs;
+  ``mean:0.01``, no guard, dense or sequential inputs (fitted on the same images as the default: every 4th
+  calibration image is held back, here only to measure errors on images the fit did not see);
 - ``default`` / ``default-dense``: ``snapvit slice --correct`` as it is now (token weighting, damping chosen on
   held-back images, guard), sequential or dense inputs.
 
@@ -58,7 +60,9 @@ README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- correction-benchmark:begin -->", "<!-- correction-benchmark:end -->"
 CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"
 DATA = "cifar10_subset.npz"
-REFERENCE = {"tokens": "all", "damping": DEFAULT_DAMPING, "holdout": 0, "guard": False}
+#: The fit before issue 18 (every token alike, damping mean:0.01, no guard), on the same fit images as the
+#: default: every 4th calibration image is held back, only to measure errors on images the fit did not see.
+REFERENCE = {"tokens": "all", "damping": DEFAULT_DAMPING, "guard": False}
 #: variant -> keyword arguments of correct_bundle_slice (None: the plain slice)
 VARIANTS: dict[str, dict | None] = {
     "plain": None,
@@ -124,14 +128,23 @@ def run(args: argparse.Namespace) -> dict:
     calibration = load_images(npz, "train", samples=args.samples, seed=args.seed)
     tag = f"m{len(memory)}"
 
+    mine: set[str] = set()
+
     def save() -> None:
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        """Merge this run's entries into the file (other runs may share ``--work``) and replace it atomically."""
+        current = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        current.update({key: results[key] for key in mine})
+        results.update(current)
+        temporary = results_path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(current, indent=2) + "\n")
+        temporary.replace(results_path)
 
     for method in args.methods:
         bundle = make_bundle(work, method)
         cfg = bundle.source.pretrained_cfg
-        if f"dense-{tag}" not in results:
+        if f"dense-{tag}" not in results and not args.no_dense:
             results[f"dense-{tag}"] = evaluate("dense", bundle.dense_model, memory, queries, cfg, work, device)
+            mine.add(f"dense-{tag}")
             save()
         for fraction in args.fractions:
             plan = bundle.plan(flops=fraction)
@@ -154,8 +167,10 @@ def run(args: argparse.Namespace) -> dict:
                 entry[tag] = evaluate(key, make, memory, queries, cfg, work, device)
                 results[key] = entry
                 results[f"{key}-{tag}"] = entry[tag]
+                mine.update((key, f"{key}-{tag}"))
                 save()
                 print(f"{key} ({tag}): {entry[tag]:.4f}", flush=True)
+    mine.add("setup")
     results["setup"] = {
         "samples": args.samples,
         "seed": args.seed,
@@ -193,6 +208,27 @@ def table(results: dict, methods: list[str], fractions: list[float], variants: l
     return "\n".join(lines)
 
 
+def layers_table(entry: dict) -> str:
+    """Per corrected layer: damping chosen and mean squared output error before → after, for the class token and
+    the other tokens, on the fit images and on the held-back ones (from a results entry's correction record)."""
+    record = entry["correction"]
+    lines = [
+        f"tokens `{record['tokens']}`, damping `{record['damping']}`, {record['inputs']} inputs, "
+        f"{record['images']} fit + {record['heldout_images']} held-back images; final features' relative squared "
+        f"error on the held-back images: plain {record['feature_error']['plain']:.3f}, corrected "
+        f"{record['feature_error']['corrected']:.3f}"
+        + (f", reverted {record['reverted']}" if record["reverted"] else ""),
+        "",
+        "| layer | damping | CLS fit | CLS held-back | patches fit | patches held-back |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer in record["layers"]:
+        pairs = [layer[k] for k in ("readout_fit", "readout_heldout", "rest_fit", "rest_heldout")]
+        cells = " | ".join(f"{b:.3g} → {a:.3g}" + (" ✗" if a > b else "") for b, a in pairs)
+        lines.append(f"| {layer['tensor'].removesuffix('.weight')} | {layer['damping']} | {cells} |")
+    return "\n".join(lines)
+
+
 def update_readme(text: str) -> None:
     content = README.read_text()
     start, end = content.index(BEGIN) + len(BEGIN), content.index(END)
@@ -211,7 +247,12 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-correction-benchmark")
     parser.add_argument("--no-readme", action="store_true", help="print the table only")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense model (a parallel run measures it)")
+    parser.add_argument("--layers", metavar="KEY", help="print the per-layer errors of a stored result and exit")
     args = parser.parse_args()
+    if args.layers:
+        print(layers_table(json.loads((args.work / "results.json").read_text())[args.layers]))
+        return
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         sys.exit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
@@ -219,6 +260,9 @@ def main() -> None:
         sys.exit(f"{shared_data() / CHECKPOINT} not found; set SNAPVIT_SHARED_DATA")
     started = time.perf_counter()
     results = run(args)
+    if args.no_dense:
+        print(json.dumps({k: v for k, v in results.items() if k.endswith(f"-m{min(args.memory, 5000)}")}, indent=1))
+        return
     text = table(results, args.methods, args.fractions, args.variants, f"m{min(args.memory, 5000)}")
     print(text)
     print(f"total {time.perf_counter() - started:.0f} s")
