@@ -110,7 +110,9 @@ def evaluate(
             "train": features(model, memory, cfg, device),
             "test": features(model, queries, cfg, device),
         }
-        torch.save(feats, cache)
+        temporary = cache.with_suffix(f".{os.getpid()}.tmp")  # runs sharing --work never read half a file
+        torch.save(feats, temporary)
+        temporary.replace(cache)
     row = {index: i for i, index in enumerate(feats["train_indices"])}
     train = feats["train"][[row[i] for i in memory.indices.tolist()]]
     return knn_accuracy(train, memory.labels, feats["test"], queries.labels, k=20, vote="majority")
