@@ -1,6 +1,6 @@
 """Accuracy of every scoring method at several FLOPs budgets: the real ViT-Tiny on the CIFAR-10 subset.
 
-Protocol (method doc §10.2): each method scores the dense model once into an elastic bundle; the bundle is sliced
+Protocol (docs/method.md §10.2): each method scores the dense model once into an elastic bundle; the bundle is sliced
 to each FLOPs fraction; CLS features (classifier removed, images resized to 224 bicubic, the model's mean/std) of
 a kNN memory from ``x_train`` and queries from ``x_test`` are classified with k = 20, majority vote, on
 L2-normalised features. Calibration images for scoring are drawn from ``x_train`` by the scorer itself (labels are
@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.bundle import load_bundle, write_bundle  # noqa: E402
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess  # noqa: E402
-from snapvit_cli.knn import knn_accuracy  # noqa: E402
-from snapvit_cli.models import load_model  # noqa: E402
+from snapvit_cli.elastic.bundle import load_bundle, write_bundle  # noqa: E402
+from snapvit_cli.evaluation.knn import knn_accuracy  # noqa: E402
+from snapvit_cli.models.loading import load_model  # noqa: E402
 from snapvit_cli.scoring import METHODS, score_model  # noqa: E402
 
 CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"

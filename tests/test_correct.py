@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 
 from snapvit_cli.adapters import Widths, get_adapter
 from snapvit_cli.api import load
-from snapvit_cli.bundle import load_bundle, write_bundle
-from snapvit_cli.cli import app
-from snapvit_cli.correct import correct_slice
-from snapvit_cli.correction import DEFAULT_DAMPING, InputStatistics, parse_damping
+from snapvit_cli.cli.app import app
+from snapvit_cli.correction.apply import correct_slice
+from snapvit_cli.correction.solver import DEFAULT_DAMPING, InputStatistics, parse_damping
 from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import load_bundle, write_bundle
+from snapvit_cli.elastic.surgery import build_model, keep_prefix
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring import score_model
-from snapvit_cli.surgery import build_model, keep_prefix
 from tests.conftest import image_batch, make_small_model, small_model_source
 
 CONSUMERS = ("mlp.fc2", "attn.proj")
@@ -237,7 +237,7 @@ def test_cli_slice_correct_writes_a_loadable_corrected_model(small_bundle, tmp_p
 
 def test_cli_slice_correct_says_when_it_kept_plain_weights(small_bundle, tmp_path, monkeypatch) -> None:
     """A correction that only makes things worse (forced here) leaves the plain slice, with one line saying so."""
-    import snapvit_cli.correction as correction
+    import snapvit_cli.correction.solver as correction
 
     def harmful(weight: Tensor, hessian: Tensor, keep, damping) -> Tensor:
         kept, _ = correction._split_columns(keep, weight.shape[1], weight.device)
@@ -273,7 +273,7 @@ def test_cli_slice_without_correct_writes_no_correction_record(small_bundle, tmp
         (["--data", "demo"], 2, "--correct and --data go together"),
         (["--correct", "--data", "demo", "--damping", "median:1"], 1, "bad damping"),
         (["--correct", "--data", "no/such/folder"], 1, "not found"),
-        (["--correct", "--data", "demo", "--correct-tokens", "patch"], 1, "unknown --correct-tokens 'patch'"),
+        (["--correct", "--data", "demo", "--correct-tokens", "patch"], 1, "--correct-tokens must be one of"),
         (["--correct", "--data", "demo", "--correct-samples", "3"], 1, "too few calibration images"),
     ],
 )

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.cli import app
+from snapvit_cli.cli.app import app
 
 runner = CliRunner()
 TINY = ["--samples", "4", "--ga-samples", "4", "--batch-size", "4", "--ga-evals", "3", "--seed", "7"]
@@ -78,7 +78,7 @@ def test_other_methods_write_bundles(tmp_path, method):
     [
         (["--method", "best"], "--method must be one of"),
         (["--crops", "diagonal"], "--crops must be one of"),
-        (["--ga-pairs", "0.3"], "bad --ga-pairs item"),
+        (["--ga-pairs", "0.3"], "--ga-pairs item '0.3' is not MLP:HEADS"),
         (["--samples", "0"], "--samples must be at least 1"),
         (["--device", "tpu"], "--device must be one of"),
         (["--data", "/nonexistent/images"], "not found"),

@@ -90,21 +90,10 @@ def unit_rows(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
     """``[units, n]``: row ``u`` holds every element of unit ``u`` in ``tensor`` (only group ``spec.group`` if set).
 
     Works on a weight or on its gradient; e.g. the reference score of a unit is ``unit_rows(grad, spec)`` squared
-    and averaged over the row (method doc §3.2).
+    and averaged over the row (docs/method.md §3.2).
     """
     view = unit_view(tensor, spec)
     return view.transpose(0, 1).reshape(view.shape[1], -1)
-
-
-def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:
-    """A copy of ``tensor`` with the slices of the ``removed`` units set to zero (exact stand-in for removal)."""
-    axis = spec.axis % tensor.ndim
-    shape = tensor.shape
-    n_units = shape[axis] // (spec.groups * spec.unit_size)
-    out = tensor.clone()
-    view = out.view(*shape[:axis], spec.groups, n_units, spec.unit_size, *shape[axis + 1 :])
-    view.index_fill_(axis + 1, removed.to(tensor.device), 0)
-    return out
 
 
 def resized_linear(linear: nn.Linear, *, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
@@ -177,7 +166,8 @@ class ModelAdapter:
         """Allocate and recompute the non-persistent buffers a meta-device build left empty (e.g. RoPE periods).
 
         They are not in any state dict, so loading cannot fill them; timm modules that own such buffers recompute
-        them in ``init_non_persistent_buffers``. Called by :func:`snapvit_cli.surgery.build_model` after loading.
+        them in ``init_non_persistent_buffers``. Called by :func:`snapvit_cli.elastic.surgery.build_model` after
+        loading.
         """
         device = next(self.model.parameters()).device
         for name, module in self.model.named_modules():
@@ -193,11 +183,11 @@ class ModelAdapter:
 
     # --- behaviour -------------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding with the classifier disabled (method doc §1.4)."""
+        """The pooled embedding with the classifier disabled (docs/method.md §1.4)."""
         raise NotImplementedError
 
     def cost_terms(self, resolution: int | None = None):
-        """A :class:`snapvit_cli.flops.CostTerms` for this model at ``resolution`` (default: its own)."""
+        """A :class:`snapvit_cli.adapters.cost.CostTerms` for this model at ``resolution`` (default: its own)."""
         raise NotImplementedError
 
     def structure(self) -> dict:

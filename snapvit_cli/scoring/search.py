@@ -1,10 +1,11 @@
-"""xNES re-weighting of gradient scores (method doc §5): one multiplier per block for its MLP neurons and one per
+"""xNES re-weighting of gradient scores (docs/method.md §5): one multiplier per block for its MLP neurons and one per
 (block, head), searched so that the pruned models stay close to the dense one.
 
 Fitness of multipliers θ (lower is better): for every configured (MLP, heads) removal pair, select units globally
-with the scores |θ|·raw (the same rule and min-keep floors as slicing, :func:`snapvit_cli.budget.select_widths`),
-and measure 1 − mean cosine similarity between the dense model's features and the pruned model's, both projected
-into the PCA space of the dense features; average over the pairs.
+with the scores |θ|·raw (the same rule and min-keep floors as slicing,
+:func:`snapvit_cli.elastic.budget.select_widths`), and measure 1 − mean cosine similarity between the dense
+model's features and the pruned model's, both projected into the PCA space of the dense features; average over the
+pairs.
 
 Candidates are evaluated on the model itself, never on copies and without touching a weight: removing a unit is
 exactly zeroing its slice of the consumer's input (``fc2`` columns, ``proj`` column groups; §2.3), which forward
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
-from snapvit_cli.budget import removal_count, select_widths
+from snapvit_cli.elastic.budget import removal_count, select_widths
 from snapvit_cli.scoring.calibration import autocast
 from snapvit_cli.scoring.settings import Progress, ScoreSettings
 from snapvit_cli.scoring.xnes import default_population_size, minimize

@@ -1,6 +1,6 @@
 """Driving the least-squares correction (method §8) through a model, block by block, on calibration images.
 
-:mod:`snapvit_cli.correction` holds the linear algebra; this module feeds it. It works on the bundle's
+:mod:`snapvit_cli.correction.solver` holds the linear algebra; this module feeds it. It works on the bundle's
 importance-ordered dense model, where every block keeps a prefix of its units:
 
 1. the input tokens of block 0 are captured once for all calibration images (batched forwards, stopped at
@@ -28,35 +28,38 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, UnitTensor, Widths, get_adapter
 from snapvit_cli.adapters.base import take_units
-from snapvit_cli.budget import SlicePlan
-from snapvit_cli.bundle import ElasticBundle
-from snapvit_cli.correction import (
+from snapvit_cli.correction.settings import TOKEN_MODES, CorrectionSettings
+from snapvit_cli.correction.solver import (
     DEFAULT_DAMPING,
-    TOKEN_MODES,
     CorrectionError,
     Damping,
     TokenStatistics,
     corrected_weight,
+    parse_damping,
     reconstruction_error,
     select_correction,
 )
 from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
+from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.surgery import keep_prefix
 from snapvit_cli.errors import DataError
-from snapvit_cli.surgery import keep_prefix
+
+if TYPE_CHECKING:
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
 #: ``progress(stage, done, total)``: stage is "capture" (batches of images; total 0 if unknown) or "blocks".
 Progress = Callable[[str, int, int], None]
 
-#: Default token weighting of the statistics (:data:`snapvit_cli.correction.TOKEN_MODES`), chosen by
+#: Default token weighting of the statistics (:data:`snapvit_cli.correction.settings.TOKEN_MODES`), chosen by
 #: measurement on the real ViT-Tiny (``benchmarks/README.md``).
-DEFAULT_TOKENS = "weighted"
+DEFAULT_TOKENS = CorrectionSettings.tokens
 
 #: Default: every 4th calibration image is held back to choose the damping and to guard against harm.
 DEFAULT_HOLDOUT = 4
@@ -174,11 +177,11 @@ def correct_slice(
 
     ``batches`` yields preprocessed image tensors ``[B, 3, R, R]`` (or ``(images, labels)`` from a loader). Every
     ``holdout``-th image is held back from the fit (0: none): the damping (``None``: chosen per layer from
-    :data:`~snapvit_cli.correction.DAMPING_GRID`) and the ``guard`` are judged on those images. The guard keeps a
+    :data:`~snapvit_cli.correction.solver.DAMPING_GRID`) and the ``guard`` are judged on those images. The guard keeps a
     layer's plain weights when its correction does not lower its held-back error, and then, if the corrected
     model's final features are not closer to the dense model's than the plain slice's on the held-back images,
     gives the plain weights back to the layers whose correction made them worse (``result.reverted``).
-    ``tokens`` weights the rows of the statistics (:data:`~snapvit_cli.correction.TOKEN_MODES`).
+    ``tokens`` weights the rows of the statistics (:data:`~snapvit_cli.correction.settings.TOKEN_MODES`).
 
     ``dense`` is modified in place (its consumer layers end up corrected and masked) and moved to ``device``;
     the returned state dict is on the CPU and has the shapes of ``keep_prefix(..., widths)``. Layers that lose
@@ -282,6 +285,31 @@ def correct_bundle_slice(
     )
     result.data = describe(images)
     return result
+
+
+def correct_with_settings(
+    bundle: ElasticBundle, plan: SlicePlan, settings: CorrectionSettings, progress: Progress | None = None
+) -> CorrectionResult:
+    """:func:`correct_bundle_slice` with everything taken from ``settings``: the images are drawn here."""
+    from snapvit_cli.data import load_images
+    from snapvit_cli.devices import resolve_device
+
+    spec = parse_damping(settings.damping)
+    device = resolve_device(settings.device)
+    images = settings.data
+    if not isinstance(images, ImageSet):
+        images = load_images(str(images), "train", samples=settings.samples, seed=settings.seed)
+    return correct_bundle_slice(
+        bundle,
+        plan,
+        images,
+        batch_size=settings.batch_size,
+        damping=spec,
+        tokens=settings.tokens,
+        sequential=settings.sequential,
+        device=device,
+        progress=progress,
+    )
 
 
 def _readout(model: nn.Module) -> tuple[str, int]:

@@ -20,7 +20,7 @@ plain weights when no candidate beats them there.
 
 This module only does the linear algebra on tensors. Driving it block by block (hooks on ``fc2``/``w3`` and
 ``attn.proj``, batched block forwards, dense vs sequential calibration inputs, writing weights back) is
-:mod:`snapvit_cli.correct`. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
+:mod:`snapvit_cli.correction.apply`. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
 and its statistics are collected from whatever actually enters ``w3``.
 """
 
@@ -122,9 +122,6 @@ DEFAULT_DAMPING = Damping("mean", 0.01)
 
 #: Candidate damping fractions (× mean diag H) that :func:`select_correction` tries on held-back images.
 DAMPING_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-#: How the rows of a layer's input are weighted in the statistics (see :class:`TokenStatistics`).
-TOKEN_MODES = ("weighted", "cls", "all")
 
 _SPEC = re.compile(r"(mean|max|p(\d+(?:\.\d+)?)):(.+)")
 
@@ -257,8 +254,8 @@ class TokenStatistics:
     sequence) or, for average-pooled models (``"mean"``), the mean of each sequence's patch tokens (rows from
     ``prefix`` on; the layer is linear, so the error of the mean row is the error of the pooled output). ``rest``
     holds every other row (``"cls"``) or every row (``"mean"``). Inputs must be ``[batch, tokens, d_in]``.
-    :meth:`hessian` combines them per :data:`TOKEN_MODES`; a stored version needs exactly these two Grams and
-    their row counts.
+    :meth:`hessian` combines them per ``--correct-tokens``; a stored version needs exactly these two Grams and their
+    row counts.
     """
 
     def __init__(
@@ -299,7 +296,7 @@ class TokenStatistics:
             if self.readout_kind == "mean":
                 return self.rest.hessian
             return (self.readout.gram + self.rest.gram) / (self.readout.count + self.rest.count)
-        raise ValueError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {tokens!r}")
+        raise ValueError(f"tokens must be one of weighted, cls, all, got {tokens!r}")
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed these statistics every input ``linear`` sees; call ``.remove()`` on the handle when done."""

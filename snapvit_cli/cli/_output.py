@@ -1,0 +1,83 @@
+"""What every command shares for output: the two consoles, one-line user errors, JSON on stdout, a quiet Hub."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from snapvit_cli.errors import SnapvitError
+
+out = Console()
+err = Console(stderr=True)
+
+
+# Library parameters whose flag is not ``--`` + the name with dashes (see SnapvitError.param).
+FLAGS = {"k": "--knn-k", "score": "--score", "ga_bounds": "--ga-bounds/--no-ga-bounds"}
+
+
+def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
+    """``exc``'s message with the library parameter it names replaced by the command's flag: the one place where
+    library names become CLI names (``flags`` overrides :data:`FLAGS` for one command)."""
+    message = str(exc)
+    if exc.param is None or not message.startswith(exc.param):
+        return message
+    flag = {**FLAGS, **(flags or {})}.get(exc.param, "--" + exc.param.replace("_", "-"))
+    return flag + message[len(exc.param) :]
+
+
+def user_errors(func=None, *, flags: dict[str, str] | None = None):
+    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback.
+
+    Use as ``@user_errors`` or ``@user_errors(flags={"samples": "--correct-samples"})``.
+    """
+    if func is None:
+        return functools.partial(user_errors, flags=flags)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SnapvitError as exc:
+            err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def quiet_hub(json_output: bool) -> Iterator[None]:
+    """Keep huggingface_hub's progress bars and retry warnings off stderr unless a person is watching it."""
+    if not json_output and sys.stderr.isatty():
+        yield
+        return
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+        logging,
+    )
+
+    bars_were_off, verbosity = are_progress_bars_disabled(), logging.get_verbosity()
+    disable_progress_bars()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            enable_progress_bars()
