@@ -216,9 +216,9 @@ def layers_table(entry: dict) -> str:
     record = entry["correction"]
     lines = [
         f"tokens `{record['tokens']}`, damping `{record['damping']}`, {record['inputs']} inputs, "
-        f"{record['images']} fit + {record['heldout_images']} held-back images; final features' relative squared "
-        f"error on the held-back images: plain {record['feature_error']['plain']:.3f}, corrected "
-        f"{record['feature_error']['corrected']:.3f}"
+        f"{record['images']} fit + {record['heldout_images']} held-back images; final features' "
+        f"distance (1 − CKA) on the held-back images: plain {record['feature_error']['cka_distance']['plain']:.3f}, "
+        f"corrected {record['feature_error']['cka_distance']['corrected']:.3f}"
         + (f", reverted {record['reverted']}" if record["reverted"] else ""),
         "",
         "| layer | damping | CLS fit | CLS held-back | patches fit | patches held-back |",

@@ -222,13 +222,14 @@ def test_cli_slice_correct_writes_a_loadable_corrected_model(small_bundle, tmp_p
     assert record["damping"] == "p90:0.05" and record["inputs"] == "dense"
     assert record["images"] == 18 and record["heldout_images"] == 6  # every 4th image is held back
     assert record["data"]["source"] == "demo" and record["data"]["samples"] == 24 and record["data"]["seed"] == 3
-    assert record["layers"] and all(layer["error_after"] < layer["error_before"] for layer in record["layers"])
+    corrected_layers = [layer for layer in record["layers"] if layer["damping"] is not None]
+    assert corrected_layers and all(layer["error_after"] < layer["error_before"] for layer in corrected_layers)
     assert record["seconds"] > 0
 
     bundle = load_bundle(small_bundle)
     plain = bundle.slice(flops=0.6).state_dict()
     corrected = load(out).state_dict()
-    changed = {layer["tensor"] for layer in record["layers"]}
+    changed = {layer["tensor"] for layer in corrected_layers} - set(record["reverted"])
     assert changed
     for name, tensor in plain.items():
         assert corrected[name].shape == tensor.shape
@@ -363,7 +364,9 @@ def test_feature_guard_gives_back_the_plain_weights_of_a_harmful_layer() -> None
     (layer,) = result.layers
     assert layer.damping is not None and layer.error_after < layer.error_before
     assert result.reverted == ["blocks.0.mlp.fc2.weight"]
-    assert result.feature_error["corrected"] > result.feature_error["plain"] == result.feature_error["final"]
+    # The class-token shift is the same for every image: CKA cannot see it, the squared distance does.
+    distance = result.feature_error["relative_mse"]
+    assert distance["corrected"] > distance["plain"] == distance["final"]
     plain = keep_prefix(model.state_dict(), get_adapter(model), widths)
     assert all(torch.equal(result.state[name], tensor) for name, tensor in plain.items())
     assert "kept the plain weights of 1 of 1 layers (1 moved the final features" in result.notice
