@@ -214,12 +214,18 @@ def layers_table(entry: dict) -> str:
     """Per corrected layer: damping chosen and mean squared output error before → after, for the class token and
     the other tokens, on the fit images and on the held-back ones (from a results entry's correction record)."""
     record = entry["correction"]
+    distances = record["feature_error"]
+    if "cka_distance" not in distances:  # a record from before the CKA guard: relative squared distance only
+        distances = {"relative_mse": distances}
+    measured = "; ".join(
+        f"{name} plain {values['plain']:.3f}, corrected {values['corrected']:.3f}, final {values['final']:.3f}"
+        for name, values in distances.items()
+    )
     lines = [
         f"tokens `{record['tokens']}`, damping `{record['damping']}`, {record['inputs']} inputs, "
-        f"{record['images']} fit + {record['heldout_images']} held-back images; final features' "
-        f"distance (1 − CKA) on the held-back images: plain {record['feature_error']['cka_distance']['plain']:.3f}, "
-        f"corrected {record['feature_error']['cka_distance']['corrected']:.3f}"
-        + (f", reverted {record['reverted']}" if record["reverted"] else ""),
+        f"{record['images']} fit + {record['heldout_images']} held-back images; final features against the dense "
+        f"model's on the held-back images: {measured}"
+        + (f"; reverted {record['reverted']}" if record["reverted"] else ""),
         "",
         "| layer | damping | CLS fit | CLS held-back | patches fit | patches held-back |",
         "|---|---|---|---|---|---|",
