@@ -205,7 +205,8 @@ def table(results: dict, methods: list[str], fractions: list[float], variants: l
                 value = entry.get(tag)
                 reverted = len(entry.get("correction", {}).get("reverted", []))
                 cells.append("–" if value is None else f"{value:.3f}" + (f" ({reverted} reverted)" if reverted else ""))
-            flops = results[f"{method}-{fraction:g}-{variants[0]}"]["flops_fraction"]
+            entries = [results.get(f"{method}-{fraction:g}-{variant}", {}) for variant in variants]
+            flops = next((e["flops_fraction"] for e in entries if "flops_fraction" in e), fraction)
             lines.append(f"| `{method}` | {flops:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="print the table only")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense model (a parallel run measures it)")
     parser.add_argument("--layers", metavar="KEY", help="print the per-layer errors of a stored result and exit")
+    parser.add_argument("--table-only", action="store_true", help="build the table from stored results only")
     args = parser.parse_args()
     if args.layers:
         print(layers_table(json.loads((args.work / "results.json").read_text())[args.layers]))
@@ -267,7 +269,7 @@ def main() -> None:
     if not (shared_data() / CHECKPOINT).is_file():
         sys.exit(f"{shared_data() / CHECKPOINT} not found; set SNAPVIT_SHARED_DATA")
     started = time.perf_counter()
-    results = run(args)
+    results = json.loads((args.work / "results.json").read_text()) if args.table_only else run(args)
     if args.no_dense:
         print(json.dumps({k: v for k, v in results.items() if k.endswith(f"-m{min(args.memory, 5000)}")}, indent=1))
         return
