@@ -3,10 +3,10 @@
 Run from the repository root (needs ``../shared/data`` or ``$SNAPVIT_SHARED_DATA``; CPU is fine, a GPU is used
 when present)::
 
-    python benchmarks/correction.py                  # snapvit + gradient bundles at 0.9 0.75 0.5; updates the README
-    python benchmarks/correction.py --methods magnitude --fractions 0.5 --variants plain,default --no-readme
-    python benchmarks/correction.py --variants reference-dense,reference-sequential --memory 1000 --no-readme
-    python benchmarks/correction.py --layers gradient-0.75-reference-sequential   # per-layer errors of a result
+    python -m benchmarks.correction                  # snapvit + gradient bundles at 0.9 0.75 0.5; updates the README
+    python -m benchmarks.correction --methods magnitude --fractions 0.5 --variants plain,default --no-readme
+    python -m benchmarks.correction --variants reference-dense,reference-sequential --memory 1000 --no-readme
+    python -m benchmarks.correction --layers gradient-0.75-reference-sequential   # per-layer errors of a result
 
 The pretrained ViT-Tiny/16 (Tiny-ImageNet fine-tune) is scored into a bundle per ``--methods`` (the data-driven
 methods with the accuracy benchmark's settings: 128 gradient images, 64 search images, 50 evaluations, seed 0),
@@ -41,25 +41,22 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.accuracy import balanced_subset
+from benchmarks.common import README, shared_data
+from benchmarks.common import REAL_CHECKPOINT as CHECKPOINT
+from benchmarks.common import REAL_DATA as DATA
+from snapvit_cli.adapters import get_adapter
+from snapvit_cli.correction.apply import correct_bundle_slice
+from snapvit_cli.correction.solver import DEFAULT_DAMPING
+from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess
+from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle
+from snapvit_cli.elastic.surgery import build_model
+from snapvit_cli.evaluation.knn import knn_accuracy
+from snapvit_cli.models.loading import load_model
+from snapvit_cli.scoring import score_model
 
-from benchmarks.accuracy import balanced_subset  # noqa: E402
-from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.correction.apply import correct_bundle_slice  # noqa: E402
-from snapvit_cli.correction.solver import DEFAULT_DAMPING  # noqa: E402
-from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess  # noqa: E402
-from snapvit_cli.devices import resolve_device  # noqa: E402
-from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle  # noqa: E402
-from snapvit_cli.elastic.surgery import build_model  # noqa: E402
-from snapvit_cli.evaluation.knn import knn_accuracy  # noqa: E402
-from snapvit_cli.models.loading import load_model  # noqa: E402
-from snapvit_cli.scoring import score_model  # noqa: E402
-
-README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- correction-benchmark:begin -->", "<!-- correction-benchmark:end -->"
-CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"
-DATA = "cifar10_subset.npz"
 #: The fit before issue 18 (every token alike, damping mean:0.01, no guard), on the same fit images as the
 #: default: every 4th calibration image is held back, only to measure errors on images the fit did not see.
 REFERENCE = {"tokens": "all", "damping": DEFAULT_DAMPING, "guard": False}
@@ -72,10 +69,6 @@ VARIANTS: dict[str, dict | None] = {
     "default-dense": {"sequential": False},
 }
 SCORING = {"samples": 128, "ga_samples": 64, "ga_evals": 50, "seed": 0}
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def make_bundle(work: Path, method: str) -> ElasticBundle:

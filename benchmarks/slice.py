@@ -2,8 +2,8 @@
 
 Run from the repository root (Linux: it reads ``/proc`` for memory)::
 
-    python benchmarks/slice.py                       # ViT-B/16, FLOPs fractions 0.9 0.75 0.5; updates README.md
-    python benchmarks/slice.py --no-readme --fractions 0.5
+    python -m benchmarks.slice                       # ViT-B/16, FLOPs fractions 0.9 0.75 0.5; updates README.md
+    python -m benchmarks.slice --no-readme --fractions 0.5
 
 It writes a random-init ViT-B/16 bundle (``snapvit score --no-pretrained --method magnitude``: no download) into a
 temporary folder, then measures, each in a fresh process so that nothing is cached or shared between steps:
@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,9 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "benchmarks" / "README.md"
-BEGIN, END = "<!-- slice-benchmark:begin -->", "<!-- slice-benchmark:end -->"
+from benchmarks.common import ROOT, machine, write_readme_block
+
 MB = 2**20
 
 # Targets (issue 9): seconds, and memory as a multiple of the bundle file's size.
@@ -121,6 +119,11 @@ def _worker(kind: str, args: list[str]) -> dict:
                 switches.append(timing)
         for key in ("s", "cpu_s"):
             report[f"switch_{key}"] = statistics.median(t[f"slice_{key}"] for t in switches)
+        widths = bundle.plan(flops=flops).widths  # what `snapvit slice` reads: kept units only, then with checks
+        with _timed(report, "read"):
+            bundle.read_state_dict(widths)
+        with _timed(report, "verified"):
+            bundle.read_verified(widths)  # + sha256 of the file and of the un-permuted weights, in two threads
         report["model_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
     else:
         raise ValueError(f"unknown worker {kind}")
@@ -153,7 +156,7 @@ def _run(cmd: list[str]) -> Run:
 
 
 def _worker_run(kind: str, *args: str) -> tuple[Run, dict]:
-    run = _run([sys.executable, __file__, "--worker", kind, *args])
+    run = _run([sys.executable, "-m", "benchmarks.slice", "--worker", kind, *args])
     return run, json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -197,6 +200,10 @@ def measure(model: str, fractions: list[float], workdir: Path, repeat: int) -> d
                 "switch_read_mb": max(r["switch_read_mb"] for r in api),
                 "model_mb": api[0]["model_mb"],
                 "load_s": _median(r["load_s"] for r in api),
+                "read_s": _median(r["read_s"] for r in api),
+                "read_cpu_s": _median(r["read_cpu_s"] for r in api),
+                "verified_s": _median(r["verified_s"] for r in api),
+                "verified_cpu_s": _median(r["verified_cpu_s"] for r in api),
                 "load_mb": max(r["loaded_mb"] for r in api),
             }
         )
@@ -230,7 +237,7 @@ def render(result: dict, command: str) -> str:
         return f"{mb:.0f} MB ({mb / b:.2f}×)"
 
     lines = [
-        f"Command: `{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}; "
+        f"Command: `{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}; "
         f"load average {result['load_avg'][0]:.1f} before and {result['load_avg'][1]:.1f} after the run.",
         f"Bundle: `{result['model']}` (random init, magnitude scores), {b:.0f} MB. Each number is the median of "
         f"{result['repeat']} fresh process(es); a switch is the median of four `.slice()` calls alternating "
@@ -264,6 +271,20 @@ def render(result: dict, command: str) -> str:
             for r in rows
         ),
     ]
+    lines += [
+        "",
+        "Integrity checks of `snapvit slice` (`ElasticBundle.read_verified`): reading the kept units alone, then "
+        "reading them while two threads hash the bundle file (its sha256 goes into `config.json`) and the "
+        "un-permuted weights (checked against the recorded `weights_sha256`), all through the one open file.",
+        "",
+        "| FLOPs kept | read kept units | read + verify | verification adds |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {r['flops']:g} | {r['read_s']:.2f} s ({r['read_cpu_s']:.2f}) "
+            f"| {r['verified_s']:.2f} s ({r['verified_cpu_s']:.2f}) | {r['verified_s'] - r['read_s']:.2f} s |"
+            for r in rows
+        ),
+    ]
     keys = ("cli_wall_s", "cli_cpu_s", "cli_step_mb", "slice_s", "slice_cpu_s", "switch_s", "switch_cpu_s")
     worst = {k: max(r[k] for r in rows) for k in keys}
     share = min(r["cli_import_share"] for r in rows)
@@ -290,23 +311,6 @@ def render(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def write_readme(section: str) -> None:
-    """Replace the marked block of ``benchmarks/README.md`` (the rest of the file is hand-written)."""
-    text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_base_patch16_224", help="timm architecture (random init)")
@@ -321,12 +325,12 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="snapvit-bench-") as tmp:
         result = measure(args.model, args.fractions, Path(tmp), args.repeat)
-    command = " ".join(["python benchmarks/slice.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.slice", *sys.argv[1:]])
     section = render(result, command)
     print(section)
     print(f"\n(benchmark took {time.perf_counter() - start:.0f} s)")
     if not args.no_readme and args.model == "vit_base_patch16_224":
-        write_readme(section)
+        write_readme_block("slice-benchmark", section)
 
 
 if __name__ == "__main__":

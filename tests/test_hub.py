@@ -11,20 +11,20 @@ from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.numpy import save_file
 
 from snapvit_cli.errors import BundleError, OutputExistsError
+from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.hub import client as hub
 from snapvit_cli.hub.client import HubError
 from snapvit_cli.hub.push import push
 from tests.hub_artifacts import (
     BASE_HUB_ID,
     TOKEN,
-    build_artifacts,
-    copy_artifacts,
     free_port,
     point_client_at,
     restore_client,
     snapshot,
 )
 from tests.hub_server import FakeHub
+from tests.test_model_card import EVAL
 
 REPO = "tester/tiny-snapvit"
 
@@ -49,16 +49,6 @@ def fake_hub(configure):
     with FakeHub(token=TOKEN) as server:
         configure(server.url)
         yield server
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
-
-
-@pytest.fixture
-def artifacts(built, tmp_path) -> tuple[Path, Path]:
-    return copy_artifacts(built, tmp_path / "mine")
 
 
 @pytest.fixture
@@ -137,7 +127,7 @@ def test_push_sliced_uploads_exactly_the_staged_files(fake_hub, sliced_dir, tmp_
 
 def test_push_keeps_a_user_written_readme(fake_hub, sliced_dir):
     (sliced_dir / "README.md").write_text("---\nlicense: mit\n---\n# My own card\n")
-    result = push(sliced_dir, REPO, token=TOKEN, eval_results={"results": [{"name": "x"}]})
+    result = push(sliced_dir, REPO, token=TOKEN, eval_results=EvalReport.from_json(EVAL))
     assert not result.card_generated
     assert fake_hub.files(REPO)["README.md"] == (sliced_dir / "README.md").read_bytes()
 

@@ -128,7 +128,7 @@ class CorrectionResult:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The settings and per-layer errors, for ``config.json``."""
+        """The settings and per-layer errors, for ``config.json`` (no timings: the same run gives the same file)."""
         return {
             **({"data": self.data} if self.data is not None else {}),
             "method": "least-squares",
@@ -141,7 +141,6 @@ class CorrectionResult:
             "feature_error": self.feature_error,
             "reverted": self.reverted,
             **({"notice": self.notice} if self.notice else {}),
-            "seconds": round(self.seconds, 3),
             "layers": [asdict(layer) for layer in self.layers],
         }
 
