@@ -36,3 +36,8 @@ class DataError(SnapvitError):
 
 class OutputExistsError(SnapvitError):
     """An output path exists and ``--force`` was not given."""
+
+
+class OutputError(SnapvitError):
+    """An output cannot be written where asked: it is an input or the current directory, the wrong kind of path,
+    or the system refused (no permission, read-only, disk full)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,20 +22,50 @@ err = Console(stderr=True)
 
 
 def user_errors(func):
-    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback."""
+    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback; SIGINT and
+    SIGTERM into one line saying what is on disk (every output is the complete old or the complete new one)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from snapvit_cli import fileio
+
+        fileio.reset_write_log()
         try:
-            return func(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return func(*args, **kwargs)
         except SnapvitError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was written")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err.print(
+                f"{'terminated' if terminated else 'interrupted'}; {escape(fileio.interrupt_message())}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that temporaries are removed and the same message is printed."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def emit_json(data: Any) -> None:

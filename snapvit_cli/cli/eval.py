@@ -93,7 +93,7 @@ def eval_(
         from snapvit_cli.evaluation.plot import require_matplotlib
 
         require_matplotlib()
-        check_output(plot, force)  # fail before the expensive part
+        check_output(plot, force, inputs=(target, data, checkpoint))  # fail before the expensive part
     with quiet_hub(json_output), _progress_bars() as progress:
         report = evaluate_target(
             target,

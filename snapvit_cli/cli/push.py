@@ -43,6 +43,14 @@ def push(
         typer.Option(help="`snapvit eval --json` output to put in the model card.", metavar="FILE.json"),
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.")] = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="Upload the target of each symbolic link that points inside the folder (links are refused "
+            "without it; links pointing outside always are).",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
@@ -61,6 +69,7 @@ def push(
             dry_run_dir=dry_run,
             force=force,
             eval_results=results,
+            follow_links=follow_links,
         )
     if json_output:
         emit_json(

@@ -116,7 +116,7 @@ def score(
     if method in DATA_METHODS:
         resolve_device(device)
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
-    check_output(output, force)  # fail before the expensive part
+    check_output(output, force, inputs=(data, checkpoint, model))  # fail before the expensive part
     show_progress = not quiet and (sys.stderr.isatty() or not json_output)
     with err.status(f"loading {model}"):
         dense, source = load_model(

@@ -86,7 +86,7 @@ def slice_(
         tag = "-".join(f"{k}{v:g}" for k, v in given.items() if v is not None)
         output = Path(f"{_bundle_stem(bundle)}-{tag}")
     if not dry_run:
-        check_output(output, force)
+        check_output(output, force, directory=True, inputs=(bundle, data))
     with quiet_hub(json_output):
         elastic = load_bundle(bundle)
     plan = elastic.plan(
@@ -155,7 +155,7 @@ def _save_corrected(
         )
     record = corrected.to_json()
     config = {**sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path)), "correction": record}
-    save_sliced(output, corrected.state, config, force=force)
+    save_sliced(output, corrected.state, config, force=force, inputs=(elastic.path, data))
     err.print(
         f"corrected {len(corrected.layers)} layers on {corrected.images} images in {corrected.seconds:.1f} s "
         f"({record['inputs']} inputs, damping {record['damping']})",

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from snapvit_cli._version import __version__
@@ -35,7 +34,7 @@ from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_path, check_output, sha256_file
+from snapvit_cli.fileio import atomic_path, check_output, save_safetensors, sha256_file
 from snapvit_cli.models.loading import ModelSource, build_architecture
 
 FORMAT_VERSION = 1
@@ -109,7 +108,7 @@ def write_bundle(
         "extras": sorted(scores.extras),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
+        save_safetensors(tensors, tmp, metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
     return path
 
 
@@ -132,6 +131,8 @@ class ElasticBundle:
     def open(cls, path: str | os.PathLike) -> ElasticBundle:
         """Open and validate a bundle: format version, required tensors, shapes against the architecture."""
         path = Path(path)
+        if path.is_dir():
+            raise BundleError(f"bundle {path} is a directory, not a bundle file")
         if not path.is_file():
             raise BundleError(f"bundle {path} does not exist")
         try:
@@ -230,7 +231,7 @@ class ElasticBundle:
         """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does: the weights come from
         :meth:`read_state_dict`, and ``config.json`` records the bundle file's sha256 (the Hub's LFS id for it)."""
         config = sliced_config(self.metadata, plan, bundle_sha256=sha256_file(self.path))
-        return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force)
+        return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force, inputs=(self.path,))
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""

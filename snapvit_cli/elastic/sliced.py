@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from snapvit_cli._version import __version__
@@ -21,7 +20,7 @@ from snapvit_cli.adapters import Widths
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_dir, check_output
+from snapvit_cli.fileio import atomic_dir, check_output, save_safetensors
 from snapvit_cli.models.loading import ModelSource, build_architecture
 
 FORMAT_VERSION = 1
@@ -72,12 +71,18 @@ def sliced_config(metadata: dict[str, Any], plan: SlicePlan, *, bundle_sha256: s
 
 
 def save_sliced(
-    out_dir: str | os.PathLike, state: dict[str, torch.Tensor], config: dict[str, Any], *, force: bool = False
+    out_dir: str | os.PathLike,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    *,
+    force: bool = False,
+    inputs: tuple[object, ...] = (),
 ) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing)."""
-    out_dir = check_output(out_dir, force)
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing); an
+    existing folder is replaced only with ``force``, and never when it is or contains one of ``inputs``."""
+    out_dir = check_output(out_dir, force, directory=True, inputs=inputs)
     with atomic_dir(out_dir) as tmp:
-        save_file(
+        save_safetensors(
             {k: v.contiguous() for k, v in state.items()},
             str(tmp / WEIGHTS_NAME),
             metadata={"format": "pt", "snapvit": json.dumps({"kind": SLICED_KIND})},
