@@ -17,8 +17,16 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
     try:
         device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SnapvitError(f"--device {name!r} is not a device; use one of {', '.join(DEVICES)}") from None
+    if device.type == "mps" and not mps_ok:
+        raise SnapvitError(f"--device {name} is not available on this machine (PyTorch sees no Apple GPU)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SnapvitError(f"--device {name} is not available on this machine (PyTorch sees no CUDA GPU)")
+    try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # torch's messages run to many lines and sentences (a list of every backend): keep the first sentence
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise SnapvitError(f"--device {name} is not usable on this machine ({reason})") from None
     return device

@@ -88,8 +88,6 @@ class EvalSettings:
             raise SnapvitError("--temperature and --probe-lr must be positive")
         if self.workers < 0 or self.speed_warmup < 0:
             raise SnapvitError("--workers and the number of warm-up passes cannot be negative")
-        if self.resolution is not None and self.resolution < 1:
-            raise SnapvitError(f"--resolution must be positive, got {self.resolution}")
 
 
 @dataclass
@@ -376,6 +374,7 @@ def evaluate_target(
     """Open TARGET and the data, then :func:`evaluate`; the report's ``wall_s`` includes both openings."""
     started = time.perf_counter()
     target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision)
+    get_adapter(target.dense).check_resolution(settings.resolution)  # before the data is read
     opened = time.perf_counter()
     data = EvalData.load(data_source, settings)
     loaded = time.perf_counter()
@@ -395,7 +394,7 @@ def evaluate(
     """Evaluate every model of ``target`` on ``data``; returns the JSON-ready report."""
     started = time.perf_counter()
     device = resolve_device(settings.device)
-    resolution = settings.resolution or get_adapter(target.dense).cost_terms().resolution  # the built img_size
+    resolution = get_adapter(target.dense).check_resolution(settings.resolution)
     transform = preprocess(target.pretrained_cfg, resolution)
     dense_cost, dense_widths = _cost(target.dense, resolution)
     cache: dict[Widths, tuple[Tensor, Tensor]] = {}
