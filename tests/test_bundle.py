@@ -136,7 +136,7 @@ def test_wrong_format_version(tmp_path, dino_bundle):
 
 def test_not_a_bundle(tmp_path, dino_bundle):
     bad = _rewrite(dino_bundle, tmp_path / "plain.safetensors", header={"format": "pt"})
-    with pytest.raises(BundleError, match="not a snapvit bundle"):
+    with pytest.raises(BundleError, match="neither an elastic bundle nor a sliced model"):
         load_bundle(bad)
 
 

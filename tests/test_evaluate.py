@@ -210,7 +210,7 @@ def _unlabelled_npz(path):
     "args, message",
     [
         (["no_such_model_xyz", "--data", "demo"], "no_such_model_xyz"),
-        (["missing/bundle.safetensors", "--data", "demo"], "not found"),
+        (["missing/bundle.safetensors", "--data", "demo"], "does not exist"),
         (["demo", "--data", "demo", "--budgets", "0.5"], "--budgets applies to elastic bundles only"),
         (["demo", "--data", "no/such/data"], "not found"),
         (["demo", "--data", "UNLABELLED"], "has no labels"),

@@ -286,11 +286,11 @@ def test_push_refuses_bad_arguments_without_requests(fake_hub, bundle_file, kwar
 
 def test_push_refuses_what_is_not_a_snapvit_artifact(fake_hub, tmp_path):
     (tmp_path / "folder").mkdir()
-    with pytest.raises(BundleError, match="missing config.json, model.safetensors"):
+    with pytest.raises(BundleError, match="a directory but not a sliced model folder"):
         push(tmp_path / "folder", REPO, token=TOKEN)
     plain = tmp_path / "plain.safetensors"
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(plain))
-    with pytest.raises(BundleError, match="not a snapvit bundle"):
+    with pytest.raises(BundleError, match="neither an elastic bundle nor a sliced model"):
         push(plain, REPO, token=TOKEN)
     assert fake_hub.requests == []
 

@@ -202,7 +202,7 @@ class ModelAdapter:
         raise NotImplementedError
 
     def cost_terms(self, resolution: int | None = None):
-        """A :class:`snapvit_cli.elastic.flops.CostTerms` for this model at ``resolution`` (default: its own)."""
+        """A :class:`snapvit_cli.adapters.cost.CostTerms` for this model at ``resolution`` (default: its own)."""
         raise NotImplementedError
 
     def structure(self) -> dict:

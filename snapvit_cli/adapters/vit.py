@@ -18,6 +18,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from snapvit_cli.adapters.base import HEADS, MLP, ModelAdapter, UnitTensor, resized_linear
+from snapvit_cli.adapters.cost import CostTerms, dense_unit_params, unit_costs
 from snapvit_cli.adapters.mlp import (
     check_mlp,
     mlp_score_tensors,
@@ -26,7 +27,6 @@ from snapvit_cli.adapters.mlp import (
     mlp_width,
     resize_mlp,
 )
-from snapvit_cli.elastic.flops import CostTerms, dense_unit_params, unit_costs
 from snapvit_cli.errors import SnapvitError, UnsupportedModelError
 
 # Largest input side, as a multiple of the side the model was built for: position embeddings (learned, resampled by

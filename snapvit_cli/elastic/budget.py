@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from snapvit_cli.adapters import Widths
-from snapvit_cli.elastic.flops import CostTerms
+from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.errors import BudgetError
 
 DEFAULT_MIN_KEEP = {"mlp": 0.05, "heads": 0.2}

@@ -29,8 +29,10 @@ from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
+from snapvit_cli.adapters.cost import CostTerms
+from snapvit_cli.elastic.artifacts import BUNDLE_KIND
+from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
-from snapvit_cli.elastic.flops import CostTerms
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix
 from snapvit_cli.errors import BundleError, SnapvitError
@@ -38,8 +40,6 @@ from snapvit_cli.fileio import atomic_path, check_output, save_safetensors, sha2
 from snapvit_cli.models.loading import ModelSource, build_architecture
 
 FORMAT_VERSION = 1
-BUNDLE_KIND = "elastic-bundle"
-METADATA_KEY = "snapvit"
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
 ORDER_KEYS = {MLP: "order.mlp", HEADS: "order.heads"}

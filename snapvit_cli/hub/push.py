@@ -157,22 +157,23 @@ def _collect(path: Path, follow_links: bool) -> tuple[Kind, dict[str, Path], dic
     Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
     """
     # Imported here: they pull in torch and timm, which the rest of this module does not need.
+    from snapvit_cli.elastic.artifacts import CONFIG_NAME, WEIGHTS_NAME, resolve_artifact
     from snapvit_cli.elastic.bundle import ElasticBundle
-    from snapvit_cli.elastic.sliced import CONFIG_NAME, WEIGHTS_NAME, load_sliced
+    from snapvit_cli.elastic.sliced import load_sliced
 
-    if path.is_dir():
-        sources = folder_files(path, follow_links=follow_links)
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if name not in sources]
-        if missing:
-            raise BundleError(f"{path} is not a sliced model folder: missing {', '.join(missing)}")
-        model = load_sliced(path, device="cpu")  # the weights must load and match config.json
-        config = model.snapvit_config
-        del model
-        return "sliced", sources, config, []
-    if path.is_file():
-        bundle = ElasticBundle.open(path)
-        return "bundle", {BUNDLE_FILENAME: path}, bundle.metadata, _example_plans(bundle)
-    raise BundleError(f"{path} does not exist")
+    artifact = resolve_artifact(path)
+    if artifact.kind == "bundle":
+        bundle = ElasticBundle.open(artifact.path)
+        return "bundle", {BUNDLE_FILENAME: artifact.path}, bundle.metadata, _example_plans(bundle)
+    folder = artifact.path
+    sources = folder_files(folder, follow_links=follow_links)
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if name not in sources]
+    if missing:
+        raise BundleError(f"{folder} is not a sliced model folder: missing {', '.join(missing)}")
+    model = load_sliced(folder, device="cpu")  # the weights must load and match config.json
+    config = model.snapvit_config
+    del model
+    return "sliced", sources, config, []
 
 
 def _example_plans(bundle) -> list[dict[str, Any]]:
