@@ -133,15 +133,18 @@ def _image_files(folder: Path) -> list[str]:
             if (info.st_dev, info.st_ino) in visited:
                 continue
             visited.add((info.st_dev, info.st_ino))
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    name = f"{rel}/{entry.name}" if rel else entry.name
-                    if entry.is_dir():
-                        pending.append((entry.path, name))
-                    elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                        found.append(name)
+            with os.scandir(path) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir():
+                    subdirs.append((entry.path, name))
+                elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(name)
+            pending.extend(reversed(subdirs))  # depth first in name order: the same folder wins on every system
         except OSError as exc:  # a dangling link, a folder without read permission
             raise DataError(f"cannot list {path}: {exc.strerror or exc}") from None
     return sorted(found)

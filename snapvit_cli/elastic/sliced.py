@@ -134,7 +134,9 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
     except SnapvitError:
         raise
     except Exception as exc:  # noqa: BLE001 - any mismatch between files is a bad model folder
-        raise BundleError(f"{folder}: weights do not match config.json ({exc})") from None
+        detail = " ".join(str(exc).split())  # torch's load_state_dict lists one mismatch per line
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise BundleError(f"{folder}: weights do not match config.json ({detail})") from None
     model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **source.pretrained_cfg}
     model.snapvit_config = config
     return model

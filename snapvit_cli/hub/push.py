@@ -193,19 +193,18 @@ def folder_files(root: Path, *, follow_links: bool = False) -> dict[str, Path]:
     Hidden files and folders (``.git``, ``.cache``...) and anything that is not a regular file are left out. A
     symbolic link is refused with one line naming every link, since it could upload a file from anywhere; with
     ``follow_links`` a link is uploaded as its target when that lies inside ``root`` (and refused otherwise), and a
-    folder reached twice (a link loop) is refused.
+    link to a folder that contains it (a loop) is refused.
     """
     real_root = os.path.realpath(root)
     files: dict[str, Path] = {}
     links: list[str] = []
     outside: list[str] = []
-    visited: set[tuple[int, int]] = set()
 
-    def walk(folder: str, rel: str) -> None:
+    def walk(folder: str, rel: str, ancestors: tuple[tuple[int, int], ...]) -> None:
         info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in visited:
+        if (info.st_dev, info.st_ino) in ancestors:
             raise BundleError(f"{root}: the symbolic link {rel} makes a loop; remove it to push")
-        visited.add((info.st_dev, info.st_ino))
+        ancestors = (*ancestors, (info.st_dev, info.st_ino))
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 if entry.name.startswith("."):
@@ -222,11 +221,11 @@ def folder_files(root: Path, *, follow_links: bool = False) -> dict[str, Path]:
                         continue
                     target = real
                 if entry.is_dir():
-                    walk(target, name)
+                    walk(target, name, ancestors)
                 elif entry.is_file():
                     files[name] = Path(target)
 
-    walk(str(root), "")
+    walk(str(root), "", ())
     if links:
         raise BundleError(
             f"{root} contains symbolic links ({', '.join(links)}); push uploads regular files only "
