@@ -312,14 +312,15 @@ def test_a_directory_given_as_bundle(tmp_path):
     assert_one_line_error(run("slice", tmp_path, "--flops", "0.5"), f"{tmp_path} is a directory")
 
 
-def test_device_mps_without_one():
+def test_device_mps_without_one(tmp_path):
     import torch
 
     if torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    result = run("score", "--model", "demo", "--method", "gradient", "--device", "mps", "-o", "never.safetensors")
+    out = tmp_path / "never.safetensors"
+    result = run("score", "--model", "demo", "--method", "gradient", "--device", "mps", "-o", out)
     assert_one_line_error(result, "--device mps is not available on this machine")
-    assert not Path("never.safetensors").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_output_refuses_without_force(tmp_path):
