@@ -1,6 +1,6 @@
 """Accuracy of every scoring method at several FLOPs budgets: the real ViT-Tiny on the CIFAR-10 subset.
 
-Protocol (method doc §10.2): each method scores the dense model once into an elastic bundle; the bundle is sliced
+Protocol (docs/method.md §10.2): each method scores the dense model once into an elastic bundle; the bundle is sliced
 to each FLOPs fraction; CLS features (classifier removed, images resized to 224 bicubic, the model's mean/std) of
 a kNN memory from ``x_train`` and queries from ``x_test`` are classified with k = 20, majority vote, on
 L2-normalised features. Calibration images for scoring are drawn from ``x_train`` by the scorer itself (labels are

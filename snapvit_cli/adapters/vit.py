@@ -131,12 +131,15 @@ class ViTAdapter(ModelAdapter):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or not step <= resolution <= largest:
             raise SnapvitError(
                 f"resolution {resolution!r} is not supported by this model: use {step} to {largest} px "
-                f"in steps of {step} (its patch size; {native} px is the size it was built for)"
+                f"in steps of {step} (its patch size; {native} px is the size it was built for)",
+                param="resolution",
             )
-        if resolution % step:
-            lower, upper = resolution // step * step, (resolution // step + 1) * step
-            nearest = f"{lower} or {upper}" if lower >= step and upper <= largest else f"{max(lower, step)}"
-            raise SnapvitError(f"resolution {resolution} is not a multiple of the patch size {step}; use {nearest} px")
+        if resolution % step:  # within the range, so both neighbouring multiples are too
+            lower = resolution // step * step
+            raise SnapvitError(
+                f"resolution {resolution} is not a multiple of the patch size {step}; use {lower} or {lower + step} px",
+                param="resolution",
+            )
         return resolution
 
     def tokens(self, resolution: int | None = None) -> tuple[int, int]:

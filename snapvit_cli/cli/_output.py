@@ -21,9 +21,28 @@ out = Console()
 err = Console(stderr=True)
 
 
-def user_errors(func):
+# Library parameters whose flag is not ``--`` + the name with dashes (see SnapvitError.param).
+FLAGS = {"k": "--knn-k", "score": "--score", "ga_bounds": "--ga-bounds/--no-ga-bounds"}
+
+
+def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
+    """``exc``'s message with the library parameter it names replaced by the command's flag: the one place where
+    library names become CLI names (``flags`` overrides :data:`FLAGS` for one command)."""
+    message = str(exc)
+    if exc.param is None or not message.startswith(exc.param):
+        return message
+    flag = {**FLAGS, **(flags or {})}.get(exc.param, "--" + exc.param.replace("_", "-"))
+    return flag + message[len(exc.param) :]
+
+
+def user_errors(func=None, *, flags: dict[str, str] | None = None):
     """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback; SIGINT and
-    SIGTERM into one line saying what is on disk (every output is the complete old or the complete new one)."""
+    SIGTERM into one line saying what is on disk (every output is the complete old or the complete new one).
+
+    Use as ``@user_errors`` or ``@user_errors(flags={"samples": "--correct-samples"})``.
+    """
+    if func is None:
+        return functools.partial(user_errors, flags=flags)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -34,7 +53,7 @@ def user_errors(func):
             with _terminate_as_interrupt():
                 return func(*args, **kwargs)
         except SnapvitError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
