@@ -20,7 +20,6 @@ from snapvit_cli.data import load_images
 from snapvit_cli.data.folder import PIXELS_ENV
 from snapvit_cli.errors import DataError, SnapvitError
 from tests.conftest import make_small_model
-from tests.hub_artifacts import build_artifacts
 
 runner = CliRunner()
 
@@ -140,9 +139,9 @@ def test_check_resolution_is_one_rule(name):
         adapter.cost_terms(patch + 1)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))[0]
+@pytest.fixture
+def bundle(built) -> Path:
+    return built[0]
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,11 @@ from typer.testing import CliRunner
 
 from snapvit_cli.cli.app import app
 from snapvit_cli.hub.push import folder_files
-from tests.hub_artifacts import TOKEN, build_artifacts, copy_artifacts, point_client_at, restore_client
+from tests.hub_artifacts import TOKEN, copy_artifacts, point_client_at, restore_client
 from tests.hub_server import FakeHub
 
 runner = CliRunner()
 REPO = "tester/small-half"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture

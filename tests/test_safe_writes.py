@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 from snapvit_cli import fileio
 from snapvit_cli.cli.app import app
 from snapvit_cli.errors import OutputError, OutputExistsError
-from tests.hub_artifacts import build_artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_writer.py")
@@ -48,11 +47,6 @@ def listing(folder: Path) -> list[str]:
 
 def temporaries(folder: Path, name: str) -> list[str]:
     return [n for n in listing(folder) if n.startswith(f".{name}.")]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture
