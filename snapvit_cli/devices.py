@@ -24,7 +24,8 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise SnapvitError(
-            f"device {name!r} is not a device; use one of {', '.join(DEVICES)}", param="device"
+            f"device {name!r} is not usable on this machine (not a torch device; use one of {', '.join(DEVICES)})",
+            param="device",
         ) from None
     if device.type == "mps" and not mps_ok:
         raise SnapvitError(
