@@ -22,21 +22,21 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
     try:
         device = torch.device(name)
-    except (RuntimeError, ValueError):
+    except RuntimeError:  # torch's message lists every backend it was built to know (over 200 characters)
         raise SnapvitError(
-            f"device {name!r} is not usable on this machine (not a torch device; use one of {', '.join(DEVICES)})",
-            param="device",
+            f"device {name} is not a device: use {', '.join(DEVICES)} (or cuda:N)", param="device"
         ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SnapvitError(
+            f"device {name} is not usable on this machine (CUDA is not available); use cpu or auto", param="device"
+        )
     if device.type == "mps" and not mps_ok:
         raise SnapvitError(
-            f"device {name} is not available on this machine (PyTorch sees no Apple GPU)", param="device"
+            f"device {name} is not usable on this machine (MPS is not available); use cpu or auto", param="device"
         )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SnapvitError(f"device {name} is not available on this machine (PyTorch sees no CUDA GPU)", param="device")
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
-        # torch's messages run to many lines and sentences (a list of every backend): keep the first sentence
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise SnapvitError(f"device {name} is not usable on this machine ({reason})", param="device") from None
     return device

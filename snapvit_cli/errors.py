@@ -49,3 +49,10 @@ class OutputExistsError(SnapvitError):
 class OutputError(SnapvitError):
     """An output cannot be written where asked: it is an input or the current directory, the wrong kind of path,
     or the system refused (no permission, read-only, disk full)."""
+
+
+class SnapvitWarning(UserWarning):
+    """Something the user asked for was adjusted (e.g. fewer images than requested exist); the run goes on.
+
+    Raised with :func:`warnings.warn`; the CLI shows each as one ``warning:`` line on stderr.
+    """

@@ -313,7 +313,7 @@ def test_device_mps_without_one(tmp_path):
         pytest.skip("this machine has MPS")
     out = tmp_path / "never.safetensors"
     result = run("score", "--model", "demo", "--method", "gradient", "--device", "mps", "-o", out)
-    assert_one_line_error(result, "--device mps is not available on this machine")
+    assert_one_line_error(result, "--device mps is not usable on this machine (MPS is not available)")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -6,8 +6,8 @@ latency. Features are the pooled embedding with the classifier disabled (§1.4),
 split. The linear probe selects its checkpoint on a validation split carved from the train split: the test
 split is only ever scored, never used for selection.
 
-The report is a plain JSON-ready dict (schema in the README, ``snapvit eval --json``); ``snapvit push
---eval-results`` puts its ``results`` table into a model card.
+The report is an :class:`~snapvit_cli.evaluation.report.EvalReport` (its JSON is ``snapvit eval --json``, schema in
+the README); ``snapvit push --eval-results`` puts its rows into a model card.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,13 @@ from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.records import Budget, budget_label
 from snapvit_cli.errors import BudgetError, SnapvitError
 from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
+from snapvit_cli.evaluation.report import EvalReport, EvalRow, Throughput
 from snapvit_cli.evaluation.settings import DEFAULT_BUDGETS, EvalSettings
 
-REPORT_FORMAT = "snapvit-eval"
-REPORT_VERSION = 1
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Progress is reported as (label, done, total); the CLI draws one bar per label.
@@ -47,7 +47,7 @@ class Candidate:
     """One model of a target, built on demand so that only one budget's weights exist at a time."""
 
     name: str
-    budget: dict[str, Any] | None  # None: the target's dense model
+    budget: Budget | None  # None: the target's dense model
     build: Callable[[], nn.Module]
 
 
@@ -112,26 +112,20 @@ def _bundle_target(spec: str, path: Path, name: str, budgets: Sequence[float]) -
     plans = [bundle.plan(flops=fraction) for fraction in budgets]  # unreachable budgets fail before any work
 
     def candidate(plan: SlicePlan) -> Candidate:
-        return Candidate(name, dict(plan.budget), lambda: bundle.slice(plan))
+        return Candidate(name, plan.budget, lambda: bundle.slice(plan))
 
     return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans])
 
 
 def _sliced_target(spec: str, folder: Path, name: str) -> Target:
-    from snapvit_cli.elastic.sliced import load_sliced, read_config
-    from snapvit_cli.models.loading import ModelSource, build_architecture
+    from snapvit_cli.elastic.sliced import load_sliced
+    from snapvit_cli.models.loading import build_architecture
 
-    config = read_config(folder)
-    source = ModelSource(
-        model_id="",
-        timm_name=config["architecture"],
-        architecture=config["architecture"],
-        model_args=config["model_args"],
-        pretrained_cfg=config.get("pretrained_cfg", {}),
-        weights_sha256="",
-    )
-    candidate = Candidate(name, config.get("budget"), lambda: load_sliced(folder))
-    return Target(spec, "sliced", source.pretrained_cfg, build_architecture(source, device="meta"), [candidate])
+    model = load_sliced(folder)  # checked against its config (names, shapes, finite values) before any data is read
+    config = model.snapvit_config
+    candidate = Candidate(name, config.budget, lambda: model)
+    dense = build_architecture(config.source(), device="meta")  # cost fractions and "dense" flags
+    return Target(spec, "sliced", config.pretrained_cfg, dense, [candidate])
 
 
 def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
@@ -171,6 +165,8 @@ def extract_features(
     adapter = get_adapter(model)
     loader = make_loader(images, transform, batch_size, num_workers=workers)
     parts, done = [], 0
+    if progress is not None:
+        progress(0, len(images))
     with _inference(device, dtype):
         for batch, _ in loader:
             parts.append(adapter.features(batch.to(device)).float().cpu())
@@ -189,17 +185,24 @@ def measure_speed(
     dtype: str = "float32",
     warmup: int = 2,
     repeats: int = 5,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Speed:
     """Images/s at ``batch_size`` and latency at batch 1 of a full forward pass on random input.
 
     Medians of ``repeats`` timed passes, each after ``warmup`` untimed ones (allocator, kernel selection and
-    cache effects), so a single interrupted pass on a shared machine does not move the result.
+    cache effects), so a single interrupted pass on a shared machine does not move the result. ``progress(done,
+    total)`` is called after every pass, warm-up included.
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
-    per_batch = _median_seconds(model, batch, device, dtype, warmup, repeats)
-    per_image = _median_seconds(model, batch[:1], device, dtype, warmup, repeats)
+    passes = warmup + repeats
+
+    def report(first: int):
+        return None if progress is None else lambda done: progress(first + done, 2 * passes)
+
+    per_batch = _median_seconds(model, batch, device, dtype, warmup, repeats, report(0))
+    per_image = _median_seconds(model, batch[:1], device, dtype, warmup, repeats, report(passes))
     return Speed(
         images_per_s=batch_size / per_batch,
         batch_size=batch_size,
@@ -212,7 +215,15 @@ def measure_speed(
     )
 
 
-def _median_seconds(model: nn.Module, x: Tensor, device: torch.device, dtype: str, warmup: int, repeats: int) -> float:
+def _median_seconds(
+    model: nn.Module,
+    x: Tensor,
+    device: torch.device,
+    dtype: str,
+    warmup: int,
+    repeats: int,
+    on_pass: Callable[[int], None] | None = None,
+) -> float:
     times = []
     with _inference(device, dtype):
         for i in range(warmup + repeats):
@@ -222,6 +233,8 @@ def _median_seconds(model: nn.Module, x: Tensor, device: torch.device, dtype: st
             _synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+            if on_pass is not None:
+                on_pass(i + 1)
     return statistics.median(times)
 
 
@@ -281,7 +294,7 @@ def evaluate_target(
     checkpoint: str | Path | None = None,
     revision: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Open TARGET and the data, then :func:`evaluate`; the report's ``wall_s`` includes both openings."""
     started = time.perf_counter()
     target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision)
@@ -290,42 +303,40 @@ def evaluate_target(
     data = EvalData.load(data_source, settings)
     loaded = time.perf_counter()
     report = evaluate(target, data, settings, progress)
-    report["wall_s"] = {
+    wall_s = {
         "open_target": opened - started,
         "load_data": loaded - opened,
-        "evaluate": report["wall_s"]["total"],
+        "evaluate": report.wall_s["total"],
         "total": time.perf_counter() - started,
     }
-    return report
+    return replace(report, wall_s=wall_s)
 
 
 def evaluate(
     target: Target, data: EvalData, settings: EvalSettings = EvalSettings(), progress: Progress | None = None
-) -> dict[str, Any]:
-    """Evaluate every model of ``target`` on ``data``; returns the JSON-ready report."""
+) -> EvalReport:
+    """Evaluate every model of ``target`` on ``data``."""
     started = time.perf_counter()
     device = resolve_device(settings.device)
     resolution = get_adapter(target.dense).check_resolution(settings.resolution)
     transform = preprocess(target.pretrained_cfg, resolution)
     dense_cost, dense_widths = _cost(target.dense, resolution)
     cache: dict[Widths, tuple[Tensor, Tensor]] = {}
-    results = [
+    results = tuple(
         _evaluate_one(c, data, settings, device, resolution, transform, (dense_cost, dense_widths), cache, progress)
         for c in target.candidates
-    ]
-    return {
-        "format": REPORT_FORMAT,
-        "format_version": REPORT_VERSION,
-        "snapvit_version": __version__,
-        "target": target.spec,
-        "target_kind": target.kind,
-        "dataset": data.describe(),
-        "resolution": resolution,
-        "preprocessing": {k: target.pretrained_cfg.get(k) for k in ("interpolation", "mean", "std")},
-        "settings": _settings_json(settings, device),
-        "results": results,
-        "wall_s": {"total": time.perf_counter() - started},
-    }
+    )
+    return EvalReport(
+        snapvit_version=__version__,
+        target=target.spec,
+        target_kind=target.kind,
+        dataset=data.describe(),
+        resolution=resolution,
+        preprocessing={k: target.pretrained_cfg.get(k) for k in ("interpolation", "mean", "std")},
+        settings=_settings_json(settings, device),
+        results=results,
+        wall_s={"total": time.perf_counter() - started},
+    )
 
 
 def _evaluate_one(
@@ -338,7 +349,7 @@ def _evaluate_one(
     dense: tuple[CostTerms, Widths],
     cache: dict[Widths, tuple[Tensor, Tensor]],
     progress: Progress | None,
-) -> dict[str, Any]:
+) -> EvalRow:
     """One result row: build the model, extract (or reuse) features, score them, measure cost and speed."""
     label = f"{candidate.name} ({budget_label(candidate.budget)})"
     wall: dict[str, float] = {}
@@ -355,16 +366,13 @@ def _evaluate_one(
         knn = knn_accuracy(
             train_x.to(device), train_y, test_x.to(device), test_y, settings.k, settings.vote, settings.temperature
         )
-    accuracy = {"knn": knn, "probe": None}
-    probe = None
+    probe_accuracy_, probe = None, None
     if settings.probe:
         with _timer(wall, "probe"):
-            accuracy["probe"], probe = _linear_probe(
-                train_x, train_y, test_x, test_y, settings, device, label, progress
-            )
+            probe_accuracy_, probe = _linear_probe(train_x, train_y, test_x, test_y, settings, device, label, progress)
     speed = None
     if settings.speed:
-        _report(progress, f"speed {label}", 0, 1)
+        stage = f"speed {label}"
         with _timer(wall, "speed"):
             speed = measure_speed(
                 model,
@@ -374,28 +382,25 @@ def _evaluate_one(
                 dtype=settings.dtype,
                 warmup=settings.speed_warmup,
                 repeats=settings.speed_repeats,
+                progress=None if progress is None else lambda done, total: progress(stage, done, total),
             )
-        _report(progress, f"speed {label}", 1, 1)
-    gmacs, dense_gmacs = cost.gmacs(widths), dense_cost.gmacs(dense_widths)
-    params, dense_params = cost.params(widths), dense_cost.params(dense_widths)
-    return {
-        "name": candidate.name,
-        "budget": candidate.budget if candidate.budget is not None else "dense",
-        "dense": widths == dense_widths,
-        "accuracy": accuracy,
-        "probe": probe,
-        "gmacs": gmacs,
-        "params": params,
-        "flops_fraction": gmacs / dense_gmacs,
-        "params_fraction": params / dense_params,
-        "dense_gmacs": dense_gmacs,
-        "dense_params": dense_params,
-        "resolution": resolution,
-        "widths": widths.to_json(),
-        "throughput": None if speed is None else _throughput_json(speed),
-        "latency_ms": None if speed is None else speed.latency_ms,
-        "wall_s": wall,
-    }
+    return EvalRow(
+        name=candidate.name,
+        budget=candidate.budget,
+        dense=widths == dense_widths,
+        knn=knn,
+        probe=probe_accuracy_,
+        probe_info=probe,
+        gmacs=cost.gmacs(widths),
+        params=cost.params(widths),
+        dense_gmacs=dense_cost.gmacs(dense_widths),
+        dense_params=dense_cost.params(dense_widths),
+        resolution=resolution,
+        widths=widths.to_json(),
+        throughput=None if speed is None else _throughput(speed),
+        latency_ms=None if speed is None else speed.latency_ms,
+        wall_s=wall,
+    )
 
 
 def _features(
@@ -457,10 +462,10 @@ def _linear_probe(
     return accuracy, {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy}
 
 
-def _throughput_json(speed: Speed) -> dict[str, Any]:
+def _throughput(speed: Speed) -> Throughput:
     data = asdict(speed)
     del data["latency_ms"]
-    return data
+    return Throughput(**data)
 
 
 def _settings_json(settings: EvalSettings, device: torch.device) -> dict[str, Any]:
@@ -472,22 +477,8 @@ def _settings_json(settings: EvalSettings, device: torch.device) -> dict[str, An
     return data
 
 
-def budget_label(budget: dict[str, Any] | str | None) -> str:
-    """A budget for humans: ``flops 0.5``, ``params 0.7``, ``mlp 0.35 heads 0.2`` or ``dense``."""
-    if not isinstance(budget, dict):
-        return "dense"
-    if budget.get("kind") == "ratios":
-        return f"mlp {budget.get('mlp', 0):g} heads {budget.get('heads', 0):g}"
-    return f"{budget.get('kind')} {budget.get('target', 0):g}"
-
-
 @contextlib.contextmanager
 def _timer(wall: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     wall[stage] = wall.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _report(progress: Progress | None, label: str, done: int, total: int) -> None:
-    if progress is not None:
-        progress(label, done, total)

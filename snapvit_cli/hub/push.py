@@ -1,4 +1,5 @@
 """``snapvit push``: upload a sliced model folder or an elastic bundle, with a generated model card."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 
@@ -22,8 +23,12 @@ from snapvit_cli.hub.client import (
     Kind,
     check_repo_id,
     hub_errors,
+    require_hub,
 )
-from snapvit_cli.hub.model_card import render_model_card
+from snapvit_cli.hub.model_card import Record, render_model_card
+
+if TYPE_CHECKING:
+    from snapvit_cli.evaluation.report import EvalReport
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ def push(
     token: str | None = None,
     dry_run_dir: str | os.PathLike | None = None,
     force: bool = False,
-    eval_results: dict[str, Any] | None = None,
+    eval_results: EvalReport | None = None,
     follow_links: bool = False,
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
@@ -116,6 +121,7 @@ def push(
         staging = Path(tmp)
         _stage(sources, card, staging, link=True)
         with hub_errors(repo_id, token):
+            require_hub()
             commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
     return PushResult(
         repo_id,
@@ -152,9 +158,9 @@ def _upload(
     )
 
 
-def _collect(path: Path, follow_links: bool) -> tuple[Kind, dict[str, Path], dict[str, Any], list[dict[str, Any]]]:
+def _collect(path: Path, follow_links: bool) -> tuple[Kind, dict[str, Path], Record, list[dict[str, Any]]]:
     """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
-    (the sliced ``config.json`` or the bundle metadata, plus example budgets for a bundle).
+    (the sliced config or the bundle metadata record, plus example budgets for a bundle).
 
     Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
     """
@@ -262,5 +268,3 @@ def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool
             raise BundleError(f"{src} changed into a symbolic link while the push was prepared; not pushed")
     if card is not None:
         (dest / CARD_FILENAME).write_text(card, encoding="utf-8")
-
-

@@ -1,69 +1,38 @@
 """Resolving and loading the dense source model: timm names, friendly aliases, ``hf-hub:`` ids, local checkpoints.
 
-Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.Module`` lives here, together with the
-:class:`ModelSource` record that a bundle stores so the same architecture can be rebuilt offline later.
+Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.Module`` lives here; the
+:class:`~snapvit_cli.models.source.ModelSource` record it returns is what a bundle stores to rebuild the architecture.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
-import socket
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
-from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
-from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
 from snapvit_cli.fileio import sha256_file
-from snapvit_cli.hub.client import hub_error_message, unreachable_message
+from snapvit_cli.hub.client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
-from snapvit_cli.models.families import corrected_preprocessing, default_model_args
+from snapvit_cli.models.families import corrected_preprocessing, default_model_args, supported_summary
+from snapvit_cli.models.source import ModelSource
 
 # Pretrained-config keys a bundle keeps: what preprocessing and cost reporting need.
 _CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "license", "hf_hub_id")
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a dense model came from, and how to rebuild its architecture offline (stored in bundles)."""
-
-    model_id: str
-    timm_name: str
-    architecture: str
-    model_args: dict[str, Any]
-    pretrained_cfg: dict[str, Any]
-    weights_sha256: str
-    pretrained: bool = True
-    hf_hub_id: str | None = None
-    revision: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    license: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelSource:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """Content hash of a state dict, independent of file format: names, dtypes, shapes and bytes in key order."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().contiguous().cpu()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    from snapvit_cli.elastic.surgery import state_sha256
+
+    return state_sha256((key, state_dict[key]) for key in sorted(state_dict))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -145,11 +114,20 @@ def load_model(
         checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
         license=cfg.get("license"),
     )
+    try:  # the record must pass the reader's schema, or a bundle written from it would not load
+        source.to_json()
+    except BundleError as exc:
+        message = f"{name} is not a supported model: {exc}; snapvit prunes: {supported_summary()}"
+        raise UnsupportedModelError(message) from None
     return model, source
 
 
 def build_architecture(source: ModelSource, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the dense architecture of ``source`` without weights (no download), e.g. on the meta device."""
+    """Rebuild the dense architecture of ``source`` without weights (no download), e.g. on the meta device.
+
+    ``source.model_args`` has passed :func:`snapvit_cli.models.source.check_model_args` (records validate on
+    read and before writing), so only allow-listed, bounded arguments reach timm.
+    """
     with torch.device(device):
         return timm.create_model(source.architecture, pretrained=False, **source.model_args).eval()
 
@@ -199,10 +177,9 @@ def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: 
             hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
             if hub_id:
                 kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": f"{hub_id}@{revision}"}
-    if pretrained:
-        _fail_fast_if_hub_unreachable(timm_name)
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_access(timm_name) if pretrained else contextlib.nullcontext():
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -212,20 +189,22 @@ def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: 
         raise
 
 
-def _fail_fast_if_hub_unreachable(timm_name: str) -> None:
-    """huggingface_hub retries a failed lookup for ~45 s; when the host does not even resolve, say so at once."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return  # the library fails fast itself, and may serve the file from the local cache
-    host = urlparse(constants.ENDPOINT).hostname
-    if host is None:
+@contextlib.contextmanager
+def _hub_access(timm_name: str) -> Iterator[None]:
+    """Around a download of ``timm_name``'s weights or config: when the Hub does not answer within
+    :data:`~snapvit_cli.hub.client.HUB_TIMEOUT_S`, use the cached copy (offline mode) or fail now in one line,
+    instead of huggingface_hub's minute of retries."""
+    if _hub_repo_id(timm_name) is None:  # weights hosted elsewhere (a URL), not on the Hub
+        yield
         return
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        if not _in_local_cache(timm_name):
-            raise ModelLoadError(_download_message(timm_name, unreachable_message(f"cannot resolve {host}"))) from None
+    reason = hub_unreachable()
+    if reason is None:
+        yield
+        return
+    if not _in_local_cache(timm_name):
+        raise ModelLoadError(_download_message(timm_name, unreachable_message(reason)))
+    with offline_mode():
+        yield
 
 
 def _hub_repo_id(timm_name: str) -> str | None:
@@ -237,11 +216,11 @@ def _hub_repo_id(timm_name: str) -> str | None:
 
 
 def _in_local_cache(timm_name: str) -> bool:
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
 
     hub_id = _hub_repo_id(timm_name)
-    try:
-        return any(repo.repo_id == hub_id for repo in scan_cache_dir().repos)
+    try:  # the cache folder named now: scan_cache_dir's default is the one set when it was first imported
+        return any(repo.repo_id == hub_id for repo in scan_cache_dir(constants.HF_HUB_CACHE).repos)
     except Exception:  # noqa: BLE001 - no cache folder yet
         return False
 
@@ -286,9 +265,11 @@ def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:
     hub_id = timm_name.removeprefix("hf-hub:")
     if revision:
         hub_id = f"{hub_id.split('@')[0]}@{revision}"
-    _fail_fast_if_hub_unreachable(timm_name)
     try:
-        _cfg, arch, model_args = load_model_config_from_hf(hub_id)
+        with _hub_access(timm_name):
+            _cfg, arch, model_args = load_model_config_from_hf(hub_id)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001
         _raise_if_download_error(timm_name, exc)
         raise

@@ -86,6 +86,8 @@ def accumulate_gradients(
     summed = _zeros(specs)
     squared = _zeros(specs) if settings.score == "fisher" else None
     total, batches = len(images), 0
+    if settings.progress is not None:  # the stage starts now: its clock (elapsed, ETA) too
+        settings.progress("gradients", 0, total, None)
     for start in range(0, total, settings.batch_size):
         indices = range(start, min(start + settings.batch_size, total))
         for param in params.values():
@@ -240,6 +242,7 @@ def gradient_settings(settings: ScoreSettings, run: GradientPass, device: torch.
     """The settings of a gradient pass as recorded in a bundle."""
     return {
         **settings.record(GRADIENT_SETTINGS),
+        "samples": run.grads.images,  # the images used (fewer than asked when the source has fewer)
         "device": str(device),
         "input": run.config.to_json(),
         "data": run.data,
