@@ -114,7 +114,18 @@ def test_a_bomb_in_calibration_data_is_one_line(tmp_path):
     png_header_only(tmp_path / "data" / "bomb.png", 20_000, 20_000)
     out = tmp_path / "never.safetensors"
     result = run(
-        "score", "--model", "demo", "--method", "gradient", "--data", tmp_path / "data", "--samples", "1", "-o", out
+        "score",
+        "--model",
+        "demo",
+        "--method",
+        "gradient",
+        "--data",
+        tmp_path / "data",
+        "--samples",
+        "1",
+        "-o",
+        out,
+        "--quiet",
     )
     assert_one_line_error(result, "bomb.png is too large to decode safely")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -36,7 +36,7 @@ def hub(tmp_path, monkeypatch):
 
 
 def push(folder: Path, *args: str):
-    return runner.invoke(app, ["push", str(folder), "--repo", REPO, "--token", TOKEN, *args])
+    return runner.invoke(app, ["push", str(folder), "--repo", REPO, "--token", TOKEN, "--quiet", *args])
 
 
 def assert_refused(result, hub: FakeHub, *needles: str) -> None:

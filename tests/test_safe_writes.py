@@ -283,7 +283,7 @@ def test_force_never_replaces_an_input(tmp_path, built):
     data.mkdir()
     assert_one_line_error(run("score", "--data", data, "-o", data, "--force"), "it is the input")
     assert_one_line_error(
-        run("push", sliced, "--repo", "a/b", "--dry-run", sliced.parent, "--force"), "it contains the input"
+        run("push", sliced, "--repo", "a/b", "--dry-run", sliced.parent, "--force", "--quiet"), "it contains the input"
     )
     assert listing(bundle.parent) == before and bundle.is_file()
 
