@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -82,7 +84,8 @@ def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
 
 def user_errors(func=None, *, flags: dict[str, str] | None = None):
     """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback; show the
-    library's :class:`SnapvitWarning` as one ``warning:`` line each.
+    library's :class:`SnapvitWarning` as one ``warning:`` line each; SIGINT and SIGTERM into one line saying what
+    is on disk (every output is the complete old or the complete new one).
 
     Use as ``@user_errors`` or ``@user_errors(flags={"samples": "--correct-samples"})``.
     """
@@ -91,19 +94,47 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from snapvit_cli import fileio
+
+        fileio.reset_write_log()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _terminate_as_interrupt():
                 warnings.simplefilter("always", SnapvitWarning)
                 warnings.showwarning = _one_line_warning
                 return func(*args, **kwargs)
         except SnapvitError as exc:
             err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was written")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err.print(
+                f"{'terminated' if terminated else 'interrupted'}; {escape(fileio.interrupt_message())}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that temporaries are removed and the same message is printed."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def emit_json(data: Any) -> None:

@@ -83,6 +83,14 @@ def push(
         bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.", rich_help_panel=OUTPUT)
     ] = False,
     quiet: QuietOpt = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="Upload the target of each symbolic link that points inside the folder (links are refused "
+            "without it; links pointing outside always are).",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
@@ -105,6 +113,7 @@ def push(
             dry_run_dir=dry_run,
             force=force,
             eval_results=results,
+            follow_links=follow_links,
         )
     if json_output:
         emit_json(

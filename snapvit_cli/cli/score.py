@@ -225,7 +225,7 @@ def score(
     if method in DATA_METHODS:
         resolve_device(device)
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
-    check_output(output, force)  # fail before the expensive part
+    check_output(output, force, inputs=(data, checkpoint, model))  # fail before the expensive part
     with status(not quiet, f"loading {model}"), quiet_hub(quiet):
         dense, source = load_model(
             model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False

@@ -183,7 +183,7 @@ def slice_(
             device=device,
         )
     if not dry_run:
-        check_output(output, force)
+        check_output(output, force, directory=True, inputs=(bundle, data))
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)
     plan = elastic.plan(

@@ -302,8 +302,8 @@ class ElasticBundle:
         if correction is None:
             state, bundle_sha256 = self.read_verified(plan.widths)
             config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-            return save_sliced(out_dir, state, config, force=force)
-        check_output(out_dir, force)  # fail before the expensive part
+            return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
+        check_output(out_dir, force, directory=True, inputs=(self.path, correction.data))  # before the expensive part
         from snapvit_cli.correction.apply import correct_with_settings
 
         bundle_sha256 = self.verified_sha256()
@@ -311,7 +311,9 @@ class ElasticBundle:
         self._file.check_unchanged()
         check_finite(result.state, f"{self.path}: the corrected weights")
         config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-        return save_sliced(out_dir, result.state, replace(config, correction=result.to_json()), force=force)
+        return save_sliced(
+            out_dir, result.state, replace(config, correction=result.to_json()), force=force, inputs=(self.path,)
+        )
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""

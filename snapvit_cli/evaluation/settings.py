@@ -53,5 +53,3 @@ class EvalSettings:
         for name in ("workers", "speed_warmup"):
             if getattr(self, name) < 0:
                 raise SnapvitError(f"{name} cannot be negative, got {getattr(self, name)}", param=name)
-        if self.resolution is not None and self.resolution < 1:
-            raise SnapvitError(f"resolution must be positive, got {self.resolution}", param="resolution")

@@ -184,8 +184,7 @@ def _cost_table(cost: Cost) -> str:
         "| | This model | Dense model | Fraction |",
         "|---|---|---|---|",
         f"| GMACs | {cost.gmacs:.4g} | {cost.dense_gmacs:.4g} | {_pct(cost.flops_fraction)} |",
-        f"| Parameters | {cost.params / 1e6:.4g} M | {cost.dense_params / 1e6:.4g} M "
-        f"| {_pct(cost.params_fraction)} |",
+        f"| Parameters | {cost.params / 1e6:.4g} M | {cost.dense_params / 1e6:.4g} M | {_pct(cost.params_fraction)} |",
     ]
     return "\n".join(rows) + f"\n\nGMACs at {cost.resolution}×{cost.resolution} input."
 

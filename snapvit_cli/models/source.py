@@ -54,6 +54,7 @@ Check = Callable[[Any, str], Any]
 _COMMON: dict[str, Check] = {
     "img_size": lambda v, n: _size(v, n, MAX_IMG_SIZE),
     "patch_size": lambda v, n: _size(v, n, MAX_PATCH_SIZE),
+    "in_chans": lambda v, n: check_int(v, n, 1, 16),
     "embed_dim": lambda v, n: check_int(v, n, 1, MAX_EMBED_DIM),
     "depth": lambda v, n: check_int(v, n, 1, MAX_DEPTH),
     "num_heads": lambda v, n: check_int(v, n, 1, MAX_HEADS),
