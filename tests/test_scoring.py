@@ -276,14 +276,33 @@ def test_candidates_batched_together_equal_one_at_a_time(fitness):
     assert not any(module._forward_pre_hooks for module in fitness.model.modules())  # hooks removed
 
 
-def test_search_never_copies_the_model(monkeypatch, data):
+def test_masked_search_never_copies_the_model(monkeypatch, data):
     def refuse(*args, **kwargs):
         raise AssertionError("the search deep-copied something")
 
     model = make_small_model("dino")
     monkeypatch.setattr(copy, "deepcopy", refuse)
     monkeypatch.setattr(torch.nn.Module, "__deepcopy__", refuse, raising=False)
-    scores = score_model(model, "snapvit", data=data, **FAST)
+    scores = score_model(model, "snapvit", data=data, ga_evaluation="masked", **FAST)
+    assert scores.extras["ga.fitness_trace"].shape == (FAST["ga_evals"],)
+
+
+def test_sliced_search_never_copies_a_weight(monkeypatch, data):
+    """Candidates are built from a meta-device copy of the structure: no real tensor is ever deep-copied."""
+    originals = {cls: cls.__deepcopy__ for cls in (torch.Tensor, torch.nn.Parameter)}
+
+    def guarded(cls):
+        def deepcopy(self, memo):
+            if not self.is_meta:
+                raise AssertionError("the search deep-copied a weight")
+            return originals[cls](self, memo)
+
+        return deepcopy
+
+    for cls in originals:
+        monkeypatch.setattr(cls, "__deepcopy__", guarded(cls))
+    scores = score_model(make_small_model("dino"), "snapvit", data=data, **FAST)
+    assert scores.settings["ga_evaluation"] == "sliced"
     assert scores.extras["ga.fitness_trace"].shape == (FAST["ga_evals"],)
 
 
