@@ -39,7 +39,6 @@ from snapvit_cli.scoring.settings import Progress, ScoreSettings
 from snapvit_cli.scoring.xnes import default_population_size, minimize
 
 
-
 def removed_units(scores: dict[str, torch.Tensor], ratios: tuple[float, float], min_keep: dict[str, float]) -> Removed:
     """The units a slice at ``ratios`` = (MLP, heads) removes, given ``[blocks, units]`` scores per kind.
 
