@@ -11,7 +11,9 @@ import contextlib
 import functools
 import gc
 import json
+import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,13 +47,28 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except SnapvitError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            _report(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _report(exc: SnapvitError) -> None:
+    """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
+    (sent when another rank failed) is ignored, so that a failure ends with one line."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not launched or int(os.environ.get("RANK", "0")) == 0:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def _stopped_by_launcher(_signum, _frame) -> None:
+    """torchrun sends SIGTERM to the other ranks when one fails: end this one as a user error (one line, no bundle)."""
+    raise SnapvitError("stopped: another rank of the torchrun job failed; no bundle was written")
 
 
 def _emit_json(data: Any) -> None:
@@ -180,7 +197,7 @@ def score(
     from snapvit_cli.devices import resolve_device
     from snapvit_cli.fileio import check_output
     from snapvit_cli.models import load_model
-    from snapvit_cli.scoring import DATA_METHODS, METHODS, ScoreSettings, score_model
+    from snapvit_cli.scoring import DATA_METHODS, METHODS, ScoreSettings, distributed, score_model
     from snapvit_cli.scoring.settings import parse_pairs
 
     if method not in METHODS:
@@ -213,13 +230,21 @@ def score(
         resolve_device(device)
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
     check_output(output, force)  # fail before the expensive part
-    show_progress = not quiet and (sys.stderr.isatty() or not json_output)
-    with err.status(f"loading {model}"):
-        dense, source = load_model(
-            model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
-        )
-    with _score_progress(show_progress and method in DATA_METHODS) as progress:
-        scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
+    primary = not distributed.is_secondary()
+    show_progress = primary and not quiet and (sys.stderr.isatty() or not json_output)
+    with distributed.failures_end_all_ranks():
+        distributed.start(device)
+        try:
+            with err.status(f"loading {model}") if primary else contextlib.nullcontext():
+                dense, source = load_model(
+                    model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
+                )
+            with _score_progress(show_progress and method in DATA_METHODS) as progress:
+                scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
+        finally:
+            distributed.stop()
+    if not primary:
+        return
     path = write_bundle(output, dense, source, scores, min_keep=min_keep, force=force)
     result = {
         "bundle": str(path),
@@ -821,8 +846,13 @@ def models(json_output: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun (see snapvit_cli.scoring.distributed)
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
     try:
         app()
+    except SnapvitError as exc:  # the launcher's SIGTERM outside a command
+        _report(exc)
+        sys.exit(exc.exit_code)
     finally:
         # torch, timm and torchvision leave millions of objects that the interpreter's shutdown collections would
         # traverse: freezing them first (nothing needs collecting at exit) saves about 0.8 s of CPU per command.

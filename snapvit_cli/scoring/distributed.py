@@ -14,8 +14,14 @@ Without a process group every helper here is the identity, and a single process 
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
+
+from snapvit_cli.errors import SnapvitError
 
 
 def active() -> bool:
@@ -73,3 +79,52 @@ def gather_rows(part: torch.Tensor, total: int) -> torch.Tensor:
     base, extra = divmod(total, size)
     rows = [base + (1 if r < extra else 0) for r in range(size)]
     return torch.cat([piece[:n] for piece, n in zip(pieces, rows, strict=True)]).to(part.device)
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (or another launcher setting ``WORLD_SIZE``) with N > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_secondary() -> bool:
+    """A launched process other than rank 0: it computes its share but writes and prints nothing."""
+    return launched() and int(os.environ.get("RANK", "0")) != 0
+
+
+def start(device: str) -> None:
+    """Join the launcher's process group: NCCL when scoring on CUDA (one GPU per local rank), gloo otherwise."""
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        return
+    if not dist.is_available():
+        raise SnapvitError("this torch build has no torch.distributed; run snapvit score without torchrun")
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+
+
+def stop() -> None:
+    """Leave the process group (if this module's :func:`start` or the caller joined one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def failures_end_all_ranks() -> Iterator[None]:
+    """Turn a lost peer (a collective fails because another rank died) into one :class:`SnapvitError`.
+
+    The launcher then ends the remaining ranks; the CLI turns its SIGTERM into the same kind of error."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (active() or launched()) or not _is_collective_failure(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SnapvitError(f"another rank of the torchrun job failed ({reason}); no bundle was written") from None
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "peer"))
