@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/throughput.py                    # ViT-S/16 at 224, CPU, fractions 0.75 0.5; updates README.md
     python benchmarks/throughput.py --no-readme --profile --fractions 0.5
+    python benchmarks/throughput.py --round-to 8 64       # also the smallest fraction with MLP widths rounded
 
 A random-init ViT-S/16 (no download) is scored with the data-free ``magnitude`` method into a bundle in a temporary
 folder, and the dense model and the models sliced at each FLOPs fraction are timed on the CPU with all cores, at a
@@ -58,8 +59,11 @@ OP_GROUPS = {
 }
 
 
-def build_models(arch: str, fractions: list[float], folder: Path) -> list[tuple[str, float, float, nn.Module]]:
-    """(label, FLOPs fraction, GMACs, model) for the dense model and each slice of a magnitude-scored bundle."""
+def build_models(
+    arch: str, fractions: list[float], folder: Path, round_to: list[int]
+) -> list[tuple[str, float, float, nn.Module]]:
+    """(label, FLOPs fraction, GMACs, model) for the dense model and each slice of a magnitude-scored bundle, then
+    the smallest fraction again with every block's MLP width rounded to each multiple in ``round_to``."""
     dense, source = load_model(arch, pretrained=False)
     path = write_bundle(folder / "bundle.safetensors", dense, source, score_model(dense, "magnitude"))
     bundle = ElasticBundle.open(path)
@@ -67,6 +71,10 @@ def build_models(arch: str, fractions: list[float], folder: Path) -> list[tuple[
     for fraction in [1.0, *fractions]:
         plan = bundle.plan(flops=fraction)
         label = "dense" if fraction == 1.0 else f"sliced {fraction:g}"
+        rows.append((label, plan.flops_fraction, plan.gmacs, bundle.slice(plan).eval()))
+    for multiple in round_to:
+        plan = bundle.plan(flops=min(fractions), round_to=multiple)
+        label = f"sliced {min(fractions):g}, --round-to {multiple}"
         rows.append((label, plan.flops_fraction, plan.gmacs, bundle.slice(plan).eval()))
     return rows
 
@@ -168,6 +176,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--round-to", type=int, nargs="*", default=[], help="MLP width multiples at the smallest fraction"
+    )
     parser.add_argument("--profile", action="store_true", help="add a per-operator breakdown")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
@@ -176,7 +187,7 @@ def main() -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="snapvit-throughput-") as tmp:
-        rows = build_models(args.model, args.fractions, Path(tmp))
+        rows = build_models(args.model, args.fractions, Path(tmp), args.round_to)
     args.resolution = rows[0][3].patch_embed.img_size[0]
     batch = torch.randn(
         args.batch_size, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)

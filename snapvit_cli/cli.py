@@ -317,6 +317,13 @@ def slice_(
         ),
     ] = 0.15,
     resolution: Annotated[int | None, typer.Option(help="Input resolution for GMACs (default: the model's).")] = None,
+    round_to: Annotated[
+        int,
+        typer.Option(
+            help="Round every block's kept MLP width to a multiple of N (e.g. 8 or 64 for GPU kernels); the budget "
+            "is still met within 1 %. 1 keeps the method's exact counts."
+        ),
+    ] = 1,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output folder (default: <bundle>-<budget>/).")
     ] = None,
@@ -377,6 +384,7 @@ def slice_(
         heads=heads,
         resolution=resolution,
         head_offset=head_offset,
+        round_to=round_to,
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if correct and not dry_run:
