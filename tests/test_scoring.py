@@ -360,3 +360,30 @@ def test_gradient_method_runs_on_every_family(small_name, data):
     assert scores.mlp.shape == (adapter.num_blocks, dense.mlp[0])
     assert scores.heads.shape == (adapter.num_blocks, dense.heads[0])
     assert torch.isfinite(scores.mlp).all() and scores.mlp.sum() > 0 and scores.heads.sum() > 0
+
+
+@pytest.mark.parametrize("name", ["dino", "dinov3"])
+def test_grad_checkpointing_gives_the_same_scores(name, data):
+    model = make_small_model(name)
+    plain = score_model(model, "gradient", data=data, **FAST)
+    checkpointed = score_model(model, "gradient", data=data, grad_checkpointing=True, **FAST)
+    torch.testing.assert_close(checkpointed.mlp, plain.mlp, rtol=1e-5, atol=0)
+    torch.testing.assert_close(checkpointed.heads, plain.heads, rtol=1e-5, atol=0)
+    assert checkpointed.settings["grad_checkpointing"] is True and "grad_checkpointing" not in plain.settings
+    assert model.grad_checkpointing is False  # restored
+
+
+def test_grad_checkpointing_really_recomputes(monkeypatch, data):
+    """With checkpointing every block runs twice per micro-batch (forward, then again in the backward)."""
+    model = make_small_model("dino")
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    model.blocks[0].register_forward_pre_hook(count)
+    score_model(model, "gradient", data=data, **FAST)
+    plain = calls["n"]
+    calls["n"] = 0
+    score_model(model, "gradient", data=data, grad_checkpointing=True, **FAST)
+    assert calls["n"] == 2 * plain

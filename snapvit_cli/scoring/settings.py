@@ -40,6 +40,7 @@ class ScoreSettings:
     samples: int = 1000
     batch_size: int = 16
     micro_batch: int = 4
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: activations of one block only
     seed: int = 42
     device: str = "auto"
     crops: str = "independent"
