@@ -198,6 +198,13 @@ def score(
     min_keep_heads: Annotated[float, typer.Option(help="Fraction of each block's heads never removed.")] = 0.2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     force: ForceOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print the images, passes and estimated memory and time of every stage on this device, without "
+            "reading weights or scoring."
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Score every MLP neuron and attention head once and write an elastic bundle."""
@@ -234,9 +241,12 @@ def score(
         cka_init=cka_init,
         min_keep=min_keep,
     )
-    ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
+    config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
     if method in DATA_METHODS:
         resolve_device(device)
+    if dry_run:
+        _print_estimate(model, method, config, json_output)
+        return
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
     check_output(output, force)  # fail before the expensive part
     primary = not distributed.is_secondary()
@@ -271,6 +281,36 @@ def score(
     if search is not None:
         summary += f"; xNES fitness {search['initial_fitness']:.4f} -> {search['best_fitness']:.4f}"
     out.print(f"wrote [bold]{path}[/] ({summary})")
+
+
+def _print_estimate(model: str, method: str, settings, json_output: bool) -> None:
+    """``score --dry-run``: the closed-form estimate of every stage (snapvit_cli.scoring.estimate)."""
+    from snapvit_cli.adapters import get_adapter
+    from snapvit_cli.devices import resolve_device
+    from snapvit_cli.models import meta_architecture
+    from snapvit_cli.scoring import DATA_METHODS
+    from snapvit_cli.scoring.estimate import duration, estimate_scoring, matmul_speed
+
+    if method not in DATA_METHODS:
+        raise SnapvitError(
+            f"--method {method} reads no images and costs next to nothing; --dry-run estimates "
+            f"{', '.join(sorted(DATA_METHODS))}"
+        )
+    architecture = meta_architecture(model)
+    target = resolve_device(settings.device)
+    speed = matmul_speed(target)
+    stages = estimate_scoring(architecture, get_adapter(architecture), settings, target, speed, method)
+    if json_output:
+        _emit_json({"device": str(target), "matmul_tflop_per_s": speed / 1e12, "stages": [s.to_json() for s in stages]})
+        return
+    out.print(f"{model} on {target} (matmul {speed / 1e12:.2f} TFLOP/s measured; times are lower bounds)")
+    for s in stages:
+        host = f" (+ {s.host_gb:.2f} GB host)" if s.host_gb else ""
+        out.print(
+            f"  {s.stage}: {s.images} images, {s.passes}; {s.tflop:.2f} TFLOP, ≥ {duration(s.seconds)}; "
+            f"memory {s.device_gb:.2f} GB{host}",
+            soft_wrap=True,
+        )
 
 
 @contextlib.contextmanager
