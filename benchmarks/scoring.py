@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=2 python benchmarks/scoring.py          # ViT-S/16 random init (+ the real ViT-Tiny); README.md
+    python benchmarks/scoring.py          # ViT-S/16 random init (+ the real ViT-Tiny), 1 thread; updates README.md
     python benchmarks/scoring.py --models vit_small_patch16_224 --no-readme --ga-evals 2
 
 For each model, the three stages of the ``snapvit`` method run as ``score_model`` runs them:
@@ -18,7 +18,8 @@ For each model, the three stages of the ``snapvit`` method run as ``score_model`
   the sliced models of the search's first candidate (μ₀), built beforehand.
 
 Every stage is timed (wall and process CPU time, all threads) next to its bare passes in the same run, and the
-overhead factor is stage ÷ bare. Peak memory is the process's peak RSS after the stage on the CPU, and
+overhead factor is stage ÷ bare. One torch thread by default: on a shared machine, idle OpenMP threads spin and
+inflate the CPU time of whatever runs with several threads, which hides the differences measured here. Peak memory is the process's peak RSS after the stage on the CPU, and
 ``torch.cuda.max_memory_allocated`` during the stage on a GPU.
 """
 
@@ -228,11 +229,13 @@ def main() -> None:
     parser.add_argument("--ga-batch-size", type=int, default=16)
     parser.add_argument("--ga-evals", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
     args.command = " ".join(["python benchmarks/scoring.py", *sys.argv[1:]])
     args.load_before = os.getloadavg()[0]
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     shared = Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
     start = time.perf_counter()
