@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.bundle import load_bundle, write_bundle  # noqa: E402
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess  # noqa: E402
-from snapvit_cli.knn import knn_accuracy  # noqa: E402
-from snapvit_cli.models import load_model  # noqa: E402
+from snapvit_cli.elastic.bundle import load_bundle, write_bundle  # noqa: E402
+from snapvit_cli.evaluation.knn import knn_accuracy  # noqa: E402
+from snapvit_cli.models.loading import load_model  # noqa: E402
 from snapvit_cli.scoring import METHODS, score_model  # noqa: E402
 
 CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"

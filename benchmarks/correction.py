@@ -33,15 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.bundle import ElasticBundle, load_bundle, write_bundle  # noqa: E402
-from snapvit_cli.correct import correct_bundle_slice  # noqa: E402
-from snapvit_cli.correction import parse_damping  # noqa: E402
+from snapvit_cli.correction.apply import correct_bundle_slice  # noqa: E402
+from snapvit_cli.correction.solver import parse_damping  # noqa: E402
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess  # noqa: E402
 from snapvit_cli.devices import resolve_device  # noqa: E402
-from snapvit_cli.knn import knn_accuracy  # noqa: E402
-from snapvit_cli.models import load_model  # noqa: E402
+from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle  # noqa: E402
+from snapvit_cli.elastic.surgery import build_model  # noqa: E402
+from snapvit_cli.evaluation.knn import knn_accuracy  # noqa: E402
+from snapvit_cli.models.loading import load_model  # noqa: E402
 from snapvit_cli.scoring import score_model  # noqa: E402
-from snapvit_cli.surgery import build_model  # noqa: E402
 
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- correction-benchmark:begin -->", "<!-- correction-benchmark:end -->"

@@ -19,7 +19,8 @@ For each model, the three stages of the ``snapvit`` method run as ``score_model`
 
 Every stage is timed (wall and process CPU time, all threads) next to its bare passes in the same run, and the
 overhead factor is stage ÷ bare. One torch thread by default: on a shared machine, idle OpenMP threads spin and
-inflate the CPU time of whatever runs with several threads, which hides the differences measured here. Peak memory is the process's peak RSS after the stage on the CPU, and
+inflate the CPU time of whatever runs with several threads, which hides the differences measured here. Peak memory
+is the process's peak RSS after the stage on the CPU, and
 ``torch.cuda.max_memory_allocated`` during the stage on a GPU.
 """
 
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a clone without installing
 
 from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.models import load_model  # noqa: E402
+from snapvit_cli.models.loading import load_model  # noqa: E402
 from snapvit_cli.scoring.calibration import (  # noqa: E402
     autocast,
     calibration_images,

@@ -90,7 +90,7 @@ def _worker(kind: str, args: list[str]) -> dict:
     report: dict = {}
     with _timed(report, "import"):
         import snapvit_cli
-        import snapvit_cli.bundle  # noqa: F401 - torch, timm and the rest that `snapvit slice` imports: the start-up
+        import snapvit_cli.elastic.bundle  # noqa: F401 - torch, timm and the rest that `snapvit slice` imports: the start-up
         from snapvit_cli import cli
     report["rss_after_imports_mb"] = _status_mb("VmRSS")
     if kind == "cli":  # the `snapvit slice` command, in this process, through the same entry point

@@ -34,8 +34,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a clone without installing
 
-from snapvit_cli.bundle import ElasticBundle, write_bundle  # noqa: E402
-from snapvit_cli.models import load_model  # noqa: E402
+from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle  # noqa: E402
+from snapvit_cli.models.loading import load_model  # noqa: E402
 from snapvit_cli.scoring import score_model  # noqa: E402
 
 README = ROOT / "benchmarks" / "README.md"

@@ -10,7 +10,7 @@ Python API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from snapvit_cli._version import __version__
 
 __all__ = ["__version__", "load", "load_bundle", "load_model", "score_model", "write_bundle"]
 
@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "load_model":
-        from snapvit_cli.models import load_model
+        from snapvit_cli.models.loading import load_model
 
         return load_model
     if name == "score_model":
@@ -30,7 +30,7 @@ def __getattr__(name: str):
 
         return score_model
     if name == "write_bundle":
-        from snapvit_cli.bundle import write_bundle
+        from snapvit_cli.elastic.bundle import write_bundle
 
         return write_bundle
     raise AttributeError(f"module 'snapvit_cli' has no attribute {name!r}")

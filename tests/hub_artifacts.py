@@ -14,10 +14,10 @@ from pathlib import Path
 
 from huggingface_hub import constants
 
-from snapvit_cli.bundle import ElasticBundle, write_bundle
+from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
+from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.fileio import sha256_file
 from snapvit_cli.scoring import score_model
-from snapvit_cli.sliced import save_sliced, sliced_config
 from tests.conftest import make_small_model, small_model_source
 
 TOKEN = "hf_snapvitTEST0123456789abcdefXYZ"

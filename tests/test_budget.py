@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from snapvit_cli.adapters import get_adapter
-from snapvit_cli.budget import block_floor, plan_slice, select_widths
+from snapvit_cli.elastic.budget import block_floor, plan_slice, select_widths
 from snapvit_cli.errors import BudgetError
 from tests.conftest import make_small_model
 

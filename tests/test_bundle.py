@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.bundle import write_bundle
+from snapvit_cli.elastic.bundle import write_bundle
 from snapvit_cli.errors import BundleError, OutputExistsError
 from snapvit_cli.scoring import score_model
 from tests.conftest import image_batch, make_small_model, small_model_source
@@ -59,7 +59,7 @@ def test_metadata_is_self_describing(written):
 
 @torch.no_grad()
 def test_slice_switches_budget_and_roundtrips(tmp_path, written):
-    from snapvit_cli.sliced import save_sliced, sliced_config
+    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 
     model, path = written
     bundle = load_bundle(path)
@@ -136,7 +136,7 @@ def test_wrong_format_version(tmp_path, dino_bundle):
 
 def test_not_a_bundle(tmp_path, dino_bundle):
     bad = _rewrite(dino_bundle, tmp_path / "plain.safetensors", header={"format": "pt"})
-    with pytest.raises(BundleError, match="not a snapvit bundle"):
+    with pytest.raises(BundleError, match="neither an elastic bundle nor a sliced model"):
         load_bundle(bad)
 
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from snapvit_cli.api import load
-from snapvit_cli.cli import app
+from snapvit_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -125,7 +125,7 @@ def test_help_does_not_import_torch():
     """`snapvit --help` and every command's `--help` start without torch or timm (run as `python -m snapvit_cli`)."""
     code = (
         "import runpy, sys, typer\n"
-        "from snapvit_cli.cli import app\n"
+        "from snapvit_cli.cli.app import app\n"
         "for args in [['--help'], *([name, '--help'] for name in typer.main.get_command(app).commands)]:\n"
         "    sys.argv = ['snapvit', *args]\n"
         "    try:\n        runpy.run_module('snapvit_cli', run_name='__main__')\n"

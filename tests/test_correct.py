@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 
 from snapvit_cli.adapters import Widths, get_adapter
 from snapvit_cli.api import load
-from snapvit_cli.bundle import load_bundle, write_bundle
-from snapvit_cli.cli import app
-from snapvit_cli.correct import correct_slice
-from snapvit_cli.correction import InputStatistics, parse_damping
+from snapvit_cli.cli.app import app
+from snapvit_cli.correction.apply import correct_slice
+from snapvit_cli.correction.solver import InputStatistics, parse_damping
 from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import load_bundle, write_bundle
+from snapvit_cli.elastic.surgery import build_model, keep_prefix
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring import score_model
-from snapvit_cli.surgery import build_model, keep_prefix
 from tests.conftest import image_batch, make_small_model, small_model_source
 
 CONSUMERS = ("mlp.fc2", "attn.proj")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from snapvit_cli.correction import (
+from snapvit_cli.correction.solver import (
     DEFAULT_DAMPING,
     CorrectionError,
     Damping,

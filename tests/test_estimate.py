@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.cli import app
-from snapvit_cli.models import meta_architecture
+from snapvit_cli.models.loading import meta_architecture
 from snapvit_cli.scoring.estimate import duration, estimate_scoring
 from snapvit_cli.scoring.settings import ScoreSettings
 

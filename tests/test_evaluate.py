@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from snapvit_cli import evaluate as ev
-from snapvit_cli.bundle import ElasticBundle
-from snapvit_cli.cli import app
+from snapvit_cli.cli.app import app
 from snapvit_cli.data import load_images, preprocess
-from snapvit_cli.knn import knn_accuracy
-from snapvit_cli.model_card import render_model_card
+from snapvit_cli.elastic.bundle import ElasticBundle
+from snapvit_cli.evaluation import evaluate as ev
+from snapvit_cli.evaluation.knn import knn_accuracy
+from snapvit_cli.hub.model_card import render_model_card
 
 DATA = "demo:60/20"  # 60 train / 20 test images: 6 and 2 per class
 FAST = ["--data", DATA, "--speed-batch-size", "4", "--speed-repeats", "1"]
@@ -47,7 +47,7 @@ def run(*args: str):
 
 @pytest.fixture(scope="module")
 def demo_model():
-    from snapvit_cli.models import load_model
+    from snapvit_cli.models.loading import load_model
 
     return load_model("demo")[0]
 
@@ -210,7 +210,7 @@ def _unlabelled_npz(path):
     "args, message",
     [
         (["no_such_model_xyz", "--data", "demo"], "no_such_model_xyz"),
-        (["missing/bundle.safetensors", "--data", "demo"], "not found"),
+        (["missing/bundle.safetensors", "--data", "demo"], "does not exist"),
         (["demo", "--data", "demo", "--budgets", "0.5"], "--budgets applies to elastic bundles only"),
         (["demo", "--data", "no/such/data"], "not found"),
         (["demo", "--data", "UNLABELLED"], "has no labels"),

@@ -15,10 +15,17 @@ from snapvit_cli.adapters import HEADS, MLP, get_adapter, unit_rows
 from snapvit_cli.adapters.base import UnitTensor
 from snapvit_cli.adapters.eva import HeadPrunedEvaAttention
 from snapvit_cli.data import preprocess
+from snapvit_cli.elastic.surgery import build_model, keep_prefix, mask_suffix
 from snapvit_cli.errors import UnsupportedModelError
-from snapvit_cli.families import FAMILIES, default_model_args, family_of, supported_models, supported_models_markdown
-from snapvit_cli.models import ALIASES, load_model, preprocessing_cfg
-from snapvit_cli.surgery import build_model, keep_prefix, mask_suffix
+from snapvit_cli.models.aliases import ALIASES
+from snapvit_cli.models.families import (
+    FAMILIES,
+    default_model_args,
+    family_of,
+    supported_models,
+    supported_models_markdown,
+)
+from snapvit_cli.models.loading import load_model, preprocessing_cfg
 from tests.conftest import ROOT, SMALL_CONFIGS, image_batch, make_small_model
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -90,7 +97,7 @@ def test_hub_models_get_family_defaults_unless_their_config_says_otherwise(monke
     import huggingface_hub.constants
     import timm.models
 
-    from snapvit_cli.models import _hub_model_args
+    from snapvit_cli.models.loading import _hub_model_args
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network lookups
     hub_args = {}
@@ -101,7 +108,7 @@ def test_hub_models_get_family_defaults_unless_their_config_says_otherwise(monke
 
 
 def test_reference_score_model_types_agree_with_the_alias_table():
-    from snapvit_cli.reference_scores import MODEL_TYPE_TO_TIMM
+    from snapvit_cli.reference.scores import MODEL_TYPE_TO_TIMM
 
     assert {k: ALIASES[k] for k in MODEL_TYPE_TO_TIMM} == MODEL_TYPE_TO_TIMM
 
@@ -121,7 +128,7 @@ def test_preprocessing_squashes_siglip2_and_crops_dino():
 
 def test_models_command_lists_families():
     runner = CliRunner()
-    from snapvit_cli.cli import app
+    from snapvit_cli.cli.app import app
 
     text = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert text.exit_code == 0, text.output

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from snapvit_cli.adapters import Widths, get_adapter
-from snapvit_cli.surgery import build_model, keep_prefix
+from snapvit_cli.elastic.surgery import build_model, keep_prefix
 from tests.conftest import SMALL_CONFIGS, make_small_model
 
 

@@ -10,9 +10,10 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.numpy import save_file
 
-from snapvit_cli import hub
 from snapvit_cli.errors import BundleError, OutputExistsError
-from snapvit_cli.hub import HubError
+from snapvit_cli.hub import client as hub
+from snapvit_cli.hub.client import HubError
+from snapvit_cli.hub.push import push
 from tests.hub_artifacts import (
     BASE_HUB_ID,
     TOKEN,
@@ -110,8 +111,8 @@ def test_is_hf_id_on_local_paths():
 
 def test_push_sliced_uploads_exactly_the_staged_files(fake_hub, sliced_dir, tmp_path, capfd):
     before = snapshot(sliced_dir)
-    dry = hub.push(sliced_dir, REPO, dry_run_dir=tmp_path / "staged")
-    result = hub.push(sliced_dir, REPO, token=TOKEN)
+    dry = push(sliced_dir, REPO, dry_run_dir=tmp_path / "staged")
+    result = push(sliced_dir, REPO, token=TOKEN)
 
     staged = {p.name: p.read_bytes() for p in (tmp_path / "staged").iterdir()}
     uploaded = fake_hub.files(REPO)
@@ -136,7 +137,7 @@ def test_push_sliced_uploads_exactly_the_staged_files(fake_hub, sliced_dir, tmp_
 
 def test_push_keeps_a_user_written_readme(fake_hub, sliced_dir):
     (sliced_dir / "README.md").write_text("---\nlicense: mit\n---\n# My own card\n")
-    result = hub.push(sliced_dir, REPO, token=TOKEN, eval_results={"results": [{"name": "x"}]})
+    result = push(sliced_dir, REPO, token=TOKEN, eval_results={"results": [{"name": "x"}]})
     assert not result.card_generated
     assert fake_hub.files(REPO)["README.md"] == (sliced_dir / "README.md").read_bytes()
 
@@ -146,14 +147,14 @@ def test_push_uploads_extra_files_but_not_hidden_ones(fake_hub, sliced_dir, tmp_
     (sliced_dir / ".cache").mkdir()
     (sliced_dir / ".cache" / "state").write_text("local only")
     (sliced_dir / ".DS_Store").write_bytes(b"x")
-    result = hub.push(sliced_dir, REPO, token=TOKEN)
+    result = push(sliced_dir, REPO, token=TOKEN)
     assert set(fake_hub.files(REPO)) == {"LICENSE", "README.md", "config.json", "model.safetensors"}
     assert result.files == ("LICENSE", "README.md", "config.json", "model.safetensors")
 
 
 def test_push_bundle_is_renamed_and_round_trips(fake_hub, bundle_file, capfd):
     before = snapshot(bundle_file)
-    result = hub.push(bundle_file, REPO, token=TOKEN)
+    result = push(bundle_file, REPO, token=TOKEN)
 
     uploaded = fake_hub.files(REPO)
     assert set(uploaded) == {"bundle.safetensors", "README.md"}
@@ -169,7 +170,7 @@ def test_push_bundle_is_renamed_and_round_trips(fake_hub, bundle_file, capfd):
 
 
 def test_sliced_model_round_trip(fake_hub, sliced_dir):
-    hub.push(sliced_dir, REPO, token=TOKEN)
+    push(sliced_dir, REPO, token=TOKEN)
     folder = hub.download_sliced_model(f"hf-hub:{REPO}")
     for name in ("config.json", "model.safetensors"):
         assert (folder / name).read_bytes() == (sliced_dir / name).read_bytes()
@@ -183,7 +184,7 @@ def test_push_through_the_lfs_batch_api(configure, sliced_dir):
     # The xet-less client path: the server marks *.safetensors as LFS, the client uses batch + basic PUT.
     with FakeHub(token=TOKEN, lfs_patterns=("*.safetensors",)) as server:
         configure(server.url, HF_HUB_DISABLE_XET="1")
-        hub.push(sliced_dir, REPO, token=TOKEN)
+        push(sliced_dir, REPO, token=TOKEN)
         weights = (sliced_dir / "model.safetensors").read_bytes()
         assert server.files(REPO)["model.safetensors"] == weights
         assert server.repos[REPO].files("main")["model.safetensors"].lfs
@@ -192,7 +193,7 @@ def test_push_through_the_lfs_batch_api(configure, sliced_dir):
 
 
 def test_push_to_a_new_branch_and_download_at_that_revision(fake_hub, sliced_dir):
-    hub.push(sliced_dir, REPO, token=TOKEN, revision="v1")
+    push(sliced_dir, REPO, token=TOKEN, revision="v1")
     assert "config.json" in fake_hub.files(REPO, "v1")
     assert fake_hub.files(REPO, "main") == {}
     config = hub.download(f"hf-hub:{REPO}@v1", "config.json")
@@ -202,7 +203,7 @@ def test_push_to_a_new_branch_and_download_at_that_revision(fake_hub, sliced_dir
 
 
 def test_push_as_pull_request(fake_hub, sliced_dir):
-    result = hub.push(sliced_dir, REPO, token=TOKEN, create_pr=True, commit_message="Add pruned model")
+    result = push(sliced_dir, REPO, token=TOKEN, create_pr=True, commit_message="Add pruned model")
     assert result.pr_url == f"{fake_hub.url}/{REPO}/discussions/1"
     assert fake_hub.files(REPO, "main") == {}
     assert "model.safetensors" in fake_hub.files(REPO, "refs/pr/1")
@@ -210,8 +211,8 @@ def test_push_as_pull_request(fake_hub, sliced_dir):
 
 
 def test_private_flag_reaches_the_hub(fake_hub, bundle_file):
-    hub.push(bundle_file, REPO, token=TOKEN, private=True)
-    hub.push(bundle_file, "tester/public", token=TOKEN)
+    push(bundle_file, REPO, token=TOKEN, private=True)
+    push(bundle_file, "tester/public", token=TOKEN)
     assert fake_hub.repos[REPO].private
     assert not fake_hub.repos["tester/public"].private
     creates = [json.loads(r.body) for r in fake_hub.requests if r.path == "/api/repos/create"]
@@ -223,12 +224,12 @@ def test_private_flag_reaches_the_hub(fake_hub, bundle_file):
 
 def test_token_from_env_and_from_saved_login(fake_hub, bundle_file, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    hub.push(bundle_file, REPO)
+    push(bundle_file, REPO)
     monkeypatch.delenv("HF_TOKEN")
     token_file = Path(constants.HF_TOKEN_PATH)
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token_file.write_text(TOKEN)
-    hub.push(bundle_file, "tester/second")
+    push(bundle_file, "tester/second")
     assert set(fake_hub.repos) == {REPO, "tester/second"}
     creates = [r for r in fake_hub.requests if r.path == "/api/repos/create"]
     assert [r.headers["authorization"] for r in creates] == [f"Bearer {TOKEN}"] * 2
@@ -236,7 +237,7 @@ def test_token_from_env_and_from_saved_login(fake_hub, bundle_file, monkeypatch,
 
 def test_no_token_fails_before_any_request(fake_hub, sliced_dir, capfd):
     with pytest.raises(HubError, match="no Hugging Face token"):
-        hub.push(sliced_dir, REPO)
+        push(sliced_dir, REPO)
     assert fake_hub.requests == []
 
 
@@ -245,7 +246,7 @@ def test_no_token_fails_before_any_request(fake_hub, sliced_dir, capfd):
 
 def test_dry_run_writes_the_folder_and_sends_nothing(fake_hub, sliced_dir, tmp_path, capfd):
     out = tmp_path / "dry"
-    result = hub.push(sliced_dir, REPO, dry_run_dir=out)  # no token needed
+    result = push(sliced_dir, REPO, dry_run_dir=out)  # no token needed
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert (out / "model.safetensors").read_bytes() == (sliced_dir / "model.safetensors").read_bytes()
     assert not (out / "model.safetensors").samefile(sliced_dir / "model.safetensors")
@@ -253,9 +254,9 @@ def test_dry_run_writes_the_folder_and_sends_nothing(fake_hub, sliced_dir, tmp_p
     assert fake_hub.requests == []
 
     with pytest.raises(OutputExistsError):
-        hub.push(sliced_dir, REPO, dry_run_dir=out)
+        push(sliced_dir, REPO, dry_run_dir=out)
     (out / "stale.txt").write_text("x")
-    hub.push(sliced_dir, REPO, dry_run_dir=out, force=True)
+    push(sliced_dir, REPO, dry_run_dir=out, force=True)
     assert not (out / "stale.txt").exists()
     assert fake_hub.requests == []
 
@@ -263,7 +264,7 @@ def test_dry_run_writes_the_folder_and_sends_nothing(fake_hub, sliced_dir, tmp_p
 def test_dry_run_into_an_existing_empty_folder(fake_hub, bundle_file, tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
-    hub.push(bundle_file, REPO, dry_run_dir=out)
+    push(bundle_file, REPO, dry_run_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "bundle.safetensors"]
 
 
@@ -279,18 +280,18 @@ def test_dry_run_into_an_existing_empty_folder(fake_hub, bundle_file, tmp_path):
 )
 def test_push_refuses_bad_arguments_without_requests(fake_hub, bundle_file, kwargs, message):
     with pytest.raises(HubError, match=message):
-        hub.push(bundle_file, token=TOKEN, **kwargs)
+        push(bundle_file, token=TOKEN, **kwargs)
     assert fake_hub.requests == []
 
 
 def test_push_refuses_what_is_not_a_snapvit_artifact(fake_hub, tmp_path):
     (tmp_path / "folder").mkdir()
-    with pytest.raises(BundleError, match="missing config.json, model.safetensors"):
-        hub.push(tmp_path / "folder", REPO, token=TOKEN)
+    with pytest.raises(BundleError, match="a directory but not a sliced model folder"):
+        push(tmp_path / "folder", REPO, token=TOKEN)
     plain = tmp_path / "plain.safetensors"
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(plain))
-    with pytest.raises(BundleError, match="not a snapvit bundle"):
-        hub.push(plain, REPO, token=TOKEN)
+    with pytest.raises(BundleError, match="neither an elastic bundle nor a sliced model"):
+        push(plain, REPO, token=TOKEN)
     assert fake_hub.requests == []
 
 
@@ -307,7 +308,7 @@ def test_push_errors_are_one_line_hub_errors(fake_hub, sliced_dir, capfd, failur
     before = snapshot(sliced_dir)
     fake_hub.fail(**failure)
     with pytest.raises(HubError, match=message) as info:
-        hub.push(sliced_dir, REPO, token=TOKEN)
+        push(sliced_dir, REPO, token=TOKEN)
     assert "\n" not in str(info.value)
     assert snapshot(sliced_dir) == before
     assert_no_token(capfd, str(info.value))
@@ -315,7 +316,7 @@ def test_push_errors_are_one_line_hub_errors(fake_hub, sliced_dir, capfd, failur
 
 def test_wrong_token_is_an_authentication_error(fake_hub, bundle_file, capfd):
     with pytest.raises(HubError, match="authentication failed") as info:
-        hub.push(bundle_file, REPO, token="hf_wrong")
+        push(bundle_file, REPO, token="hf_wrong")
     assert REPO not in fake_hub.repos
     assert_no_token(capfd, str(info.value))
 
@@ -323,12 +324,12 @@ def test_wrong_token_is_an_authentication_error(fake_hub, bundle_file, capfd):
 def test_a_server_message_echoing_the_token_is_scrubbed(fake_hub, bundle_file, capfd):
     fake_hub.fail(401, path_contains="/api/repos/create", message=f"token {TOKEN} is revoked")
     with pytest.raises(HubError, match=r"token \*\*\* is revoked") as info:
-        hub.push(bundle_file, REPO, token=TOKEN)
+        push(bundle_file, REPO, token=TOKEN)
     assert_no_token(capfd, str(info.value))
 
 
 def test_a_download_error_echoing_the_env_token_is_scrubbed(fake_hub, bundle_file, monkeypatch, capfd):
-    hub.push(bundle_file, REPO, token=TOKEN)
+    push(bundle_file, REPO, token=TOKEN)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     fake_hub.fail(401, path_contains="/resolve/", message=f"token {TOKEN} is revoked")
     with pytest.raises(HubError, match=r"authentication failed \(token \*\*\* is revoked\)") as info:
@@ -340,7 +341,7 @@ def test_unreachable_hub(configure, sliced_dir, capfd):
     configure(f"http://127.0.0.1:{free_port()}")
     before = snapshot(sliced_dir)
     with pytest.raises(HubError, match="cannot reach the Hub") as info:
-        hub.push(sliced_dir, REPO, token=TOKEN)
+        push(sliced_dir, REPO, token=TOKEN)
     assert snapshot(sliced_dir) == before
     with pytest.raises(HubError, match="cannot reach the Hub"):
         hub.download_sliced_model(f"hf-hub:{REPO}")
@@ -351,7 +352,7 @@ def test_offline_mode(configure, sliced_dir, capfd):
     with FakeHub(token=TOKEN) as server:
         configure(server.url, HF_HUB_OFFLINE="1")
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)") as info:
-            hub.push(sliced_dir, REPO, token=TOKEN)
+            push(sliced_dir, REPO, token=TOKEN)
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)"):
             hub.download_sliced_model(f"hf-hub:{REPO}")
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)"):
@@ -363,8 +364,8 @@ def test_offline_mode(configure, sliced_dir, capfd):
 def test_offline_mode_serves_cached_repositories(configure, sliced_dir, bundle_file):
     with FakeHub(token=TOKEN) as server:
         configure(server.url)
-        hub.push(sliced_dir, "tester/sliced", token=TOKEN)
-        hub.push(bundle_file, "tester/bundle", token=TOKEN)
+        push(sliced_dir, "tester/sliced", token=TOKEN)
+        push(bundle_file, "tester/bundle", token=TOKEN)
         online = (
             hub.resolve_hub_artifact("hf-hub:tester/sliced"),
             hub.resolve_hub_artifact("hf-hub:tester/bundle"),
@@ -395,14 +396,14 @@ def test_download_from_a_missing_repository(fake_hub):
 
 
 def test_download_server_error(fake_hub, sliced_dir):
-    hub.push(sliced_dir, REPO, token=TOKEN)
+    push(sliced_dir, REPO, token=TOKEN)
     fake_hub.fail(500, path_contains=f"/api/models/{REPO}/revision/")
     with pytest.raises(HubError, match="the Hub answered 500"):
         hub.download_sliced_model(f"hf-hub:{REPO}")
 
 
 def test_private_repository_needs_the_token_to_download(fake_hub, bundle_file, monkeypatch):
-    hub.push(bundle_file, REPO, token=TOKEN, private=True)
+    push(bundle_file, REPO, token=TOKEN, private=True)
     with pytest.raises(HubError, match="repository not found"):
         hub.download_bundle(f"hf-hub:{REPO}")
     monkeypatch.setenv("HF_TOKEN", TOKEN)

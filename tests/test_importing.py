@@ -16,12 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from snapvit_cli.api import load
-from snapvit_cli.bundle import load_bundle
-from snapvit_cli.cli import app
+from snapvit_cli.cli.app import app
+from snapvit_cli.elastic.bundle import load_bundle
 from snapvit_cli.errors import UnsupportedModelError
-from snapvit_cli.importing import import_reference_scores, write_imported_bundle
-from snapvit_cli.models import build_architecture, load_model
-from snapvit_cli.reference_scores import ScoreFileError, published_models_markdown, read_reference_scores
+from snapvit_cli.models.loading import build_architecture, load_model
+from snapvit_cli.reference.importing import import_reference_scores, write_imported_bundle
+from snapvit_cli.reference.scores import ScoreFileError, published_models_markdown, read_reference_scores
 from tests.conftest import ROOT, SHARED_DATA
 from tests.test_reference_scores import malicious_file, valid_contents, write_reference_file
 

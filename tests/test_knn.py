@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from snapvit_cli.errors import DataError
-from snapvit_cli.knn import knn_accuracy, knn_neighbours, knn_predict
+from snapvit_cli.evaluation.knn import knn_accuracy, knn_neighbours, knn_predict
 
 # Query (1, 0, 0). Row 0 is identical (similarity 1, label 1); rows 1 and 2 have similarity 0.8 (label 0);
 # rows 3 and 4 are orthogonal / opposite. With k = 3 the majority vote is 0 (two votes against one), but

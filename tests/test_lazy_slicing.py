@@ -9,7 +9,7 @@ import torch
 
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.bundle import write_bundle
+from snapvit_cli.elastic.bundle import write_bundle
 from snapvit_cli.fileio import sha256_file
 from snapvit_cli.scoring import score_model
 from tests.conftest import image_batch, make_small_model, small_model_source

@@ -16,7 +16,7 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from snapvit_cli.model_card import HUB_LICENSES, render_model_card
+from snapvit_cli.hub.model_card import HUB_LICENSES, render_model_card
 
 BASE_MODEL = {
     "model_id": "dino_vitb16",
@@ -316,8 +316,8 @@ def test_bundle_card_without_examples_has_no_table():
 
 def test_fixtures_follow_the_real_schema(tmp_path):
     """The dicts above have the keys the core writes, so the card is tested on the real field names."""
-    from snapvit_cli.bundle import ElasticBundle
-    from snapvit_cli.sliced import read_config
+    from snapvit_cli.elastic.bundle import ElasticBundle
+    from snapvit_cli.elastic.sliced import read_config
     from tests.hub_artifacts import build_artifacts
 
     bundle_path, sliced_dir = build_artifacts(tmp_path)

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from snapvit_cli.errors import ModelLoadError
-from snapvit_cli.models import ALIASES, build_architecture, load_model, resolve_name
+from snapvit_cli.models.aliases import ALIASES, resolve_name
+from snapvit_cli.models.loading import build_architecture, load_model
 
 
 def test_every_alias_names_a_timm_model_with_weights():

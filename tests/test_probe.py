@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import DataError
-from snapvit_cli.probe import probe_accuracy, stratified_split, train_linear_probe
+from snapvit_cli.evaluation.probe import probe_accuracy, stratified_split, train_linear_probe
 
 
 def _blobs(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 import snapvit_cli
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.cli import app
-from snapvit_cli.errors import ModelLoadError
-from snapvit_cli.model_card import HUB_LICENSES
-from snapvit_cli.models import load_model
+from snapvit_cli.cli.app import app
+from snapvit_cli.errors import ModelLoadError, SnapvitError
+from snapvit_cli.hub.model_card import HUB_LICENSES
+from snapvit_cli.models.loading import load_model
 from tests.conftest import image_batch
 from tests.hub_artifacts import (
     BASE_HUB_ID,
@@ -155,7 +155,7 @@ def test_revision_round_trip(server, artifacts):
         expected = load(sliced_dir)(x)
         assert torch.equal(load(f"hf-hub:{SLICED_REPO}@v1")(x), expected)
         assert torch.equal(load(f"hf-hub:{SLICED_REPO}", revision="v1")(x), expected)
-    with pytest.raises(ValueError, match="only applies to hf-hub"):
+    with pytest.raises(SnapvitError, match="only applies to hf-hub"):
         load(sliced_dir, revision="v1")
 
 
@@ -339,7 +339,8 @@ def test_download_errors(server, artifacts):
     )
     push(sliced_dir, SLICED_REPO)
     assert_one_line_error(
-        run("slice", f"hf-hub:{SLICED_REPO}", "--flops", "0.5"), f"file not found in {SLICED_REPO}: bundle.safetensors"
+        run("slice", f"hf-hub:{SLICED_REPO}", "--flops", "0.5"),
+        f"hf-hub:{SLICED_REPO} is a sliced model, not an elastic bundle",
     )
     assert_one_line_error(run("slice", f"hf-hub:{SLICED_REPO}@nope", "--flops", "0.5"), "revision not found")
     push(bundle_path, BUNDLE_REPO)

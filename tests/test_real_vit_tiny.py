@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.cli import app
-from snapvit_cli.models import load_model
+from snapvit_cli.cli.app import app
+from snapvit_cli.models.loading import load_model
 
 CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"
 

@@ -18,7 +18,7 @@ import timm
 import torch
 
 from snapvit_cli.errors import SnapvitError
-from snapvit_cli.reference_scores import (
+from snapvit_cli.reference.scores import (
     MODEL_TYPE_TO_TIMM,
     PUBLISHED_MODEL_TYPES,
     PUBLISHED_SCORE_MODELS,

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from snapvit_cli.api import load, load_bundle
-from snapvit_cli.cli import app
+from snapvit_cli.cli.app import app
 
 runner = CliRunner()
 TINY = ["--samples", "4", "--ga-samples", "4", "--batch-size", "4", "--ga-evals", "3", "--seed", "7"]

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from snapvit_cli.adapters import HEADS, MLP, get_adapter
-from snapvit_cli.budget import plan_slice
 from snapvit_cli.data.arrays import ArrayReader
 from snapvit_cli.data.imageset import ImageSet
+from snapvit_cli.elastic.budget import plan_slice
+from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute
 from snapvit_cli.errors import BudgetError, DataError, SnapvitError
 from snapvit_cli.scoring import METHODS, score_model
 from snapvit_cli.scoring import gradient as gradient_module
@@ -24,7 +25,6 @@ from snapvit_cli.scoring.dino_loss import dino_self_distillation_loss
 from snapvit_cli.scoring.gradient import crop_generator
 from snapvit_cli.scoring.search import FeatureFitness, initial_mean, removed_units
 from snapvit_cli.scoring.settings import ScoreSettings, parse_pairs
-from snapvit_cli.surgery import build_model, keep_prefix, permute
 from tests.conftest import SMALL_CONFIGS, make_small_model
 
 FAST = {"samples": 6, "batch_size": 4, "micro_batch": 2, "ga_evals": 4, "ga_batch_size": 8, "seed": 3}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from snapvit_cli.adapters import HEADS, MLP, Widths, get_adapter
-from snapvit_cli.surgery import build_model, keep_prefix, mask_suffix, permute
+from snapvit_cli.elastic.surgery import build_model, keep_prefix, mask_suffix, permute
 from tests.conftest import SMALL_CONFIGS, image_batch, make_small_model
 
 

@@ -1,7 +1,7 @@
 """Structural adapters: one per model architecture, chosen by :func:`get_adapter`.
 
 A new family is an addition: subclass :class:`~snapvit_cli.adapters.base.ModelAdapter`, append it to
-:data:`ADAPTERS` and describe the family in :data:`snapvit_cli.families.FAMILIES`.
+:data:`ADAPTERS` and describe the family in :data:`snapvit_cli.models.families.FAMILIES`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from snapvit_cli.adapters.base import HEADS, MLP, UNIT_KINDS, ModelAdapter, Unit
 from snapvit_cli.adapters.eva import EvaAdapter
 from snapvit_cli.adapters.vit import ViTAdapter
 from snapvit_cli.errors import UnsupportedModelError
-from snapvit_cli.families import supported_summary
+from snapvit_cli.models.families import supported_summary
 
 ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, EvaAdapter]
 

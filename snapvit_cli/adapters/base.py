@@ -177,7 +177,8 @@ class ModelAdapter:
         """Allocate and recompute the non-persistent buffers a meta-device build left empty (e.g. RoPE periods).
 
         They are not in any state dict, so loading cannot fill them; timm modules that own such buffers recompute
-        them in ``init_non_persistent_buffers``. Called by :func:`snapvit_cli.surgery.build_model` after loading.
+        them in ``init_non_persistent_buffers``. Called by :func:`snapvit_cli.elastic.surgery.build_model` after
+        loading.
         """
         device = next(self.model.parameters()).device
         for name, module in self.model.named_modules():
@@ -197,7 +198,7 @@ class ModelAdapter:
         raise NotImplementedError
 
     def cost_terms(self, resolution: int | None = None):
-        """A :class:`snapvit_cli.flops.CostTerms` for this model at ``resolution`` (default: its own)."""
+        """A :class:`snapvit_cli.adapters.cost.CostTerms` for this model at ``resolution`` (default: its own)."""
         raise NotImplementedError
 
     def structure(self) -> dict:

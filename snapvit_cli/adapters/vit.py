@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from snapvit_cli.adapters.base import HEADS, MLP, ModelAdapter, UnitTensor, resized_linear
+from snapvit_cli.adapters.cost import CostTerms, dense_unit_params, unit_costs
 from snapvit_cli.adapters.mlp import (
     check_mlp,
     mlp_score_tensors,
@@ -25,7 +26,6 @@ from snapvit_cli.adapters.mlp import (
     resize_mlp,
 )
 from snapvit_cli.errors import UnsupportedModelError
-from snapvit_cli.flops import CostTerms, dense_unit_params, unit_costs
 
 
 class ViTAdapter(ModelAdapter):

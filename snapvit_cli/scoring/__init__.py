@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from snapvit_cli.adapters import get_adapter
-from snapvit_cli.bundle import ScoreSet
+from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring.settings import ScoreSettings
 

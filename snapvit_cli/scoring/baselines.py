@@ -13,8 +13,8 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import unit_view
-from snapvit_cli.bundle import ScoreSet
 from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.scoring.calibration import scoring_mode
 from snapvit_cli.scoring.gradient import UnitGradients, gradient_pass, gradient_settings, per_unit
 from snapvit_cli.scoring.settings import ScoreSettings

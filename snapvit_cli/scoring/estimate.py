@@ -24,7 +24,7 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
 from snapvit_cli.adapters.base import unit_view
-from snapvit_cli.budget import removal_count
+from snapvit_cli.elastic.budget import removal_count
 from snapvit_cli.scoring.calibration import autocast
 from snapvit_cli.scoring.gradient import score_parameters
 from snapvit_cli.scoring.settings import ScoreSettings

@@ -29,9 +29,9 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter, UnitTensor
 from snapvit_cli.adapters.base import unit_view
-from snapvit_cli.bundle import ScoreSet
 from snapvit_cli.data import ImageSet, describe
 from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.errors import DataError, SnapvitError
 from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import InputConfig, autocast, calibration_images, input_config, scoring_mode

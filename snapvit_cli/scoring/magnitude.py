@@ -12,7 +12,7 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
 from snapvit_cli.adapters.base import unit_rows
-from snapvit_cli.bundle import ScoreSet
+from snapvit_cli.elastic.bundle import ScoreSet
 
 
 def unit_weight_norms(adapter: ModelAdapter, kind: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, Widths
-from snapvit_cli.surgery import build_model, permute
+from snapvit_cli.elastic.surgery import build_model, permute
 
 Removed = dict[str, list[torch.Tensor]]  # kind -> per block: indices of the removed units (original order)
 

@@ -2,9 +2,10 @@
 (block, head), searched so that the pruned models stay close to the dense one.
 
 Fitness of multipliers θ (lower is better): for every configured (MLP, heads) removal pair, select units globally
-with the scores |θ|·raw (the same rule and min-keep floors as slicing, :func:`snapvit_cli.budget.select_widths`),
-and measure 1 − mean cosine similarity between the dense model's features and the pruned model's, both projected
-into the PCA space of the dense features; average over the pairs.
+with the scores |θ|·raw (the same rule and min-keep floors as slicing,
+:func:`snapvit_cli.elastic.budget.select_widths`), and measure 1 − mean cosine similarity between the dense
+model's features and the pruned model's, both projected into the PCA space of the dense features; average over the
+pairs.
 
 Two evaluations give the same fitness (to float rounding; ``ga_evaluation``):
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, get_adapter
-from snapvit_cli.budget import removal_count, select_widths
+from snapvit_cli.elastic.budget import removal_count, select_widths
 from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import autocast
 from snapvit_cli.scoring.pruned import Removed, pruned_model

@@ -10,8 +10,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from snapvit_cli.budget import DEFAULT_MIN_KEEP
 from snapvit_cli.devices import DEVICES
+from snapvit_cli.elastic.budget import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
 
 # The four (MLP, head) removal ratios the released bundles were searched with (§12).

@@ -11,9 +11,9 @@ import time
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
-from snapvit_cli.bundle import ScoreSet
 from snapvit_cli.data import describe
 from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
 from snapvit_cli.scoring.search import FeatureFitness, check_pairs, search_multipliers

@@ -23,7 +23,7 @@ import torch
 
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.fileio import sha256_file
-from snapvit_cli.models import ALIASES
+from snapvit_cli.models.aliases import ALIASES
 
 
 class ScoreFileError(SnapvitError):

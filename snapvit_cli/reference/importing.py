@@ -16,10 +16,11 @@ from pathlib import Path
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, get_adapter
-from snapvit_cli.bundle import ScoreSet, write_bundle
+from snapvit_cli.elastic.bundle import ScoreSet, write_bundle
 from snapvit_cli.errors import UnsupportedModelError
-from snapvit_cli.models import ModelSource, load_model, resolve_name
-from snapvit_cli.reference_scores import (
+from snapvit_cli.models.aliases import resolve_name
+from snapvit_cli.models.loading import ModelSource, load_model
+from snapvit_cli.reference.scores import (
     MODEL_TYPE_TO_TIMM,
     ReferenceScores,
     check_matches,
@@ -65,7 +66,7 @@ def import_reference_scores(
 ) -> ImportedScores:
     """Read a published score file safely, load the model it belongs to, and check that the two fit.
 
-    ``model_name`` defaults to the file's own ``model_type`` (an alias in :data:`snapvit_cli.models.ALIASES`).
+    ``model_name`` defaults to the file's own ``model_type`` (an alias in :data:`snapvit_cli.models.aliases.ALIASES`).
     The file is read before the model is loaded, so a bad or unsafe file fails before any download.
     """
     reference = read_reference_scores(ref_path)

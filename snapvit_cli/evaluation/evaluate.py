@@ -13,7 +13,6 @@ The report is a plain JSON-ready dict (schema in the README, ``snapvit eval --js
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,15 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from snapvit_cli import __version__
+from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
-from snapvit_cli.budget import SlicePlan
+from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.devices import DEVICES, resolve_device
-from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
-from snapvit_cli.flops import CostTerms
-from snapvit_cli.knn import VOTES, knn_accuracy
-from snapvit_cli.probe import probe_accuracy, train_linear_probe
+from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.errors import BudgetError, SnapvitError
+from snapvit_cli.evaluation.knn import VOTES, knn_accuracy
+from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
 
 REPORT_FORMAT = "snapvit-eval"
 REPORT_VERSION = 1
@@ -141,65 +140,25 @@ def open_target(
     Bundles and sliced models may be local paths or ``hf-hub:OWNER/NAME[@REV]`` repositories pushed by
     ``snapvit push``; a sliced model is its folder or that folder's ``config.json`` / ``model.safetensors``.
     """
-    from snapvit_cli.hub import is_hf_id, resolve_hub_artifact
+    from snapvit_cli.elastic.artifacts import looks_like_path, resolve_artifact
 
-    if is_hf_id(spec):
-        kind, path = resolve_hub_artifact(spec, revision=revision)
-    else:
-        kind, path = _local_kind(spec)
-        if revision is not None and kind != "model":
-            raise SnapvitError("--revision applies to hf-hub: ids and model names only")
-    if kind != "model" and checkpoint is not None:
+    artifact = resolve_artifact(spec, revision=revision) if looks_like_path(spec) else None
+    if artifact is not None and checkpoint is not None:
         raise SnapvitError("--checkpoint applies to model names only, not to bundles or sliced models")
-    if kind != "bundle" and budgets is not None:
+    if (artifact is None or artifact.kind != "bundle") and budgets is not None:
         raise BudgetError("--budgets applies to elastic bundles only; a sliced model or a model name is one row")
-    if kind == "bundle":
-        return _bundle_target(spec, path, budgets or DEFAULT_BUDGETS)
-    if kind == "sliced":
-        return _sliced_target(spec, path)
-    return _model_target(spec, checkpoint, revision)
+    if artifact is None:
+        return _model_target(spec, checkpoint, revision)
+    if artifact.kind == "bundle":
+        return _bundle_target(spec, artifact.path, artifact.name, budgets or DEFAULT_BUDGETS)
+    return _sliced_target(spec, artifact.path, artifact.name)
 
 
-def _local_kind(spec: str) -> tuple[str, Path | None]:
-    """("bundle" | "sliced" | "model", path) for a local TARGET, from what is on disk."""
-    from snapvit_cli.sliced import CONFIG_NAME
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return "sliced", path
-    if path.is_file():
-        if path.name == CONFIG_NAME:
-            return "sliced", path.parent
-        if path.suffix == ".safetensors":
-            kind = _safetensors_kind(path)
-            if kind == "elastic-bundle":
-                return "bundle", path
-            if kind == "sliced-model":
-                return "sliced", path.parent
-        raise BundleError(f"{spec} is neither an elastic bundle nor a sliced model written by snapvit")
-    if path.suffix in (".safetensors", ".json", ".pt", ".pth") or "/" in spec or "\\" in spec:
-        raise BundleError(f"{spec} not found: TARGET is an elastic bundle, a sliced-model folder or a model name")
-    return "model", None
-
-
-def _safetensors_kind(path: Path) -> str | None:
-    """The ``kind`` a snapvit safetensors header declares (``elastic-bundle`` / ``sliced-model``), if any."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        return json.loads(header.get("snapvit", "{}")).get("kind")
-    except Exception:  # noqa: BLE001 - unreadable or foreign files are reported by the caller
-        return None
-
-
-def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
-    from snapvit_cli.bundle import ElasticBundle
+def _bundle_target(spec: str, path: Path, name: str, budgets: Sequence[float]) -> Target:
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
     bundle = ElasticBundle.open(path)
     plans = [bundle.plan(flops=fraction) for fraction in budgets]  # unreachable budgets fail before any work
-    name = spec if spec.startswith("hf-hub:") else path.name.removesuffix(".safetensors").removesuffix(".bundle")
 
     def candidate(plan: SlicePlan) -> Candidate:
         return Candidate(name, dict(plan.budget), lambda: bundle.slice(plan))
@@ -207,9 +166,9 @@ def _bundle_target(spec: str, path: Path, budgets: Sequence[float]) -> Target:
     return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans])
 
 
-def _sliced_target(spec: str, folder: Path) -> Target:
-    from snapvit_cli.models import ModelSource, build_architecture
-    from snapvit_cli.sliced import load_sliced, read_config
+def _sliced_target(spec: str, folder: Path, name: str) -> Target:
+    from snapvit_cli.elastic.sliced import load_sliced, read_config
+    from snapvit_cli.models.loading import ModelSource, build_architecture
 
     config = read_config(folder)
     source = ModelSource(
@@ -220,13 +179,12 @@ def _sliced_target(spec: str, folder: Path) -> Target:
         pretrained_cfg=config.get("pretrained_cfg", {}),
         weights_sha256="",
     )
-    name = spec if spec.startswith("hf-hub:") else folder.name
     candidate = Candidate(name, config.get("budget"), lambda: load_sliced(folder))
     return Target(spec, "sliced", source.pretrained_cfg, build_architecture(source, device="meta"), [candidate])
 
 
 def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
-    from snapvit_cli.models import load_model
+    from snapvit_cli.models.loading import load_model
 
     model, source = load_model(spec, checkpoint=checkpoint, revision=revision)
     return Target(spec, "model", source.pretrained_cfg, model, [Candidate(source.timm_name, None, lambda: model)])

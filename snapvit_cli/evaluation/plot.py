@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from snapvit_cli.errors import SnapvitError
-from snapvit_cli.evaluate import budget_label
+from snapvit_cli.evaluation.evaluate import budget_label
 from snapvit_cli.fileio import atomic_path
 
 METRICS = {"knn": "kNN top-1", "probe": "linear probe top-1"}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any
 
+from snapvit_cli.models.aliases import ALIASES
+
 # How each MLP layout is pruned, keyed by the adapter's ``structure()["mlp_type"]``.
 MLP_PRUNING = {
     "standard": "yes (fc1/fc2)",
@@ -110,8 +112,6 @@ class ModelRow:
 
 def supported_models() -> list[ModelRow]:
     """One row per timm model that has an alias, grouped by family in registry order."""
-    from snapvit_cli.models import ALIASES
-
     names: dict[str, list[str]] = {}
     for alias, timm_name in ALIASES.items():
         names.setdefault(timm_name, []).append(alias)

@@ -1,24 +1,20 @@
-"""Hugging Face Hub: push sliced models and elastic bundles; fetch them by ``hf-hub:OWNER/NAME[@REV]``.
+"""Hugging Face Hub access: ``hf-hub:OWNER/NAME[@REV]`` ids, downloads through the cache, and one translation of
+``huggingface_hub`` / network exceptions into one-line :class:`HubError` messages.
 
 Everything goes through ``huggingface_hub`` (its cache, revisions, token lookup and ``HF_ENDPOINT`` /
-``HF_HUB_OFFLINE`` handling). Its exceptions are translated into one-line :class:`HubError` messages by
-:func:`hub_errors`. The token is only handed to ``huggingface_hub``; it is never in a message or a file.
+``HF_HUB_OFFLINE`` handling). The token is only handed to ``huggingface_hub``; it is never in a message or a file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote
 
 import httpx2
-from huggingface_hub import CommitInfo, HfApi, constants, get_token, snapshot_download
+from huggingface_hub import constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -31,42 +27,20 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from snapvit_cli import __version__
-from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError, SnapvitError
-from snapvit_cli.fileio import atomic_dir
-from snapvit_cli.model_card import render_model_card
+from snapvit_cli._version import __version__
+from snapvit_cli.errors import SnapvitError
 
 HF_PREFIX = "hf-hub:"
 BUNDLE_FILENAME = "bundle.safetensors"
 SLICED_FILES = ("config.json", "model.safetensors")
 CARD_FILENAME = "README.md"
-_USER_AGENT = {"library_name": "snapvit", "library_version": __version__}
+USER_AGENT = {"library_name": "snapvit", "library_version": __version__}
 
 Kind = Literal["sliced", "bundle"]
 
 
 class HubError(SnapvitError):
     """The Hub could not be reached, refused the request, or does not have what was asked for."""
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What :func:`push` staged and, unless it was a dry run, where it went."""
-
-    repo_id: str
-    kind: Kind
-    files: tuple[str, ...]
-    card_generated: bool
-    revision: str | None = None  # where it went: the branch, or refs/pr/N for a pull request
-    commit_url: str | None = None
-    pr_url: str | None = None
-    dry_run_dir: Path | None = None
-
-    @property
-    def hf_id(self) -> str:
-        """What ``snapvit_cli.load`` takes to fetch exactly what was pushed."""
-        at = f"@{self.revision}" if self.revision not in (None, constants.DEFAULT_REVISION) else ""
-        return f"{HF_PREFIX}{self.repo_id}{at}"
 
 
 # -- hf-hub ids ------------------------------------------------------------------------------------------
@@ -82,13 +56,13 @@ def parse_hf_id(hf_id: str) -> tuple[str, str | None]:
     if not is_hf_id(hf_id):
         raise HubError(f"not a Hub id: {hf_id!r}; expected hf-hub:OWNER/NAME[@REVISION]")
     repo_id, _, revision = hf_id[len(HF_PREFIX) :].partition("@")
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if "@" in hf_id[len(HF_PREFIX) :] and not revision:
         raise HubError(f"empty revision in {hf_id!r}; expected hf-hub:OWNER/NAME@REVISION")
     return repo_id, revision or None
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
     """Require ``OWNER/NAME``: the owner is part of every ``hf-hub:`` id we print, so it must be explicit."""
     try:
         validate_repo_id(repo_id)
@@ -197,167 +171,6 @@ def _first(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _no_token_error() -> HubError:
-    return HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
-
-
-# -- push ------------------------------------------------------------------------------------------------
-
-# FLOPs fractions listed in a bundle's model card, to show what the bundle can be cut to.
-CARD_EXAMPLE_FLOPS = (0.9, 0.75, 0.5)
-
-
-def push(
-    path: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool = False,
-    revision: str | None = None,
-    create_pr: bool = False,
-    commit_message: str | None = None,
-    token: str | None = None,
-    dry_run_dir: str | os.PathLike | None = None,
-    force: bool = False,
-    eval_results: dict[str, Any] | None = None,
-) -> PushResult:
-    """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
-
-    The upload is staged in a temporary folder (hard links or copies), so the user's files are never changed.
-    With ``dry_run_dir`` the staged folder is written there instead and nothing is sent. A ``README.md``
-    already in a sliced model folder is uploaded as is (``eval_results`` then go unused). ``private=False``
-    leaves visibility to the namespace default (public unless an organisation makes new repos private).
-    """
-    path = Path(path)
-    _check_repo_id(repo_id)
-    if create_pr and revision is not None:
-        raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
-    kind, sources, config, examples = _collect(path)
-    card_generated = CARD_FILENAME not in sources
-    card = (
-        render_model_card(
-            config,
-            kind=kind,
-            repo_id=repo_id,
-            revision=revision,
-            eval_results=eval_results,
-            examples=examples,
-        )
-        if card_generated
-        else None
-    )
-    files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
-
-    if dry_run_dir is not None:
-        out = _prepare_dry_run_dir(Path(dry_run_dir), force)
-        with atomic_dir(out) as staging:
-            _stage(sources, card, staging, link=False)
-        return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
-
-    token = token or get_token()
-    if not token:
-        raise _no_token_error()
-    with tempfile.TemporaryDirectory(prefix="snapvit-push-") as tmp:
-        staging = Path(tmp)
-        _stage(sources, card, staging, link=True)
-        with hub_errors(repo_id, token):
-            commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
-    return PushResult(
-        repo_id,
-        kind,
-        files,
-        card_generated,
-        revision=commit.pr_revision if create_pr else revision,
-        commit_url=commit.commit_url,
-        pr_url=commit.pr_url,
-    )
-
-
-def _upload(
-    staging: Path,
-    repo_id: str,
-    token: str,
-    private: bool,
-    revision: str | None,
-    create_pr: bool,
-    commit_message: str | None,
-) -> CommitInfo:
-    api = HfApi(token=token, **_USER_AGENT)
-    # private=None rather than False lets an organisation's "private by default" setting apply.
-    api.create_repo(repo_id, private=private or None, exist_ok=True, repo_type="model")
-    if revision is not None and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    return api.upload_folder(
-        folder_path=staging,
-        repo_id=repo_id,
-        repo_type="model",
-        revision=revision,
-        create_pr=create_pr,
-        commit_message=commit_message or f"Upload SnapViT model with snapvit {__version__}",
-    )
-
-
-def _collect(path: Path) -> tuple[Kind, dict[str, Path], dict[str, Any], list[dict[str, Any]]]:
-    """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
-    (the sliced ``config.json`` or the bundle metadata, plus example budgets for a bundle).
-
-    Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
-    """
-    # Imported here: they pull in torch and timm, which the rest of this module does not need.
-    from snapvit_cli.bundle import ElasticBundle
-    from snapvit_cli.sliced import CONFIG_NAME, WEIGHTS_NAME, read_config
-
-    if path.is_dir():
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
-        if missing:
-            raise BundleError(f"{path} is not a sliced model folder: missing {', '.join(missing)}")
-        config = read_config(path)
-        sources = {
-            f.relative_to(path).as_posix(): f
-            for f in sorted(path.rglob("*"))
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
-        }
-        return "sliced", sources, config, []
-    if path.is_file():
-        bundle = ElasticBundle.open(path)
-        return "bundle", {BUNDLE_FILENAME: path}, bundle.metadata, _example_plans(bundle)
-    raise BundleError(f"{path} does not exist")
-
-
-def _example_plans(bundle) -> list[dict[str, Any]]:
-    """The dense model and a few FLOPs budgets of ``bundle`` (``SlicePlan.to_json``), skipping unreachable ones."""
-    plans = [bundle.plan(mlp=0.0, heads=0.0).to_json()]
-    for fraction in CARD_EXAMPLE_FLOPS:
-        try:
-            plans.append(bundle.plan(flops=fraction).to_json())
-        except BudgetError:  # below what the bundle's min-keep ratios allow
-            continue
-    return plans
-
-
-def _prepare_dry_run_dir(out: Path, force: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out} is not empty; pass --force to replace it")
-    return out
-
-
-def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool) -> None:
-    """Lay out the repository in ``dest``: hard links (falling back to copies) or copies, plus the card."""
-    for name, src in sources.items():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if link:
-            try:
-                os.link(src, target)
-                continue
-            except OSError:
-                pass
-        shutil.copy2(src, target)
-    if card is not None:
-        (dest / CARD_FILENAME).write_text(card, encoding="utf-8")
-
-
 # -- download --------------------------------------------------------------------------------------------
 #
 # Everything goes through ``snapshot_download``: it asks the Hub once (repo info) and, when that fails for
@@ -371,7 +184,7 @@ def _snapshot(hf_id: str, patterns: list[str], revision: str | None) -> Path:
     repo_id, parsed_revision = parse_hf_id(hf_id)
     with hub_errors(repo_id):
         return Path(
-            snapshot_download(repo_id, revision=revision or parsed_revision, allow_patterns=patterns, **_USER_AGENT)
+            snapshot_download(repo_id, revision=revision or parsed_revision, allow_patterns=patterns, **USER_AGENT)
         )
 
 

@@ -12,7 +12,7 @@ right-to-left SparseGPT pass on the permuted model); it costs one Cholesky facto
 
 This module only does the linear algebra on tensors. Driving it block by block (hooks on ``fc2``/``w3`` and
 ``attn.proj``, batched block forwards, dense vs sequential calibration inputs, writing weights back) is
-:mod:`snapvit_cli.correct`. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
+:mod:`snapvit_cli.correction.apply`. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
 and its statistics are collected from whatever actually enters ``w3``.
 """
 

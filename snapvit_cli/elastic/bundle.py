@@ -28,19 +28,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from snapvit_cli import __version__
+from snapvit_cli._version import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
-from snapvit_cli.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
+from snapvit_cli.adapters.cost import CostTerms
+from snapvit_cli.elastic.artifacts import BUNDLE_KIND
+from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
+from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
+from snapvit_cli.elastic.sliced import save_sliced, sliced_config
+from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output, sha256_file
-from snapvit_cli.flops import CostTerms
-from snapvit_cli.models import ModelSource, build_architecture
-from snapvit_cli.sliced import save_sliced, sliced_config
-from snapvit_cli.surgery import build_model, keep_prefix, permute, read_prefix
+from snapvit_cli.models.loading import ModelSource, build_architecture
 
 FORMAT_VERSION = 1
-BUNDLE_KIND = "elastic-bundle"
-METADATA_KEY = "snapvit"
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
 ORDER_KEYS = {MLP: "order.mlp", HEADS: "order.heads"}
@@ -199,7 +199,7 @@ class ElasticBundle:
         head_offset: float = DEFAULT_HEAD_OFFSET,
         round_to: int = 1,
     ) -> SlicePlan:
-        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.budget.plan_slice`."""
+        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`."""
         return plan_slice(
             self.scores[MLP],
             self.scores[HEADS],

@@ -60,8 +60,8 @@ def render_model_card(
 ) -> str:
     """The ``README.md`` for a sliced model or an elastic bundle.
 
-    ``config`` is the sliced model's ``config.json`` (:func:`snapvit_cli.sliced.sliced_config`) or the bundle's
-    ``snapvit`` metadata (:func:`snapvit_cli.bundle.write_bundle`). ``examples`` are ``SlicePlan.to_json()``
+    ``config`` is the sliced model's ``config.json`` (:func:`snapvit_cli.elastic.sliced.sliced_config`) or the bundle's
+    ``snapvit`` metadata (:func:`snapvit_cli.elastic.bundle.write_bundle`). ``examples`` are ``SlicePlan.to_json()``
     dicts listed in a bundle's card; ``eval_results`` is ``snapvit eval --json`` output; ``revision`` is the
     branch pushed to, so the usage snippet loads what this card describes.
     """

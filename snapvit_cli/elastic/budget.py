@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from snapvit_cli.adapters import Widths
+from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.errors import BudgetError
-from snapvit_cli.flops import CostTerms
 
 DEFAULT_MIN_KEEP = {"mlp": 0.05, "heads": 0.2}
 # The paper's grid removes heads at 0.15 less than MLP neurons: (0.15, 0), (0.25, 0.1), ..., (0.65, 0.5).

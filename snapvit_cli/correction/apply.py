@@ -1,6 +1,6 @@
 """Driving the least-squares correction (method §8) through a model, block by block, on calibration images.
 
-:mod:`snapvit_cli.correction` holds the linear algebra; this module feeds it. It works on the bundle's
+:mod:`snapvit_cli.correction.solver` holds the linear algebra; this module feeds it. It works on the bundle's
 importance-ordered dense model, where every block keeps a prefix of its units:
 
 1. the input tokens of block 0 are captured once for all calibration images (batched forwards, stopped at
@@ -35,12 +35,18 @@ from torch import Tensor, nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, UnitTensor, Widths, get_adapter
 from snapvit_cli.adapters.base import take_units
-from snapvit_cli.budget import SlicePlan
-from snapvit_cli.bundle import ElasticBundle
-from snapvit_cli.correction import DEFAULT_DAMPING, Damping, InputStatistics, corrected_weight, reconstruction_error
+from snapvit_cli.correction.solver import (
+    DEFAULT_DAMPING,
+    Damping,
+    InputStatistics,
+    corrected_weight,
+    reconstruction_error,
+)
 from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
+from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.bundle import ElasticBundle
+from snapvit_cli.elastic.surgery import keep_prefix
 from snapvit_cli.errors import DataError
-from snapvit_cli.surgery import keep_prefix
 
 #: ``progress(stage, done, total)``: stage is "capture" (batches of images; total 0 if unknown) or "blocks".
 Progress = Callable[[str, int, int], None]

@@ -16,18 +16,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from snapvit_cli import __version__
+from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths
-from snapvit_cli.budget import SlicePlan
+from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_KIND, WEIGHTS_NAME
+from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
-from snapvit_cli.models import ModelSource, build_architecture
-from snapvit_cli.surgery import build_model
+from snapvit_cli.models.loading import ModelSource, build_architecture
 
 FORMAT_VERSION = 1
-SLICED_KIND = "sliced-model"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def sliced_config(metadata: dict[str, Any], plan: SlicePlan, *, bundle_sha256: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""What every command shares for output: the two consoles, one-line user errors, JSON on stdout, a quiet Hub."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from snapvit_cli.errors import SnapvitError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(func):
+    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SnapvitError as exc:
+            report(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def launched() -> bool:
+    """Started by torchrun with more than one process (see snapvit_cli.scoring.distributed; read here without torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def report(exc: SnapvitError) -> None:
+    """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
+    (sent when another rank failed) is ignored, so that a failure ends with one line."""
+    if launched():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not launched() or int(os.environ.get("RANK", "0")) == 0:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def stopped_by_launcher(_signum, _frame) -> None:
+    """torchrun sends SIGTERM to the other ranks when one fails: end this one as a user error (one line, no bundle)."""
+    raise SnapvitError("stopped: another rank of the torchrun job failed; no bundle was written")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def quiet_hub(json_output: bool) -> Iterator[None]:
+    """Keep huggingface_hub's progress bars and retry warnings off stderr unless a person is watching it."""
+    if not json_output and sys.stderr.isatty():
+        yield
+        return
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+        logging,
+    )
+
+    bars_were_off, verbosity = are_progress_bars_disabled(), logging.get_verbosity()
+    disable_progress_bars()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            enable_progress_bars()

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: ids, downloads and error messages (``client``), uploads (``push``), model cards."""

@@ -1,0 +1,209 @@
+"""``snapvit push``: upload a sliced model folder or an elastic bundle, with a generated model card."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
+
+from snapvit_cli._version import __version__
+from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError
+from snapvit_cli.fileio import atomic_dir
+from snapvit_cli.hub.client import (
+    BUNDLE_FILENAME,
+    CARD_FILENAME,
+    HF_PREFIX,
+    USER_AGENT,
+    HubError,
+    Kind,
+    check_repo_id,
+    hub_errors,
+)
+from snapvit_cli.hub.model_card import render_model_card
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What :func:`push` staged and, unless it was a dry run, where it went."""
+
+    repo_id: str
+    kind: Kind
+    files: tuple[str, ...]
+    card_generated: bool
+    revision: str | None = None  # where it went: the branch, or refs/pr/N for a pull request
+    commit_url: str | None = None
+    pr_url: str | None = None
+    dry_run_dir: Path | None = None
+
+    @property
+    def hf_id(self) -> str:
+        """What ``snapvit_cli.load`` takes to fetch exactly what was pushed."""
+        at = f"@{self.revision}" if self.revision not in (None, constants.DEFAULT_REVISION) else ""
+        return f"{HF_PREFIX}{self.repo_id}{at}"
+
+
+def _no_token_error() -> HubError:
+    return HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+
+
+# -- push ------------------------------------------------------------------------------------------------
+
+# FLOPs fractions listed in a bundle's model card, to show what the bundle can be cut to.
+CARD_EXAMPLE_FLOPS = (0.9, 0.75, 0.5)
+
+
+def push(
+    path: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    token: str | None = None,
+    dry_run_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    eval_results: dict[str, Any] | None = None,
+) -> PushResult:
+    """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
+
+    The upload is staged in a temporary folder (hard links or copies), so the user's files are never changed.
+    With ``dry_run_dir`` the staged folder is written there instead and nothing is sent. A ``README.md``
+    already in a sliced model folder is uploaded as is (``eval_results`` then go unused). ``private=False``
+    leaves visibility to the namespace default (public unless an organisation makes new repos private).
+    """
+    path = Path(path)
+    check_repo_id(repo_id)
+    if create_pr and revision is not None:
+        raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
+    kind, sources, config, examples = _collect(path)
+    card_generated = CARD_FILENAME not in sources
+    card = (
+        render_model_card(
+            config,
+            kind=kind,
+            repo_id=repo_id,
+            revision=revision,
+            eval_results=eval_results,
+            examples=examples,
+        )
+        if card_generated
+        else None
+    )
+    files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
+
+    if dry_run_dir is not None:
+        out = _prepare_dry_run_dir(Path(dry_run_dir), force)
+        with atomic_dir(out) as staging:
+            _stage(sources, card, staging, link=False)
+        return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
+
+    token = token or get_token()
+    if not token:
+        raise _no_token_error()
+    with tempfile.TemporaryDirectory(prefix="snapvit-push-") as tmp:
+        staging = Path(tmp)
+        _stage(sources, card, staging, link=True)
+        with hub_errors(repo_id, token):
+            commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
+    return PushResult(
+        repo_id,
+        kind,
+        files,
+        card_generated,
+        revision=commit.pr_revision if create_pr else revision,
+        commit_url=commit.commit_url,
+        pr_url=commit.pr_url,
+    )
+
+
+def _upload(
+    staging: Path,
+    repo_id: str,
+    token: str,
+    private: bool,
+    revision: str | None,
+    create_pr: bool,
+    commit_message: str | None,
+) -> CommitInfo:
+    api = HfApi(token=token, **USER_AGENT)
+    # private=None rather than False lets an organisation's "private by default" setting apply.
+    api.create_repo(repo_id, private=private or None, exist_ok=True, repo_type="model")
+    if revision is not None and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    return api.upload_folder(
+        folder_path=staging,
+        repo_id=repo_id,
+        repo_type="model",
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message or f"Upload SnapViT model with snapvit {__version__}",
+    )
+
+
+def _collect(path: Path) -> tuple[Kind, dict[str, Path], dict[str, Any], list[dict[str, Any]]]:
+    """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
+    (the sliced ``config.json`` or the bundle metadata, plus example budgets for a bundle).
+
+    Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
+    """
+    # Imported here: they pull in torch and timm, which the rest of this module does not need.
+    from snapvit_cli.elastic.artifacts import CONFIG_NAME, WEIGHTS_NAME, resolve_artifact
+    from snapvit_cli.elastic.bundle import ElasticBundle
+    from snapvit_cli.elastic.sliced import read_config
+
+    artifact = resolve_artifact(path)
+    if artifact.kind == "bundle":
+        bundle = ElasticBundle.open(artifact.path)
+        return "bundle", {BUNDLE_FILENAME: artifact.path}, bundle.metadata, _example_plans(bundle)
+    folder = artifact.path
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        raise BundleError(f"{folder} is not a sliced model folder: missing {', '.join(missing)}")
+    config = read_config(folder)
+    sources = {
+        f.relative_to(folder).as_posix(): f
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    }
+    return "sliced", sources, config, []
+
+
+def _example_plans(bundle) -> list[dict[str, Any]]:
+    """The dense model and a few FLOPs budgets of ``bundle`` (``SlicePlan.to_json``), skipping unreachable ones."""
+    plans = [bundle.plan(mlp=0.0, heads=0.0).to_json()]
+    for fraction in CARD_EXAMPLE_FLOPS:
+        try:
+            plans.append(bundle.plan(flops=fraction).to_json())
+        except BudgetError:  # below what the bundle's min-keep ratios allow
+            continue
+    return plans
+
+
+def _prepare_dry_run_dir(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputExistsError(f"{out} is not empty; pass --force to replace it")
+    return out
+
+
+def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool) -> None:
+    """Lay out the repository in ``dest``: hard links (falling back to copies) or copies, plus the card."""
+    for name, src in sources.items():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(src, target)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(src, target)
+    if card is not None:
+        (dest / CARD_FILENAME).write_text(card, encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The SnapViT paper's published score files: a restricted reader and their import into elastic bundles."""

@@ -1,0 +1,106 @@
+"""The package's structure: no import cycle, and a light root import (no torch, no timm) for `snapvit --help`."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = "snapvit_cli"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
+    """Every package module imported anywhere in ``tree`` (function-level imports included, TYPE_CHECKING not)."""
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                found.add(child if child in modules else node.module)
+        stack.extend(ast.iter_child_nodes(node))
+    return {name for name in found if name in modules}
+
+
+def _packages_of(module: str) -> set[str]:
+    """The sub-packages whose ``__init__`` runs before ``module`` (not the root, whose imports are all lazy)."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2, len(parts))}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> modules it imports. Importing ``a.b.c`` from outside ``a.b`` also runs ``a.b``'s ``__init__``."""
+    files = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    modules = set(files)
+    graph = {}
+    for name, path in files.items():
+        edges = _imports(ast.parse(path.read_text(), str(path)), modules)
+        own_packages = _packages_of(name)  # already being imported when ``name`` runs
+        implied = {pkg for target in edges for pkg in _packages_of(target)} - own_packages
+        graph[name] = (edges | implied) - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_find_cycle_sees_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_package_has_no_import_cycle():
+    graph = import_graph()
+    assert len(graph) > 40 and "snapvit_cli.elastic.bundle" in graph  # the walk found the package
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_root_import_and_help_stay_light():
+    code = (
+        "import sys, snapvit_cli\n"
+        "from snapvit_cli.cli import app\n"  # what `snapvit --help` imports
+        "heavy = sorted(m for m in ('torch', 'timm', 'safetensors', 'huggingface_hub') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
