@@ -210,6 +210,7 @@ class FeatureFitness:
         for removed in candidates:
             pruned = pruned_model(self.model, self.adapter, removed)
             out.append(self.features(adapter=get_adapter(pruned))[0])
+            del pruned  # before the next one is built: one candidate's weights at a time
         return torch.stack(out)
 
     def distances(self, candidates: list[Removed]) -> list[float]:
