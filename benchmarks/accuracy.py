@@ -1,13 +1,13 @@
 """Accuracy of every scoring method at several FLOPs budgets: the real ViT-Tiny on the CIFAR-10 subset.
 
-Protocol (method doc §10.2): each method scores the dense model once into an elastic bundle; the bundle is sliced
+Protocol (docs/method.md §10.2): each method scores the dense model once into an elastic bundle; the bundle is sliced
 to each FLOPs fraction; CLS features (classifier removed, images resized to 224 bicubic, the model's mean/std) of
 a kNN memory from ``x_train`` and queries from ``x_test`` are classified with k = 20, majority vote, on
 L2-normalised features. Calibration images for scoring are drawn from ``x_train`` by the scorer itself (labels are
 not used by any method here). Dense features are cached, keyed by the images and weights.
 
-    python benchmarks/accuracy.py                      # every method, the defaults below
-    python benchmarks/accuracy.py --methods snapvit,random --memory 5000 --queries 1000
+    python -m benchmarks.accuracy                      # every method, the defaults below
+    python -m benchmarks.accuracy --methods snapvit,random --memory 5000 --queries 1000
 
 Prints progress on stderr and a Markdown table on stdout; ``--json FILE`` also writes every number.
 """
@@ -18,8 +18,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,27 +26,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import REAL_CHECKPOINT as CHECKPOINT
+from benchmarks.common import REAL_DATA as DATA
+from benchmarks.common import features, log, machine, shared_data
+from snapvit_cli.data import ImageSet, load_images, preprocess
+from snapvit_cli.elastic.bundle import load_bundle, write_bundle
+from snapvit_cli.evaluation.knn import knn_accuracy
+from snapvit_cli.models.loading import load_model
+from snapvit_cli.scoring import METHODS, score_model
 
-from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess  # noqa: E402
-from snapvit_cli.elastic.bundle import load_bundle, write_bundle  # noqa: E402
-from snapvit_cli.evaluation.knn import knn_accuracy  # noqa: E402
-from snapvit_cli.models.loading import load_model  # noqa: E402
-from snapvit_cli.scoring import METHODS, score_model  # noqa: E402
-
-CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"
-DATA = "cifar10_subset.npz"
 FRACTIONS = (1.0, 0.9, 0.75, 0.6, 0.5)
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def balanced_subset(images: ImageSet, count: int, seed: int) -> ImageSet:
@@ -67,21 +54,9 @@ def balanced_subset(images: ImageSet, count: int, seed: int) -> ImageSet:
     return subset
 
 
-@torch.no_grad()
-def features(model: torch.nn.Module, images: ImageSet, transform, label: str, batch_size: int = 50) -> torch.Tensor:
-    """CLS features (the pooled embedding, classifier removed) of every image, float32."""
-    out, done = [], 0
-    for x, _ in make_loader(images, transform, batch_size):
-        out.append(get_adapter(model).features(x).float())
-        done += len(x)
-        if done % 500 < batch_size or done == len(images):
-            log(f"  {label}: features {done}/{len(images)}")
-    return torch.cat(out)
-
-
 def evaluate(model, memory: ImageSet, queries: ImageSet, transform, label: str) -> float:
-    train = features(model, memory, transform, f"{label} memory")
-    test = features(model, queries, transform, f"{label} queries")
+    train = features(model, memory, transform, label=f"{label} memory", batch_size=50)
+    test = features(model, queries, transform, label=f"{label} queries", batch_size=50)
     return knn_accuracy(train, memory.labels, test, queries.labels, k=20)
 
 
@@ -94,8 +69,8 @@ def cached_dense(model, memory, queries, transform, cache: Path, weights_sha: st
         log(f"dense features from cache {path}")
         return torch.load(path)
     pair = (
-        features(model, memory, transform, "dense memory"),
-        features(model, queries, transform, "dense queries"),
+        features(model, memory, transform, label="dense memory", batch_size=50),
+        features(model, queries, transform, label="dense queries", batch_size=50),
     )
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(pair, path)
@@ -157,8 +132,7 @@ def main() -> None:
     print(_table(results, fractions))
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": f"{machine()}, {torch.get_num_threads()} threads",
         "args": {k: str(v) for k, v in vars(args).items()},
         "memory": len(memory),
         "queries": len(queries),
@@ -168,17 +142,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(f"\n{report['date']}, {report['machine']}")
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo on Linux (platform.processor() is often empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _progress(method: str):

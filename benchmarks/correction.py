@@ -3,8 +3,8 @@
 Run from the repository root (needs ``../shared/data`` or ``$SNAPVIT_SHARED_DATA``; CPU is fine, a GPU is used
 when present)::
 
-    python benchmarks/correction.py                    # FLOPs fractions 0.75 0.6 0.5; updates benchmarks/README.md
-    python benchmarks/correction.py --fractions 0.5 --no-readme
+    python -m benchmarks.correction                    # FLOPs fractions 0.75 0.6 0.5; updates benchmarks/README.md
+    python -m benchmarks.correction --fractions 0.5 --no-readme
 
 The pretrained ViT-Tiny/16 (Tiny-ImageNet fine-tune) is scored into a bundle (``--method``, default
 ``magnitude``), then sliced at each FLOPs fraction three ways: plain slicing, correction with dense inputs (the
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,29 +27,20 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import REAL_CHECKPOINT as CHECKPOINT
+from benchmarks.common import REAL_DATA as DATA
+from benchmarks.common import features, machine, shared_data, write_readme_block
+from snapvit_cli.correction.apply import correct_bundle_slice
+from snapvit_cli.correction.solver import parse_damping
+from snapvit_cli.data import ImageSet, load_images, preprocess
+from snapvit_cli.devices import resolve_device
+from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle
+from snapvit_cli.elastic.surgery import build_model
+from snapvit_cli.evaluation.knn import knn_accuracy
+from snapvit_cli.models.loading import load_model
+from snapvit_cli.scoring import score_model
 
-from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.correction.apply import correct_bundle_slice  # noqa: E402
-from snapvit_cli.correction.solver import parse_damping  # noqa: E402
-from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess  # noqa: E402
-from snapvit_cli.devices import resolve_device  # noqa: E402
-from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle  # noqa: E402
-from snapvit_cli.elastic.surgery import build_model  # noqa: E402
-from snapvit_cli.evaluation.knn import knn_accuracy  # noqa: E402
-from snapvit_cli.models.loading import load_model  # noqa: E402
-from snapvit_cli.scoring import score_model  # noqa: E402
-
-README = ROOT / "benchmarks" / "README.md"
-BEGIN, END = "<!-- correction-benchmark:begin -->", "<!-- correction-benchmark:end -->"
-CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"
-DATA = "cifar10_subset.npz"
 VARIANTS = ("plain", "dense", "sequential")
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def make_bundle(work: Path, method: str) -> ElasticBundle:
@@ -63,14 +52,6 @@ def make_bundle(work: Path, method: str) -> ElasticBundle:
     return load_bundle(path)
 
 
-@torch.no_grad()
-def features(model: torch.nn.Module, images: ImageSet, cfg: dict, device: torch.device) -> torch.Tensor:
-    """Pooled embeddings (classifier disabled) of every image, in batches."""
-    adapter = get_adapter(model.eval().to(device))
-    loader = make_loader(images, preprocess(cfg), batch_size=100)
-    return torch.cat([adapter.features(x.to(device)).float().cpu() for x, _ in loader])
-
-
 def evaluate(
     name: str, model: torch.nn.Module, sets: dict[str, ImageSet], cfg: dict, work: Path, device: torch.device
 ) -> float:
@@ -79,7 +60,7 @@ def evaluate(
     if cache.is_file():
         feats = torch.load(cache)
     else:
-        feats = {split: features(model, images, cfg, device) for split, images in sets.items()}
+        feats = {split: features(model, images, preprocess(cfg), device=device) for split, images in sets.items()}
         torch.save(feats, cache)
     train, test = sets["train"], sets["test"]
     return knn_accuracy(feats["train"], train.labels, feats["test"], test.labels, k=20, vote="majority")
@@ -138,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
@@ -168,12 +149,6 @@ def table(results: dict, fractions: list[float]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
-    content = README.read_text()
-    start, end = content.index(BEGIN) + len(BEGIN), content.index(END)
-    README.write_text(content[:start] + "\n" + text + "\n" + content[end:])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.75, 0.6, 0.5])
@@ -194,7 +169,7 @@ def main() -> None:
     print(text)
     print(f"total {time.perf_counter() - started:.0f} s")
     if not args.no_readme:
-        update_readme(text)
+        write_readme_block("correction-benchmark", text)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/scoring.py          # ViT-S/16 random init (+ the real ViT-Tiny), 1 thread; updates README.md
-    python benchmarks/scoring.py --models vit_small_patch16_224 --no-readme --ga-evals 2
+    python -m benchmarks.scoring          # ViT-S/16 random init (+ the real ViT-Tiny), 1 thread; updates README.md
+    python -m benchmarks.scoring --models vit_small_patch16_224 --no-readme --ga-evals 2
 
 For each model, the three stages of the ``snapvit`` method run as ``score_model`` runs them:
 
@@ -27,48 +27,29 @@ is the process's peak RSS after the stage on the CPU, and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a clone without installing
+from benchmarks.common import REAL_CHECKPOINT, REAL_DATA, machine, shared_data, write_readme_block
+from snapvit_cli.adapters import get_adapter
+from snapvit_cli.models.loading import load_model
+from snapvit_cli.scoring.calibration import autocast, calibration_images, input_config, preprocessed, scoring_mode
+from snapvit_cli.scoring.crops import MultiCrop
+from snapvit_cli.scoring.gradient import crop_generator, gradient_pass, score_parameters, unit_scores
+from snapvit_cli.scoring.pruned import pruned_model
+from snapvit_cli.scoring.search import FeatureFitness, initial_mean, removed_units, search_multipliers
+from snapvit_cli.scoring.settings import ScoreSettings
 
-from snapvit_cli.adapters import get_adapter  # noqa: E402
-from snapvit_cli.models.loading import load_model  # noqa: E402
-from snapvit_cli.scoring.calibration import (  # noqa: E402
-    autocast,
-    calibration_images,
-    input_config,
-    preprocessed,
-    scoring_mode,
-)
-from snapvit_cli.scoring.crops import MultiCrop  # noqa: E402
-from snapvit_cli.scoring.gradient import (  # noqa: E402
-    crop_generator,
-    gradient_pass,
-    score_parameters,
-    unit_scores,
-)
-from snapvit_cli.scoring.pruned import pruned_model  # noqa: E402
-from snapvit_cli.scoring.search import FeatureFitness, initial_mean, removed_units, search_multipliers  # noqa: E402
-from snapvit_cli.scoring.settings import ScoreSettings  # noqa: E402
-
-README = ROOT / "benchmarks" / "README.md"
-BEGIN, END = "<!-- scoring-benchmark:begin -->", "<!-- scoring-benchmark:end -->"
+BLOCK = "scoring-benchmark"
 TARGET = 1.3  # issue 16: every stage at most 1.3x its bare passes
-REAL_CHECKPOINT = "vit_tiny_patch16_224.tinyimagenet.safetensors"
-REAL_DATA = "cifar10_subset.npz"
 
 
 @dataclass
@@ -179,13 +160,6 @@ def run_model(label: str, model, settings: ScoreSettings, device: torch.device) 
     return {"label": label, "rows": rows, "same_trace": same}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def render(results: list[dict], args, device: torch.device, took: float) -> str:
     memory = "peak RSS after the stage" if device.type == "cpu" else "peak allocated during the stage"
     lines = [
@@ -213,13 +187,6 @@ def render(results: list[dict], args, device: torch.device, took: float) -> str:
     return "\n".join(lines)
 
 
-def write_readme(section: str) -> None:
-    text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "real"], help="'real': ViT-Tiny")
@@ -233,11 +200,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    args.command = " ".join(["python benchmarks/scoring.py", *sys.argv[1:]])
+    args.command = " ".join(["python -m benchmarks.scoring", *sys.argv[1:]])
     args.load_before = os.getloadavg()[0]
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    shared = Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    shared = shared_data()
 
     start = time.perf_counter()
     results = []
@@ -268,7 +235,7 @@ def main() -> None:
     section = render(results, args, device, time.perf_counter() - start)
     print(section)
     if not args.no_readme:
-        write_readme(section)
+        write_readme_block(BLOCK, section)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Run from the repository root (Linux: it reads ``/proc`` for memory)::
 
-    python benchmarks/slice.py                       # ViT-B/16, FLOPs fractions 0.9 0.75 0.5; updates README.md
-    python benchmarks/slice.py --no-readme --fractions 0.5
+    python -m benchmarks.slice                       # ViT-B/16, FLOPs fractions 0.9 0.75 0.5; updates README.md
+    python -m benchmarks.slice --no-readme --fractions 0.5
 
 It writes a random-init ViT-B/16 bundle (``snapvit score --no-pretrained --method magnitude``: no download) into a
 temporary folder, then measures, each in a fresh process so that nothing is cached or shared between steps:
@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,9 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "benchmarks" / "README.md"
-BEGIN, END = "<!-- slice-benchmark:begin -->", "<!-- slice-benchmark:end -->"
+from benchmarks.common import ROOT, machine, write_readme_block
+
 MB = 2**20
 
 # Targets (issue 9): seconds, and memory as a multiple of the bundle file's size.
@@ -153,7 +151,7 @@ def _run(cmd: list[str]) -> Run:
 
 
 def _worker_run(kind: str, *args: str) -> tuple[Run, dict]:
-    run = _run([sys.executable, __file__, "--worker", kind, *args])
+    run = _run([sys.executable, "-m", "benchmarks.slice", "--worker", kind, *args])
     return run, json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -230,7 +228,7 @@ def render(result: dict, command: str) -> str:
         return f"{mb:.0f} MB ({mb / b:.2f}×)"
 
     lines = [
-        f"Command: `{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}; "
+        f"Command: `{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}; "
         f"load average {result['load_avg'][0]:.1f} before and {result['load_avg'][1]:.1f} after the run.",
         f"Bundle: `{result['model']}` (random init, magnitude scores), {b:.0f} MB. Each number is the median of "
         f"{result['repeat']} fresh process(es); a switch is the median of four `.slice()` calls alternating "
@@ -290,23 +288,6 @@ def render(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def write_readme(section: str) -> None:
-    """Replace the marked block of ``benchmarks/README.md`` (the rest of the file is hand-written)."""
-    text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_base_patch16_224", help="timm architecture (random init)")
@@ -321,12 +302,12 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="snapvit-bench-") as tmp:
         result = measure(args.model, args.fractions, Path(tmp), args.repeat)
-    command = " ".join(["python benchmarks/slice.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.slice", *sys.argv[1:]])
     section = render(result, command)
     print(section)
     print(f"\n(benchmark took {time.perf_counter() - start:.0f} s)")
     if not args.no_readme and args.model == "vit_base_patch16_224":
-        write_readme(section)
+        write_readme_block("slice-benchmark", section)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/throughput.py                    # ViT-S/16 at 224, CPU, fractions 0.75 0.5; updates README.md
-    python benchmarks/throughput.py --no-readme --profile --fractions 0.5
-    python benchmarks/throughput.py --round-to 8 64       # also the smallest fraction with MLP widths rounded
+    python -m benchmarks.throughput                    # ViT-S/16 at 224, CPU, fractions 0.75 0.5; updates README.md
+    python -m benchmarks.throughput --no-readme --profile --fractions 0.5
+    python -m benchmarks.throughput --round-to 8 64 --threads 1 --clock cpu   # + the smallest fraction, rounded widths
 
 A random-init ViT-S/16 (no download) is scored with the data-free ``magnitude`` method into a bundle in a temporary
 folder, and the dense model and the models sliced at each FLOPs fraction are timed on the CPU with all cores, at a
@@ -17,9 +17,7 @@ rounds, the median over the timed rounds is reported. ``--profile`` adds a per-o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,15 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a clone without installing
+from benchmarks.common import machine, write_readme_block
+from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
+from snapvit_cli.models.loading import load_model
+from snapvit_cli.scoring import score_model
 
-from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle  # noqa: E402
-from snapvit_cli.models.loading import load_model  # noqa: E402
-from snapvit_cli.scoring import score_model  # noqa: E402
-
-README = ROOT / "benchmarks" / "README.md"
-BEGIN, END = "<!-- throughput-benchmark:begin -->", "<!-- throughput-benchmark:end -->"
 TARGET_SPEEDUP_AT_HALF = 1.6  # issue 4: the 0.5-FLOPs model at >= 1.6x dense throughput on CPU
 
 # Operator groups for --profile (aten op names as torch.profiler reports them on CPU).
@@ -116,13 +110,6 @@ def profile_ops(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int =
     return {label: {g: statistics.median(v) for g, v in groups.items()} for label, groups in samples.items()}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def render(rows, times, args, took: float) -> str:
     """Markdown: the command, the machine, and one table row per model."""
     dense_s = statistics.median(times[0])
@@ -165,14 +152,6 @@ def render_profile(profiles: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(section: str) -> None:
-    """Replace the marked block of ``benchmarks/README.md`` (the rest of the file is hand-written)."""
-    text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm architecture (random init)")
@@ -188,7 +167,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="add a per-operator breakdown")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    args.command = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])
+    args.command = " ".join(["python -m benchmarks.throughput", *sys.argv[1:]])
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
@@ -210,7 +189,7 @@ def main() -> None:
     if speedups.get("sliced 0.5", TARGET_SPEEDUP_AT_HALF) < TARGET_SPEEDUP_AT_HALF:
         print(f"\nsliced 0.5 reaches {speedups['sliced 0.5']:.2f}×, below the {TARGET_SPEEDUP_AT_HALF}× target")
     if not args.no_readme and args.model == "vit_small_patch16_224":
-        write_readme(section)
+        write_readme_block("throughput-benchmark", section)
 
 
 if __name__ == "__main__":

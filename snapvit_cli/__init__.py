@@ -1,36 +1,46 @@
 """snapvit: elastic Vision Transformers from pretrained models without retraining (SnapViT, arXiv 2510.17700).
 
-Python API::
+Python API (every command is one call; README "Python API")::
 
     import snapvit_cli
-    bundle = snapvit_cli.load_bundle("dino_vitb16.safetensors")   # score once (``snapvit score``) ...
-    small = bundle.slice(flops=0.5)                               # ... cut to any budget in-process
-    model = snapvit_cli.load("sliced-folder/")                    # or load a saved sliced model
+    model, source = snapvit_cli.load_model("dino_vitb16")          # `snapvit score` ...
+    scores = snapvit_cli.score_model(model, "snapvit", data="photos/")
+    snapvit_cli.write_bundle("dino.safetensors", model, source, scores)
+    bundle = snapvit_cli.load_bundle("dino.safetensors")            # `snapvit slice` ...
+    small = bundle.slice(flops=0.5)                                 # ... in process, or to a folder:
+    bundle.save_slice("dino-half", bundle.plan(flops=0.5))
+    model = snapvit_cli.load("dino-half")                           # a sliced folder, a bundle or an hf-hub: id
+    report = snapvit_cli.evaluate("dino-half", "hf:cifar10")         # `snapvit eval`
+    snapvit_cli.push("dino-half", "me/dino-half")                   # `snapvit push`
+
+Section marks in docstrings and comments (``§3.2``) refer to ``docs/method.md``: the method as snapvit implements it.
 """
 
 from __future__ import annotations
 
 from snapvit_cli._version import __version__
 
-__all__ = ["__version__", "load", "load_bundle", "load_model", "score_model", "write_bundle"]
+# name -> module it lives in; imported on first use so that `import snapvit_cli` (and `snapvit --help`) stay
+# free of torch and timm.
+_API = {
+    "load": "snapvit_cli.api",
+    "load_bundle": "snapvit_cli.api",
+    "load_model": "snapvit_cli.models.loading",
+    "score_model": "snapvit_cli.scoring.run",
+    "write_bundle": "snapvit_cli.elastic.bundle",
+    "evaluate": "snapvit_cli.api",
+    "push": "snapvit_cli.hub.push",
+    "ScoreSettings": "snapvit_cli.scoring.settings",
+    "CorrectionSettings": "snapvit_cli.correction.settings",
+    "EvalSettings": "snapvit_cli.evaluation.settings",
+}
+
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
-    # Imported lazily so that `import snapvit_cli` (and `snapvit --help`) do not pay for torch and timm.
-    if name in {"load", "load_bundle"}:
-        from snapvit_cli import api
+    if name in _API:
+        import importlib
 
-        return getattr(api, name)
-    if name == "load_model":
-        from snapvit_cli.models.loading import load_model
-
-        return load_model
-    if name == "score_model":
-        from snapvit_cli.scoring import score_model
-
-        return score_model
-    if name == "write_bundle":
-        from snapvit_cli.elastic.bundle import write_bundle
-
-        return write_bundle
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'snapvit_cli' has no attribute {name!r}")

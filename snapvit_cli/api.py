@@ -1,8 +1,10 @@
-"""The loaders of the public API; both take a local path or a Hub id ``hf-hub:OWNER/NAME[@REVISION]``."""
+"""The loaders and the evaluation of the public API; each takes a local path or ``hf-hub:OWNER/NAME[@REVISION]``."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,6 +12,8 @@ from torch import nn
 from snapvit_cli.elastic.artifacts import require_kind, resolve_artifact
 from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.elastic.sliced import load_sliced
+from snapvit_cli.evaluation.evaluate import evaluate_target
+from snapvit_cli.evaluation.settings import EvalSettings
 
 
 def load(source: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -32,3 +36,20 @@ def load_bundle(source: str | os.PathLike, *, revision: str | None = None) -> El
     """
     artifact = require_kind(resolve_artifact(source, revision=revision), "bundle")
     return ElasticBundle.open(artifact.path)
+
+
+def evaluate(
+    target: str | os.PathLike,
+    data: str,
+    settings: EvalSettings | None = None,
+    *,
+    budgets: Sequence[float] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """What ``snapvit eval --json`` prints: kNN (and with ``settings.probe`` linear-probe) accuracy, GMACs, params and
+    measured speed of ``target`` — a bundle (one row per FLOPs fraction in ``budgets``), a sliced model or a model
+    name — on ``data`` (an image folder, ``.npz``, ``hf:NAME`` or ``demo`` with train and test splits)."""
+    return evaluate_target(
+        str(target), data, settings or EvalSettings(), budgets=budgets, checkpoint=checkpoint, revision=revision
+    )

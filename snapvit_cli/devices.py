@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from snapvit_cli.errors import SnapvitError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     """``auto`` (or None) → CUDA if available, else MPS, else the CPU; a named device must be usable here."""
+    import torch  # here, so that settings can name the devices without importing torch
+
     mps = getattr(torch.backends, "mps", None)
     mps_ok = mps is not None and mps.is_available()
     if name in (None, "auto"):
@@ -20,5 +25,5 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SnapvitError(f"--device {name} is not usable on this machine ({reason})") from None
+        raise SnapvitError(f"device {name} is not usable on this machine ({reason})", param="device") from None
     return device

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 
 class SnapvitError(Exception):
-    """Base class for errors caused by user input or the environment, reported as one line."""
+    """Base class for errors caused by user input or the environment, reported as one line.
+
+    ``param`` names the library parameter at fault when there is one; the message then starts with that name, and
+    the CLI shows the matching flag instead (``flops must lie in (0, 1]`` → ``--flops must lie in (0, 1]``).
+    """
 
     exit_code: int = 1
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelLoadError(SnapvitError):

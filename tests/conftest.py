@@ -98,3 +98,19 @@ def shared_data() -> Path:
 def _no_hub_access(monkeypatch):
     """Tests never reach the network; a test that needs the Hub points HF_ENDPOINT at its own loopback server."""
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """A real elastic bundle and the sliced model cut from it (``tests/hub_artifacts.py``), built once; read-only."""
+    from tests.hub_artifacts import build_artifacts
+
+    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture
+def artifacts(built, tmp_path) -> tuple[Path, Path]:
+    """Private copies of :func:`built`'s bundle and sliced folder, which a test may change."""
+    from tests.hub_artifacts import copy_artifacts
+
+    return copy_artifacts(built, tmp_path / "mine")

@@ -104,3 +104,26 @@ def test_root_import_and_help_stay_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags():
+    import pytest
+    import torch
+
+    from snapvit_cli.adapters.cost import CostTerms
+    from snapvit_cli.cli._output import flag_message
+    from snapvit_cli.elastic.budget import plan_slice
+    from snapvit_cli.errors import SnapvitError
+    from snapvit_cli.evaluation.settings import EvalSettings
+
+    with pytest.raises(SnapvitError) as caught:
+        EvalSettings(k=0)
+    assert str(caught.value) == "k must be at least 1, got 0" and caught.value.param == "k"
+    assert flag_message(caught.value) == "--knn-k must be at least 1, got 0"
+    with pytest.raises(SnapvitError) as caught:
+        cost = CostTerms(32, 17, 1000, 10, 20, 500, 5, 9)
+        plan_slice(torch.rand(2, 8), torch.rand(2, 4), cost, flops=2.0)
+    assert str(caught.value).startswith("flops must lie in (0, 1]") and "--" not in str(caught.value)
+    assert flag_message(caught.value).startswith("--flops must lie in (0, 1]")
+    custom = flag_message(SnapvitError("samples must be at least 1", param="samples"), {"samples": "--correct-samples"})
+    assert custom == "--correct-samples must be at least 1"

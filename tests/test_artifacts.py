@@ -11,13 +11,8 @@ from snapvit_cli.elastic.artifacts import resolve_artifact
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.evaluation.evaluate import open_target
 from snapvit_cli.hub.push import push
-from tests.hub_artifacts import TOKEN, build_artifacts, point_client_at, restore_client
+from tests.hub_artifacts import TOKEN, point_client_at, restore_client
 from tests.hub_server import FakeHub
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture

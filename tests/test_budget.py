@@ -1,4 +1,4 @@
-"""The global selection rule and budget solving (method doc §4)."""
+"""The global selection rule and budget solving (docs/method.md §4)."""
 
 from __future__ import annotations
 

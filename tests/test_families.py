@@ -15,7 +15,7 @@ from snapvit_cli.adapters import HEADS, MLP, get_adapter, unit_rows
 from snapvit_cli.adapters.base import UnitTensor
 from snapvit_cli.adapters.eva import HeadPrunedEvaAttention
 from snapvit_cli.data import preprocess
-from snapvit_cli.elastic.surgery import build_model, keep_prefix, mask_suffix
+from snapvit_cli.elastic.surgery import build_model, keep_prefix
 from snapvit_cli.errors import UnsupportedModelError
 from snapvit_cli.models.aliases import ALIASES
 from snapvit_cli.models.families import (
@@ -27,6 +27,7 @@ from snapvit_cli.models.families import (
 )
 from snapvit_cli.models.loading import load_model, preprocessing_cfg
 from tests.conftest import ROOT, SMALL_CONFIGS, image_batch, make_small_model
+from tests.masking import mask_suffix
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 HALF = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])

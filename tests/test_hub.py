@@ -17,8 +17,6 @@ from snapvit_cli.hub.push import push
 from tests.hub_artifacts import (
     BASE_HUB_ID,
     TOKEN,
-    build_artifacts,
-    copy_artifacts,
     free_port,
     point_client_at,
     restore_client,
@@ -49,16 +47,6 @@ def fake_hub(configure):
     with FakeHub(token=TOKEN) as server:
         configure(server.url)
         yield server
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
-
-
-@pytest.fixture
-def artifacts(built, tmp_path) -> tuple[Path, Path]:
-    return copy_artifacts(built, tmp_path / "mine")
 
 
 @pytest.fixture
@@ -162,7 +150,7 @@ def test_push_bundle_is_renamed_and_round_trips(fake_hub, bundle_file, capfd):
     assert result.kind == "bundle"
     assert f'snapvit_cli.load_bundle("hf-hub:{REPO}")' in uploaded["README.md"].decode()
 
-    downloaded = hub.download_bundle(f"hf-hub:{REPO}")
+    downloaded = hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     assert downloaded.read_bytes() == bundle_file.read_bytes()
     assert hub.resolve_hub_artifact(f"hf-hub:{REPO}") == ("bundle", downloaded)
     assert snapshot(bundle_file) == before
@@ -171,7 +159,7 @@ def test_push_bundle_is_renamed_and_round_trips(fake_hub, bundle_file, capfd):
 
 def test_sliced_model_round_trip(fake_hub, sliced_dir):
     push(sliced_dir, REPO, token=TOKEN)
-    folder = hub.download_sliced_model(f"hf-hub:{REPO}")
+    folder = hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     for name in ("config.json", "model.safetensors"):
         assert (folder / name).read_bytes() == (sliced_dir / name).read_bytes()
     kind, path = hub.resolve_hub_artifact(f"hf-hub:{REPO}")
@@ -189,17 +177,17 @@ def test_push_through_the_lfs_batch_api(configure, sliced_dir):
         assert server.files(REPO)["model.safetensors"] == weights
         assert server.repos[REPO].files("main")["model.safetensors"].lfs
         assert any(r.method == "PUT" and r.path.startswith("/lfs-upload/") for r in server.requests)
-        assert hub.download_sliced_model(f"hf-hub:{REPO}").joinpath("model.safetensors").read_bytes() == weights
+        assert hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1].joinpath("model.safetensors").read_bytes() == weights
 
 
 def test_push_to_a_new_branch_and_download_at_that_revision(fake_hub, sliced_dir):
     push(sliced_dir, REPO, token=TOKEN, revision="v1")
     assert "config.json" in fake_hub.files(REPO, "v1")
     assert fake_hub.files(REPO, "main") == {}
-    config = hub.download(f"hf-hub:{REPO}@v1", "config.json")
+    config = hub.resolve_hub_artifact(f"hf-hub:{REPO}@v1")[1] / "config.json"
     assert config.read_bytes() == (sliced_dir / "config.json").read_bytes()
     with pytest.raises(HubError, match="revision not found"):
-        hub.download_sliced_model(f"hf-hub:{REPO}@nope")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}@nope")[1]
 
 
 def test_push_as_pull_request(fake_hub, sliced_dir):
@@ -275,7 +263,10 @@ def test_dry_run_into_an_existing_empty_folder(fake_hub, bundle_file, tmp_path):
     ("kwargs", "message"),
     [
         ({"repo_id": "no-owner"}, "expected OWNER/NAME"),
-        ({"repo_id": REPO, "create_pr": True, "revision": "dev"}, "do not also pass --revision"),
+        (
+            {"repo_id": REPO, "create_pr": True, "revision": "dev"},
+            "create_pr opens a pull request against the default branch; do not also pass a revision",
+        ),
     ],
 )
 def test_push_refuses_bad_arguments_without_requests(fake_hub, bundle_file, kwargs, message):
@@ -333,7 +324,7 @@ def test_a_download_error_echoing_the_env_token_is_scrubbed(fake_hub, bundle_fil
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     fake_hub.fail(401, path_contains="/resolve/", message=f"token {TOKEN} is revoked")
     with pytest.raises(HubError, match=r"authentication failed \(token \*\*\* is revoked\)") as info:
-        hub.download_bundle(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     assert_no_token(capfd, str(info.value))
 
 
@@ -344,7 +335,7 @@ def test_unreachable_hub(configure, sliced_dir, capfd):
         push(sliced_dir, REPO, token=TOKEN)
     assert snapshot(sliced_dir) == before
     with pytest.raises(HubError, match="cannot reach the Hub"):
-        hub.download_sliced_model(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     assert_no_token(capfd, str(info.value))
 
 
@@ -354,7 +345,7 @@ def test_offline_mode(configure, sliced_dir, capfd):
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)") as info:
             push(sliced_dir, REPO, token=TOKEN)
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)"):
-            hub.download_sliced_model(f"hf-hub:{REPO}")
+            hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
         with pytest.raises(HubError, match=r"cannot reach the Hub \(offline\)"):
             hub.resolve_hub_artifact(f"hf-hub:{REPO}")
         assert server.requests == []
@@ -390,24 +381,24 @@ def test_hub_errors_leaves_bugs_alone():
 
 def test_download_from_a_missing_repository(fake_hub):
     with pytest.raises(HubError, match="repository not found on the Hub: tester/missing"):
-        hub.download_sliced_model("hf-hub:tester/missing")
+        hub.resolve_hub_artifact("hf-hub:tester/missing")[1]
     with pytest.raises(HubError, match="repository not found"):
-        hub.download_bundle("hf-hub:tester/missing")
+        hub.resolve_hub_artifact("hf-hub:tester/missing")[1]
 
 
 def test_download_server_error(fake_hub, sliced_dir):
     push(sliced_dir, REPO, token=TOKEN)
     fake_hub.fail(500, path_contains=f"/api/models/{REPO}/revision/")
     with pytest.raises(HubError, match="the Hub answered 500"):
-        hub.download_sliced_model(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
 
 
 def test_private_repository_needs_the_token_to_download(fake_hub, bundle_file, monkeypatch):
     push(bundle_file, REPO, token=TOKEN, private=True)
     with pytest.raises(HubError, match="repository not found"):
-        hub.download_bundle(f"hf-hub:{REPO}")
+        hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1]
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert hub.download_bundle(f"hf-hub:{REPO}").read_bytes() == bundle_file.read_bytes()
+    assert hub.resolve_hub_artifact(f"hf-hub:{REPO}")[1].read_bytes() == bundle_file.read_bytes()
 
 
 def test_resolve_rejects_a_repository_without_snapvit_files(fake_hub):
@@ -416,7 +407,3 @@ def test_resolve_rejects_a_repository_without_snapvit_files(fake_hub):
     api.upload_file(path_or_fileobj=b"hello", path_in_repo="notes.txt", repo_id=REPO)
     with pytest.raises(HubError, match="holds neither bundle.safetensors nor config.json"):
         hub.resolve_hub_artifact(f"hf-hub:{REPO}")
-    with pytest.raises(HubError, match="does not hold a sliced model"):
-        hub.download_sliced_model(f"hf-hub:{REPO}")
-    with pytest.raises(HubError, match="file not found in tester/tiny-snapvit: bundle.safetensors"):
-        hub.download_bundle(f"hf-hub:{REPO}")

@@ -25,7 +25,7 @@ from snapvit_cli.reference.scores import ScoreFileError, published_models_markdo
 from tests.conftest import ROOT, SHARED_DATA
 from tests.test_reference_scores import malicious_file, valid_contents, write_reference_file
 
-# The paper's grid of (MLP ratio, head ratio), method doc §4.1.
+# The paper's grid of (MLP ratio, head ratio), docs/method.md §4.1.
 PAIRS = [(0.15, 0.0), (0.25, 0.1), (0.35, 0.2), (0.45, 0.3), (0.55, 0.4), (0.65, 0.5)]
 DINO_B = "imagenet-1k_dino_vitb16.pt"
 DEIT3_S = "imagenet-1k_deit-3-vit-s-16.pt"

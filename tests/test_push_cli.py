@@ -30,8 +30,6 @@ from tests.hub_artifacts import (
     BASE_LICENSE,
     SLICE_FLOPS,
     TOKEN,
-    build_artifacts,
-    copy_artifacts,
     free_port,
     point_client_at,
     restore_client,
@@ -61,16 +59,6 @@ def assert_same_sliced_model(a: Path, b: Path) -> None:
     assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
     with safe_open(a / "model.safetensors", "pt") as fa, safe_open(b / "model.safetensors", "pt") as fb:
         assert fa.metadata() == fb.metadata()
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
-
-
-@pytest.fixture
-def artifacts(built, tmp_path) -> tuple[Path, Path]:
-    return copy_artifacts(built, tmp_path / "mine")
 
 
 @pytest.fixture

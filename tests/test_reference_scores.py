@@ -175,16 +175,19 @@ def test_published_file_matches_its_timm_model(shared_data, file_name):
     with torch.device("meta"):
         model = timm.create_model(timm_name_for(scores), pretrained=False)
     block = model.blocks[0]
-
-    check_matches(
-        scores,
+    shape = dict(
         num_blocks=len(model.blocks),
         hidden_dim=block.mlp.fc1.out_features,
         num_heads=block.attn.num_heads,
         head_dim=block.attn.head_dim,
         embed_dim=model.embed_dim,
-        model_name=timm_name_for(scores),
     )
+    assert tuple(scores.mlp_scores.shape) == (shape["num_blocks"], shape["hidden_dim"])
+    assert tuple(scores.head_scores.shape) == (shape["num_blocks"], shape["num_heads"])
+    check_matches(scores, **shape, model_name=timm_name_for(scores))  # the timm model accepts the file
+    for name in shape:  # and a model differing in any one dimension does not
+        with pytest.raises(ScoreFileError):
+            check_matches(scores, **{**shape, name: shape[name] + 1}, model_name="other")
 
 
 def test_mismatched_model_error_names_both_shapes(shared_data):

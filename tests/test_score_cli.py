@@ -41,10 +41,15 @@ def test_snapvit_is_the_default_and_records_everything(snapvit_bundle):
     assert settings["input"]["size"] == 64 and settings["input"]["mean"] == [0.5, 0.5, 0.5]
     assert settings["ga_evals"] == 3 and settings["ga_pairs"] == [[0.15, 0.0], [0.35, 0.2], [0.55, 0.4], [0.65, 0.5]]
     assert settings["xnes"]["evaluations"] == 3
-    assert bundle.read_tensor("ga.fitness_trace").shape == (3,)
-    assert bundle.read_tensor("ga.head_weight").shape == (12, 3)
+    trace = bundle.read_tensor("ga.fitness_trace")
+    assert trace.shape == (3,) and trace[0].item() == pytest.approx(report["fitness"]["initial"])
+    assert trace.min().item() == pytest.approx(report["fitness"]["best"])
+    head_weight = bundle.read_tensor("ga.head_weight")
+    assert head_weight.shape == (12, 3) and bool(((head_weight >= 0) & (head_weight <= 2)).all())  # --ga-bounds
     raw, weight = bundle.read_tensor("raw.mlp"), bundle.read_tensor("ga.mlp_weight")
     assert torch.equal(bundle.read_tensor("scores.mlp"), raw * weight[:, None])
+    raw_heads = bundle.read_tensor("raw.heads")
+    assert torch.equal(bundle.read_tensor("scores.heads"), raw_heads * head_weight)
 
 
 def test_bundle_slices(tmp_path, snapvit_bundle):
@@ -67,10 +72,21 @@ def test_progress_on_stderr_unless_quiet(tmp_path):
 
 @pytest.mark.parametrize("method", ["gradient", "random", "lamp"])
 def test_other_methods_write_bundles(tmp_path, method):
+    from snapvit_cli.models.loading import load_model
+    from snapvit_cli.scoring import score_model
+
     path = tmp_path / f"{method}.safetensors"
     result = run("score", "--method", method, *TINY, "-o", str(path), "--json", "--quiet")
     assert result.exit_code == 0, result.output
-    assert load_bundle(path).metadata["scoring"]["method"] == method
+    bundle = load_bundle(path)
+    assert bundle.metadata["scoring"]["method"] == method
+    # The CLI's bundle holds what the library computes with the same settings, in descending order per block.
+    model, _ = load_model("demo")
+    expected = score_model(model, method, samples=4, batch_size=4, seed=7)
+    for kind, stored in (("mlp", bundle.read_tensor("scores.mlp")), ("heads", bundle.read_tensor("scores.heads"))):
+        assert torch.allclose(stored, getattr(expected, kind).double(), rtol=1e-6, atol=0)
+        assert bool((bundle.scores[kind][:, :-1] >= bundle.scores[kind][:, 1:]).all())
+    assert len(set(bundle.read_tensor("scores.mlp").flatten().tolist())) > 1  # not a constant score
 
 
 @pytest.mark.parametrize(
@@ -78,7 +94,7 @@ def test_other_methods_write_bundles(tmp_path, method):
     [
         (["--method", "best"], "--method must be one of"),
         (["--crops", "diagonal"], "--crops must be one of"),
-        (["--ga-pairs", "0.3"], "bad --ga-pairs item"),
+        (["--ga-pairs", "0.3"], "--ga-pairs item '0.3' is not MLP:HEADS"),
         (["--samples", "0"], "--samples must be at least 1"),
         (["--device", "tpu"], "--device must be one of"),
         (["--data", "/nonexistent/images"], "not found"),

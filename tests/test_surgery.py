@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from snapvit_cli.adapters import HEADS, MLP, Widths, get_adapter
-from snapvit_cli.elastic.surgery import build_model, keep_prefix, mask_suffix, permute
+from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute
 from tests.conftest import SMALL_CONFIGS, image_batch, make_small_model
+from tests.masking import mask_suffix
 
 
 def _skeleton(name: str) -> torch.nn.Module:

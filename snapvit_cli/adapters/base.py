@@ -90,21 +90,10 @@ def unit_rows(tensor: torch.Tensor, spec: UnitTensor) -> torch.Tensor:
     """``[units, n]``: row ``u`` holds every element of unit ``u`` in ``tensor`` (only group ``spec.group`` if set).
 
     Works on a weight or on its gradient; e.g. the reference score of a unit is ``unit_rows(grad, spec)`` squared
-    and averaged over the row (method doc §3.2).
+    and averaged over the row (docs/method.md §3.2).
     """
     view = unit_view(tensor, spec)
     return view.transpose(0, 1).reshape(view.shape[1], -1)
-
-
-def zero_units(tensor: torch.Tensor, spec: UnitTensor, removed: torch.Tensor) -> torch.Tensor:
-    """A copy of ``tensor`` with the slices of the ``removed`` units set to zero (exact stand-in for removal)."""
-    axis = spec.axis % tensor.ndim
-    shape = tensor.shape
-    n_units = shape[axis] // (spec.groups * spec.unit_size)
-    out = tensor.clone()
-    view = out.view(*shape[:axis], spec.groups, n_units, spec.unit_size, *shape[axis + 1 :])
-    view.index_fill_(axis + 1, removed.to(tensor.device), 0)
-    return out
 
 
 def resized_linear(linear: nn.Linear, *, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
@@ -194,7 +183,7 @@ class ModelAdapter:
 
     # --- behaviour -------------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding with the classifier disabled (method doc §1.4)."""
+        """The pooled embedding with the classifier disabled (docs/method.md §1.4)."""
         raise NotImplementedError
 
     def cost_terms(self, resolution: int | None = None):

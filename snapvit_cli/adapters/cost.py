@@ -1,6 +1,6 @@
 """Closed-form cost of a (sliced) model: multiply-accumulates and parameters as functions of the kept widths.
 
-Cost is linear in the kept neurons and heads of each block (method doc §7.3), so a model is summarised by a few
+Cost is linear in the kept neurons and heads of each block (docs/method.md §7.3), so a model is summarised by a few
 constants (:class:`CostTerms`) and any budget is evaluated without building it. Counted, as
 ``torch.utils.flop_counter.FlopCounterMode`` counts them: every matmul and convolution (patch embedding, qkv, the
 attention core q·kᵀ and attn·v, proj, fc1, fc2, classifier). Norms, activations, softmax and additions are not counted.

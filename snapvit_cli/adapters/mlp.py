@@ -1,4 +1,4 @@
-"""The MLP layouts a block may hold, shared by every family adapter (method doc §2.1).
+"""The MLP layouts a block may hold, shared by every family adapter (docs/method.md §2.1).
 
 - ``Mlp`` (fc1 → act → fc2): neuron ``j`` is row ``j`` of ``fc1`` and column ``j`` of ``fc2``.
 - ``GluMlp`` with packed weights (DINOv2-giant's SwiGLU, ``SwiGLUPacked``): ``fc1`` stacks ``[gate | value]`` (order

@@ -21,15 +21,34 @@ out = Console()
 err = Console(stderr=True)
 
 
-def user_errors(func):
-    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback."""
+# Library parameters whose flag is not ``--`` + the name with dashes (see SnapvitError.param).
+FLAGS = {"k": "--knn-k", "score": "--score", "ga_bounds": "--ga-bounds/--no-ga-bounds"}
+
+
+def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
+    """``exc``'s message with the library parameter it names replaced by the command's flag: the one place where
+    library names become CLI names (``flags`` overrides :data:`FLAGS` for one command)."""
+    message = str(exc)
+    if exc.param is None or not message.startswith(exc.param):
+        return message
+    flag = {**FLAGS, **(flags or {})}.get(exc.param, "--" + exc.param.replace("_", "-"))
+    return flag + message[len(exc.param) :]
+
+
+def user_errors(func=None, *, flags: dict[str, str] | None = None):
+    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback.
+
+    Use as ``@user_errors`` or ``@user_errors(flags={"samples": "--correct-samples"})``.
+    """
+    if func is None:
+        return functools.partial(user_errors, flags=flags)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except SnapvitError as exc:
-            report(exc)
+            report(exc, flags)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
@@ -43,13 +62,13 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def report(exc: SnapvitError) -> None:
+def report(exc: SnapvitError, flags: dict[str, str] | None = None) -> None:
     """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
     (sent when another rank failed) is ignored, so that a failure ends with one line."""
     if launched():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if not launched() or int(os.environ.get("RANK", "0")) == 0:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
 
 
 def stopped_by_launcher(_signum, _frame) -> None:

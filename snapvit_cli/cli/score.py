@@ -12,7 +12,11 @@ import typer
 
 from snapvit_cli.cli._options import CheckpointOpt, ForceOpt, JsonOpt, PretrainedOpt, RevisionOpt
 from snapvit_cli.cli._output import emit_json, err, out, user_errors
+from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
+
+DEFAULTS = ScoreSettings()  # the defaults shown in --help
 
 
 @user_errors
@@ -41,15 +45,19 @@ def score(
             help="Calibration images: an image folder, an .npz (x/y uint8 NHWC), hf:NAME[:CONFIG], or demo "
             "(the built-in images). Labels are needed only by --loss ce."
         ),
-    ] = "demo",
-    samples: Annotated[int, typer.Option(help="Images for the gradient pass (a seeded random draw).")] = 1000,
+    ] = str(DEFAULTS.data),
+    samples: Annotated[
+        int, typer.Option(help="Images for the gradient pass (a seeded random draw).")
+    ] = DEFAULTS.samples,
     ga_samples: Annotated[
         int | None, typer.Option(help="Images for the xNES fitness, a second draw (default: as many as --samples).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per gradient step (the loss is averaged over it).")] = 16,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per gradient step (the loss is averaged over it).")
+    ] = DEFAULTS.batch_size,
     micro_batch: Annotated[
         int, typer.Option(help="Images whose crops go through one forward/backward: bounds memory, not results.")
-    ] = 4,
+    ] = DEFAULTS.micro_batch,
     grad_checkpointing: Annotated[
         bool,
         typer.Option(
@@ -57,33 +65,45 @@ def score(
             help="Recompute each block in the gradient pass's backward (timm's set_grad_checkpointing): memory for "
             "one block's activations instead of all, for about a third more compute; the same scores.",
         ),
-    ] = False,
-    seed: Annotated[int, typer.Option(help="Seeds the image draws, crops, random scores and xNES.")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, else mps, else cpu).")] = "auto",
+    ] = DEFAULTS.grad_checkpointing,
+    seed: Annotated[int, typer.Option(help="Seeds the image draws, crops, random scores and xNES.")] = DEFAULTS.seed,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, else mps, else cpu).")
+    ] = DEFAULTS.device,
     crops: Annotated[
         str,
         typer.Option(help="independent: every view draws its own crop; legacy: the reference's identical views."),
-    ] = "independent",
-    loss: Annotated[str, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).")] = "dino",
+    ] = DEFAULTS.crops,
+    loss: Annotated[
+        str, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).")
+    ] = DEFAULTS.loss,
     score_formula: Annotated[
         str, typer.Option("--score", help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.")
-    ] = "sqgrad",
-    ga_evals: Annotated[int, typer.Option(help="xNES fitness evaluations (the first is the starting point).")] = 50,
-    ga_sigma: Annotated[float, typer.Option(help="xNES initial step size around the starting multipliers.")] = 0.3,
+    ] = DEFAULTS.score,
+    ga_evals: Annotated[
+        int, typer.Option(help="xNES fitness evaluations (the first is the starting point).")
+    ] = DEFAULTS.ga_evals,
+    ga_sigma: Annotated[
+        float, typer.Option(help="xNES initial step size around the starting multipliers.")
+    ] = DEFAULTS.ga_sigma,
     ga_bounds: Annotated[
         bool, typer.Option(help="Keep xNES candidates inside [0, 2] (--no-ga-bounds: unbounded, as the reference).")
-    ] = True,
-    ga_pairs: Annotated[
-        str, typer.Option(help="MLP:HEADS removal ratios the fitness averages over.")
-    ] = "0.15:0,0.35:0.2,0.55:0.4,0.65:0.5",
+    ] = DEFAULTS.ga_bounds is not None,
+    ga_pairs: Annotated[str, typer.Option(help="MLP:HEADS removal ratios the fitness averages over.")] = format_pairs(
+        DEFAULTS.ga_pairs
+    ),
     pca_components: Annotated[
         int, typer.Option(help="PCA components of the dense features compared in the fitness (none if >= dim).")
-    ] = 192,
+    ] = DEFAULTS.pca_components,
     cka_init: Annotated[
         bool, typer.Option(help="Start xNES with a covariance from the CKA similarity of units' activations.")
-    ] = False,
-    min_keep_mlp: Annotated[float, typer.Option(help="Fraction of each block's MLP neurons never removed.")] = 0.05,
-    min_keep_heads: Annotated[float, typer.Option(help="Fraction of each block's heads never removed.")] = 0.2,
+    ] = DEFAULTS.cka_init,
+    min_keep_mlp: Annotated[
+        float, typer.Option(help="Fraction of each block's MLP neurons never removed.")
+    ] = DEFAULT_MIN_KEEP["mlp"],
+    min_keep_heads: Annotated[
+        float, typer.Option(help="Fraction of each block's heads never removed.")
+    ] = DEFAULT_MIN_KEEP["heads"],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     force: ForceOpt = False,
     dry_run: Annotated[
@@ -105,9 +125,6 @@ def score(
 
     if method not in METHODS:
         raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
-    for name, value in (("--min-keep-mlp", min_keep_mlp), ("--min-keep-heads", min_keep_heads)):
-        if not 0.0 <= value < 1.0:
-            raise typer.BadParameter(f"{name} must lie in [0, 1)")
     min_keep = {"mlp": min_keep_mlp, "heads": min_keep_heads}
     settings = dict(
         data=data,

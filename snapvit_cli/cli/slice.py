@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -11,9 +13,14 @@ from rich.table import Table
 
 from snapvit_cli.cli._options import ForceOpt, JsonOpt
 from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
+from snapvit_cli.correction.settings import CorrectionSettings
+from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
+
+# The defaults shown in --help, read off the fields (an instance would validate its damping with torch).
+CORRECTION = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
 
 
-@user_errors
+@user_errors(flags={"samples": "--correct-samples"})
 def slice_(
     bundle: Annotated[
         str,
@@ -34,7 +41,7 @@ def slice_(
             help="With --flops/--params: heads are removed at max(0, mlp_ratio - OFFSET). "
             "0.15 follows the paper's grid, 0 prunes both alike, 1 prunes MLP only."
         ),
-    ] = 0.15,
+    ] = DEFAULT_HEAD_OFFSET,
     resolution: Annotated[int | None, typer.Option(help="Input resolution for GMACs (default: the model's).")] = None,
     round_to: Annotated[
         int,
@@ -61,10 +68,10 @@ def slice_(
     ] = None,
     correct_samples: Annotated[
         int, typer.Option(help="With --correct: random training images used (seeded by --seed).")
-    ] = 1000,
+    ] = CORRECTION.samples,
     damping: Annotated[
         str, typer.Option(help="With --correct: mean:F, max:F or pNN:F (F × that statistic of diag H).")
-    ] = "mean:0.01",
+    ] = CORRECTION.damping,
     sequential: Annotated[
         bool,
         typer.Option(
@@ -72,12 +79,12 @@ def slice_(
             help="With --correct: feed each block the corrected sliced outputs of the blocks before it, or the "
             "dense model's activations (the reference).",
         ),
-    ] = True,
-    batch_size: Annotated[int, typer.Option(help="With --correct: images per forward pass.")] = 64,
-    seed: Annotated[int, typer.Option(help="With --correct: seed of the calibration subset.")] = 0,
+    ] = CORRECTION.sequential,
+    batch_size: Annotated[int, typer.Option(help="With --correct: images per forward pass.")] = CORRECTION.batch_size,
+    seed: Annotated[int, typer.Option(help="With --correct: seed of the calibration subset.")] = CORRECTION.seed,
     device: Annotated[
-        str | None, typer.Option(help="With --correct: torch device (default: cuda if available, else cpu).")
-    ] = None,
+        str, typer.Option(help="With --correct: auto, cpu, cuda or mps (auto: cuda, else mps, else cpu).")
+    ] = CORRECTION.device,
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to a budget and write a dense, smaller model (model.safetensors + config.json)."""
@@ -92,6 +99,17 @@ def slice_(
         given = {"flops": flops, "params": params, "mlp": mlp, "heads": heads}
         tag = "-".join(f"{k}{v:g}" for k, v in given.items() if v is not None)
         output = Path(f"{_bundle_stem(bundle)}-{tag}")
+    settings = None
+    if correct:
+        settings = CorrectionSettings(
+            data=data,
+            samples=correct_samples,
+            seed=seed,
+            damping=damping,
+            sequential=sequential,
+            batch_size=batch_size,
+            device=device,
+        )
     if not dry_run:
         check_output(output, force)
     with quiet_hub(json_output):
@@ -107,9 +125,7 @@ def slice_(
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if correct and not dry_run:
-        result["correction"] = _save_corrected(
-            elastic, plan, output, data, correct_samples, seed, damping, sequential, batch_size, device, force
-        )
+        result["correction"] = _save_corrected(elastic, plan, output, settings, force)
     elif not dry_run:
         elastic.save_slice(output, plan, force=force)
     if json_output:
@@ -118,32 +134,9 @@ def slice_(
     _print_plan(plan, output if not dry_run else None)
 
 
-def _save_corrected(
-    elastic,
-    plan,
-    output: Path,
-    data: str,
-    samples: int,
-    seed: int,
-    damping: str,
-    sequential: bool,
-    batch_size: int,
-    device: str | None,
-    force: bool,
-) -> dict[str, Any]:
-    """``slice --correct``: calibrate, correct, and write the folder; returns the correction record."""
-    from snapvit_cli.correction.apply import correct_bundle_slice
-    from snapvit_cli.correction.solver import parse_damping
-    from snapvit_cli.data import load_images
-    from snapvit_cli.devices import resolve_device
-    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
-    from snapvit_cli.fileio import sha256_file
-
-    if samples < 1:
-        raise typer.BadParameter("--correct-samples must be positive")
-    spec = parse_damping(damping)
-    torch_device = resolve_device(device)
-    images = load_images(data, "train", samples=samples, seed=seed)
+def _save_corrected(elastic, plan, output: Path, settings: CorrectionSettings, force: bool) -> dict[str, Any]:
+    """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record."""
+    from snapvit_cli.elastic.sliced import read_config
 
     with err.status("correcting") as status:
 
@@ -151,21 +144,10 @@ def _save_corrected(
             what = "calibration batches" if stage == "capture" else "blocks"
             status.update(f"correcting: {done}/{total or '?'} {what}")
 
-        corrected = correct_bundle_slice(
-            elastic,
-            plan,
-            images,
-            batch_size=batch_size,
-            damping=spec,
-            sequential=sequential,
-            device=torch_device,
-            progress=progress,
-        )
-    record = corrected.to_json()
-    config = {**sliced_config(elastic.metadata, plan, bundle_sha256=sha256_file(elastic.path)), "correction": record}
-    save_sliced(output, corrected.state, config, force=force)
+        elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
+    record = read_config(output)["correction"]
     err.print(
-        f"corrected {len(corrected.layers)} layers on {corrected.images} images in {corrected.seconds:.1f} s "
+        f"corrected {len(record['layers'])} layers on {record['images']} images in {record['seconds']:.1f} s "
         f"({record['inputs']} inputs, damping {record['damping']})",
         highlight=False,
     )

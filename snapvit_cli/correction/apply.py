@@ -28,7 +28,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -40,13 +40,17 @@ from snapvit_cli.correction.solver import (
     Damping,
     InputStatistics,
     corrected_weight,
+    parse_damping,
     reconstruction_error,
 )
 from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
 from snapvit_cli.elastic.budget import SlicePlan
-from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.elastic.surgery import keep_prefix
 from snapvit_cli.errors import DataError
+
+if TYPE_CHECKING:
+    from snapvit_cli.correction.settings import CorrectionSettings
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
 #: ``progress(stage, done, total)``: stage is "capture" (batches of images; total 0 if unknown) or "blocks".
 Progress = Callable[[str, int, int], None]
@@ -187,6 +191,30 @@ def correct_bundle_slice(
     )
     result.data = describe(images)
     return result
+
+
+def correct_with_settings(
+    bundle: ElasticBundle, plan: SlicePlan, settings: CorrectionSettings, progress: Progress | None = None
+) -> CorrectionResult:
+    """:func:`correct_bundle_slice` with everything taken from ``settings``: the images are drawn here."""
+    from snapvit_cli.data import load_images
+    from snapvit_cli.devices import resolve_device
+
+    spec = parse_damping(settings.damping)
+    device = resolve_device(settings.device)
+    images = settings.data
+    if not isinstance(images, ImageSet):
+        images = load_images(str(images), "train", samples=settings.samples, seed=settings.seed)
+    return correct_bundle_slice(
+        bundle,
+        plan,
+        images,
+        batch_size=settings.batch_size,
+        damping=spec,
+        sequential=settings.sequential,
+        device=device,
+        progress=progress,
+    )
 
 
 def _capture_block_inputs(

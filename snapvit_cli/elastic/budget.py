@@ -1,4 +1,4 @@
-"""From a budget to per-block widths: the global selection rule (method doc §4) and FLOPs/params targets.
+"""From a budget to per-block widths: the global selection rule (docs/method.md §4) and FLOPs/params targets.
 
 Units are ranked globally across blocks, separately for MLP neurons and heads. Within each block the top
 ``max(1, ⌊width·min_keep⌋)`` units are protected; of the rest exactly ``N`` are removed, lowest score first, ties
@@ -16,11 +16,8 @@ import torch
 
 from snapvit_cli.adapters import Widths
 from snapvit_cli.adapters.cost import CostTerms
+from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP
 from snapvit_cli.errors import BudgetError
-
-DEFAULT_MIN_KEEP = {"mlp": 0.05, "heads": 0.2}
-# The paper's grid removes heads at 0.15 less than MLP neurons: (0.15, 0), (0.25, 0.1), ..., (0.65, 0.5).
-DEFAULT_HEAD_OFFSET = 0.15
 
 
 def block_floor(width: int, min_keep: float) -> int:
@@ -120,24 +117,30 @@ def plan_slice(
     if mlp is not None or heads is not None:
         given.append("ratios")
     if len(given) != 1:
-        raise BudgetError("give exactly one budget: --flops, --params, or --mlp/--heads")
+        raise BudgetError("give exactly one budget: flops, params, or mlp/heads ratios")
 
     if given[0] == "ratios":
         r_m, r_h = mlp or 0.0, heads or 0.0
-        for name, r, most in (("--mlp", r_m, max_m / total_m), ("--heads", r_h, max_h / total_h)):
+        for name, r, most in (("mlp", r_m, max_m / total_m), ("heads", r_h, max_h / total_h)):
             if not 0.0 <= r < 1.0:
-                raise BudgetError(f"{name} {r} is the fraction of units to remove and must lie in [0, 1)")
+                raise BudgetError(
+                    f"{name} is the fraction of units to remove and must lie in [0, 1), got {r}", param=name
+                )
             if r > most + 1e-12:
-                raise BudgetError(f"{name} {r} removes more than the minimum keep allows (at most {most:.4f})")
+                raise BudgetError(
+                    f"{name} {r} removes more than the minimum keep allows (at most {most:.4f})", param=name
+                )
         n_m, n_h = removal_count(total_m, r_m), removal_count(total_h, r_h)
         budget = {"kind": "ratios", "mlp": r_m, "heads": r_h}
     else:
         kind = given[0]
         fraction = flops if kind == "flops" else params
         if not 0.0 < fraction <= 1.0:
-            raise BudgetError(f"--{kind} {fraction} must lie in (0, 1]: the fraction of the dense model to keep")
+            raise BudgetError(
+                f"{kind} must lie in (0, 1] (the fraction of the dense model to keep), got {fraction}", param=kind
+            )
         if not 0.0 <= head_offset <= 1.0:
-            raise BudgetError(f"--head-offset {head_offset} must lie in [0, 1]")
+            raise BudgetError(f"head_offset must lie in [0, 1], got {head_offset}", param="head_offset")
         if kind == "flops":
             base, per_m, per_h = dense_macs, cost.macs_per_neuron, cost.macs_per_head
         else:
@@ -147,8 +150,9 @@ def plan_slice(
         if abs(achieved - fraction) > 0.01 * fraction:
             floor_fraction = base - max_m * per_m - _heads_for(max_m, total_m, total_h, max_h, head_offset) * per_h
             raise BudgetError(
-                f"--{kind} {fraction} is out of reach with min-keep ratios {min_keep} and --head-offset "
-                f"{head_offset}: the smallest model keeps {floor_fraction / base:.3f}"
+                f"{kind} {fraction} is out of reach with min-keep ratios {min_keep} and head_offset "
+                f"{head_offset}: the smallest model keeps {floor_fraction / base:.3f}",
+                param=kind,
             )
         budget = {"kind": kind, "target": fraction, "head_offset": head_offset}
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -39,26 +38,16 @@ from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output, sha256_file
 from snapvit_cli.models.loading import ModelSource, build_architecture
+from snapvit_cli.scoring.scoreset import ScoreSet
+
+if TYPE_CHECKING:
+    from snapvit_cli.correction.apply import Progress as CorrectionProgress
+    from snapvit_cli.correction.settings import CorrectionSettings
 
 FORMAT_VERSION = 1
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
 ORDER_KEYS = {MLP: "order.mlp", HEADS: "order.heads"}
-
-
-@dataclass
-class ScoreSet:
-    """What a scoring method produces: one score per unit, plus anything worth keeping for diagnostics."""
-
-    mlp: torch.Tensor
-    heads: torch.Tensor
-    method: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def of(self, kind: str) -> torch.Tensor:
-        return self.mlp if kind == MLP else self.heads
 
 
 def descending_order(scores: torch.Tensor) -> torch.Tensor:
@@ -228,11 +217,30 @@ class ElasticBundle:
         with safe_open(str(self.path), framework="pt", backend="pread") as f:
             return read_prefix(f, self._adapter, widths, prefix=WEIGHT_PREFIX)
 
-    def save_slice(self, out_dir: str | os.PathLike, plan: SlicePlan, *, force: bool = False) -> Path:
-        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does: the weights come from
-        :meth:`read_state_dict`, and ``config.json`` records the bundle file's sha256 (the Hub's LFS id for it)."""
+    def save_slice(
+        self,
+        out_dir: str | os.PathLike,
+        plan: SlicePlan,
+        *,
+        force: bool = False,
+        correction: CorrectionSettings | None = None,
+        progress: CorrectionProgress | None = None,
+    ) -> Path:
+        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does; ``config.json`` records
+        the bundle file's sha256 (the Hub's LFS id for it).
+
+        Without ``correction`` the weights come from :meth:`read_state_dict`. With it, the kept columns of each
+        consumer layer are re-fit on its calibration images first (:mod:`snapvit_cli.correction`), and
+        ``config.json["correction"]`` records the settings, the images and every layer's error.
+        """
         config = sliced_config(self.metadata, plan, bundle_sha256=sha256_file(self.path))
-        return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force)
+        if correction is None:
+            return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force)
+        check_output(out_dir, force)  # fail before the expensive part
+        from snapvit_cli.correction.apply import correct_with_settings
+
+        result = correct_with_settings(self, plan, correction, progress=progress)
+        return save_sliced(out_dir, result.state, {**config, "correction": result.to_json()}, force=force)
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""

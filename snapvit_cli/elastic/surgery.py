@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, Widths, get_adapter
-from snapvit_cli.adapters.base import UnitTensor, take_units, zero_units
+from snapvit_cli.adapters.base import UnitTensor, take_units
 
 
 def _unit_args(
@@ -98,20 +98,6 @@ def _read_units(part: Any, spec: UnitTensor, count: int) -> torch.Tensor:
     lead = (slice(None),) * axis
     pieces = [part[(*lead, slice(g * group, g * group + keep))] for g in range(spec.groups)]
     return torch.cat(pieces, dim=axis) if len(pieces) > 1 else pieces[0].contiguous()
-
-
-def mask_suffix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: Widths):
-    """Zero the consumer slices (``fc2`` columns, ``proj`` columns) of units beyond ``widths``: exact removal."""
-    dense = adapter.widths()
-
-    def removed(kind: str, i: int) -> torch.Tensor | None:
-        keep, total = widths.of(kind)[i], dense.of(kind)[i]
-        return None if keep == total else torch.arange(keep, total)
-
-    def op(tensor, spec, index):
-        return zero_units(tensor, spec, index) if spec.consumer else tensor
-
-    return _map_units(state, adapter, removed, op)
 
 
 def build_model(skeleton: nn.Module, widths: Widths, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -27,68 +27,19 @@ from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
 from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
-from snapvit_cli.devices import DEVICES, resolve_device
+from snapvit_cli.devices import resolve_device
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.errors import BudgetError, SnapvitError
-from snapvit_cli.evaluation.knn import VOTES, knn_accuracy
+from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
+from snapvit_cli.evaluation.settings import DEFAULT_BUDGETS, EvalSettings
 
 REPORT_FORMAT = "snapvit-eval"
 REPORT_VERSION = 1
-DEFAULT_BUDGETS = (1.0, 0.9, 0.75, 0.5)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Progress is reported as (label, done, total); the CLI draws one bar per label.
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Everything that determines an evaluation besides the target and the data source."""
-
-    k: int = 20
-    vote: str = "majority"
-    temperature: float = 0.07
-    probe: bool = False
-    probe_epochs: int = 100
-    probe_lr: float = 1e-3
-    probe_val_fraction: float = 0.2
-    resolution: int | None = None
-    batch_size: int = 64
-    workers: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    speed: bool = True
-    speed_batch_size: int = 32
-    speed_warmup: int = 2
-    speed_repeats: int = 5
-    samples_train: int | None = None
-    samples_test: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.vote not in VOTES:
-            raise SnapvitError(f"--vote must be one of {', '.join(VOTES)}, got '{self.vote}'")
-        if self.dtype not in DTYPES:
-            raise SnapvitError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
-        if self.device not in DEVICES:
-            raise SnapvitError(f"--device must be one of {', '.join(DEVICES)}, got '{self.device}'")
-        positive = {
-            "--knn-k": self.k,
-            "--batch-size": self.batch_size,
-            "--probe-epochs": self.probe_epochs,
-            "--speed-batch-size": self.speed_batch_size,
-            "--speed-repeats": self.speed_repeats,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise SnapvitError(f"{name} must be at least 1, got {value}")
-        if self.temperature <= 0 or self.probe_lr <= 0:
-            raise SnapvitError("--temperature and --probe-lr must be positive")
-        if self.workers < 0 or self.speed_warmup < 0:
-            raise SnapvitError("--workers and the number of warm-up passes cannot be negative")
-        if self.resolution is not None and self.resolution < 1:
-            raise SnapvitError(f"--resolution must be positive, got {self.resolution}")
 
 
 @dataclass
@@ -200,7 +151,7 @@ def _inference(device: torch.device, dtype: str) -> Iterator[None]:
         if dtype == "float32":
             yield
         else:
-            with torch.autocast(device.type, dtype=DTYPES[dtype]):
+            with torch.autocast(device.type, dtype=TORCH_DTYPES[dtype]):
                 yield
 
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from snapvit_cli.errors import DataError
+from snapvit_cli.evaluation.settings import VOTES
 
 Vote = Literal["majority", "weighted"]
-VOTES: tuple[str, ...] = ("majority", "weighted")
 
 
 def knn_neighbours(

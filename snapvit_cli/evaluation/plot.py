@@ -24,7 +24,7 @@ def require_matplotlib() -> None:
         importlib.import_module("matplotlib.figure")
         importlib.import_module("matplotlib.backends.backend_agg")
     except ImportError:
-        raise SnapvitError("--plot needs matplotlib: pip install 'snapvit-cli[plot]'") from None
+        raise SnapvitError("plotting needs matplotlib: pip install 'snapvit-cli[plot]'") from None
 
 
 def plot_accuracy_vs_gmacs(report: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -188,28 +188,6 @@ def _snapshot(hf_id: str, patterns: list[str], revision: str | None) -> Path:
         )
 
 
-def download(hf_id: str, filename: str, revision: str | None = None) -> Path:
-    """One file of a Hub repository, via the ``huggingface_hub`` cache."""
-    path = _snapshot(hf_id, [filename], revision) / filename
-    if not path.is_file():
-        raise HubError(f"file not found in {parse_hf_id(hf_id)[0]}: {filename}")
-    return path
-
-
-def download_bundle(hf_id: str, revision: str | None = None) -> Path:
-    """The ``bundle.safetensors`` of an elastic bundle repository."""
-    return download(hf_id, BUNDLE_FILENAME, revision)
-
-
-def download_sliced_model(hf_id: str, revision: str | None = None) -> Path:
-    """A local folder holding the ``config.json`` and ``model.safetensors`` of a sliced model repository."""
-    folder = _snapshot(hf_id, list(SLICED_FILES), revision)
-    missing = [name for name in SLICED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise HubError(f"{hf_id} does not hold a sliced model: no {', '.join(missing)}")
-    return folder
-
-
 def resolve_hub_artifact(hf_id: str, revision: str | None = None) -> tuple[Kind, Path]:
     """Whether ``hf_id`` holds a bundle or a sliced model, with its local path (bundle file or model folder).
 

@@ -80,7 +80,9 @@ def push(
     path = Path(path)
     check_repo_id(repo_id)
     if create_pr and revision is not None:
-        raise HubError("--create-pr opens a pull request against the default branch; do not also pass --revision")
+        raise HubError(
+            "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
+        )
     kind, sources, config, examples = _collect(path)
     card_generated = CARD_FILENAME not in sources
     card = (

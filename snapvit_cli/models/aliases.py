@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# One table of friendly names -> timm names (with pretrained tag). The paper's CLI ids (method doc §1.1) and the
+# One table of friendly names -> timm names (with pretrained tag). The paper's CLI ids (docs/method.md §1.1) and the
 # torch.hub names of DINO/DINOv2 are included so that commands copied from either keep working.
 ALIASES: dict[str, str] = {
     # DINO v1 (torch.hub names and the paper's ids)

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, get_adapter
-from snapvit_cli.elastic.bundle import ScoreSet, write_bundle
+from snapvit_cli.elastic.bundle import write_bundle
 from snapvit_cli.errors import UnsupportedModelError
 from snapvit_cli.models.aliases import resolve_name
 from snapvit_cli.models.loading import ModelSource, load_model
@@ -27,6 +27,7 @@ from snapvit_cli.reference.scores import (
     read_reference_scores,
     timm_name_for,
 )
+from snapvit_cli.scoring.scoreset import ScoreSet
 
 IMPORTED_METHOD = "imported"
 

@@ -32,7 +32,7 @@ class ScoreFileError(SnapvitError):
 
 MLP_ARCHITECTURES = ("standard", "swiglu")
 
-# The reference's ``ModelType`` values (§1.1 of the method doc) for which scores were published, and all of its values
+# The reference's ``ModelType`` values (§1.1 of docs/method.md) for which scores were published, and all of its values
 # that have a timm equivalent. Their timm names (with the pretrained tag holding the weights the reference scored)
 # come from the one alias table, ``models.ALIASES``.
 PUBLISHED_MODEL_TYPES = (

@@ -1,4 +1,4 @@
-"""Baseline scores of the paper's comparisons (method doc §9), through the same adapter score tensors as the
+"""Baseline scores of the paper's comparisons (docs/method.md §9), through the same adapter score tensors as the
 gradient scores (``fc1`` rows for MLP neurons, the value rows of ``qkv`` for heads).
 
 - ``random``: i.i.d. N(0, 1) per unit from a seeded generator (finite, possibly negative: only the order matters).
@@ -14,13 +14,13 @@ from torch import nn
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.devices import resolve_device
-from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.scoring.calibration import scoring_mode
 from snapvit_cli.scoring.gradient import UnitGradients, gradient_pass, gradient_settings, per_unit
+from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
 
-def random_scores(adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
+def random_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
     """Seeded standard-normal scores: the MLP block first, then the heads, from one generator."""
     generator = torch.Generator().manual_seed(settings.seed)
     widths = adapter.widths()
@@ -41,7 +41,7 @@ def lamp_element_scores(matrix: torch.Tensor) -> torch.Tensor:
     return out.view(matrix.shape)
 
 
-def lamp_scores(adapter: ModelAdapter) -> ScoreSet:
+def lamp_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings | None = None) -> ScoreSet:
     """Mean LAMP score of each unit's weights, each score tensor normalised as one matrix (for heads: the value
     third of ``qkv``, [H·hd, E]).
 

@@ -1,7 +1,7 @@
 """What the data-driven scorers share: the calibration images, the model's own preprocessing, the device.
 
 Scoring reads images in the model's own normalisation (mean/std from its pretrained config), never ImageNet's for
-every model as the reference does (method doc §3.3, §13.2).
+every model as the reference does (docs/method.md §3.3, §13.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Optional xNES start covariance from the CKA similarity of the units' activations (method doc §5.2).
+"""Optional xNES start covariance from the CKA similarity of the units' activations (docs/method.md §5.2).
 
 Every search coordinate (a block's MLP, a head) gets a representation: the outputs of its units at the class token
 (the token mean for models without one) over the calibration images, read as the input of the unit's consumer

@@ -1,4 +1,4 @@
-"""Gradient importance scores (method doc §3): one pass over calibration images, gradients of a loss accumulated
+"""Gradient importance scores (docs/method.md §3): one pass over calibration images, gradients of a loss accumulated
 on the weights that feed each unit (``adapter.score_tensors``: ``fc1`` rows for MLP neurons, the value rows of
 ``qkv`` for heads), then reduced to one number per unit.
 
@@ -31,12 +31,12 @@ from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter, UnitTenso
 from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.data import ImageSet, describe
 from snapvit_cli.devices import resolve_device
-from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.errors import DataError, SnapvitError
 from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import InputConfig, autocast, calibration_images, input_config, scoring_mode
 from snapvit_cli.scoring.crops import MultiCrop
 from snapvit_cli.scoring.dino_loss import dino_self_distillation_loss
+from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
 # Per kind, per block: one entry per score tensor of that block.
@@ -179,9 +179,11 @@ def _ce_chunks(
 def _check_classifier(model: nn.Module, images: ImageSet) -> None:
     classes = getattr(model, "num_classes", 0) or 0
     if classes < 1:
-        raise SnapvitError("--loss ce needs a model with a classifier head; this one outputs features (use dino)")
+        raise SnapvitError(
+            "loss ce needs a model with a classifier head; this one outputs features (use dino)", param="loss"
+        )
     if images.labels is None:
-        raise DataError(f"--loss ce needs labelled data; '{images.source}' has none")
+        raise DataError(f"loss ce needs labelled data; '{images.source}' has none", param="loss")
     if len(images.labels) and int(images.labels.max()) >= classes:
         raise DataError(
             f"label {int(images.labels.max())} in '{images.source}' is out of range for the model's {classes} classes"

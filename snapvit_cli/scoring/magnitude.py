@@ -12,7 +12,8 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
 from snapvit_cli.adapters.base import unit_rows
-from snapvit_cli.elastic.bundle import ScoreSet
+from snapvit_cli.scoring.scoreset import ScoreSet
+from snapvit_cli.scoring.settings import ScoreSettings
 
 
 def unit_weight_norms(adapter: ModelAdapter, kind: str) -> torch.Tensor:
@@ -30,7 +31,8 @@ def unit_weight_norms(adapter: ModelAdapter, kind: str) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def magnitude_scores(model: nn.Module, adapter: ModelAdapter) -> ScoreSet:
+def magnitude_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings | None = None) -> ScoreSet:
+    """L2 norm of each unit's weights; data-free, so ``settings`` are not used."""
     return ScoreSet(
         mlp=unit_weight_norms(adapter, MLP),
         heads=unit_weight_norms(adapter, HEADS),

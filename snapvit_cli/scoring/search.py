@@ -1,4 +1,4 @@
-"""xNES re-weighting of gradient scores (method doc §5): one multiplier per block for its MLP neurons and one per
+"""xNES re-weighting of gradient scores (docs/method.md §5): one multiplier per block for its MLP neurons and one per
 (block, head), searched so that the pruned models stay close to the dense one.
 
 Fitness of multipliers θ (lower is better): for every configured (MLP, heads) removal pair, select units globally

@@ -1,4 +1,4 @@
-"""Every knob of the data-driven scoring methods, validated in one place (method doc §12 for the defaults).
+"""Every knob of the data-driven scoring methods, validated in one place (docs/method.md §12 for the defaults).
 
 :class:`ScoreSettings` is what :func:`snapvit_cli.scoring.score_model` builds from its keyword arguments; each method
 records the fields it used in the bundle's metadata, so a bundle says exactly how it was scored.
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from snapvit_cli.devices import DEVICES
-from snapvit_cli.elastic.budget import DEFAULT_MIN_KEEP
+from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
 
 # The four (MLP, head) removal ratios the released bundles were searched with (§12).
@@ -71,18 +71,21 @@ class ScoreSettings:
         _check_choice("ga_evaluation", self.ga_evaluation, GA_EVALUATIONS)
         for name in ("samples", "batch_size", "micro_batch", "ga_batch_size", "ga_evals", "pca_components"):
             if getattr(self, name) < 1:
-                raise SnapvitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SnapvitError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)
         if self.ga_samples is not None and self.ga_samples < 1:
-            raise SnapvitError(f"--ga-samples must be at least 1, got {self.ga_samples}")
+            raise SnapvitError(f"ga_samples must be at least 1, got {self.ga_samples}", param="ga_samples")
         if not (self.ga_sigma > 0 and math.isfinite(self.ga_sigma)):
-            raise SnapvitError(f"--ga-sigma must be a positive number, got {self.ga_sigma}")
+            raise SnapvitError(f"ga_sigma must be a positive number, got {self.ga_sigma}", param="ga_sigma")
         if self.ga_bounds is not None and not self.ga_bounds[0] < self.ga_bounds[1]:
-            raise SnapvitError(f"xNES bounds must satisfy low < high, got {self.ga_bounds}")
+            raise SnapvitError(f"ga_bounds must satisfy low < high, got {self.ga_bounds}", param="ga_bounds")
         if not self.ga_pairs:
-            raise SnapvitError("--ga-pairs needs at least one MLP:HEADS pair")
+            raise SnapvitError("ga_pairs needs at least one MLP:HEADS pair", param="ga_pairs")
+        for kind, value in self.min_keep.items():
+            if not 0.0 <= value < 1.0:
+                raise SnapvitError(f"min_keep_{kind} must lie in [0, 1), got {value}", param=f"min_keep_{kind}")
         for r_m, r_h in self.ga_pairs:
             if not (0.0 <= r_m < 1.0 and 0.0 <= r_h < 1.0):
-                raise SnapvitError(f"--ga-pairs ratio ({r_m}, {r_h}) must lie in [0, 1)")
+                raise SnapvitError(f"ga_pairs ratio ({r_m}, {r_h}) must lie in [0, 1)", param="ga_pairs")
 
     @property
     def ga_sample_count(self) -> int:
@@ -116,13 +119,20 @@ def parse_pairs(text: str) -> tuple[tuple[float, float], ...]:
                 raise ValueError
             pairs.append((float(mlp), float(heads)))
         except ValueError:
-            raise SnapvitError(f"bad --ga-pairs item '{item.strip()}': use MLP:HEADS ratios, e.g. 0.35:0.2") from None
+            raise SnapvitError(
+                f"ga_pairs item '{item.strip()}' is not MLP:HEADS ratios, e.g. 0.35:0.2", param="ga_pairs"
+            ) from None
     return tuple(pairs)
+
+
+def format_pairs(pairs: Sequence[tuple[float, float]]) -> str:
+    """The inverse of :func:`parse_pairs`: ``((0.15, 0.0),)`` → ``"0.15:0"``."""
+    return ",".join(f"{mlp:g}:{heads:g}" for mlp, heads in pairs)
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise SnapvitError(f"--{name} must be one of {', '.join(choices)}; got '{value}'")
+        raise SnapvitError(f"{name} must be one of {', '.join(choices)}; got '{value}'", param=name)
 
 
 def _jsonable(value):

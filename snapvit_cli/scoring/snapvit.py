@@ -1,4 +1,4 @@
-"""Method ``snapvit`` (the default): label-free gradient scores re-weighted by xNES (method doc §3 and §5).
+"""Method ``snapvit`` (the default): label-free gradient scores re-weighted by xNES (docs/method.md §3 and §5).
 
 The bundle keeps, besides the final scores |α_l|·raw_mlp and |β_{l,h}|·raw_heads, the raw scores, the multipliers
 and the fitness trace (§5.5), so a bundle can be re-weighted or diagnosed without scoring again.
@@ -13,9 +13,9 @@ from torch import nn
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
 from snapvit_cli.data import describe
 from snapvit_cli.devices import resolve_device
-from snapvit_cli.elastic.bundle import ScoreSet
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
+from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.search import FeatureFitness, check_pairs, search_multipliers
 from snapvit_cli.scoring.settings import ScoreSettings
 

@@ -1,0 +1,38 @@
+"""The knobs of ``slice --correct`` in one validated record, without torch, so that the CLI takes its defaults here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapvit_cli.devices import DEVICES
+from snapvit_cli.errors import SnapvitError
+
+
+@dataclass(frozen=True)
+class CorrectionSettings:
+    """Least-squares correction of a slice on calibration images (docs/method.md §8).
+
+    ``data`` is a ``--data`` string (image folder, ``.npz``, ``hf:NAME``, ``demo``) or an
+    :class:`~snapvit_cli.data.ImageSet` (used as given); of a string's train split, ``samples`` images are drawn
+    with ``seed``.
+    ``sequential`` feeds each block the corrected outputs of the blocks before it; ``False`` feeds the dense
+    model's activations (the reference). ``damping`` is ``mean:F``, ``max:F`` or ``pNN:F``.
+    """
+
+    data: object = "demo"
+    samples: int = 1000
+    seed: int = 0
+    damping: str = "mean:0.01"
+    sequential: bool = True
+    batch_size: int = 64
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SnapvitError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)
+        if self.device not in DEVICES:
+            raise SnapvitError(f"device must be one of {', '.join(DEVICES)}, got '{self.device}'", param="device")
+        from snapvit_cli.correction.solver import parse_damping  # here: the solver needs torch
+
+        parse_damping(self.damping)

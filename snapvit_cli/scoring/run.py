@@ -1,0 +1,31 @@
+"""``score_model``: the one entry point that runs any registered scoring method on a model."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import nn
+
+from snapvit_cli.adapters import get_adapter
+from snapvit_cli.errors import SnapvitError
+from snapvit_cli.scoring.registry import METHODS, REGISTRY
+from snapvit_cli.scoring.scoreset import ScoreSet
+from snapvit_cli.scoring.settings import ScoreSettings
+
+
+def score_model(model: nn.Module, method: str = "magnitude", **settings: Any) -> ScoreSet:
+    """Score every unit of ``model`` with ``method``; ``settings`` are the fields of :class:`ScoreSettings`.
+
+    The data-driven methods (``snapvit``, ``gradient``, ``snip``) read calibration images from ``data`` (a
+    ``--data`` string or an :class:`~snapvit_cli.data.ImageSet`; default: the built-in ``demo`` images). The model
+    is left as it was: same device, mode, weights and ``requires_grad`` flags.
+    """
+    if method not in REGISTRY:
+        raise SnapvitError(f"method must be one of: {', '.join(METHODS)}; got '{method}'", param="method")
+    config = ScoreSettings.from_kwargs(settings)
+    adapter = get_adapter(model)
+    start = time.perf_counter()
+    scores = REGISTRY[method].load()(model, adapter, config)
+    scores.timings["total_s"] = time.perf_counter() - start
+    return scores
