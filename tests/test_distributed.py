@@ -71,6 +71,11 @@ def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _rank_of(pid: int) -> int | None:
     for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
         if item.startswith(b"RANK="):
@@ -84,11 +89,13 @@ def test_a_dead_rank_ends_the_job_with_one_line_and_no_bundle(tmp_path):
     bundle.parent.mkdir()
     run = _torchrun(tmp_path / "logs", *SCORE, *SEARCH, "--ga-evals", "1000000", "-o", str(bundle), "-q")
     ranks: dict[int, int] = {}
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while len(ranks) < 2 and time.monotonic() < deadline:
         ranks = {r: pid for pid in _children(run.pid) if (r := _rank_of(pid)) is not None}
         time.sleep(0.1)
-    time.sleep(8)  # well into the work: imported, joined the group, scoring
+    # Well into the work (imported, joined the group, scoring), however busy the machine: CPU time, not wall time.
+    while min(_cpu_seconds(pid) for pid in ranks.values()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert run.poll() is None, run.communicate()
     os.kill(ranks[1], signal.SIGKILL)
     _, launcher = run.communicate(timeout=120)
