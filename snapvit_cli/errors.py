@@ -44,3 +44,10 @@ class DataError(SnapvitError):
 
 class OutputExistsError(SnapvitError):
     """An output path exists and ``--force`` was not given."""
+
+
+class SnapvitWarning(UserWarning):
+    """Something the user asked for was adjusted (e.g. fewer images than requested exist); the run goes on.
+
+    Raised with :func:`warnings.warn`; the CLI shows each as one ``warning:`` line on stderr.
+    """

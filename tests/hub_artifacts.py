@@ -17,6 +17,7 @@ from huggingface_hub import constants
 from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.fileio import sha256_file
+from snapvit_cli.hub.client import forget_reachability
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
 
@@ -43,10 +44,12 @@ def point_client_at(monkeypatch, home: Path, endpoint: str, **env: str) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     importlib.reload(constants)
+    forget_reachability()  # loopback ports are reused: a new server may sit where a silent one was
 
 
 def restore_client() -> None:
     importlib.reload(constants)
+    forget_reachability()
 
 
 def build_artifacts(folder: Path) -> tuple[Path, Path]:

@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -493,3 +494,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head_only and self.command != "HEAD":
             self.wfile.write(body)
+
+
+class SilentServer:
+    """A loopback "Hub" that accepts TCP connections and never answers: the kernel completes every handshake
+    (listen backlog), nothing ever reads or writes. Models a host that resolves and connects but hangs."""
+
+    def __init__(self) -> None:
+        self._socket: socket.socket | None = None
+
+    def __enter__(self) -> SilentServer:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._socket is not None
+        self._socket.close()
+
+    @property
+    def url(self) -> str:
+        assert self._socket is not None, "start it with `with SilentServer() as server:`"
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"

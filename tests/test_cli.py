@@ -99,19 +99,22 @@ def test_corrupt_bundle_is_one_line_error(tmp_path, demo_bundle):
 
 
 def test_unknown_model_is_one_line_error(tmp_path):
-    result = run("score", "--model", "vit_nonexistent_patch3", "-o", str(tmp_path / "b.safetensors"))
+    out = str(tmp_path / "b.safetensors")
+    result = run("score", "--model", "vit_nonexistent_patch3", "--method", "magnitude", "-o", out)
     assert result.exit_code == 1 and "unknown model 'vit_nonexistent_patch3'" in result.stderr
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 
 
 def test_unsupported_model_is_refused(tmp_path):
-    result = run("score", "--model", "resnet18", "--no-pretrained", "-o", str(tmp_path / "b.safetensors"))
+    out = str(tmp_path / "b.safetensors")
+    result = run("score", "--model", "resnet18", "--method", "magnitude", "--no-pretrained", "-o", out)
     assert result.exit_code == 1 and "not a supported model" in result.stderr and "DeiT" in result.stderr
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 
 
 def test_missing_checkpoint(tmp_path):
-    result = run("score", "--model", "deit_tiny", "--checkpoint", str(tmp_path / "w.pt"), "-o", str(tmp_path / "b"))
+    w = str(tmp_path / "w.pt")
+    result = run("score", "-m", "deit_tiny", "--method", "magnitude", "--checkpoint", w, "-o", str(tmp_path / "b"))
     assert result.exit_code == 1 and "does not exist" in result.stderr
 
 

@@ -190,6 +190,8 @@ def test_resolve_device() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(None).type in ("cpu", "cuda")
     with pytest.raises(SnapvitError, match="not usable"):
+        resolve_device("cuda:99" if not torch.cuda.is_available() else "mps")
+    with pytest.raises(SnapvitError, match="not a device"):
         resolve_device("warp-drive")
 
 

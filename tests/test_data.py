@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from snapvit_cli.data import DEMO_CLASSES, demo_images, describe, load_images, make_loader, preprocess
-from snapvit_cli.errors import DataError
+from snapvit_cli.errors import DataError, SnapvitWarning
 from snapvit_cli.fileio import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,9 @@ def test_seeded_subsets(tmp_path: Path) -> None:
     assert picked != [pixel(c, i) for i in range(10)]
     # The reference implementation's draw: the first samples of a seeded randperm.
     assert picked == torch.randperm(50, generator=torch.Generator().manual_seed(1))[:10].tolist()
-    assert len(load_images(src, samples=500)) == 50
+    with pytest.warns(SnapvitWarning, match="500 images asked .* which has 50: using 50"):
+        everything = load_images(src, samples=500)
+    assert len(everything) == 50 and everything.samples == 50  # the number used is what is recorded
     with pytest.raises(DataError, match="must be positive"):
         load_images(src, samples=0)
 

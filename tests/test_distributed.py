@@ -43,7 +43,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_ranks_give_the_single_process_bundle(tmp_path):
-    run = _torchrun(tmp_path / "logs", *SCORE, *SEARCH, "--ga-evals", "4", "-o", str(tmp_path / "two.st"), "--json")
+    run = _torchrun(tmp_path / "logs", *SCORE, *SEARCH, "--ga-evals", "31", "-o", str(tmp_path / "two.st"), "--json")
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err
     report = json.loads(_rank_output(tmp_path / "logs", 0, "stdout"))
@@ -53,7 +53,7 @@ def test_two_ranks_give_the_single_process_bundle(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as torchrun's ranks
     try:
-        single = CliRunner().invoke(app, [*SCORE, *SEARCH, "--ga-evals", "4", "-o", str(tmp_path / "one.st"), "-q"])
+        single = CliRunner().invoke(app, [*SCORE, *SEARCH, "--ga-evals", "31", "-o", str(tmp_path / "one.st"), "-q"])
     finally:
         torch.set_num_threads(threads)
     assert single.exit_code == 0, single.output

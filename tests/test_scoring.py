@@ -27,7 +27,15 @@ from snapvit_cli.scoring.search import FeatureFitness, initial_mean, removed_uni
 from snapvit_cli.scoring.settings import ScoreSettings, parse_pairs
 from tests.conftest import SMALL_CONFIGS, make_small_model
 
-FAST = {"samples": 6, "batch_size": 4, "micro_batch": 2, "ga_evals": 4, "ga_batch_size": 8, "seed": 3}
+FAST = {
+    "samples": 6,
+    "batch_size": 4,
+    "micro_batch": 2,
+    "ga_evals": 5,
+    "ga_population": 2,
+    "ga_batch_size": 8,
+    "seed": 3,
+}
 
 
 def image_set(n: int = 12, seed: int = 0, classes: int = 5) -> ImageSet:

@@ -1,19 +1,68 @@
-"""Option types shared by several commands, declared once."""
+"""Option types and help panels shared by several commands, declared once.
+
+Short flags mean the same in every command: ``-m`` --model, ``-o`` --output, ``-d`` --data, ``-f`` --force,
+``-q`` --quiet, ``-h`` --help. The choices below are the library's (a test keeps them equal); they live here as
+literals so that ``--help`` lists them without importing torch.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
-CheckpointOpt = Annotated[
-    Path | None, typer.Option("--checkpoint", help="Local weights (.safetensors or torch state dict).")
+# Help panels, in the order a reader needs them.
+MODEL = "Model"
+BUDGET = "Budget"
+DATA = "Data"
+SCORING = "Scoring"
+SEARCH = "Search"
+CORRECTION = "Correction"
+EVALUATION = "Evaluation"
+HUB = "Hub"
+OUTPUT = "Output"
+
+Method = Literal["snapvit", "gradient", "magnitude", "random", "snip", "lamp"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Crops = Literal["independent", "legacy"]
+Loss = Literal["dino", "ce"]
+ScoreFormula = Literal["sqgrad", "fisher", "taylor"]
+Vote = Literal["majority", "weighted"]
+Dtype = Literal["float32", "bfloat16"]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT)]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.", rich_help_panel=OUTPUT)]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No progress on stderr (errors and warnings still show).", rich_help_panel=OUTPUT
+    ),
 ]
-RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) of the weights.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Local weights (.safetensors or torch state dict).",
+        metavar="FILE",
+        rich_help_panel=MODEL,
+    ),
+]
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option(help="Hub revision (branch, tag or commit) of the weights.", metavar="REV", rich_help_panel=MODEL),
+]
 PretrainedOpt = Annotated[
     bool,
-    typer.Option(help="Download pretrained weights; --no-pretrained builds random weights (tests, benchmarks)."),
+    typer.Option(
+        help="Download pretrained weights; --no-pretrained builds random weights (tests, benchmarks).",
+        rich_help_panel=MODEL,
+    ),
 ]
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: an Examples heading and one command per line (rich markup mode keeps the breaks)."""
+    body = "\n\n".join(f"  [cyan]$ {escape(line)}[/]" for line in lines)
+    return f"[bold]Examples[/]\n\n{body}"

@@ -1,4 +1,10 @@
-"""What every command shares for output: the two consoles, one-line user errors, JSON on stdout, a quiet Hub."""
+"""What every command shares for output: the two consoles, one-line user errors and warnings, plain text when
+stdout is not a terminal, JSON on stdout, a quiet Hub.
+
+On a terminal, results are rich text and tables. Anywhere else (a pipe, a file, a CI log) every message is one
+unwrapped line and every table row one tab-separated line, so ``grep``, ``tail`` and ``cut`` see whole records.
+Rich honours ``NO_COLOR`` and ``TERM=dumb`` itself.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,58 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
-from snapvit_cli.errors import SnapvitError
+from snapvit_cli.errors import SnapvitError, SnapvitWarning
 
 out = Console()
 err = Console(stderr=True)
+
+
+def say(message: str, *, markup: bool = True) -> None:
+    """One message on stdout: rich on a terminal, one plain unwrapped line elsewhere."""
+    if out.is_terminal:
+        out.print(message, markup=markup, highlight=False)
+    else:
+        sys.stdout.write((Text.from_markup(message).plain if markup else message) + "\n")
+
+
+def note(message: str) -> None:
+    """One plain line on stderr, never wrapped (progress summaries, warnings)."""
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
+    """``columns`` as (header, justify) pairs. A rich table on a terminal; elsewhere a header line and one
+    tab-separated line per row, never wrapped or truncated."""
+    if not out.is_terminal:
+        for row in ([name for name, _ in columns], *rows):
+            sys.stdout.write("\t".join(row) + "\n")
+        return
+    table = Table(title=title, show_edge=False)
+    for name, justify in columns:
+        table.add_column(name, justify=justify, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SnapvitWarning):
+        note(f"warning: {message}")
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
 
 
 # Library parameters whose flag is not ``--`` + the name with dashes (see SnapvitError.param).
@@ -36,7 +83,8 @@ def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
 
 
 def user_errors(func=None, *, flags: dict[str, str] | None = None):
-    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback.
+    """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback; show the
+    library's :class:`SnapvitWarning` as one ``warning:`` line each.
 
     Use as ``@user_errors`` or ``@user_errors(flags={"samples": "--correct-samples"})``.
     """
@@ -46,7 +94,10 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", SnapvitWarning)
+                warnings.showwarning = _one_line_warning
+                return func(*args, **kwargs)
         except SnapvitError as exc:
             report(exc, flags)
             raise typer.Exit(exc.exit_code) from None
@@ -81,9 +132,9 @@ def emit_json(data: Any) -> None:
 
 
 @contextlib.contextmanager
-def quiet_hub(json_output: bool) -> Iterator[None]:
+def quiet_hub(quiet: bool) -> Iterator[None]:
     """Keep huggingface_hub's progress bars and retry warnings off stderr unless a person is watching it."""
-    if not json_output and sys.stderr.isatty():
+    if not quiet and err.is_interactive:
         yield
         return
     from huggingface_hub.utils import (

@@ -18,7 +18,7 @@ from snapvit_cli._version import __version__
 from snapvit_cli.cli import eval as eval_command
 from snapvit_cli.cli import import_scores, models, push, score
 from snapvit_cli.cli import slice as slice_command
-from snapvit_cli.cli._output import launched, out, report, stopped_by_launcher
+from snapvit_cli.cli._output import launched, report, say, stopped_by_launcher
 from snapvit_cli.errors import SnapvitError
 
 app = typer.Typer(
@@ -27,13 +27,15 @@ app = typer.Typer(
     "score once, slice to any budget.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
 
 
 def _version_callback(value: bool) -> None:
     if value:
-        out.print(f"snapvit {__version__}")
+        say(f"snapvit {__version__}", markup=False)
         raise typer.Exit()
 
 
@@ -46,12 +48,12 @@ def _root(
     """Elastic ViTs: `snapvit score` once, then `snapvit slice` to any budget."""
 
 
-app.command("score")(score.score)
-app.command("slice")(slice_command.slice_)
-app.command("import-scores")(import_scores.import_scores)
-app.command("push")(push.push)
-app.command("eval")(eval_command.eval_)
-app.command("models")(models.models)
+app.command("score", epilog=score.EPILOG)(score.score)
+app.command("slice", epilog=slice_command.EPILOG)(slice_command.slice_)
+app.command("import-scores", epilog=import_scores.EPILOG)(import_scores.import_scores)
+app.command("push", epilog=push.EPILOG)(push.push)
+app.command("eval", epilog=eval_command.EPILOG)(eval_command.eval_)
+app.command("models", epilog=models.EPILOG)(models.models)
 
 
 def main() -> None:

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from snapvit_cli.cli._options import ForceOpt, JsonOpt
-from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
+from snapvit_cli.cli._options import (
+    BUDGET,
+    DATA,
+    EVALUATION,
+    MODEL,
+    OUTPUT,
+    Device,
+    Dtype,
+    ForceOpt,
+    JsonOpt,
+    QuietOpt,
+    Vote,
+    examples,
+)
+from snapvit_cli.cli._output import emit_json, print_table, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import progress_bars, transfer
+
+EPILOG = examples(
+    "snapvit eval demo.safetensors -d demo --budgets 1.0,0.5",
+    "snapvit eval dino_vitb16.safetensors -d ~/imagenet --probe --device cuda --json > eval.json",
+    "snapvit eval dino-b16-half/ -d cifar10.npz --no-speed --samples-test 1000",
+    "snapvit eval vit_base_patch16_224.dino -d hf:cifar10 --plot dense.png",
+)
 
 
 @user_errors
@@ -20,50 +39,119 @@ def eval_(
         str,
         typer.Argument(
             help="Elastic bundle (each --budgets FLOPs fraction is sliced from it), sliced-model folder "
-            "(or its config.json / model.safetensors), hf-hub:OWNER/NAME of either, or a model name (dense)."
+            "(or its config.json / model.safetensors), hf-hub:OWNER/NAME of either, or a model name (dense).",
+            metavar="TARGET",
         ),
     ],
     data: Annotated[
         str,
-        typer.Option("--data", "-d", help="Labelled train/test data: image folder, .npz, hf:NAME[:CONFIG] or demo."),
+        typer.Option(
+            "--data",
+            "-d",
+            help="Labelled train/test data: image folder, .npz, hf:NAME[:CONFIG] or demo.",
+            metavar="SOURCE",
+            rich_help_panel=DATA,
+        ),
     ],
+    samples_train: Annotated[
+        int | None, typer.Option(help="Seeded random subset of the train split.", metavar="N", rich_help_panel=DATA)
+    ] = None,
+    samples_test: Annotated[
+        int | None, typer.Option(help="Seeded random subset of the test split.", metavar="N", rich_help_panel=DATA)
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the subsets and of the linear probe.", metavar="N", rich_help_panel=DATA)
+    ] = 0,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.", metavar="N", rich_help_panel=DATA)] = 0,
     budgets: Annotated[
         str | None,
-        typer.Option(help="Bundles only: comma-separated FLOPs fractions to keep (default: 1.0,0.9,0.75,0.5)."),
+        typer.Option(
+            help="Bundles only: comma-separated FLOPs fractions to keep (default: 1.0,0.9,0.75,0.5).",
+            metavar="F,...",
+            rich_help_panel=BUDGET,
+        ),
     ] = None,
-    knn_k: Annotated[int, typer.Option("--knn-k", help="Neighbours of the kNN classifier.")] = 20,
-    vote: Annotated[
-        str, typer.Option(help="kNN vote: majority (uniform, the paper's protocol) or weighted (DINO's).")
-    ] = "majority",
-    temperature: Annotated[float, typer.Option(help="Temperature of the weighted vote.")] = 0.07,
-    probe: Annotated[
-        bool, typer.Option("--probe", help="Also train a linear probe (validation split carved from train).")
-    ] = False,
-    probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs.")] = 100,
-    probe_lr: Annotated[float, typer.Option(help="Linear-probe SGD learning rate.")] = 1e-3,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Model names only: local weights (.safetensors or state dict).")
-    ] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision of the target's weights.")] = None,
     resolution: Annotated[
-        int | None, typer.Option(help="Input resolution (default: the model's); also the resolution of GMACs.")
+        int | None,
+        typer.Option(
+            help="Input resolution (default: the model's); also the resolution of GMACs.",
+            metavar="PX",
+            rich_help_panel=BUDGET,
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size of feature extraction.")] = 64,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, or bfloat16 (autocast, as the paper's protocol on GPU).")] = (
-        "float32"
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="Model names only: local weights (.safetensors or state dict).",
+            metavar="FILE",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision of the target's weights.", metavar="REV", rich_help_panel=MODEL)
+    ] = None,
+    knn_k: Annotated[
+        int, typer.Option("--knn-k", help="Neighbours of the kNN classifier.", metavar="K", rich_help_panel=EVALUATION)
+    ] = 20,
+    vote: Annotated[
+        Vote,
+        typer.Option(
+            help="kNN vote: majority (uniform, the paper's protocol) or weighted (DINO's).", rich_help_panel=EVALUATION
+        ),
+    ] = "majority",
+    temperature: Annotated[
+        float, typer.Option(help="Temperature of the weighted vote.", metavar="T", rich_help_panel=EVALUATION)
+    ] = 0.07,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Also train a linear probe (validation split carved from train).",
+            rich_help_panel=EVALUATION,
+        ),
+    ] = False,
+    probe_epochs: Annotated[
+        int, typer.Option(help="Linear-probe epochs.", metavar="N", rich_help_panel=EVALUATION)
+    ] = 100,
+    probe_lr: Annotated[
+        float, typer.Option(help="Linear-probe SGD learning rate.", metavar="LR", rich_help_panel=EVALUATION)
+    ] = 1e-3,
+    batch_size: Annotated[
+        int, typer.Option(help="Batch size of feature extraction.", metavar="N", rich_help_panel=EVALUATION)
+    ] = 64,
+    device: Annotated[Device, typer.Option(help="auto: cuda, else mps, else cpu.", rich_help_panel=EVALUATION)] = (
+        "auto"
     ),
-    speed: Annotated[bool, typer.Option(help="Measure throughput and batch-1 latency.")] = True,
-    speed_batch_size: Annotated[int, typer.Option(help="Batch size of the throughput measurement.")] = 32,
-    speed_repeats: Annotated[int, typer.Option(help="Timed passes per speed measurement (median reported).")] = 5,
-    samples_train: Annotated[int | None, typer.Option(help="Seeded random subset of the train split.")] = None,
-    samples_test: Annotated[int | None, typer.Option(help="Seeded random subset of the test split.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the subsets and of the linear probe.")] = 0,
+    dtype: Annotated[
+        Dtype,
+        typer.Option(
+            help="float32, or bfloat16 (autocast, as the paper's protocol on GPU).", rich_help_panel=EVALUATION
+        ),
+    ] = "float32",
+    speed: Annotated[
+        bool, typer.Option(help="Measure throughput and batch-1 latency.", rich_help_panel=EVALUATION)
+    ] = True,
+    speed_batch_size: Annotated[
+        int,
+        typer.Option(help="Batch size of the throughput measurement.", metavar="N", rich_help_panel=EVALUATION),
+    ] = 32,
+    speed_repeats: Annotated[
+        int,
+        typer.Option(
+            help="Timed passes per speed measurement (median reported).", metavar="N", rich_help_panel=EVALUATION
+        ),
+    ] = 5,
     plot: Annotated[
-        Path | None, typer.Option(help="Write a PNG of accuracy against GMACs (needs matplotlib: the plot extra).")
+        Path | None,
+        typer.Option(
+            help="Write a PNG of accuracy against GMACs (needs matplotlib: the plot extra).",
+            metavar="FILE.png",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy (kNN, linear probe), GMACs, params and measured speed of a dense model and its sliced budgets."""
@@ -94,7 +182,8 @@ def eval_(
 
         require_matplotlib()
         check_output(plot, force)  # fail before the expensive part
-    with quiet_hub(json_output), _progress_bars() as progress:
+    hub = transfer(not quiet and target.startswith("hf-hub:"), f"downloading {target}")
+    with hub, quiet_hub(quiet), progress_bars(not quiet, transient=True) as progress:
         report = evaluate_target(
             target,
             data,
@@ -113,7 +202,7 @@ def eval_(
         return
     _print_eval(report)
     if plot is not None:
-        out.print(f"wrote [bold]{plot}[/]")
+        say(f"wrote [bold]{escape(str(plot))}[/]")
 
 
 def _parse_budgets(text: str | None) -> list[float] | None:
@@ -130,43 +219,19 @@ def _parse_budgets(text: str | None) -> list[float] | None:
     return values
 
 
-@contextlib.contextmanager
-def _progress_bars() -> Iterator[Any]:
-    """A ``progress(label, done, total)`` callback drawing one transient bar per stage on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bars:
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(label, total=total)
-            bars.update(tasks[label], completed=done, total=total)
-
-        yield progress
-
-
 def _print_eval(report: dict[str, Any]) -> None:
     from snapvit_cli.evaluation.evaluate import budget_label
 
     results = report["results"]
     has_probe = any(r["accuracy"]["probe"] is not None for r in results)
     has_speed = any(r["throughput"] is not None for r in results)
-    table = Table(title=f"snapvit eval {report['target']}", show_edge=False)
-    for column in ("budget", "GMACs", "FLOPs", "params (M)", "kNN top-1"):
-        table.add_column(column, justify="left" if column == "budget" else "right")
+    columns = [(name, "left" if name == "budget" else "right") for name in ("budget", "GMACs", "FLOPs", "params (M)")]
+    columns.append(("kNN top-1", "right"))
     if has_probe:
-        table.add_column("probe top-1", justify="right")
+        columns.append(("probe top-1", "right"))
     if has_speed:
-        table.add_column("img/s", justify="right")
-        table.add_column("latency (ms)", justify="right")
+        columns += [("img/s", "right"), ("latency (ms)", "right")]
+    rows = []
     for r in results:
         row = [
             budget_label(r["budget"]) + (" (dense)" if r["dense"] and isinstance(r["budget"], dict) else ""),
@@ -179,8 +244,8 @@ def _print_eval(report: dict[str, Any]) -> None:
             row.append(f"{r['accuracy']['probe']:.4f}")
         if has_speed:
             row += [f"{r['throughput']['images_per_s']:.1f}", f"{r['latency_ms']:.1f}"]
-        table.add_row(*row)
-    out.print(table)
+        rows.append(row)
+    print_table(columns, rows, title=f"snapvit eval {report['target']}")
     settings, train, test = report["settings"], report["dataset"]["train"], report["dataset"]["test"]
     vote = settings["vote"] + (f", T = {settings['temperature']:g}" if "temperature" in settings else "")
     lines = [
@@ -200,4 +265,4 @@ def _print_eval(report: dict[str, Any]) -> None:
         )
     lines.append(f"wall time: {report['wall_s']['total']:.1f} s")
     for line in lines:
-        out.print(line, highlight=False, soft_wrap=True)
+        say(line, markup=False)

@@ -6,28 +6,61 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from snapvit_cli.cli._options import CheckpointOpt, ForceOpt, JsonOpt, PretrainedOpt, RevisionOpt
-from snapvit_cli.cli._output import emit_json, err, out, user_errors
+from snapvit_cli.cli._options import (
+    MODEL,
+    OUTPUT,
+    CheckpointOpt,
+    ForceOpt,
+    JsonOpt,
+    PretrainedOpt,
+    QuietOpt,
+    RevisionOpt,
+    examples,
+)
+from snapvit_cli.cli._output import emit_json, note, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import status
+
+EPILOG = examples(
+    "snapvit import-scores imagenet-1k_dino_vitb16.pt -o dino_vitb16.safetensors",
+    "snapvit import-scores imagenet-1k_deit_vits16.pt -m deit_small --checkpoint deit_s.pth -o deit_s.safetensors",
+)
 
 
 @user_errors
 def import_scores(
     ref: Annotated[
-        Path, typer.Argument(help="Score file published with the SnapViT paper (e.g. imagenet-1k_dino_vitb16.pt).")
+        Path,
+        typer.Argument(
+            help="Score file published with the SnapViT paper (e.g. imagenet-1k_dino_vitb16.pt).", metavar="FILE"
+        ),
     ],
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model the scores belong to (default: the model type the file names)."),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Bundle to write (default: <file stem>.bundle.safetensors)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model the scores belong to (default: the model type the file names).",
+            metavar="NAME",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     checkpoint: CheckpointOpt = None,
     revision: RevisionOpt = None,
     pretrained: PretrainedOpt = True,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Bundle to write (default: <file stem>.bundle.safetensors).",
+            metavar="FILE",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Turn a published SnapViT score file into an elastic bundle, without running `score`.
@@ -39,17 +72,15 @@ def import_scores(
 
     output = output or Path(f"{ref.stem}.bundle.safetensors")
     check_output(output, force)  # fail before loading the model
-    with err.status(f"importing {ref.name}"):
+    with status(not quiet, f"importing {ref.name}"), quiet_hub(quiet):
         imported = import_reference_scores(
             ref, model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
         )
     source, reference = imported.source, imported.reference
     if not imported.same_model_as_file:
-        err.print(
+        note(
             f"warning: {reference.file_name} was scored on {imported.scored_model or reference.model_type}, "
-            f"not {source.timm_name}; the structures match, so it is imported anyway",
-            highlight=False,
-            soft_wrap=True,
+            f"not {source.timm_name}; the structures match, so it is imported anyway"
         )
     path = write_imported_bundle(imported, output, force=force)
     result = {
@@ -64,4 +95,5 @@ def import_scores(
     if json_output:
         emit_json(result)
     else:
-        out.print(f"wrote [bold]{path}[/] ({source.timm_name}, scores from {reference.file_name})")
+        what = f"{source.timm_name}, scores from {reference.file_name}"
+        say(f"wrote [bold]{escape(str(path))}[/] ({escape(what)})")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+from rich.markup import escape
 
-from snapvit_cli.cli._options import JsonOpt
-from snapvit_cli.cli._output import emit_json, out, user_errors
+from snapvit_cli.cli._options import JsonOpt, examples
+from snapvit_cli.cli._output import emit_json, print_table, say, user_errors
+
+EPILOG = examples("snapvit models", "snapvit models | grep dinov2", "snapvit models --json")
 
 
 @user_errors
@@ -27,13 +29,9 @@ def models(json_output: JsonOpt = False) -> None:
             }
         )
         return
-    table = Table(show_edge=False)
-    for column in ("family", "timm model", "aliases", "heads pruned", "MLP pruned"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row.family, row.timm_name, ", ".join(row.aliases), row.heads, row.mlp)
-    out.print(table)
+    columns = [(name, "left") for name in ("family", "timm model", "aliases", "heads pruned", "MLP pruned")]
+    print_table(columns, [(r.family, r.timm_name, ", ".join(r.aliases), r.heads, r.mlp) for r in rows])
     notes = {row.family: row.notes for row in rows}
     for family, note in notes.items():
-        out.print(f"[bold]{family}[/]: {note}", highlight=False)
-    out.print("Any other timm name or hf-hub:org/repo of these architectures also works; other models are refused.")
+        say(f"[bold]{escape(family)}[/]: {escape(note)}")
+    say("Any other timm name or hf-hub:org/repo of these architectures also works; other models are refused.")

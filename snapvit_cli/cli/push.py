@@ -7,49 +7,94 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from snapvit_cli.cli._options import JsonOpt
-from snapvit_cli.cli._output import emit_json, out, quiet_hub, user_errors
+from snapvit_cli.cli._options import HUB, OUTPUT, JsonOpt, QuietOpt, examples
+from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import status, transfer
+
+EPILOG = examples(
+    "snapvit push demo-half --repo OWNER/demo-half",
+    "snapvit push dino_vitb16.safetensors --repo OWNER/dino-vitb16-elastic --private",
+    "snapvit push demo-half --repo OWNER/demo-half --eval-results eval.json --create-pr --message 'add eval'",
+    "snapvit push demo-half --repo OWNER/demo-half --dry-run preview/",
+)
 
 
 @user_errors
 def push(
     path: Annotated[
-        Path, typer.Argument(help="Sliced-model folder (from `snapvit slice`) or elastic bundle (.safetensors).")
+        Path,
+        typer.Argument(
+            help="Sliced-model folder (from `snapvit slice`) or elastic bundle (.safetensors).", metavar="PATH"
+        ),
     ],
-    repo: Annotated[str, typer.Option("--repo", help="Hub repository OWNER/NAME; created if missing.")],
-    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    repo: Annotated[
+        str,
+        typer.Option(
+            "--repo", help="Hub repository OWNER/NAME; created if missing.", metavar="OWNER/NAME", rich_help_panel=HUB
+        ),
+    ],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repository as private.", rich_help_panel=HUB)
+    ] = False,
     revision: Annotated[
-        str | None, typer.Option(help="Branch to push to, created from main if missing (default: main).")
+        str | None,
+        typer.Option(
+            help="Branch to push to, created from main if missing (default: main).",
+            metavar="BRANCH",
+            rich_help_panel=HUB,
+        ),
     ] = None,
     create_pr: Annotated[
-        bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")
+        bool,
+        typer.Option(
+            "--create-pr", help="Open a pull request instead of committing to the branch.", rich_help_panel=HUB
+        ),
     ] = False,
-    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    message: Annotated[
+        str | None, typer.Option("--message", help="Commit message.", metavar="TEXT", rich_help_panel=HUB)
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             help="Hugging Face token with write access (default: $HF_TOKEN, else the saved `hf auth login`). "
             "Prefer those: a token on the command line ends up in your shell history.",
             show_default=False,
+            metavar="TOKEN",
+            rich_help_panel=HUB,
+        ),
+    ] = None,
+    eval_results: Annotated[
+        Path | None,
+        typer.Option(
+            help="`snapvit eval --json` output to put in the model card.", metavar="FILE.json", rich_help_panel=OUTPUT
         ),
     ] = None,
     dry_run: Annotated[
         Path | None,
-        typer.Option("--dry-run", help="Write the folder that would be uploaded to DIR; send nothing.", metavar="DIR"),
+        typer.Option(
+            "--dry-run",
+            help="Write the folder that would be uploaded to DIR; send nothing.",
+            metavar="DIR",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
-    eval_results: Annotated[
-        Path | None,
-        typer.Option(help="`snapvit eval --json` output to put in the model card.", metavar="FILE.json"),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.", rich_help_panel=OUTPUT)
+    ] = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
     from snapvit_cli.hub.push import push as push_to_hub
 
     results = _read_eval_results(eval_results) if eval_results is not None else None
-    with quiet_hub(json_output):
+    if dry_run is not None:
+        action = status(not quiet, f"writing {dry_run}")
+    else:
+        action = transfer(not quiet, f"uploading {path} to {repo}")
+    with action, quiet_hub(quiet):
         result = push_to_hub(
             path,
             repo,
@@ -79,13 +124,16 @@ def push(
         return
     card = "generated model card" if result.card_generated else "your README.md"
     if result.dry_run_dir is not None:
-        out.print(f"dry run: wrote [bold]{result.dry_run_dir}[/] ({', '.join(result.files)}; {card}); nothing was sent")
+        say(
+            f"dry run: wrote [bold]{escape(str(result.dry_run_dir))}[/] ({escape(', '.join(result.files))}; {card}); "
+            "nothing was sent"
+        )
         return
-    out.print(f"pushed {result.kind} to [bold]{result.commit_url}[/] ({', '.join(result.files)}; {card})")
+    say(f"pushed {result.kind} to [bold]{escape(result.commit_url)}[/] ({escape(', '.join(result.files))}; {card})")
     if result.pr_url:
-        out.print(f"pull request: {result.pr_url}")
+        say(f"pull request: {result.pr_url}", markup=False)
     loader = "load" if result.kind == "sliced" else "load_bundle"
-    out.print(f"load it with snapvit_cli.{loader}({result.hf_id!r})", highlight=False)
+    say(f"load it with snapvit_cli.{loader}({result.hf_id!r})", markup=False)
 
 
 def _read_eval_results(path: Path) -> dict[str, Any]:

@@ -2,61 +2,113 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from snapvit_cli.cli._options import CheckpointOpt, ForceOpt, JsonOpt, PretrainedOpt, RevisionOpt
-from snapvit_cli.cli._output import emit_json, err, out, user_errors
+from snapvit_cli.cli._options import (
+    BUDGET,
+    DATA,
+    MODEL,
+    OUTPUT,
+    SCORING,
+    SEARCH,
+    CheckpointOpt,
+    Crops,
+    Device,
+    ForceOpt,
+    JsonOpt,
+    Loss,
+    Method,
+    PretrainedOpt,
+    QuietOpt,
+    RevisionOpt,
+    ScoreFormula,
+    examples,
+)
+from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import progress_bars, status
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
 
 DEFAULTS = ScoreSettings()  # the defaults shown in --help
 
+EPILOG = examples(
+    "snapvit score --model demo --samples 16 --ga-evals 31 -o demo.safetensors",
+    "snapvit score -m dino_vitb16 -d ~/imagenet/train -o dino_vitb16.safetensors",
+    "snapvit score -m deit_tiny --checkpoint deit_tiny.pth -d photos/ --samples 512 -o deit.safetensors",
+    "snapvit score -m vit_tiny_patch16_224 --method magnitude -o tiny.safetensors",
+)
+STAGES = {"gradients": "gradient pass (images)", "features": "dense features (images)", "xnes": "xNES evaluations"}
+
 
 @user_errors
 def score(
     model: Annotated[
         str,
-        typer.Option("--model", "-m", help="Alias (see `snapvit models`), timm name, hf-hub:org/repo, or 'demo'."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Alias (see `snapvit models`), timm name, hf-hub:org/repo, or 'demo'.",
+            metavar="NAME",
+            rich_help_panel=MODEL,
+        ),
     ] = "demo",
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Bundle to write (default: <model>.bundle.safetensors)."),
-    ] = None,
     checkpoint: CheckpointOpt = None,
     revision: RevisionOpt = None,
     pretrained: PretrainedOpt = True,
     method: Annotated[
-        str,
+        Method,
         typer.Option(
             help="snapvit (gradient scores + xNES re-weighting), gradient (no re-weighting), magnitude, random, "
-            "snip, lamp."
+            "snip, lamp.",
+            rich_help_panel=SCORING,
         ),
     ] = "snapvit",
     data: Annotated[
-        str,
+        str | None,
         typer.Option(
+            "--data",
+            "-d",
             help="Calibration images: an image folder, an .npz (x/y uint8 NHWC), hf:NAME[:CONFIG], or demo "
-            "(the built-in images). Labels are needed only by --loss ce."
+            "(the built-in images; the default only for --model demo). Labels are needed only by --loss ce.",
+            metavar="SOURCE",
+            show_default=False,
+            rich_help_panel=DATA,
         ),
-    ] = str(DEFAULTS.data),
+    ] = None,
     samples: Annotated[
-        int, typer.Option(help="Images for the gradient pass (a seeded random draw).")
+        int,
+        typer.Option(help="Images for the gradient pass (a seeded random draw).", metavar="N", rich_help_panel=DATA),
     ] = DEFAULTS.samples,
     ga_samples: Annotated[
-        int | None, typer.Option(help="Images for the xNES fitness, a second draw (default: as many as --samples).")
+        int | None,
+        typer.Option(
+            help="Images for the xNES fitness, a second draw (default: as many as --samples).",
+            metavar="N",
+            rich_help_panel=DATA,
+        ),
     ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seeds the image draws, crops, random scores and xNES.", metavar="N", rich_help_panel=DATA),
+    ] = DEFAULTS.seed,
     batch_size: Annotated[
-        int, typer.Option(help="Images per gradient step (the loss is averaged over it).")
+        int,
+        typer.Option(
+            help="Images per gradient step (the loss is averaged over it).", metavar="N", rich_help_panel=SCORING
+        ),
     ] = DEFAULTS.batch_size,
     micro_batch: Annotated[
-        int, typer.Option(help="Images whose crops go through one forward/backward: bounds memory, not results.")
+        int,
+        typer.Option(
+            help="Images whose crops go through one forward/backward: bounds memory, not results.",
+            metavar="N",
+            rich_help_panel=SCORING,
+        ),
     ] = DEFAULTS.micro_batch,
     grad_checkpointing: Annotated[
         bool,
@@ -64,53 +116,97 @@ def score(
             "--grad-checkpointing",
             help="Recompute each block in the gradient pass's backward (timm's set_grad_checkpointing): memory for "
             "one block's activations instead of all, for about a third more compute; the same scores.",
+            rich_help_panel=SCORING,
         ),
     ] = DEFAULTS.grad_checkpointing,
-    seed: Annotated[int, typer.Option(help="Seeds the image draws, crops, random scores and xNES.")] = DEFAULTS.seed,
     device: Annotated[
-        str, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, else mps, else cpu).")
+        Device, typer.Option(help="auto: cuda, else mps, else cpu.", rich_help_panel=SCORING)
     ] = DEFAULTS.device,
     crops: Annotated[
-        str,
-        typer.Option(help="independent: every view draws its own crop; legacy: the reference's identical views."),
+        Crops,
+        typer.Option(
+            help="independent: every view draws its own crop; legacy: the reference's identical views.",
+            rich_help_panel=SCORING,
+        ),
     ] = DEFAULTS.crops,
     loss: Annotated[
-        str, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).")
+        Loss, typer.Option(help="dino (label-free self-distillation) or ce (needs labels).", rich_help_panel=SCORING)
     ] = DEFAULTS.loss,
     score_formula: Annotated[
-        str, typer.Option("--score", help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.")
+        ScoreFormula,
+        typer.Option(
+            "--score",
+            help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.",
+            rich_help_panel=SCORING,
+        ),
     ] = DEFAULTS.score,
     ga_evals: Annotated[
-        int, typer.Option(help="xNES fitness evaluations (the first is the starting point).")
+        int,
+        typer.Option(
+            help="xNES fitness evaluations, the first being the starting point; at least two generations' worth "
+            "(2 x population + 1; 31 for ViT-Tiny, 39 for ViT-B), or 0 for no search.",
+            metavar="N",
+            rich_help_panel=SEARCH,
+        ),
     ] = DEFAULTS.ga_evals,
     ga_sigma: Annotated[
-        float, typer.Option(help="xNES initial step size around the starting multipliers.")
+        float,
+        typer.Option(
+            help="xNES initial step size around the starting multipliers.", metavar="S", rich_help_panel=SEARCH
+        ),
     ] = DEFAULTS.ga_sigma,
     ga_bounds: Annotated[
-        bool, typer.Option(help="Keep xNES candidates inside [0, 2] (--no-ga-bounds: unbounded, as the reference).")
+        bool,
+        typer.Option(
+            help="Keep xNES candidates inside [0, 2] (--no-ga-bounds: unbounded, as the reference).",
+            rich_help_panel=SEARCH,
+        ),
     ] = DEFAULTS.ga_bounds is not None,
-    ga_pairs: Annotated[str, typer.Option(help="MLP:HEADS removal ratios the fitness averages over.")] = format_pairs(
-        DEFAULTS.ga_pairs
-    ),
+    ga_pairs: Annotated[
+        str,
+        typer.Option(
+            help="MLP:HEADS removal ratios the fitness averages over.", metavar="M:H,...", rich_help_panel=SEARCH
+        ),
+    ] = format_pairs(DEFAULTS.ga_pairs),
     pca_components: Annotated[
-        int, typer.Option(help="PCA components of the dense features compared in the fitness (none if >= dim).")
+        int,
+        typer.Option(
+            help="PCA components of the dense features compared in the fitness (none if >= dim).",
+            metavar="N",
+            rich_help_panel=SEARCH,
+        ),
     ] = DEFAULTS.pca_components,
     cka_init: Annotated[
-        bool, typer.Option(help="Start xNES with a covariance from the CKA similarity of units' activations.")
+        bool,
+        typer.Option(
+            help="Start xNES with a covariance from the CKA similarity of units' activations.", rich_help_panel=SEARCH
+        ),
     ] = DEFAULTS.cka_init,
     min_keep_mlp: Annotated[
-        float, typer.Option(help="Fraction of each block's MLP neurons never removed.")
+        float,
+        typer.Option(help="Fraction of each block's MLP neurons never removed.", metavar="F", rich_help_panel=BUDGET),
     ] = DEFAULT_MIN_KEEP["mlp"],
     min_keep_heads: Annotated[
-        float, typer.Option(help="Fraction of each block's heads never removed.")
+        float, typer.Option(help="Fraction of each block's heads never removed.", metavar="F", rich_help_panel=BUDGET)
     ] = DEFAULT_MIN_KEEP["heads"],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Bundle to write (default: <model>.bundle.safetensors).",
+            metavar="FILE",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
     dry_run: Annotated[
         bool,
         typer.Option(
             help="Print the images, passes and estimated memory and time of every stage on this device, without "
-            "reading weights or scoring."
+            "reading weights or scoring.",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     json_output: JsonOpt = False,
@@ -120,14 +216,12 @@ def score(
     from snapvit_cli.elastic.bundle import write_bundle
     from snapvit_cli.fileio import check_output
     from snapvit_cli.models.loading import load_model
-    from snapvit_cli.scoring import DATA_METHODS, METHODS, ScoreSettings, distributed, score_model
+    from snapvit_cli.scoring import DATA_METHODS, default_data, distributed, score_model
     from snapvit_cli.scoring.settings import parse_pairs
 
-    if method not in METHODS:
-        raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
     min_keep = {"mlp": min_keep_mlp, "heads": min_keep_heads}
     settings = dict(
-        data=data,
+        data=data if data is not None else default_data(model),
         samples=samples,
         ga_samples=ga_samples,
         batch_size=batch_size,
@@ -147,6 +241,7 @@ def score(
         min_keep=min_keep,
     )
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
+    config.check_method(method)
     if method in DATA_METHODS:
         resolve_device(device)
     if dry_run:
@@ -154,16 +249,16 @@ def score(
         return
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
     check_output(output, force)  # fail before the expensive part
-    primary = not distributed.is_secondary()
-    show_progress = primary and not quiet and (sys.stderr.isatty() or not json_output)
+    primary = not distributed.is_secondary()  # under torchrun, rank 0 alone shows progress, writes and prints
     with distributed.failures_end_all_ranks():
         distributed.start(device)
         try:
-            with err.status(f"loading {model}") if primary else contextlib.nullcontext():
+            with status(primary and not quiet, f"loading {model}"), quiet_hub(quiet or not primary):
                 dense, source = load_model(
                     model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
                 )
-            with _score_progress(show_progress and method in DATA_METHODS) as progress:
+            detail = lambda best: f"best fitness {best:.5f}"  # noqa: E731
+            with progress_bars(primary and not quiet and method in DATA_METHODS, STAGES, detail) as progress:
                 scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
         finally:
             distributed.stop()
@@ -179,13 +274,19 @@ def score(
     search = scores.settings.get("xnes")
     if search is not None:
         result["fitness"] = {"initial": search["initial_fitness"], "best": search["best_fitness"]}
+        result["xnes_updates"] = search["updates"]
     if json_output:
         emit_json(result)
         return
     summary = f"{source.timm_name}, method {scores.method}, {scores.timings['total_s']:.1f} s"
     if search is not None:
-        summary += f"; xNES fitness {search['initial_fitness']:.4f} -> {search['best_fitness']:.4f}"
-    out.print(f"wrote [bold]{path}[/] ({summary})")
+        summary += (
+            f"; xNES fitness {search['initial_fitness']:.4f} -> {search['best_fitness']:.4f} "
+            f"in {search['updates']} updates"
+        )
+    elif method == "snapvit":
+        summary += "; no xNES search (--ga-evals 0)"
+    say(f"wrote [bold]{escape(str(path))}[/] ({escape(summary)})")
 
 
 def _print_estimate(model: str, method: str, settings, json_output: bool) -> None:
@@ -208,40 +309,11 @@ def _print_estimate(model: str, method: str, settings, json_output: bool) -> Non
     if json_output:
         emit_json({"device": str(target), "matmul_tflop_per_s": speed / 1e12, "stages": [s.to_json() for s in stages]})
         return
-    out.print(f"{model} on {target} (matmul {speed / 1e12:.2f} TFLOP/s measured; times are lower bounds)")
+    say(f"{model} on {target} (matmul {speed / 1e12:.2f} TFLOP/s measured; times are lower bounds)", markup=False)
     for s in stages:
         host = f" (+ {s.host_gb:.2f} GB host)" if s.host_gb else ""
-        out.print(
+        say(
             f"  {s.stage}: {s.images} images, {s.passes}; {s.tflop:.2f} TFLOP, ≥ {duration(s.seconds)}; "
             f"memory {s.device_gb:.2f} GB{host}",
-            soft_wrap=True,
+            markup=False,
         )
-
-
-@contextlib.contextmanager
-def _score_progress(enabled: bool) -> Iterator[Any]:
-    """A progress callback for :func:`snapvit_cli.scoring.score_model` drawing rich bars on stderr (or None)."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    labels = {"gradients": "gradient pass (images)", "features": "dense features (images)", "xnes": "xNES evaluations"}
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[best]}"),
-        console=err,
-        transient=False,
-    ) as bars:
-
-        def update(stage: str, done: int, total: int, best: float | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(labels.get(stage, stage), total=total, best="")
-            shown = "" if best is None else f"best fitness {best:.5f}"
-            bars.update(tasks[stage], completed=done, total=total, best=shown)
-
-        yield update

@@ -9,15 +9,32 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from snapvit_cli.cli._options import ForceOpt, JsonOpt
-from snapvit_cli.cli._output import emit_json, err, out, quiet_hub, user_errors
+from snapvit_cli.cli._options import (
+    BUDGET,
+    CORRECTION,
+    OUTPUT,
+    Device,
+    ForceOpt,
+    JsonOpt,
+    QuietOpt,
+    examples,
+)
+from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
+from snapvit_cli.cli._progress import progress_bars, transfer
 from snapvit_cli.correction.settings import CorrectionSettings
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
 
 # The defaults shown in --help, read off the fields (an instance would validate its damping with torch).
-CORRECTION = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
+CORRECT_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
+
+EPILOG = examples(
+    "snapvit slice demo.safetensors --flops 0.5 -o demo-half",
+    "snapvit slice dino_vitb16.safetensors --mlp 0.35 --heads 0.2 -o dino-b16-35-20",
+    "snapvit slice hf-hub:OWNER/NAME --params 0.7 --dry-run --json",
+    "snapvit slice tiny.safetensors --flops 0.5 --correct -d cifar10.npz -o tiny-half-corrected",
+)
 
 
 @user_errors(flags={"samples": "--correct-samples"})
@@ -25,66 +42,120 @@ def slice_(
     bundle: Annotated[
         str,
         typer.Argument(
-            help="Elastic bundle (.safetensors) written by `snapvit score`, or hf-hub:OWNER/NAME[@REV] of one "
-            "pushed with `snapvit push`."
+            help="Elastic bundle (.safetensors) written by `snapvit score`, or hf-hub:OWNER/NAME\\[@REV] of one "
+            "pushed with `snapvit push`.",
+            metavar="BUNDLE",
         ),
     ],
-    flops: Annotated[float | None, typer.Option(help="Fraction of the dense GMACs to keep, in (0, 1].")] = None,
-    params: Annotated[float | None, typer.Option(help="Fraction of the dense parameters to keep, in (0, 1].")] = None,
-    mlp: Annotated[
-        float | None, typer.Option(help="Fraction of MLP neurons to remove, in [0, 1) (paper convention).")
+    flops: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the dense GMACs to keep, in (0, 1].", metavar="F", rich_help_panel=BUDGET),
     ] = None,
-    heads: Annotated[float | None, typer.Option(help="Fraction of attention heads to remove, in [0, 1).")] = None,
+    params: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the dense parameters to keep, in (0, 1].", metavar="F", rich_help_panel=BUDGET),
+    ] = None,
+    mlp: Annotated[
+        float | None,
+        typer.Option(
+            help="Fraction of MLP neurons to remove, in [0, 1) (paper convention).", metavar="R", rich_help_panel=BUDGET
+        ),
+    ] = None,
+    heads: Annotated[
+        float | None,
+        typer.Option(help="Fraction of attention heads to remove, in [0, 1).", metavar="R", rich_help_panel=BUDGET),
+    ] = None,
     head_offset: Annotated[
         float,
         typer.Option(
             help="With --flops/--params: heads are removed at max(0, mlp_ratio - OFFSET). "
-            "0.15 follows the paper's grid, 0 prunes both alike, 1 prunes MLP only."
+            "0.15 follows the paper's grid, 0 prunes both alike, 1 prunes MLP only.",
+            metavar="OFFSET",
+            rich_help_panel=BUDGET,
         ),
     ] = DEFAULT_HEAD_OFFSET,
-    resolution: Annotated[int | None, typer.Option(help="Input resolution for GMACs (default: the model's).")] = None,
+    resolution: Annotated[
+        int | None,
+        typer.Option(help="Input resolution for GMACs (default: the model's).", metavar="PX", rich_help_panel=BUDGET),
+    ] = None,
     round_to: Annotated[
         int,
         typer.Option(
             help="Round every block's kept MLP width to a multiple of N (e.g. 8 or 64 for GPU kernels); the budget "
-            "is still met within 1 %. 1 keeps the method's exact counts."
+            "is still met within 1 %. 1 keeps the method's exact counts.",
+            metavar="N",
+            rich_help_panel=BUDGET,
         ),
     ] = 1,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output folder (default: <bundle>-<budget>/).")
-    ] = None,
-    force: ForceOpt = False,
-    dry_run: Annotated[bool, typer.Option(help="Report widths and cost without writing anything.")] = False,
     correct: Annotated[
         bool,
         typer.Option(
             "--correct",
             help="Re-fit the kept columns of fc2 and attn.proj by least squares on calibration images (--data).",
+            rich_help_panel=CORRECTION,
         ),
     ] = False,
     data: Annotated[
         str | None,
-        typer.Option(help="With --correct: calibration images (image folder, .npz, hf:NAME[:CONFIG] or demo)."),
+        typer.Option(
+            "--data",
+            "-d",
+            help="With --correct: calibration images (image folder, .npz, hf:NAME[:CONFIG] or demo).",
+            metavar="SOURCE",
+            rich_help_panel=CORRECTION,
+        ),
     ] = None,
     correct_samples: Annotated[
-        int, typer.Option(help="With --correct: random training images used (seeded by --seed).")
-    ] = CORRECTION.samples,
+        int,
+        typer.Option(
+            help="With --correct: random training images used (seeded by --seed).",
+            metavar="N",
+            rich_help_panel=CORRECTION,
+        ),
+    ] = CORRECT_DEFAULTS.samples,
     damping: Annotated[
-        str, typer.Option(help="With --correct: mean:F, max:F or pNN:F (F × that statistic of diag H).")
-    ] = CORRECTION.damping,
+        str,
+        typer.Option(
+            help="With --correct: mean:F, max:F or pNN:F (F × that statistic of diag H).",
+            metavar="STAT:F",
+            rich_help_panel=CORRECTION,
+        ),
+    ] = CORRECT_DEFAULTS.damping,
     sequential: Annotated[
         bool,
         typer.Option(
             "--sequential/--dense-inputs",
             help="With --correct: feed each block the corrected sliced outputs of the blocks before it, or the "
             "dense model's activations (the reference).",
+            rich_help_panel=CORRECTION,
         ),
-    ] = CORRECTION.sequential,
-    batch_size: Annotated[int, typer.Option(help="With --correct: images per forward pass.")] = CORRECTION.batch_size,
-    seed: Annotated[int, typer.Option(help="With --correct: seed of the calibration subset.")] = CORRECTION.seed,
+    ] = CORRECT_DEFAULTS.sequential,
+    batch_size: Annotated[
+        int, typer.Option(help="With --correct: images per forward pass.", metavar="N", rich_help_panel=CORRECTION)
+    ] = CORRECT_DEFAULTS.batch_size,
+    seed: Annotated[
+        int,
+        typer.Option(help="With --correct: seed of the calibration subset.", metavar="N", rich_help_panel=CORRECTION),
+    ] = CORRECT_DEFAULTS.seed,
     device: Annotated[
-        str, typer.Option(help="With --correct: auto, cpu, cuda or mps (auto: cuda, else mps, else cpu).")
-    ] = CORRECTION.device,
+        Device,
+        typer.Option(help="With --correct: torch device (auto: cuda, else mps, else cpu).", rich_help_panel=CORRECTION),
+    ] = CORRECT_DEFAULTS.device,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder (default: <bundle>-<budget>/).",
+            metavar="DIR",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Report widths and cost without writing anything.", rich_help_panel=OUTPUT)
+    ] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to a budget and write a dense, smaller model (model.safetensors + config.json)."""
@@ -112,7 +183,7 @@ def slice_(
         )
     if not dry_run:
         check_output(output, force)
-    with quiet_hub(json_output):
+    with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)
     plan = elastic.plan(
         flops=flops,
@@ -125,7 +196,7 @@ def slice_(
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if correct and not dry_run:
-        result["correction"] = _save_corrected(elastic, plan, output, settings, force)
+        result["correction"] = _save_corrected(elastic, plan, output, settings, force, quiet)
     elif not dry_run:
         elastic.save_slice(output, plan, force=force)
     if json_output:
@@ -134,23 +205,21 @@ def slice_(
     _print_plan(plan, output if not dry_run else None)
 
 
-def _save_corrected(elastic, plan, output: Path, settings: CorrectionSettings, force: bool) -> dict[str, Any]:
+def _save_corrected(
+    elastic, plan, output: Path, settings: CorrectionSettings, force: bool, quiet: bool
+) -> dict[str, Any]:
     """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record."""
     from snapvit_cli.elastic.sliced import read_config
 
-    with err.status("correcting") as status:
-
-        def progress(stage: str, done: int, total: int) -> None:
-            what = "calibration batches" if stage == "capture" else "blocks"
-            status.update(f"correcting: {done}/{total or '?'} {what}")
-
+    stages = {"capture": "correction: calibration batches", "blocks": "correction: blocks"}
+    with progress_bars(not quiet, stages) as progress:
         elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
     record = read_config(output)["correction"]
-    err.print(
-        f"corrected {len(record['layers'])} layers on {record['images']} images in {record['seconds']:.1f} s "
-        f"({record['inputs']} inputs, damping {record['damping']})",
-        highlight=False,
-    )
+    if not quiet:
+        note(
+            f"corrected {len(record['layers'])} layers on {record['images']} images in {record['seconds']:.1f} s "
+            f"({record['inputs']} inputs, damping {record['damping']})"
+        )
     return record
 
 
@@ -166,17 +235,12 @@ def _bundle_stem(bundle: str) -> str:
 
 
 def _print_plan(plan, output: Path | None) -> None:
-    table = Table(title="per-block widths", show_edge=False)
-    table.add_column("block", justify="right")
-    table.add_column("MLP hidden", justify="right")
-    table.add_column("heads", justify="right")
-    for i, (m, h) in enumerate(zip(plan.widths.mlp, plan.widths.heads, strict=True)):
-        table.add_row(str(i), str(m), str(h))
-    out.print(table)
-    out.print(
+    rows = [(str(i), str(m), str(h)) for i, (m, h) in enumerate(zip(plan.widths.mlp, plan.widths.heads, strict=True))]
+    print_table([("block", "right"), ("MLP hidden", "right"), ("heads", "right")], rows, title="per-block widths")
+    say(
         f"GMACs @ {plan.resolution}px: {plan.gmacs:.3f} of {plan.dense_gmacs:.3f} ({plan.flops_fraction:.1%})   "
         f"params: {plan.params / 1e6:.2f} M of {plan.dense_params / 1e6:.2f} M ({plan.params_fraction:.1%})   "
         f"removed: {plan.mlp_ratio:.1%} of MLP neurons, {plan.head_ratio:.1%} of heads"
     )
     if output is not None:
-        out.print(f"wrote [bold]{output}[/]  (load it with snapvit_cli.load({str(output)!r}))")
+        say(f"wrote [bold]{escape(str(output))}[/]  (load it with snapvit_cli.load({escape(repr(str(output)))}))")

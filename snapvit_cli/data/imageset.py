@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from snapvit_cli.errors import DataError
+from snapvit_cli.errors import DataError, SnapvitWarning
 
 # Names tried, in order, when a source lacks the requested split (ImageNet-style data has `val`, not `test`).
 SPLIT_ALIASES = {
@@ -82,12 +83,23 @@ class ImageSet(Dataset):
         return image, label
 
     def subset(self, samples: int, seed: int) -> ImageSet:
-        """A seeded random subset of ``samples`` images, without replacement (all images if fewer exist)."""
+        """A seeded random subset of ``samples`` images, without replacement.
+
+        Asking for more images than there are takes them all, with a :class:`SnapvitWarning`; the subset's
+        ``samples`` is then the number used, which is what metadata records.
+        """
         if samples <= 0:
             raise DataError(f"the number of samples must be positive, got {samples}")
+        if samples > len(self):
+            warnings.warn(
+                f"{samples} images asked from '{self.source}' ({self.split}), which has {len(self)}: using {len(self)}",
+                SnapvitWarning,
+                stacklevel=2,
+            )
+            samples = len(self)
         picked = copy.copy(self)
         picked.samples, picked.seed = samples, seed
-        if samples >= len(self):
+        if samples == len(self):
             return picked
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:samples]
         picked.indices = self.indices[order]

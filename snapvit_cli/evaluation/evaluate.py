@@ -171,6 +171,8 @@ def extract_features(
     adapter = get_adapter(model)
     loader = make_loader(images, transform, batch_size, num_workers=workers)
     parts, done = [], 0
+    if progress is not None:
+        progress(0, len(images))
     with _inference(device, dtype):
         for batch, _ in loader:
             parts.append(adapter.features(batch.to(device)).float().cpu())
@@ -189,17 +191,24 @@ def measure_speed(
     dtype: str = "float32",
     warmup: int = 2,
     repeats: int = 5,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Speed:
     """Images/s at ``batch_size`` and latency at batch 1 of a full forward pass on random input.
 
     Medians of ``repeats`` timed passes, each after ``warmup`` untimed ones (allocator, kernel selection and
-    cache effects), so a single interrupted pass on a shared machine does not move the result.
+    cache effects), so a single interrupted pass on a shared machine does not move the result. ``progress(done,
+    total)`` is called after every pass, warm-up included.
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
-    per_batch = _median_seconds(model, batch, device, dtype, warmup, repeats)
-    per_image = _median_seconds(model, batch[:1], device, dtype, warmup, repeats)
+    passes = warmup + repeats
+
+    def report(first: int):
+        return None if progress is None else lambda done: progress(first + done, 2 * passes)
+
+    per_batch = _median_seconds(model, batch, device, dtype, warmup, repeats, report(0))
+    per_image = _median_seconds(model, batch[:1], device, dtype, warmup, repeats, report(passes))
     return Speed(
         images_per_s=batch_size / per_batch,
         batch_size=batch_size,
@@ -212,7 +221,15 @@ def measure_speed(
     )
 
 
-def _median_seconds(model: nn.Module, x: Tensor, device: torch.device, dtype: str, warmup: int, repeats: int) -> float:
+def _median_seconds(
+    model: nn.Module,
+    x: Tensor,
+    device: torch.device,
+    dtype: str,
+    warmup: int,
+    repeats: int,
+    on_pass: Callable[[int], None] | None = None,
+) -> float:
     times = []
     with _inference(device, dtype):
         for i in range(warmup + repeats):
@@ -222,6 +239,8 @@ def _median_seconds(model: nn.Module, x: Tensor, device: torch.device, dtype: st
             _synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+            if on_pass is not None:
+                on_pass(i + 1)
     return statistics.median(times)
 
 
@@ -363,7 +382,7 @@ def _evaluate_one(
             )
     speed = None
     if settings.speed:
-        _report(progress, f"speed {label}", 0, 1)
+        stage = f"speed {label}"
         with _timer(wall, "speed"):
             speed = measure_speed(
                 model,
@@ -373,8 +392,8 @@ def _evaluate_one(
                 dtype=settings.dtype,
                 warmup=settings.speed_warmup,
                 repeats=settings.speed_repeats,
+                progress=None if progress is None else lambda done, total: progress(stage, done, total),
             )
-        _report(progress, f"speed {label}", 1, 1)
     gmacs, dense_gmacs = cost.gmacs(widths), dense_cost.gmacs(dense_widths)
     params, dense_params = cost.params(widths), dense_cost.params(dense_widths)
     return {
@@ -485,8 +504,3 @@ def _timer(wall: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     wall[stage] = wall.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _report(progress: Progress | None, label: str, done: int, total: int) -> None:
-    if progress is not None:
-        progress(label, done, total)

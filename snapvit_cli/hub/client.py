@@ -8,13 +8,14 @@ Everything goes through ``huggingface_hub`` (its cache, revisions, token lookup 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote
 
 import httpx2
-from huggingface_hub import constants, get_token, snapshot_download
+from huggingface_hub import constants, get_session, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -41,6 +42,73 @@ Kind = Literal["sliced", "bundle"]
 
 class HubError(SnapvitError):
     """The Hub could not be reached, refused the request, or does not have what was asked for."""
+
+
+# -- reachability -----------------------------------------------------------------------------------------
+#
+# huggingface_hub falls back to its cache quickly only when a request *fails*; a host that resolves and accepts
+# connections but never answers (a captive portal, a firewall that drops packets, a dead proxy) makes a download
+# wait for its etag timeout, then retry with a 60 s timeout and five back-offs (hf_hub_download), and the API
+# calls behind snapshot_download and push have no timeout at all. So every Hub access first asks the endpoint
+# once through huggingface_hub's own HTTP session (its proxies and offline switch), bounded by
+# HUB_CONNECT_TIMEOUT_S for connecting and HUB_TIMEOUT_S for the answer: any HTTP answer, even an error status,
+# means reachable.
+
+HUB_TIMEOUT_S = 1.0  # for the answer; connecting may take longer on slow links (TCP + TLS handshakes)
+HUB_CONNECT_TIMEOUT_S = 1.5
+UNREACHABLE_MEMORY_S = 30.0  # one command asks once: a failed probe is remembered this long per endpoint
+_unreachable: dict[str, tuple[float, str]] = {}
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hub endpoint cannot be reached now, or None when it answers (or offline mode is on, where
+    huggingface_hub itself serves the cache without asking)."""
+    if constants.is_offline_mode():
+        return None
+    endpoint = constants.ENDPOINT
+    remembered = _unreachable.get(endpoint)
+    if remembered is not None and time.monotonic() - remembered[0] < UNREACHABLE_MEMORY_S:
+        return remembered[1]
+    try:
+        timeout = httpx2.Timeout(HUB_TIMEOUT_S, connect=HUB_CONNECT_TIMEOUT_S)
+        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+    except OfflineModeIsEnabled:
+        return None
+    except httpx2.ConnectTimeout:
+        reason = f"no connection within {HUB_CONNECT_TIMEOUT_S:g} s"
+    except httpx2.TimeoutException:
+        reason = f"no answer within {HUB_TIMEOUT_S:g} s"
+    except httpx2.TransportError as err:
+        reason = f"{type(err).__name__}: {_first(err)}"
+    else:
+        _unreachable.pop(endpoint, None)
+        return None
+    _unreachable[endpoint] = (time.monotonic(), reason)
+    return reason
+
+
+def forget_reachability() -> None:
+    """Forget failed probes, e.g. after pointing ``HF_ENDPOINT`` at a host that is now up."""
+    _unreachable.clear()
+
+
+@contextlib.contextmanager
+def offline_mode() -> Iterator[None]:
+    """huggingface_hub's offline mode (``HF_HUB_OFFLINE=1``) for the block: requests fail at once and files
+    come from the cache."""
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def require_hub() -> None:
+    """Raise a one-line :class:`HubError` now if the Hub cannot be reached (for uploads: no cache to fall back on)."""
+    reason = hub_unreachable()
+    if reason is not None:
+        raise HubError(unreachable_message(reason))
 
 
 # -- hf-hub ids ------------------------------------------------------------------------------------------
@@ -182,10 +250,20 @@ def _snapshot(hf_id: str, patterns: list[str], revision: str | None) -> Path:
     """The cached snapshot folder holding the files of ``hf_id`` that match ``patterns`` (``revision``
     overrides an ``@REV`` in the id)."""
     repo_id, parsed_revision = parse_hf_id(hf_id)
-    with hub_errors(repo_id):
-        return Path(
-            snapshot_download(repo_id, revision=revision or parsed_revision, allow_patterns=patterns, **USER_AGENT)
-        )
+    unreachable = hub_unreachable()
+    if unreachable is None:
+        with hub_errors(repo_id):
+            return Path(
+                snapshot_download(repo_id, revision=revision or parsed_revision, allow_patterns=patterns, **USER_AGENT)
+            )
+    try:  # the cached copy, if any, as HF_HUB_OFFLINE=1 would serve it
+        with offline_mode():
+            folder = snapshot_download(
+                repo_id, revision=revision or parsed_revision, allow_patterns=patterns, **USER_AGENT
+            )
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and kin): the network is the reason
+        raise HubError(f"{unreachable_message(unreachable)}; {hf_id} is not in the local cache") from None
+    return Path(folder)
 
 
 def resolve_hub_artifact(hf_id: str, revision: str | None = None) -> tuple[Kind, Path]:

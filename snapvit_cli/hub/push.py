@@ -23,6 +23,7 @@ from snapvit_cli.hub.client import (
     Kind,
     check_repo_id,
     hub_errors,
+    require_hub,
 )
 from snapvit_cli.hub.model_card import render_model_card
 
@@ -112,6 +113,7 @@ def push(
         staging = Path(tmp)
         _stage(sources, card, staging, link=True)
         with hub_errors(repo_id, token):
+            require_hub()
             commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
     return PushResult(
         repo_id,

@@ -6,14 +6,14 @@ Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
-from urllib.parse import urlparse
 
 import timm
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from snapvit_cli.errors import ModelLoadError
 from snapvit_cli.fileio import sha256_file
-from snapvit_cli.hub.client import hub_error_message, unreachable_message
+from snapvit_cli.hub.client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
 from snapvit_cli.models.families import corrected_preprocessing, default_model_args
 
@@ -212,10 +212,9 @@ def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: 
             hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
             if hub_id:
                 kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": f"{hub_id}@{revision}"}
-    if pretrained:
-        _fail_fast_if_hub_unreachable(timm_name)
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_access(timm_name) if pretrained else contextlib.nullcontext():
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -225,20 +224,22 @@ def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: 
         raise
 
 
-def _fail_fast_if_hub_unreachable(timm_name: str) -> None:
-    """huggingface_hub retries a failed lookup for ~45 s; when the host does not even resolve, say so at once."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return  # the library fails fast itself, and may serve the file from the local cache
-    host = urlparse(constants.ENDPOINT).hostname
-    if host is None:
+@contextlib.contextmanager
+def _hub_access(timm_name: str) -> Iterator[None]:
+    """Around a download of ``timm_name``'s weights or config: when the Hub does not answer within
+    :data:`~snapvit_cli.hub.client.HUB_TIMEOUT_S`, use the cached copy (offline mode) or fail now in one line,
+    instead of huggingface_hub's minute of retries."""
+    if _hub_repo_id(timm_name) is None:  # weights hosted elsewhere (a URL), not on the Hub
+        yield
         return
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        if not _in_local_cache(timm_name):
-            raise ModelLoadError(_download_message(timm_name, unreachable_message(f"cannot resolve {host}"))) from None
+    reason = hub_unreachable()
+    if reason is None:
+        yield
+        return
+    if not _in_local_cache(timm_name):
+        raise ModelLoadError(_download_message(timm_name, unreachable_message(reason)))
+    with offline_mode():
+        yield
 
 
 def _hub_repo_id(timm_name: str) -> str | None:
@@ -250,11 +251,11 @@ def _hub_repo_id(timm_name: str) -> str | None:
 
 
 def _in_local_cache(timm_name: str) -> bool:
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
 
     hub_id = _hub_repo_id(timm_name)
-    try:
-        return any(repo.repo_id == hub_id for repo in scan_cache_dir().repos)
+    try:  # the cache folder named now: scan_cache_dir's default is the one set when it was first imported
+        return any(repo.repo_id == hub_id for repo in scan_cache_dir(constants.HF_HUB_CACHE).repos)
     except Exception:  # noqa: BLE001 - no cache folder yet
         return False
 
@@ -299,9 +300,11 @@ def _hub_model_args(timm_name: str, revision: str | None) -> dict[str, Any]:
     hub_id = timm_name.removeprefix("hf-hub:")
     if revision:
         hub_id = f"{hub_id.split('@')[0]}@{revision}"
-    _fail_fast_if_hub_unreachable(timm_name)
     try:
-        _cfg, arch, model_args = load_model_config_from_hf(hub_id)
+        with _hub_access(timm_name):
+            _cfg, arch, model_args = load_model_config_from_hf(hub_id)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001
         _raise_if_download_error(timm_name, exc)
         raise

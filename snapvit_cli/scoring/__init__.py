@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from snapvit_cli.scoring.registry import DATA_METHODS, METHODS, REGISTRY
-from snapvit_cli.scoring.settings import ScoreSettings
+from snapvit_cli.scoring.settings import ScoreSettings, default_data
 
-__all__ = ["DATA_METHODS", "METHODS", "REGISTRY", "ScoreSet", "ScoreSettings", "score_model"]
+__all__ = ["DATA_METHODS", "METHODS", "REGISTRY", "ScoreSet", "ScoreSettings", "default_data", "score_model"]
 
 
 def __getattr__(name: str) -> Any:

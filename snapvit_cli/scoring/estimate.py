@@ -137,6 +137,8 @@ def estimate_scoring(
             seconds(n * forward),
         )
     )
+    if settings.ga_evals == 0:  # gradient scores without search
+        return stages
     kept = [_kept_fraction(adapter, cost, pair) for pair in settings.ga_pairs]
     pairs = len(kept)
     if settings.ga_evaluation == "sliced":

@@ -91,6 +91,8 @@ def accumulate_gradients(
     squared = _zeros(specs) if settings.score == "fisher" else None
     total, batches = len(images), 0
     rank, world = distributed.world()
+    if settings.progress is not None:  # the stage starts now: its clock (elapsed, ETA) too
+        settings.progress("gradients", 0, total, None)
     for start in range(0, total, settings.batch_size):
         batches += 1
         if (batches - 1) % world != rank:
@@ -274,6 +276,7 @@ def gradient_settings(settings: ScoreSettings, run: GradientPass, device: torch.
     return {
         **settings.record(GRADIENT_SETTINGS),
         **settings.record([name for name in OPTIONAL_SETTINGS if getattr(settings, name)]),
+        "samples": run.grads.images,  # the images used (fewer than asked when the source has fewer)
         "device": str(device),
         "input": run.config.to_json(),
         "data": run.data,

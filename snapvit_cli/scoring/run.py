@@ -8,8 +8,7 @@ from typing import Any
 from torch import nn
 
 from snapvit_cli.adapters import get_adapter
-from snapvit_cli.errors import SnapvitError
-from snapvit_cli.scoring.registry import METHODS, REGISTRY
+from snapvit_cli.scoring.registry import REGISTRY
 from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
@@ -18,12 +17,11 @@ def score_model(model: nn.Module, method: str = "magnitude", **settings: Any) ->
     """Score every unit of ``model`` with ``method``; ``settings`` are the fields of :class:`ScoreSettings`.
 
     The data-driven methods (``snapvit``, ``gradient``, ``snip``) read calibration images from ``data`` (a
-    ``--data`` string or an :class:`~snapvit_cli.data.ImageSet`; default: the built-in ``demo`` images). The model
-    is left as it was: same device, mode, weights and ``requires_grad`` flags.
+    ``--data`` string or an :class:`~snapvit_cli.data.ImageSet`), which they require: a model is never scored on
+    images it was not given. The model is left as it was: same device, mode, weights and ``requires_grad`` flags.
     """
-    if method not in REGISTRY:
-        raise SnapvitError(f"method must be one of: {', '.join(METHODS)}; got '{method}'", param="method")
     config = ScoreSettings.from_kwargs(settings)
+    config.check_method(method)
     adapter = get_adapter(model)
     start = time.perf_counter()
     scores = REGISTRY[method].load()(model, adapter, config)

@@ -33,6 +33,7 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, get_adapter
 from snapvit_cli.elastic.budget import removal_count, select_widths
+from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import autocast
 from snapvit_cli.scoring.pruned import Removed, pruned_model
@@ -60,6 +61,26 @@ def check_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> None:
     zeros = {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
     for pair in settings.ga_pairs:
         removed_units(zeros, pair, settings.min_keep)
+
+
+def search_population(adapter: ModelAdapter, settings: ScoreSettings) -> int:
+    """λ of the search: ``ga_population``, else xNES's default for one multiplier per block and per head."""
+    return settings.ga_population or default_population_size(adapter.num_blocks * (1 + adapter.widths().heads[0]))
+
+
+def check_evaluations(adapter: ModelAdapter, settings: ScoreSettings) -> None:
+    """Refuse a search too short to move: xNES updates its distribution once per λ evaluations after the first
+    (the starting point), so fewer than 2λ + 1 evaluations update it at most once and mostly sample μ₀'s
+    neighbourhood. 0 means no search at all and is allowed."""
+    population = search_population(adapter, settings)
+    minimum = 2 * population + 1
+    if 0 < settings.ga_evals < minimum:
+        raise SnapvitError(
+            f"ga_evals {settings.ga_evals} is too few for this model: xNES with population {population} needs "
+            f"at least {minimum} evaluations for two updates; use at least {minimum}, or 0 for gradient scores "
+            "without search",
+            param="ga_evals",
+        )
 
 
 def keep_masks(adapter: ModelAdapter, candidates: list[Removed]) -> dict[str, list[torch.Tensor]]:
@@ -171,6 +192,8 @@ class FeatureFitness:
         adapter = adapter or self.adapter
         out = []
         total = len(self.images)
+        if progress is not None:
+            progress("features", 0, total, None)
         with torch.no_grad():
             for start in range(0, total, self.batch_size):
                 batch = self.images[start : start + self.batch_size]
@@ -257,6 +280,8 @@ def search_multipliers(
         if progress is not None:
             progress("xnes", index + 1, settings.ga_evals, best)
 
+    if progress is not None:
+        progress("xnes", 0, settings.ga_evals, None)
     result = minimize(
         fitness,
         initial_mean(blocks, heads, *settings.ga_init),

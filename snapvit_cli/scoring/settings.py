@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from snapvit_cli.devices import DEVICES
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.models.aliases import DEMO_MODEL
+from snapvit_cli.scoring.registry import DATA_METHODS, METHODS
 
 # The four (MLP, head) removal ratios the released bundles were searched with (§12).
 DEFAULT_GA_PAIRS: tuple[tuple[float, float], ...] = ((0.15, 0.0), (0.35, 0.2), (0.55, 0.4), (0.65, 0.5))
@@ -36,7 +38,7 @@ class ScoreSettings:
     number of images whose crops go through one forward/backward pass; it bounds memory, not the result.
     """
 
-    data: object = "demo"  # a --data string (see snapvit_cli.data) or an ImageSet
+    data: object = None  # a --data string (see snapvit_cli.data) or an ImageSet; None: not given
     samples: int = 1000
     batch_size: int = 16
     micro_batch: int = 4
@@ -69,9 +71,11 @@ class ScoreSettings:
         _check_choice("score", self.score, SCORE_FORMULAS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("ga_evaluation", self.ga_evaluation, GA_EVALUATIONS)
-        for name in ("samples", "batch_size", "micro_batch", "ga_batch_size", "ga_evals", "pca_components"):
+        for name in ("samples", "batch_size", "micro_batch", "ga_batch_size", "pca_components"):
             if getattr(self, name) < 1:
                 raise SnapvitError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)
+        if self.ga_evals < 0:
+            raise SnapvitError(f"ga_evals must be 0 (no search) or positive, got {self.ga_evals}", param="ga_evals")
         if self.ga_samples is not None and self.ga_samples < 1:
             raise SnapvitError(f"ga_samples must be at least 1, got {self.ga_samples}", param="ga_samples")
         if not (self.ga_sigma > 0 and math.isfinite(self.ga_sigma)):
@@ -86,6 +90,18 @@ class ScoreSettings:
         for r_m, r_h in self.ga_pairs:
             if not (0.0 <= r_m < 1.0 and 0.0 <= r_h < 1.0):
                 raise SnapvitError(f"ga_pairs ratio ({r_m}, {r_h}) must lie in [0, 1)", param="ga_pairs")
+
+    def check_method(self, method: str) -> None:
+        """Refuse a method these settings cannot run: unknown, or reading images while ``data`` is None."""
+        if method not in METHODS:
+            raise SnapvitError(f"method must be one of: {', '.join(METHODS)}; got '{method}'", param="method")
+        if method in DATA_METHODS and self.data is None:
+            raise SnapvitError(
+                f"data is required by method '{method}', which scores with calibration images: pass an image "
+                "folder, an .npz file or hf:NAME[:CONFIG] from the model's domain (demo only to try the pipeline: "
+                "synthetic shapes), or choose a data-free method such as magnitude",
+                param="data",
+            )
 
     @property
     def ga_sample_count(self) -> int:
@@ -107,6 +123,12 @@ class ScoreSettings:
         if "min_keep" in values:
             values["min_keep"] = {**DEFAULT_MIN_KEEP, **(values["min_keep"] or {})}
         return cls(**values)
+
+
+def default_data(model: str) -> str | None:
+    """The calibration data a model gets when none is named: the built-in images for the ``demo`` model only
+    (real models must be scored on images of their own domain, so they get None and data methods refuse)."""
+    return "demo" if model == DEMO_MODEL else None
 
 
 def parse_pairs(text: str) -> tuple[tuple[float, float], ...]:

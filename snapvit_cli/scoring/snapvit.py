@@ -16,7 +16,7 @@ from snapvit_cli.devices import resolve_device
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
 from snapvit_cli.scoring.scoreset import ScoreSet
-from snapvit_cli.scoring.search import FeatureFitness, check_pairs, search_multipliers
+from snapvit_cli.scoring.search import FeatureFitness, check_evaluations, check_pairs, search_multipliers
 from snapvit_cli.scoring.settings import ScoreSettings
 
 SEARCH_SETTINGS = (
@@ -34,14 +34,20 @@ SEARCH_SETTINGS = (
 
 
 def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
-    """Gradient pass, then the xNES search for per-block / per-head multipliers on a second seeded image draw."""
+    """Gradient pass, then the xNES search for per-block / per-head multipliers on a second seeded image draw.
+
+    ``ga_evals=0`` skips the search: the bundle holds the gradient scores and records ``xnes: None``.
+    """
     check_pairs(adapter, settings)
+    check_evaluations(adapter, settings)
     device = resolve_device(settings.device)
     timings: dict[str, float] = {}
     with scoring_mode(model, device):
         run = gradient_pass(model, adapter, settings, device)
         timings["gradients_s"] = run.seconds
         raw = unit_scores(run.grads, settings.score)
+        if settings.ga_evals == 0:
+            return _without_search(raw, settings, run, device, timings)
 
         start = time.perf_counter()
         ga_images = calibration_images(settings, settings.ga_sample_count, settings.seed + 1)
@@ -70,7 +76,7 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
             **gradient_settings(settings, run, device),
             "score": settings.score,
             **settings.record(SEARCH_SETTINGS),
-            "ga_samples": settings.ga_sample_count,
+            "ga_samples": len(ga_images),
             "ga_data": describe(ga_images),
             "ga_population": result.population,
             "pca_components_used": fitness.pca_components,
@@ -89,5 +95,22 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
             "ga.head_weight": result.head_weight,
             "ga.fitness_trace": result.trace,
         },
+        timings=timings,
+    )
+
+
+def _without_search(raw: dict, settings: ScoreSettings, run, device, timings: dict[str, float]) -> ScoreSet:
+    """Method ``snapvit`` with ``ga_evals=0``: the gradient scores as they are, and a record saying no search ran."""
+    return ScoreSet(
+        mlp=raw[MLP],
+        heads=raw[HEADS],
+        method="snapvit",
+        settings={
+            **gradient_settings(settings, run, device),
+            "score": settings.score,
+            **settings.record(SEARCH_SETTINGS),
+            "xnes": None,
+        },
+        extras={"raw.mlp": raw[MLP].clone(), "raw.heads": raw[HEADS].clone()},
         timings=timings,
     )
