@@ -42,7 +42,9 @@ def test_estimates_follow_the_settings():
 
 def test_dry_run_reads_no_weights_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["score", "--model", "dinov2_vitg14", "--dry-run", "--json", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["score", "--model", "dinov2_vitg14", "--data", "demo", "--dry-run", "--json", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [s["stage"] for s in report["stages"]] == ["gradient pass", "dense features", "search (sliced)"]
