@@ -119,6 +119,11 @@ def _worker(kind: str, args: list[str]) -> dict:
                 switches.append(timing)
         for key in ("s", "cpu_s"):
             report[f"switch_{key}"] = statistics.median(t[f"slice_{key}"] for t in switches)
+        widths = bundle.plan(flops=flops).widths  # what `snapvit slice` reads: kept units only, then with checks
+        with _timed(report, "read"):
+            bundle.read_state_dict(widths)
+        with _timed(report, "verified"):
+            bundle.read_verified(widths)  # + sha256 of the file and of the un-permuted weights, in two threads
         report["model_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
     else:
         raise ValueError(f"unknown worker {kind}")
@@ -195,6 +200,10 @@ def measure(model: str, fractions: list[float], workdir: Path, repeat: int) -> d
                 "switch_read_mb": max(r["switch_read_mb"] for r in api),
                 "model_mb": api[0]["model_mb"],
                 "load_s": _median(r["load_s"] for r in api),
+                "read_s": _median(r["read_s"] for r in api),
+                "read_cpu_s": _median(r["read_cpu_s"] for r in api),
+                "verified_s": _median(r["verified_s"] for r in api),
+                "verified_cpu_s": _median(r["verified_cpu_s"] for r in api),
                 "load_mb": max(r["loaded_mb"] for r in api),
             }
         )
@@ -259,6 +268,20 @@ def render(result: dict, command: str) -> str:
         *(
             f"| {r['flops']:g} | {r['cli_peak_mb']:.0f} MB | {mem(r['cli_step_mb'])} | {mem(r['slice_mb'])} "
             f"| {mem(r['model_mb'])} | {mem(r['load_mb'])} |"
+            for r in rows
+        ),
+    ]
+    lines += [
+        "",
+        "Integrity checks of `snapvit slice` (`ElasticBundle.read_verified`): reading the kept units alone, then "
+        "reading them while two threads hash the bundle file (its sha256 goes into `config.json`) and the "
+        "un-permuted weights (checked against the recorded `weights_sha256`), all through the one open file.",
+        "",
+        "| FLOPs kept | read kept units | read + verify | verification adds |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {r['flops']:g} | {r['read_s']:.2f} s ({r['read_cpu_s']:.2f}) "
+            f"| {r['verified_s']:.2f} s ({r['verified_cpu_s']:.2f}) | {r['verified_s'] - r['read_s']:.2f} s |"
             for r in rows
         ),
     ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from snapvit_cli.elastic.artifacts import require_kind, resolve_artifact
 from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.elastic.sliced import load_sliced
 from snapvit_cli.evaluation.evaluate import evaluate_target
+from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.evaluation.settings import EvalSettings
 
 
@@ -46,10 +46,11 @@ def evaluate(
     budgets: Sequence[float] | None = None,
     checkpoint: str | os.PathLike | None = None,
     revision: str | None = None,
-) -> dict[str, Any]:
-    """What ``snapvit eval --json`` prints: kNN (and with ``settings.probe`` linear-probe) accuracy, GMACs, params and
-    measured speed of ``target`` — a bundle (one row per FLOPs fraction in ``budgets``), a sliced model or a model
-    name — on ``data`` (an image folder, ``.npz``, ``hf:NAME`` or ``demo`` with train and test splits)."""
+) -> EvalReport:
+    """What ``snapvit eval`` measures (``.to_json()`` is what ``--json`` prints): kNN (and with ``settings.probe``
+    linear-probe) accuracy, GMACs, params and measured speed of ``target`` — a bundle (one row per FLOPs fraction
+    in ``budgets``), a sliced model or a model name — on ``data`` (an image folder, ``.npz``, ``hf:NAME`` or
+    ``demo`` with train and test splits)."""
     return evaluate_target(
         str(target), data, settings or EvalSettings(), budgets=budgets, checkpoint=checkpoint, revision=revision
     )

@@ -17,6 +17,7 @@ from snapvit_cli.data import load_images, preprocess
 from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.evaluation import evaluate as ev
 from snapvit_cli.evaluation.knn import knn_accuracy
+from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.hub.model_card import render_model_card
 
 DATA = "demo:60/20"  # 60 train / 20 test images: 6 and 2 per class
@@ -128,7 +129,10 @@ def test_plot_is_a_readable_png(bundle_report):
 def test_model_card_renders_the_report(bundle_report, demo_bundle):
     report, _ = bundle_report
     card = render_model_card(
-        ElasticBundle.open(demo_bundle).metadata, kind="bundle", repo_id="me/demo", eval_results=report
+        ElasticBundle.open(demo_bundle).metadata,
+        kind="bundle",
+        repo_id="me/demo",
+        eval_results=EvalReport.from_json(report),
     )
     dense, half = report["results"]
     assert "## Evaluation" in card and "flops 0.5 |" in card
@@ -180,15 +184,15 @@ def test_probe_never_sees_the_test_split(demo_bundle, monkeypatch):
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(ev, "train_linear_probe", spy)
-    first = ev.evaluate(target, data, settings)["results"][0]
+    first = ev.evaluate(target, data, settings).results[0]
     ((args, kwargs),) = calls
     assert [a.shape[0] for a in args] == [60, 60]  # train features and labels only
     assert torch.equal(args[1], data.train.labels)
     assert all(not isinstance(v, torch.Tensor) for v in kwargs.values())  # no val_x/val_y from elsewhere
 
     data.test.labels = data.test.labels[torch.randperm(20, generator=torch.Generator().manual_seed(1))]
-    second = ev.evaluate(target, data, settings)["results"][0]
-    assert second["probe"] == first["probe"]  # best_epoch and val_accuracy
+    second = ev.evaluate(target, data, settings).results[0]
+    assert second.probe_info == first.probe_info  # best_epoch and val_accuracy
 
 
 def test_missing_matplotlib_is_a_clear_error_before_any_work(demo_bundle, tmp_path, monkeypatch):
@@ -277,9 +281,9 @@ def test_features_are_extracted_once_per_model_and_split(demo_bundle, monkeypatc
     real_extract = ev.extract_features
     monkeypatch.setattr(ev, "extract_features", lambda model, images, *a, **k: calls.append(images.split) or
                         real_extract(model, images, *a, **k))  # fmt: skip
-    first, second = ev.evaluate(target, ev.EvalData.load(DATA, settings), settings)["results"]
+    first, second = ev.evaluate(target, ev.EvalData.load(DATA, settings), settings).results
     assert calls == ["train", "test"]
-    assert first["accuracy"] == second["accuracy"] and "features_train" not in second["wall_s"]
+    assert (first.knn, first.probe) == (second.knn, second.probe) and "features_train" not in second.wall_s
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.numpy import save_file
 
 from snapvit_cli.errors import BundleError, OutputExistsError
+from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.hub import client as hub
 from snapvit_cli.hub.client import HubError
 from snapvit_cli.hub.push import push
@@ -23,6 +24,7 @@ from tests.hub_artifacts import (
     snapshot,
 )
 from tests.hub_server import FakeHub
+from tests.test_model_card import EVAL
 
 REPO = "tester/tiny-snapvit"
 
@@ -125,7 +127,7 @@ def test_push_sliced_uploads_exactly_the_staged_files(fake_hub, sliced_dir, tmp_
 
 def test_push_keeps_a_user_written_readme(fake_hub, sliced_dir):
     (sliced_dir / "README.md").write_text("---\nlicense: mit\n---\n# My own card\n")
-    result = push(sliced_dir, REPO, token=TOKEN, eval_results={"results": [{"name": "x"}]})
+    result = push(sliced_dir, REPO, token=TOKEN, eval_results=EvalReport.from_json(EVAL))
     assert not result.card_generated
     assert fake_hub.files(REPO)["README.md"] == (sliced_dir / "README.md").read_bytes()
 

@@ -110,10 +110,10 @@ def test_bundle_records_the_file_and_its_scores(imported):
     path, bundle_path = imported
     raw = read_reference_scores(path)
     bundle = load_bundle(bundle_path)
-    scoring = bundle.metadata["scoring"]
+    scoring = bundle.metadata.scoring
 
-    assert scoring["method"] == "imported"
-    assert scoring["settings"]["provenance"] == {
+    assert scoring.method == "imported"
+    assert scoring.settings["provenance"] == {
         "file": path.name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "model_type": raw.model_type,
@@ -121,8 +121,8 @@ def test_bundle_records_the_file_and_its_scores(imported):
         "min_hidden_dim_keep_ratio": 0.05,
         "min_head_keep_ratio": 0.2,
     }
-    assert {k: v for k, v in scoring["settings"].items() if k != "provenance"} == raw.metadata
-    assert bundle.metadata["min_keep"] == {"mlp": 0.05, "heads": 0.2}
+    assert {k: v for k, v in scoring.settings.items() if k != "provenance"} == raw.metadata
+    assert bundle.metadata.min_keep == {"mlp": 0.05, "heads": 0.2}
     assert torch.equal(bundle.read_tensor("scores.mlp"), raw.mlp_scores)
     assert torch.equal(bundle.read_tensor("scores.heads"), raw.head_scores)
 
@@ -212,7 +212,7 @@ def test_cli_warns_when_the_file_was_scored_on_another_model(tmp_path):
     result = run("import-scores", path, "--model", "vit_tiny_patch16_224", "--no-pretrained", "-o", tmp_path / "b")
     assert result.exit_code == 0, result.output
     assert "was scored on deit3_small_patch16_224.fb_in22k_ft_in1k, not vit_tiny_patch16_224" in result.stderr
-    assert load_bundle(tmp_path / "b").metadata["scoring"]["settings"]["provenance"]["file"] == "scores.pt"
+    assert load_bundle(tmp_path / "b").metadata.scoring.settings["provenance"]["file"] == "scores.pt"
 
 
 def not_progress(stderr: str) -> list[str]:

@@ -16,7 +16,19 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from snapvit_cli.hub.model_card import HUB_LICENSES, render_model_card
+from snapvit_cli.elastic.records import BundleMetadata, SlicedConfig
+from snapvit_cli.errors import BundleError
+from snapvit_cli.evaluation.report import EvalReport
+from snapvit_cli.hub.model_card import HUB_LICENSES
+from snapvit_cli.hub.model_card import render_model_card as render_record
+
+
+def render_model_card(config: dict, *, kind: str, eval_results: dict | None = None, **kwargs) -> str:
+    """The card for a record given as its JSON (validated by the record, as every reader does)."""
+    record = SlicedConfig.from_json(config) if kind == "sliced" else BundleMetadata.from_json(config)
+    report = None if eval_results is None else EvalReport.from_json(eval_results)
+    return render_record(record, kind=kind, eval_results=report, **kwargs)
+
 
 BASE_MODEL = {
     "model_id": "dino_vitb16",
@@ -55,7 +67,7 @@ STRUCTURE = {
 SCORING = {"method": "magnitude", "settings": {"norm": "l2", "blocks": [0, 1]}, "timings_s": {"total": 1.5}}
 MIN_KEEP = {"mlp": 0.05, "heads": 0.2}
 
-# The schema of `sliced.sliced_config` and of the bundle metadata (test_fixtures_follow_the_real_schema).
+# A sliced model's config.json and a bundle's metadata, as written (SlicedConfig / BundleMetadata validate them).
 SLICED = {
     "snapvit_format_version": 1,
     "kind": "sliced-model",
@@ -133,20 +145,47 @@ EXAMPLES = [
     plan_json({"kind": "flops", "target": 0.5, "head_offset": 0.15}, 0.6, 0.45, 8.78, 42_900_000),
 ]
 
+
+def eval_row(name: str, budget, knn: float, probe: float | None = None, speed: dict | None = None) -> dict:
+    """One row of `snapvit eval --json` (a 3-block ViT-B/16; widths are not used by the card)."""
+    return {
+        "name": name,
+        "budget": budget,
+        "dense": budget == "dense",
+        "accuracy": {"knn": knn, "probe": probe},
+        "probe": None if probe is None else {"best_epoch": 3, "val_accuracy": 0.8},
+        "gmacs": 17.5 if budget == "dense" else 8.7,
+        "params": 85_800_000 if budget == "dense" else 43_000_000,
+        "flops_fraction": 1.0,
+        "params_fraction": 1.0,
+        "dense_gmacs": 17.5,
+        "dense_params": 85_800_000,
+        "resolution": 224,
+        "widths": {"mlp_hidden": [3072] * 3, "num_heads": [12] * 3},
+        "throughput": speed,
+        "latency_ms": None if speed is None else 3.2,
+        "wall_s": {"knn": 0.1},
+    }
+
+
+SPEED = {"images_per_s": 1234.5, "batch_size": 64, "device": "cuda", "dtype": "float16", "threads": 8, "warmup": 2,
+         "repeats": 5}  # fmt: skip
 EVAL = {
+    "format": "snapvit-eval",
+    "format_version": 1,
+    "snapvit_version": "0.1.0",
+    "target": "b.safetensors",
+    "target_kind": "bundle",
+    "dataset": {"train": {"n": 10}, "test": {"n": 5}},
+    "resolution": 224,
+    "preprocessing": {},
+    "settings": {"k": 20},
     "results": [
-        {
-            "name": "dense",
-            "budget": None,
-            "accuracy": {"knn": 76.1, "probe": 78.2},
-            "gmacs": 17.5,
-            "params": 85_800_000,
-            "throughput": {"images_per_s": 1234.5, "batch_size": 64, "device": "cuda", "dtype": "float16"},
-            "latency_ms": 3.2,
-        },
-        {"name": "half", "budget": {"kind": "flops", "target": 0.5}, "accuracy": {"knn": 71.3}},
-        {"name": "bare"},
-    ]
+        eval_row("dense", "dense", 0.761, 0.782, SPEED),
+        eval_row("half", {"kind": "flops", "target": 0.5, "head_offset": 0.15}, 0.713),
+        eval_row("ratios", {"kind": "ratios", "mlp": 0.35, "heads": 0.2}, 0.7),
+    ],
+    "wall_s": {"total": 1.0},
 }
 
 
@@ -250,7 +289,7 @@ def test_sliced_body_tables():
     cost = table_rows(text, "| | This model |")
     assert cost == [["GMACs", "8.7", "17.5", "49.7%"], ["Parameters", "43 M", "85.8 M", "50.1%"]]
     assert "GMACs at 224×224 input" in text
-    assert "keep 50.0% of the dense model's FLOPs (head offset 0.15)" in text
+    assert "- **Budget:** `flops 0.5` (head offset 0.15)" in text
     # mlp_ratio / head_ratio are the fractions *removed*
     assert "removed 41.0% of the MLP neurons and 26.0% of the attention heads" in text
     assert "method `magnitude` (norm = l2, blocks = [0,1])" in text
@@ -260,11 +299,11 @@ def test_sliced_body_tables():
     assert "## Evaluation" not in text
 
 
-def test_ratio_budget_is_shown_as_the_command_line():
+def test_ratio_budget_is_shown_with_the_one_label():
     config = copy.deepcopy(SLICED)
     config["budget"] = {"kind": "ratios", "mlp": 0.35, "heads": 0.2, "mlp_ratio": 0.35, "head_ratio": 0.2}
     text = render_model_card(config, kind="sliced", repo_id="me/x")
-    assert "- **Budget:** `--mlp 0.35 --heads 0.2`; removed 35.0% of the MLP neurons and 20.0%" in text
+    assert "- **Budget:** `mlp 0.35 heads 0.2`; removed 35.0% of the MLP neurons and 20.0%" in text
 
 
 def test_usage_names_the_pushed_revision():
@@ -275,17 +314,17 @@ def test_usage_names_the_pushed_revision():
     )
 
 
-def test_eval_table_tolerates_missing_keys():
+def test_eval_table_labels_every_budget_and_dashes_what_was_not_measured():
     text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=EVAL)
     assert table_rows(text, "| Model |") == [
-        ["dense", "—", "76.1", "78.2", "17.5", "85.8", "1234.5", "3.2"],
-        ["half", "flops 0.5", "71.3", "—", "—", "—", "—", "—"],
-        ["bare", "—", "—", "—", "—", "—", "—", "—"],
+        ["dense", "dense", "0.761", "0.782", "17.5", "85.8", "1234.5", "3.2"],
+        ["half", "flops 0.5", "0.713", "—", "8.7", "43", "—", "—"],
+        ["ratios", "mlp 0.35 heads 0.2", "0.7", "—", "8.7", "43", "—", "—"],  # was "ratios —"
     ]
     assert "batch_size 64, device cuda, dtype float16" in text
 
 
-@pytest.mark.parametrize("eval_results", [None, {}, {"results": []}])
+@pytest.mark.parametrize("eval_results", [None, {**EVAL, "results": []}])
 def test_no_eval_section_without_results(eval_results):
     text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=eval_results)
     assert "## Evaluation" not in text
@@ -303,8 +342,8 @@ def test_bundle_card():
     assert "method `magnitude`" in text and "5.0% of the MLP neurons and 20.0% of the attention heads" in text
     assert table_rows(text, "| Budget |") == [
         ["dense", "17.56", "85.8", "0.0%", "0.0%"],
-        ["FLOPs 75.0%", "13.17", "64.35", "30.0%", "15.0%"],
-        ["FLOPs 50.0%", "8.78", "42.9", "60.0%", "45.0%"],
+        ["flops 0.75", "13.17", "64.35", "30.0%", "15.0%"],
+        ["flops 0.5", "8.78", "42.9", "60.0%", "45.0%"],
     ]
     assert "GMACs at 224×224 input" in text
     assert "| Block |" not in text
@@ -314,23 +353,17 @@ def test_bundle_card_without_examples_has_no_table():
     assert "| Budget |" not in render_model_card(BUNDLE, kind="bundle", repo_id="me/x")
 
 
-def test_fixtures_follow_the_real_schema(tmp_path):
-    """The dicts above have the keys the core writes, so the card is tested on the real field names."""
+def test_plan_examples_carry_the_budget_record(tmp_path):
+    """The examples' budgets are what ``SlicePlan.to_json`` writes, read back by the one Budget record."""
     from snapvit_cli.elastic.bundle import ElasticBundle
-    from snapvit_cli.elastic.sliced import read_config
+    from snapvit_cli.elastic.records import Budget
     from tests.hub_artifacts import build_artifacts
 
-    bundle_path, sliced_dir = build_artifacts(tmp_path)
-    real_config = read_config(sliced_dir)
-    real_bundle = ElasticBundle.open(bundle_path)
-    for fixture, real in ((SLICED, real_config), (BUNDLE, real_bundle.metadata)):
-        assert set(fixture) == set(real)
-        for key, value in real.items():
-            if isinstance(value, dict) and key not in ("model_args", "settings", "timings_s"):
-                assert set(fixture[key]) == set(value), key
-    assert set(real_config["cost"]) == set(SLICED["cost"])
-    for plan in (real_bundle.plan(flops=0.5), real_bundle.plan(mlp=0.0, heads=0.0)):
+    bundle_path, _ = build_artifacts(tmp_path)
+    bundle = ElasticBundle.open(bundle_path)
+    for plan in (bundle.plan(flops=0.5), bundle.plan(mlp=0.0, heads=0.0)):
         real_plan = plan.to_json()
+        assert Budget.from_json(real_plan["budget"]) == plan.budget
         example = next(e for e in EXAMPLES if e["budget"]["kind"] == real_plan["budget"]["kind"])
         assert set(example) == set(real_plan) and set(example["budget"]) == set(real_plan["budget"])
 
@@ -344,13 +377,13 @@ def test_citation_and_method_description(kind):
     assert "https://arxiv.org/abs/2510.17700" in text
 
 
-def test_minimal_config_still_renders():
-    text = render_model_card({"kind": "sliced-model"}, kind="sliced", repo_id="me/x")
-    assert metadata_of(text)["license"] == "other"
-    assert "## Model details" not in text
-    assert 'snapvit_cli.load("hf-hub:me/x")' in text
+def test_incomplete_config_is_refused_before_rendering():
+    with pytest.raises(BundleError, match="config.json lacks"):
+        render_model_card({"kind": "sliced-model", "snapvit_format_version": 1}, kind="sliced", repo_id="me/x")
 
 
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="kind"):
-        render_model_card(SLICED, kind="model", repo_id="me/x")
+        render_record(SlicedConfig.from_json(SLICED), kind="model", repo_id="me/x")
+    with pytest.raises(ValueError, match="kind"):
+        render_record(SlicedConfig.from_json(SLICED), kind="bundle", repo_id="me/x")

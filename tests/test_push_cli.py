@@ -6,6 +6,7 @@ to a loopback Hub (tests/hub_server.py) and back; nothing in huggingface_hub is 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.hub_artifacts import (
     snapshot,
 )
 from tests.hub_server import FakeHub
+from tests.test_model_card import EVAL
 
 runner = CliRunner()
 SLICED_REPO = "tester/small-half"
@@ -105,7 +107,7 @@ def test_push_sliced_and_load_it_back_identically(server, artifacts):
     x = image_batch(local)
     assert torch.equal(remote(x), local(x))
     assert torch.equal(remote(x), load_bundle(bundle_path).slice(flops=SLICE_FLOPS)(x))
-    assert remote.snapvit_config == json.loads((sliced_dir / "config.json").read_text())
+    assert remote.snapvit_config.to_json() == json.loads((sliced_dir / "config.json").read_text())
 
 
 @torch.no_grad()
@@ -215,21 +217,26 @@ def test_bundle_card_lists_example_budgets(server, artifacts):
     bundle = load_bundle(bundle_path)
     for fraction in (0.9, 0.75, 0.5):
         plan = bundle.plan(flops=fraction)
-        assert f"| FLOPs {100 * fraction:.1f}% | {plan.gmacs:.4g} | {plan.params / 1e6:.4g} |" in text
+        assert f"| {plan.budget.label()} | {plan.gmacs:.4g} | {plan.params / 1e6:.4g} |" in text
     assert f"snapvit slice hf-hub:{BUNDLE_REPO} --flops 0.5 -o out" in text
 
 
 def test_eval_results_go_into_the_card(server, artifacts, tmp_path):
     _, sliced_dir = artifacts
     results = tmp_path / "eval.json"
-    results.write_text(json.dumps({"results": [{"name": "half", "accuracy": {"knn": 71.25}, "gmacs": 0.01}]}))
+    report = copy.deepcopy(EVAL)
+    report["results"][1]["accuracy"]["knn"] = 0.7125
+    results.write_text(json.dumps(report))
     push(sliced_dir, SLICED_REPO, "--eval-results", str(results))
     card = server.files(SLICED_REPO)["README.md"].decode()
-    assert "## Evaluation" in card and "| half | — | 71.25 |" in card
+    assert "## Evaluation" in card and "| half | flops 0.5 | 0.7125 |" in card
+    assert "| ratios | mlp 0.35 heads 0.2 | 0.7 |" in card
 
-    results.write_text("[1, 2]")
-    bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
-    assert bad.exit_code == 1 and "not `snapvit eval --json` output" in bad.stderr
+    for bad_report in ("[1, 2]", json.dumps({**EVAL, "results": [{"name": "half"}]}), '{"results": [NaN]}'):
+        results.write_text(bad_report)
+        bad = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, "--eval-results", str(results))
+        assert bad.exit_code == 1 and "not `snapvit eval --json` output" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_a_user_card_is_kept(server, artifacts):

@@ -29,7 +29,7 @@ def test_readme_quickstart_searches_with_two_updates(tmp_path, monkeypatch):
     result = runner.invoke(app, score)
     assert result.exit_code == 0, result.output
     bundle = load_bundle(Path(score[score.index("-o") + 1]))
-    search = bundle.metadata["scoring"]["settings"]["xnes"]
+    search = bundle.metadata.scoring.settings["xnes"]
     assert search["updates"] >= 2 and search["best_fitness"] <= search["initial_fitness"]
     assert "in 2 updates" in result.stdout or f"in {search['updates']} updates" in result.stdout
     result = runner.invoke(app, slice_)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -31,6 +31,9 @@ EPILOG = examples(
     "snapvit eval dino-b16-half/ -d cifar10.npz --no-speed --samples-test 1000",
     "snapvit eval vit_base_patch16_224.dino -d hf:cifar10 --plot dense.png",
 )
+
+if TYPE_CHECKING:
+    from snapvit_cli.evaluation.report import EvalReport
 
 
 @user_errors
@@ -198,7 +201,7 @@ def eval_(
 
         plot_accuracy_vs_gmacs(report, plot)
     if json_output:
-        emit_json(report)
+        emit_json(report.to_json())
         return
     _print_eval(report)
     if plot is not None:
@@ -219,12 +222,10 @@ def _parse_budgets(text: str | None) -> list[float] | None:
     return values
 
 
-def _print_eval(report: dict[str, Any]) -> None:
-    from snapvit_cli.evaluation.evaluate import budget_label
-
-    results = report["results"]
-    has_probe = any(r["accuracy"]["probe"] is not None for r in results)
-    has_speed = any(r["throughput"] is not None for r in results)
+def _print_eval(report: EvalReport) -> None:
+    results = report.results
+    has_probe = any(r.probe is not None for r in results)
+    has_speed = any(r.throughput is not None for r in results)
     columns = [(name, "left" if name == "budget" else "right") for name in ("budget", "GMACs", "FLOPs", "params (M)")]
     columns.append(("kNN top-1", "right"))
     if has_probe:
@@ -234,23 +235,23 @@ def _print_eval(report: dict[str, Any]) -> None:
     rows = []
     for r in results:
         row = [
-            budget_label(r["budget"]) + (" (dense)" if r["dense"] and isinstance(r["budget"], dict) else ""),
-            f"{r['gmacs']:.3f}",
-            f"{r['flops_fraction']:.1%}",
-            f"{r['params'] / 1e6:.2f}",
-            f"{r['accuracy']['knn']:.4f}",
+            r.label() + (" (dense)" if r.dense and r.budget is not None else ""),
+            f"{r.gmacs:.3f}",
+            f"{r.flops_fraction:.1%}",
+            f"{r.params / 1e6:.2f}",
+            f"{r.knn:.4f}",
         ]
         if has_probe:
-            row.append(f"{r['accuracy']['probe']:.4f}")
+            row.append(f"{r.probe:.4f}")
         if has_speed:
-            row += [f"{r['throughput']['images_per_s']:.1f}", f"{r['latency_ms']:.1f}"]
+            row += [f"{r.throughput.images_per_s:.1f}", f"{r.latency_ms:.1f}"]
         rows.append(row)
-    print_table(columns, rows, title=f"snapvit eval {report['target']}")
-    settings, train, test = report["settings"], report["dataset"]["train"], report["dataset"]["test"]
+    print_table(columns, rows, title=f"snapvit eval {report.target}")
+    settings, train, test = report.settings, report.dataset["train"], report.dataset["test"]
     vote = settings["vote"] + (f", T = {settings['temperature']:g}" if "temperature" in settings else "")
     lines = [
         f"data: {train['source']} ({train['n']} train / {test['n']} test images, {test['num_classes']} classes), "
-        f"{report['resolution']} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
+        f"{report.resolution} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
     ]
     if has_probe:
         lines.append(
@@ -258,11 +259,11 @@ def _print_eval(report: dict[str, Any]) -> None:
             f"{settings['probe_val_fraction']:.0%} validation split of train; test accuracy of that epoch"
         )
     if has_speed:
-        speed = results[0]["throughput"]
+        speed = results[0].throughput
         lines.append(
-            f"speed: {speed['device']}, {speed['dtype']}, {speed['threads']} threads, batch {speed['batch_size']} "
-            f"(latency at batch 1), median of {speed['repeats']} runs after {speed['warmup']} warm-up"
+            f"speed: {speed.device}, {speed.dtype}, {speed.threads} threads, batch {speed.batch_size} "
+            f"(latency at batch 1), median of {speed.repeats} runs after {speed.warmup} warm-up"
         )
-    lines.append(f"wall time: {report['wall_s']['total']:.1f} s")
+    lines.append(f"wall time: {report.wall_s['total']:.1f} s")
     for line in lines:
         say(line, markup=False)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -136,16 +135,8 @@ def push(
     say(f"load it with snapvit_cli.{loader}({result.hf_id!r})", markup=False)
 
 
-def _read_eval_results(path: Path) -> dict[str, Any]:
-    """``snapvit eval --json`` output: a JSON object with a ``results`` list."""
-    from snapvit_cli.errors import DataError
+def _read_eval_results(path: Path):
+    """``snapvit eval --json`` output, validated as an :class:`~snapvit_cli.evaluation.report.EvalReport`."""
+    from snapvit_cli.evaluation.report import read_report
 
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"--eval-results: cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise DataError(
-            f"--eval-results: {path} is not `snapvit eval --json` output (a JSON object with a 'results' list)"
-        )
-    return data
+    return read_report(path)

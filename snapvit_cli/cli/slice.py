@@ -208,13 +208,17 @@ def slice_(
 def _save_corrected(
     elastic, plan, output: Path, settings: CorrectionSettings, force: bool, quiet: bool
 ) -> dict[str, Any]:
-    """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record."""
+    """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record
+    with its wall time (reported here and in --json, never stored in the folder)."""
+    import time
+
     from snapvit_cli.elastic.sliced import read_config
 
+    start = time.perf_counter()
     stages = {"capture": "correction: calibration batches", "blocks": "correction: blocks"}
     with progress_bars(not quiet, stages) as progress:
         elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
-    record = read_config(output)["correction"]
+    record = {**read_config(output).correction, "seconds": round(time.perf_counter() - start, 3)}
     if not quiet:
         note(
             f"corrected {len(record['layers'])} layers on {record['images']} images in {record['seconds']:.1f} s "

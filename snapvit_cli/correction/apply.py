@@ -82,14 +82,13 @@ class CorrectionResult:
     data: dict[str, Any] | None = None  # describe() of the calibration images, when known
 
     def to_json(self) -> dict[str, Any]:
-        """The settings and per-layer errors, for ``config.json``."""
+        """The settings and per-layer errors, for ``config.json`` (no timings: the same run gives the same file)."""
         return {
             **({"data": self.data} if self.data is not None else {}),
             "method": "least-squares",
             "damping": str(self.damping),
             "inputs": "sequential" if self.sequential else "dense",
             "images": self.images,
-            "seconds": round(self.seconds, 3),
             "layers": [asdict(layer) for layer in self.layers],
         }
 

@@ -17,6 +17,7 @@ import torch
 from snapvit_cli.adapters import Widths
 from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP
+from snapvit_cli.elastic.records import Budget
 from snapvit_cli.errors import BudgetError
 
 
@@ -55,7 +56,7 @@ class SlicePlan:
     """What a budget resolves to: widths per block, removed fractions, and the resulting cost."""
 
     widths: Widths
-    budget: dict
+    budget: Budget
     mlp_removed: int
     heads_removed: int
     mlp_ratio: float
@@ -77,6 +78,7 @@ class SlicePlan:
     def to_json(self) -> dict:
         data = asdict(self)
         data["widths"] = self.widths.to_json()
+        data["budget"] = self.budget.to_json()
         data["flops_fraction"] = self.flops_fraction
         data["params_fraction"] = self.params_fraction
         return data
@@ -131,7 +133,7 @@ def plan_slice(
                     f"{name} {r} removes more than the minimum keep allows (at most {most:.4f})", param=name
                 )
         n_m, n_h = removal_count(total_m, r_m), removal_count(total_h, r_h)
-        budget = {"kind": "ratios", "mlp": r_m, "heads": r_h}
+        budget = Budget("ratios", mlp=r_m, heads=r_h)
     else:
         kind = given[0]
         fraction = flops if kind == "flops" else params
@@ -154,7 +156,7 @@ def plan_slice(
                 f"{head_offset}: the smallest model keeps {floor_fraction / base:.3f}",
                 param=kind,
             )
-        budget = {"kind": kind, "target": fraction, "head_offset": head_offset}
+        budget = Budget(kind, target=fraction, head_offset=head_offset)
 
     mlp_widths = select_widths(_sorted(mlp_scores), n_m, min_keep["mlp"])
     if round_to != 1:

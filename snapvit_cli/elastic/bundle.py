@@ -10,41 +10,47 @@ Layout (all tensors in one file):
   ``order[l, k]``), so ``scores.gather(1, order)`` is descending per row;
 - optional method extras, e.g. ``raw.mlp``, ``ga.mlp_weight``, ``ga.fitness_trace``.
 
-The header metadata holds ``"format": "pt"`` and ``"snapvit"``: a JSON document with the format version, the source
-model, the structure, the scoring method with every setting, the min-keep ratios and the snapvit version.
+The header metadata holds ``"format": "pt"`` and ``"snapvit"``: the :class:`~snapvit_cli.elastic.records.BundleMetadata`
+record (format version, source model, structure, scoring method with every setting, min-keep ratios, snapvit and
+library versions), written with sorted keys and without timings, so the same inputs give the same bytes.
+
+Opening a bundle checks, before anything is built, that the metadata is well-formed and bounded and that the
+tensors it implies are the file's, in names and shapes; the file is then read through one handle
+(:class:`~snapvit_cli.elastic.safetensors_io.OpenFile`), so a bundle replaced while it is read is never mixed in.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
 from snapvit_cli.adapters.cost import CostTerms
-from snapvit_cli.elastic.artifacts import BUNDLE_KIND
 from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
+from snapvit_cli.elastic.records import BundleMetadata, Scoring, environment
+from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
-from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix
+from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix, unpermuted_sha256
+from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_path, check_output, sha256_file
+from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
+from snapvit_cli.schema import parse_json, sorted_json
 from snapvit_cli.scoring.scoreset import ScoreSet
 
 if TYPE_CHECKING:
     from snapvit_cli.correction.apply import Progress as CorrectionProgress
     from snapvit_cli.correction.settings import CorrectionSettings
 
-FORMAT_VERSION = 1
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
 ORDER_KEYS = {MLP: "order.mlp", HEADS: "order.heads"}
@@ -64,7 +70,10 @@ def write_bundle(
     min_keep: dict[str, float] | None = None,
     force: bool = False,
 ) -> Path:
-    """Permute ``model`` by ``scores`` and write the bundle atomically (never overwriting without ``force``)."""
+    """Permute ``model`` by ``scores`` and write the bundle atomically (never overwriting without ``force``).
+
+    The file holds no timings (``scores.timings`` stay with the caller), so the same inputs give the same bytes.
+    """
     path = check_output(path, force)
     adapter = get_adapter(model)
     dense = adapter.widths()
@@ -87,58 +96,77 @@ def write_bundle(
         tensors[WEIGHT_PREFIX + name] = tensor.contiguous()
     for name, tensor in scores.extras.items():
         tensors[name] = tensor.detach().cpu().contiguous()
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "kind": BUNDLE_KIND,
-        "snapvit_version": __version__,
-        "source": source.to_json(),
-        "structure": adapter.structure(),
-        "min_keep": {**DEFAULT_MIN_KEEP, **(min_keep or {})},
-        "scoring": {"method": scores.method, "settings": scores.settings, "timings_s": scores.timings},
-        "extras": sorted(scores.extras),
-    }
+    metadata = BundleMetadata(
+        snapvit_version=__version__,
+        source=source,
+        structure=adapter.structure(),
+        min_keep={**DEFAULT_MIN_KEEP, **(min_keep or {})},
+        scoring=Scoring(scores.method, scores.settings),
+        extras=tuple(sorted(scores.extras)),
+        environment=environment(),
+    )
+    text = sorted_json(metadata.to_json())
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
+        save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: text})
     return path
 
 
 class ElasticBundle:
     """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are memory-mapped once and kept, so
-    switching budget at run time costs a prefix copy, not a reload. ``read_state_dict`` serves one-off cuts."""
+    switching budget at run time costs a prefix copy, not a reload. ``read_state_dict`` serves one-off cuts.
 
-    def __init__(self, path: Path, metadata: dict[str, Any], scores: dict[str, torch.Tensor], adapter: ModelAdapter):
-        self.path = path
+    Every read goes through the file handle opened by :meth:`open`, so the bundle stays the version that was
+    validated even if its path is replaced meanwhile.
+    """
+
+    def __init__(
+        self,
+        file: OpenFile,
+        metadata: BundleMetadata,
+        scores: dict[str, torch.Tensor],
+        orders: dict[str, torch.Tensor],
+        adapter: ModelAdapter,
+    ):
+        self._file = file
+        self.path = file.path
         self.metadata = metadata
-        self.source = ModelSource.from_json(metadata["source"])
-        self.structure: dict[str, Any] = metadata["structure"]
-        self.min_keep: dict[str, float] = metadata["min_keep"]
+        self.source = metadata.source
+        self.structure: dict[str, Any] = metadata.structure
+        self.min_keep: dict[str, float] = metadata.min_keep
         self.scores = scores  # descending per block, aligned with the permuted weights
+        self._orders = orders  # original unit of each permuted unit, per block
         self._adapter = adapter  # on a meta-device skeleton: shapes only
         self._weights: dict[str, torch.Tensor] | None = None
 
     # --- reading -------------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike) -> ElasticBundle:
-        """Open and validate a bundle: format version, required tensors, shapes against the architecture."""
-        path = Path(path)
-        if not path.is_file():
-            raise BundleError(f"bundle {path} does not exist")
+        """Open and validate a bundle: the metadata record, the tensors it implies against the file's (names and
+        shapes, before anything is built or read), then the scores and orders."""
+        file = OpenFile(path, "bundle")
+        path = file.path
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with file.safe_open() as f:
                 header = f.metadata() or {}
                 keys = set(f.keys())
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-                metadata = _parse_metadata(path, header)
-                source = ModelSource.from_json(metadata["source"])
-                skeleton = _skeleton(path, source)
+                metadata = _parse_metadata(header)
+                _precheck(metadata, shapes)
+                skeleton = _skeleton(metadata.source)
                 adapter = get_adapter(skeleton)
-                _check_tensors(path, keys, shapes, skeleton, adapter)
+                _check_tensors(metadata, shapes, skeleton, adapter)
                 raw = {k: f.get_tensor(k) for k in (*SCORE_KEYS.values(), *ORDER_KEYS.values())}
+        except BundleError as exc:
+            message = str(exc)
+            raise BundleError(message if message.startswith(str(path)) else f"{path}: {message}") from None
         except SnapvitError:
             raise
         except Exception as exc:  # noqa: BLE001 - safetensors reports corruption with several exception types
-            raise BundleError(f"{path} is not a readable safetensors bundle (truncated or corrupt?): {exc}") from None
-        scores = {}
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise BundleError(
+                f"{path} is not a readable safetensors bundle (truncated or corrupt?): {reason}"
+            ) from None
+        scores, orders = {}, {}
         for kind in (MLP, HEADS):
             values, order = raw[SCORE_KEYS[kind]].double(), raw[ORDER_KEYS[kind]].long()
             if not torch.equal(torch.sort(order, dim=1).values, torch.arange(order.shape[1]).expand_as(order)):
@@ -146,7 +174,8 @@ class ElasticBundle:
             if not torch.isfinite(values).all():
                 raise BundleError(f"{path}: {SCORE_KEYS[kind]} contains NaN or infinity")
             scores[kind] = values.gather(1, order)
-        return cls(path, metadata, scores, adapter)
+            orders[kind] = order
+        return cls(file, metadata, scores, orders, adapter)
 
     @property
     def num_blocks(self) -> int:
@@ -161,7 +190,7 @@ class ElasticBundle:
 
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor of the file by its stored name (e.g. ``raw.mlp``), read on demand."""
-        with safe_open(str(self.path), framework="pt") as f:
+        with self._file.reading(), self._file.safe_open() as f:
             if name not in f.keys():
                 raise BundleError(f"{self.path} has no tensor {name!r}")
             return f.get_tensor(name)
@@ -170,11 +199,29 @@ class ElasticBundle:
         """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
         the mapping is copy-on-write, so nothing ever writes to the file)."""
         if self._weights is None:
-            with safe_open(str(self.path), framework="pt", backend="mmap") as f:
+            with self._file.reading(), self._file.safe_open(backend="mmap") as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
         return self._weights
+
+    def sha256(self) -> str:
+        """sha256 of the bundle file as opened (the Hub's LFS id for it), read through the open handle."""
+        return self._file.sha256()
+
+    def verify_weights(self) -> None:
+        """Check that the stored weights, put back in their original unit order, hash to the source's
+        ``weights_sha256`` (one tensor in memory at a time); a bundle that records no hash passes."""
+        expected = self.source.weights_sha256
+        if not expected:
+            return
+        with self._file.reading(), self._file.safe_open(backend="pread") as f:
+            digest = unpermuted_sha256(f, self._adapter, self._orders, prefix=WEIGHT_PREFIX)
+        if digest != expected:
+            raise BundleError(
+                f"{self.path}: the weights do not match the weights_sha256 recorded in the bundle "
+                "(corrupt, edited or changed while being read); nothing was written"
+            )
 
     # --- slicing -------------------------------------------------------------------------------------------------
     def plan(
@@ -214,8 +261,29 @@ class ElasticBundle:
     def read_state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
         """The same as :meth:`state_dict`, read straight from the file without keeping the dense weights: only the
         kept units' bytes are read, so a one-off cut (``snapvit slice``) needs about the memory of its result."""
-        with safe_open(str(self.path), framework="pt", backend="pread") as f:
+        with self._file.reading(), self._file.safe_open(backend="pread") as f:
             return read_prefix(f, self._adapter, widths, prefix=WEIGHT_PREFIX)
+
+    def read_verified(self, widths: Widths) -> tuple[dict[str, torch.Tensor], str]:
+        """:meth:`read_state_dict` plus the file's sha256, after checking the whole bundle: the weights against
+        ``weights_sha256`` and the file's hash (each in a thread of its own while the kept units are read), finite
+        values, and that the file did not change in place meanwhile. What :meth:`save_slice` writes comes from here."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapvit-verify") as pool:
+            weights_ok, file_sha256 = pool.submit(self.verify_weights), pool.submit(self.sha256)
+            state = self.read_state_dict(widths)
+            weights_ok.result()
+            bundle_sha256 = file_sha256.result()
+        self._file.check_unchanged()
+        check_finite(state, f"{self.path}: the sliced weights")
+        return state, bundle_sha256
+
+    def verified_sha256(self) -> str:
+        """The bundle file's sha256 after :meth:`verify_weights`, both read through the open handle; raises if
+        the file changed in place meanwhile. For writers of anything derived from the bundle."""
+        self.verify_weights()
+        digest = self.sha256()
+        self._file.check_unchanged()
+        return digest
 
     def save_slice(
         self,
@@ -227,20 +295,25 @@ class ElasticBundle:
         progress: CorrectionProgress | None = None,
     ) -> Path:
         """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does; ``config.json`` records
-        the bundle file's sha256 (the Hub's LFS id for it).
+        the bundle file's sha256 (the Hub's LFS id for it), verified with the weights (:meth:`read_verified`).
 
-        Without ``correction`` the weights come from :meth:`read_state_dict`. With it, the kept columns of each
+        Without ``correction`` the weights come from :meth:`read_verified`. With it, the kept columns of each
         consumer layer are re-fit on its calibration images first (:mod:`snapvit_cli.correction`), and
-        ``config.json["correction"]`` records the settings, the images and every layer's error.
+        ``config.json``'s ``correction`` records the settings, the images and every layer's error (no timings).
         """
-        config = sliced_config(self.metadata, plan, bundle_sha256=sha256_file(self.path))
         if correction is None:
-            return save_sliced(out_dir, self.read_state_dict(plan.widths), config, force=force)
+            state, bundle_sha256 = self.read_verified(plan.widths)
+            config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
+            return save_sliced(out_dir, state, config, force=force)
         check_output(out_dir, force)  # fail before the expensive part
         from snapvit_cli.correction.apply import correct_with_settings
 
+        bundle_sha256 = self.verified_sha256()
         result = correct_with_settings(self, plan, correction, progress=progress)
-        return save_sliced(out_dir, result.state, {**config, "correction": result.to_json()}, force=force)
+        self._file.check_unchanged()
+        check_finite(result.state, f"{self.path}: the corrected weights")
+        config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
+        return save_sliced(out_dir, result.state, replace(config, correction=result.to_json()), force=force)
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
@@ -264,46 +337,46 @@ def load_bundle(path: str | os.PathLike) -> ElasticBundle:
     return ElasticBundle.open(path)
 
 
-def _parse_metadata(path: Path, header: dict[str, str]) -> dict[str, Any]:
+def _parse_metadata(header: dict[str, str]) -> BundleMetadata:
     if METADATA_KEY not in header:
-        raise BundleError(f"{path} is a safetensors file but not a snapvit bundle (no '{METADATA_KEY}' metadata)")
-    try:
-        metadata = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: bundle metadata is not valid JSON ({exc})") from None
-    if metadata.get("kind") != BUNDLE_KIND:
-        raise BundleError(f"{path} is a snapvit {metadata.get('kind', 'file')}, not an elastic bundle")
-    version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        hint = "; upgrade snapvit" if newer else ""
-        raise BundleError(
-            f"{path} has bundle format version {version!r}; this snapvit reads version {FORMAT_VERSION}{hint}"
-        )
-    for key in ("source", "structure", "min_keep", "scoring"):
-        if key not in metadata:
-            raise BundleError(f"{path}: bundle metadata lacks '{key}'")
-    return metadata
+        raise BundleError(f"a safetensors file but not a snapvit bundle (no '{METADATA_KEY}' metadata)")
+    return BundleMetadata.from_json(parse_json(header[METADATA_KEY], "bundle metadata"))
 
 
-def _skeleton(path: Path, source: ModelSource) -> nn.Module:
+def _precheck(metadata: BundleMetadata, shapes: dict[str, tuple[int, ...]]) -> None:
+    """What the metadata says about size, checked against the file's tensor list before any model is built, so
+    that building the skeleton costs no more than the file is large (a small file claiming depth 10^5 stops here)."""
+    structure = metadata.structure
+    precheck_size(structure, metadata.source.model_args, shapes, WEIGHT_PREFIX)
+    n = structure["num_blocks"]
+    for kind, width in ((MLP, structure["mlp_hidden"]), (HEADS, structure["num_heads"])):
+        for key in (SCORE_KEYS[kind], ORDER_KEYS[kind]):
+            if shapes.get(key) != (n, width):
+                raise BundleError(f"tensor {key} has shape {list(shapes.get(key, ()))}, expected {[n, width]}")
+
+
+def _skeleton(source: ModelSource) -> nn.Module:
     try:
         return build_architecture(source, device="meta")
     except Exception as exc:  # noqa: BLE001 - a bad architecture record is a bad bundle
-        raise BundleError(f"{path}: cannot rebuild architecture {source.architecture!r}: {exc}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"cannot rebuild architecture {source.architecture!r}: {reason}") from None
 
 
-def _check_tensors(path: Path, keys: set[str], shapes: dict, skeleton: nn.Module, adapter: ModelAdapter) -> None:
+def _check_tensors(metadata: BundleMetadata, shapes: dict, skeleton: nn.Module, adapter: ModelAdapter) -> None:
+    """The file's tensors are exactly those the metadata implies (plus the extras it lists), in names and shapes;
+    and the structure record describes the architecture that was built."""
+    if adapter.structure() != metadata.structure:
+        raise BundleError("the structure record does not describe the architecture built from source")
     expected = {WEIGHT_PREFIX + k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     dense = adapter.widths()
     for kind in (MLP, HEADS):
         shape = (adapter.num_blocks, dense.of(kind)[0])
         expected[SCORE_KEYS[kind]] = shape
         expected[ORDER_KEYS[kind]] = shape
-    missing = sorted(set(expected) - keys)
-    if missing:
-        raise BundleError(f"{path} is missing {len(missing)} tensors, e.g. {missing[:3]}")
-    wrong = [(k, shapes[k], s) for k, s in expected.items() if shapes[k] != s]
-    if wrong:
-        name, got, want = wrong[0]
-        raise BundleError(f"{path}: tensor {name} has shape {list(got)} but the metadata implies {list(want)}")
+    listed = set(metadata.extras)
+    if listed & set(expected) or any(name.startswith(WEIGHT_PREFIX) for name in listed):
+        raise BundleError("an extra tensor listed in the metadata shadows a weight, score or order")
+    if not listed <= set(shapes):
+        raise BundleError(f"extra tensors {sorted(listed - set(shapes))[:3]} listed in the metadata are missing")
+    check_same_tensors(expected, shapes, listed)

@@ -1,135 +1,150 @@
 """Sliced models on disk: a folder with ``model.safetensors`` and ``config.json``, ready to push and to load.
 
-``config.json`` records everything needed to rebuild the model from stock timm modules without the bundle: the timm
-architecture and arguments, per-block widths, preprocessing, the budget and its measured cost, and provenance.
+``config.json`` is the :class:`~snapvit_cli.elastic.records.SlicedConfig` record: the timm architecture and its
+(allow-listed) arguments, per-block widths, preprocessing, the budget and its measured cost, and provenance. It is
+written with sorted keys, so the same slice gives the same bytes. Loading checks ``model.safetensors`` against the
+config before using it: the same tensor names and shapes as the architecture the config describes (compared on
+the header, before any value is read), and finite values.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from snapvit_cli._version import __version__
-from snapvit_cli.adapters import Widths
+from snapvit_cli.adapters import Widths, get_adapter
 from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_KIND, WEIGHTS_NAME
 from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.records import (
+    BundleMetadata,
+    Cost,
+    SlicedConfig,
+    environment,
+)
+from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.surgery import build_model
+from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
-from snapvit_cli.models.loading import ModelSource, build_architecture
+from snapvit_cli.models.loading import build_architecture
+from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
 
-FORMAT_VERSION = 1
 
-
-def sliced_config(metadata: dict[str, Any], plan: SlicePlan, *, bundle_sha256: str | None = None) -> dict[str, Any]:
-    """``config.json`` content for a model cut from a bundle with ``metadata`` according to ``plan``."""
-    source = metadata["source"]
-    return {
-        "snapvit_format_version": FORMAT_VERSION,
-        "kind": SLICED_KIND,
-        "architecture": source["architecture"],
-        "model_args": source["model_args"],
-        "pretrained_cfg": source["pretrained_cfg"],
-        "base_model": {
-            key: source.get(key)
-            for key in (
-                "model_id",
-                "timm_name",
-                "hf_hub_id",
-                "revision",
-                "weights_sha256",
-                "license",
-                "checkpoint",
-            )
+def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
+    """The ``config.json`` record of a model cut from a bundle with ``metadata`` according to ``plan``."""
+    source = metadata.source
+    return SlicedConfig(
+        architecture=source.architecture,
+        model_args=source.model_args,
+        pretrained_cfg=source.pretrained_cfg,
+        base_model={
+            "model_id": source.model_id,
+            "timm_name": source.timm_name,
+            "hf_hub_id": source.hf_hub_id,
+            "revision": source.revision,
+            "weights_sha256": source.weights_sha256,
+            "license": source.license,
+            "checkpoint": source.checkpoint,
         },
-        "structure": metadata["structure"],
-        "widths": plan.widths.to_json(),
-        "head_dim": metadata["structure"]["head_dim"],
-        "budget": {**plan.budget, "mlp_ratio": plan.mlp_ratio, "head_ratio": plan.head_ratio},
-        "cost": {
-            "resolution": plan.resolution,
-            "gmacs": plan.gmacs,
-            "params": plan.params,
-            "dense_gmacs": plan.dense_gmacs,
-            "dense_params": plan.dense_params,
-            "flops_fraction": plan.flops_fraction,
-            "params_fraction": plan.params_fraction,
-        },
-        "min_keep": metadata["min_keep"],
-        "scoring": metadata["scoring"],
-        "bundle_sha256": bundle_sha256,
-        "snapvit_version": __version__,
-    }
+        structure=metadata.structure,
+        widths=plan.widths.to_json(),
+        budget=plan.budget,
+        mlp_ratio=plan.mlp_ratio,
+        head_ratio=plan.head_ratio,
+        cost=Cost(plan.resolution, plan.gmacs, plan.params, plan.dense_gmacs, plan.dense_params),
+        min_keep=metadata.min_keep,
+        scoring=metadata.scoring,
+        bundle_sha256=bundle_sha256,
+        snapvit_version=__version__,
+        environment=environment(),
+    )
 
 
 def save_sliced(
-    out_dir: str | os.PathLike, state: dict[str, torch.Tensor], config: dict[str, Any], *, force: bool = False
+    out_dir: str | os.PathLike, state: dict[str, torch.Tensor], config: SlicedConfig, *, force: bool = False
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing)."""
     out_dir = check_output(out_dir, force)
+    text = json.dumps(config.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
     with atomic_dir(out_dir) as tmp:
-        save_file(
+        save_canonical(
             {k: v.contiguous() for k, v in state.items()},
-            str(tmp / WEIGHTS_NAME),
-            metadata={"format": "pt", "snapvit": json.dumps({"kind": SLICED_KIND})},
+            tmp / WEIGHTS_NAME,
+            {"format": "pt", "snapvit": json.dumps({"kind": SLICED_KIND})},
         )
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CONFIG_NAME).write_text(text)
     return out_dir
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a sliced model's ``config.json``."""
+def read_config(folder: str | os.PathLike) -> SlicedConfig:
+    """Read and validate a sliced model's ``config.json`` (a folder, or the file itself)."""
     folder = Path(folder)
     path = folder / CONFIG_NAME if folder.is_dir() else folder
     if not path.is_file():
         raise BundleError(f"{folder} is not a sliced model: {CONFIG_NAME} not found")
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from None
-    if config.get("kind") != SLICED_KIND:
-        raise BundleError(f"{path} does not describe a snapvit sliced model")
-    version = config.get("snapvit_format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path} has format version {version!r}; this snapvit reads version {FORMAT_VERSION}")
-    for key in ("architecture", "model_args", "widths"):
-        if key not in config:
-            raise BundleError(f"{path} lacks '{key}'")
-    return config
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_CHARS + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} cannot be read as UTF-8 text ({exc})") from None
+    try:
+        return SlicedConfig.from_json(parse_json(text, CONFIG_NAME))
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
 
 
 def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a sliced model from its folder: stock timm modules resized per block, weights from safetensors."""
+    """Rebuild a sliced model from its folder: stock timm modules resized per block, weights from safetensors.
+
+    The weights file is checked against ``config.json`` before its values are read (tensor names and shapes of the
+    architecture the config describes) and after (finite values), through one open handle.
+    """
     folder = Path(folder)
     config = read_config(folder)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise BundleError(f"{folder} is not a sliced model: {WEIGHTS_NAME} not found")
-    source = ModelSource(
-        model_id=config.get("base_model", {}).get("model_id", ""),
-        timm_name=config["architecture"],
-        architecture=config["architecture"],
-        model_args=config["model_args"],
-        pretrained_cfg=config.get("pretrained_cfg", {}),
-        weights_sha256="",
-    )
+    weights = OpenFile(folder / WEIGHTS_NAME, f"sliced model's {WEIGHTS_NAME}")
     try:
-        widths = Widths.from_json(config["widths"])
-        skeleton = build_architecture(source, device="meta")
-        with safe_open(str(weights), framework="pt", device=str(device)) as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        with weights.safe_open() as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            precheck_size(config.structure, config.model_args, shapes, "")
+            skeleton, resized, widths = _skeletons(config)
+            check_same_tensors({k: tuple(v.shape) for k, v in resized.state_dict().items()}, shapes)
+            state = {k: f.get_tensor(k) for k in shapes}
+        weights.check_unchanged()
+        check_finite(state, str(weights.path))
+        if str(device) != "cpu":
+            state = {k: v.to(device) for k, v in state.items()}
         model = build_model(skeleton, widths, state)
+    except BundleError as exc:
+        raise BundleError(f"{folder}: {exc}") from None
     except SnapvitError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any mismatch between files is a bad model folder
-        raise BundleError(f"{folder}: weights do not match config.json ({exc})") from None
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **source.pretrained_cfg}
+    except Exception as exc:  # noqa: BLE001 - any other mismatch between the files is a bad model folder
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None
+    finally:
+        weights.close()
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **config.pretrained_cfg}
     model.snapvit_config = config
     return model
+
+
+def _skeletons(config: SlicedConfig) -> tuple[nn.Module, nn.Module, Widths]:
+    """The dense architecture on the meta device, and a copy resized to the config's widths: the shapes the file
+    must have."""
+    skeleton = build_architecture(config.source(), device="meta")
+    adapter = get_adapter(skeleton)
+    if adapter.structure() != config.structure:
+        raise BundleError("config.json's structure does not describe the architecture it names")
+    widths = Widths.from_json(config.widths)
+    resized = copy.deepcopy(skeleton)
+    adapter = get_adapter(resized)
+    for i in range(adapter.num_blocks):
+        adapter.resize_block(i, widths.mlp[i], widths.heads[i])
+    return skeleton, resized, widths

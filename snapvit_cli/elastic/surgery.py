@@ -7,7 +7,8 @@ the kept units. :func:`build_model` then turns a sliced state dict into a module
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -98,6 +99,34 @@ def _read_units(part: Any, spec: UnitTensor, count: int) -> torch.Tensor:
     lead = (slice(None),) * axis
     pieces = [part[(*lead, slice(g * group, g * group + keep))] for g in range(spec.groups)]
     return torch.cat(pieces, dim=axis) if len(pieces) > 1 else pieces[0].contiguous()
+
+
+def state_sha256(items: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Content hash of ``(name, tensor)`` pairs given in sorted name order: names, dtypes, shapes and bytes,
+    independent of the file format (``ModelSource.weights_sha256``)."""
+    digest = hashlib.sha256()
+    for key, tensor in items:
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
+    return digest.hexdigest()
+
+
+def unpermuted_sha256(file: Any, adapter: ModelAdapter, orders: dict[str, torch.Tensor], prefix: str = "") -> str:
+    """:func:`state_sha256` of the state dict stored permuted by ``orders`` in the open safetensors ``file``, as it
+    was before permuting: each tensor is read, put back in original unit order and hashed, one at a time."""
+    inverse = {kind: torch.argsort(order, dim=1) for kind, order in orders.items()}
+    units = _unit_args(adapter, lambda kind, i: inverse[kind][i])
+    names = sorted(name[len(prefix) :] for name in file.keys() if name.startswith(prefix))
+
+    def restored() -> Iterable[tuple[str, torch.Tensor]]:
+        for key in names:
+            tensor = file.get_tensor(prefix + key)
+            for spec, index in units.get(key, []):
+                tensor = take_units(tensor, spec, index)
+            yield key, tensor
+
+    return state_sha256(restored())
 
 
 def build_model(skeleton: nn.Module, widths: Widths, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -6,8 +6,8 @@ latency. Features are the pooled embedding with the classifier disabled (§1.4),
 split. The linear probe selects its checkpoint on a validation split carved from the train split: the test
 split is only ever scored, never used for selection.
 
-The report is a plain JSON-ready dict (schema in the README, ``snapvit eval --json``); ``snapvit push
---eval-results`` puts its ``results`` table into a model card.
+The report is an :class:`~snapvit_cli.evaluation.report.EvalReport` (its JSON is ``snapvit eval --json``, schema in
+the README); ``snapvit push --eval-results`` puts its rows into a model card.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,13 @@ from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.records import Budget, budget_label
 from snapvit_cli.errors import BudgetError, SnapvitError
 from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
+from snapvit_cli.evaluation.report import EvalReport, EvalRow, Throughput
 from snapvit_cli.evaluation.settings import DEFAULT_BUDGETS, EvalSettings
 
-REPORT_FORMAT = "snapvit-eval"
-REPORT_VERSION = 1
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Progress is reported as (label, done, total); the CLI draws one bar per label.
@@ -47,7 +47,7 @@ class Candidate:
     """One model of a target, built on demand so that only one budget's weights exist at a time."""
 
     name: str
-    budget: dict[str, Any] | None  # None: the target's dense model
+    budget: Budget | None  # None: the target's dense model
     build: Callable[[], nn.Module]
 
 
@@ -112,26 +112,20 @@ def _bundle_target(spec: str, path: Path, name: str, budgets: Sequence[float]) -
     plans = [bundle.plan(flops=fraction) for fraction in budgets]  # unreachable budgets fail before any work
 
     def candidate(plan: SlicePlan) -> Candidate:
-        return Candidate(name, dict(plan.budget), lambda: bundle.slice(plan))
+        return Candidate(name, plan.budget, lambda: bundle.slice(plan))
 
     return Target(spec, "bundle", bundle.source.pretrained_cfg, bundle.skeleton(), [candidate(p) for p in plans])
 
 
 def _sliced_target(spec: str, folder: Path, name: str) -> Target:
-    from snapvit_cli.elastic.sliced import load_sliced, read_config
-    from snapvit_cli.models.loading import ModelSource, build_architecture
+    from snapvit_cli.elastic.sliced import load_sliced
+    from snapvit_cli.models.loading import build_architecture
 
-    config = read_config(folder)
-    source = ModelSource(
-        model_id="",
-        timm_name=config["architecture"],
-        architecture=config["architecture"],
-        model_args=config["model_args"],
-        pretrained_cfg=config.get("pretrained_cfg", {}),
-        weights_sha256="",
-    )
-    candidate = Candidate(name, config.get("budget"), lambda: load_sliced(folder))
-    return Target(spec, "sliced", source.pretrained_cfg, build_architecture(source, device="meta"), [candidate])
+    model = load_sliced(folder)  # checked against its config (names, shapes, finite values) before any data is read
+    config = model.snapvit_config
+    candidate = Candidate(name, config.budget, lambda: model)
+    dense = build_architecture(config.source(), device="meta")  # cost fractions and "dense" flags
+    return Target(spec, "sliced", config.pretrained_cfg, dense, [candidate])
 
 
 def _model_target(spec: str, checkpoint: str | Path | None, revision: str | None) -> Target:
@@ -300,7 +294,7 @@ def evaluate_target(
     checkpoint: str | Path | None = None,
     revision: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Open TARGET and the data, then :func:`evaluate`; the report's ``wall_s`` includes both openings."""
     started = time.perf_counter()
     target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision)
@@ -308,42 +302,40 @@ def evaluate_target(
     data = EvalData.load(data_source, settings)
     loaded = time.perf_counter()
     report = evaluate(target, data, settings, progress)
-    report["wall_s"] = {
+    wall_s = {
         "open_target": opened - started,
         "load_data": loaded - opened,
-        "evaluate": report["wall_s"]["total"],
+        "evaluate": report.wall_s["total"],
         "total": time.perf_counter() - started,
     }
-    return report
+    return replace(report, wall_s=wall_s)
 
 
 def evaluate(
     target: Target, data: EvalData, settings: EvalSettings = EvalSettings(), progress: Progress | None = None
-) -> dict[str, Any]:
-    """Evaluate every model of ``target`` on ``data``; returns the JSON-ready report."""
+) -> EvalReport:
+    """Evaluate every model of ``target`` on ``data``."""
     started = time.perf_counter()
     device = resolve_device(settings.device)
     resolution = settings.resolution or get_adapter(target.dense).cost_terms().resolution  # the built img_size
     transform = preprocess(target.pretrained_cfg, resolution)
     dense_cost, dense_widths = _cost(target.dense, resolution)
     cache: dict[Widths, tuple[Tensor, Tensor]] = {}
-    results = [
+    results = tuple(
         _evaluate_one(c, data, settings, device, resolution, transform, (dense_cost, dense_widths), cache, progress)
         for c in target.candidates
-    ]
-    return {
-        "format": REPORT_FORMAT,
-        "format_version": REPORT_VERSION,
-        "snapvit_version": __version__,
-        "target": target.spec,
-        "target_kind": target.kind,
-        "dataset": data.describe(),
-        "resolution": resolution,
-        "preprocessing": {k: target.pretrained_cfg.get(k) for k in ("interpolation", "mean", "std")},
-        "settings": _settings_json(settings, device),
-        "results": results,
-        "wall_s": {"total": time.perf_counter() - started},
-    }
+    )
+    return EvalReport(
+        snapvit_version=__version__,
+        target=target.spec,
+        target_kind=target.kind,
+        dataset=data.describe(),
+        resolution=resolution,
+        preprocessing={k: target.pretrained_cfg.get(k) for k in ("interpolation", "mean", "std")},
+        settings=_settings_json(settings, device),
+        results=results,
+        wall_s={"total": time.perf_counter() - started},
+    )
 
 
 def _evaluate_one(
@@ -356,7 +348,7 @@ def _evaluate_one(
     dense: tuple[CostTerms, Widths],
     cache: dict[Widths, tuple[Tensor, Tensor]],
     progress: Progress | None,
-) -> dict[str, Any]:
+) -> EvalRow:
     """One result row: build the model, extract (or reuse) features, score them, measure cost and speed."""
     label = f"{candidate.name} ({budget_label(candidate.budget)})"
     wall: dict[str, float] = {}
@@ -373,13 +365,10 @@ def _evaluate_one(
         knn = knn_accuracy(
             train_x.to(device), train_y, test_x.to(device), test_y, settings.k, settings.vote, settings.temperature
         )
-    accuracy = {"knn": knn, "probe": None}
-    probe = None
+    probe_accuracy_, probe = None, None
     if settings.probe:
         with _timer(wall, "probe"):
-            accuracy["probe"], probe = _linear_probe(
-                train_x, train_y, test_x, test_y, settings, device, label, progress
-            )
+            probe_accuracy_, probe = _linear_probe(train_x, train_y, test_x, test_y, settings, device, label, progress)
     speed = None
     if settings.speed:
         stage = f"speed {label}"
@@ -394,26 +383,23 @@ def _evaluate_one(
                 repeats=settings.speed_repeats,
                 progress=None if progress is None else lambda done, total: progress(stage, done, total),
             )
-    gmacs, dense_gmacs = cost.gmacs(widths), dense_cost.gmacs(dense_widths)
-    params, dense_params = cost.params(widths), dense_cost.params(dense_widths)
-    return {
-        "name": candidate.name,
-        "budget": candidate.budget if candidate.budget is not None else "dense",
-        "dense": widths == dense_widths,
-        "accuracy": accuracy,
-        "probe": probe,
-        "gmacs": gmacs,
-        "params": params,
-        "flops_fraction": gmacs / dense_gmacs,
-        "params_fraction": params / dense_params,
-        "dense_gmacs": dense_gmacs,
-        "dense_params": dense_params,
-        "resolution": resolution,
-        "widths": widths.to_json(),
-        "throughput": None if speed is None else _throughput_json(speed),
-        "latency_ms": None if speed is None else speed.latency_ms,
-        "wall_s": wall,
-    }
+    return EvalRow(
+        name=candidate.name,
+        budget=candidate.budget,
+        dense=widths == dense_widths,
+        knn=knn,
+        probe=probe_accuracy_,
+        probe_info=probe,
+        gmacs=cost.gmacs(widths),
+        params=cost.params(widths),
+        dense_gmacs=dense_cost.gmacs(dense_widths),
+        dense_params=dense_cost.params(dense_widths),
+        resolution=resolution,
+        widths=widths.to_json(),
+        throughput=None if speed is None else _throughput(speed),
+        latency_ms=None if speed is None else speed.latency_ms,
+        wall_s=wall,
+    )
 
 
 def _features(
@@ -475,10 +461,10 @@ def _linear_probe(
     return accuracy, {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy}
 
 
-def _throughput_json(speed: Speed) -> dict[str, Any]:
+def _throughput(speed: Speed) -> Throughput:
     data = asdict(speed)
     del data["latency_ms"]
-    return data
+    return Throughput(**data)
 
 
 def _settings_json(settings: EvalSettings, device: torch.device) -> dict[str, Any]:
@@ -488,15 +474,6 @@ def _settings_json(settings: EvalSettings, device: torch.device) -> dict[str, An
     if settings.vote != "weighted":
         del data["temperature"]
     return data
-
-
-def budget_label(budget: dict[str, Any] | str | None) -> str:
-    """A budget for humans: ``flops 0.5``, ``params 0.7``, ``mlp 0.35 heads 0.2`` or ``dense``."""
-    if not isinstance(budget, dict):
-        return "dense"
-    if budget.get("kind") == "ratios":
-        return f"mlp {budget.get('mlp', 0):g} heads {budget.get('heads', 0):g}"
-    return f"{budget.get('kind')} {budget.get('target', 0):g}"
 
 
 @contextlib.contextmanager

@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any
 
 from snapvit_cli.errors import SnapvitError
-from snapvit_cli.evaluation.evaluate import budget_label
+from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.fileio import atomic_path
 
 METRICS = {"knn": "kNN top-1", "probe": "linear probe top-1"}
@@ -27,44 +26,45 @@ def require_matplotlib() -> None:
         raise SnapvitError("plotting needs matplotlib: pip install 'snapvit-cli[plot]'") from None
 
 
-def plot_accuracy_vs_gmacs(report: dict[str, Any], path: str | os.PathLike) -> Path:
+def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike) -> Path:
     """Write a PNG of top-1 accuracy (kNN, and the probe when evaluated) against GMACs from an eval report."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    results = report["results"]
+    accuracy = {"knn": lambda r: r.knn, "probe": lambda r: r.probe}
     figure = Figure(figsize=(6.4, 4.4), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for metric, name in METRICS.items():
-        rows = sorted((r for r in results if r["accuracy"].get(metric) is not None), key=lambda r: r["gmacs"])
+        value = accuracy[metric]
+        rows = sorted((r for r in report.results if value(r) is not None), key=lambda r: r.gmacs)
         if not rows:
             continue
-        line = axes.plot([r["gmacs"] for r in rows], [r["accuracy"][metric] for r in rows], "o-", label=name)[0]
+        line = axes.plot([r.gmacs for r in rows], [value(r) for r in rows], "o-", label=name)[0]
         for r in rows:
             axes.annotate(
-                budget_label(r["budget"]),
-                (r["gmacs"], r["accuracy"][metric]),
+                r.label(),
+                (r.gmacs, value(r)),
                 fontsize=7,
                 textcoords="offset points",
                 xytext=(4, -10),
             )
-        dense = [r for r in rows if r.get("dense")]
+        dense = [r for r in rows if r.dense]
         if dense:
             axes.plot(
-                [r["gmacs"] for r in dense],
-                [r["accuracy"][metric] for r in dense],
+                [r.gmacs for r in dense],
+                [value(r) for r in dense],
                 "*",
                 markersize=16,
                 color=line.get_color(),
                 markeredgecolor="black",
                 label="dense model" if metric == "knn" else None,
             )
-    axes.set_xlabel(f"GMACs at {report['resolution']}×{report['resolution']}")
+    axes.set_xlabel(f"GMACs at {report.resolution}×{report.resolution}")
     axes.set_ylabel("top-1 accuracy")
-    dataset = report["dataset"]["test"]
-    axes.set_title(f"{report['target']} on {dataset['name']} ({dataset['n']} test images)", fontsize=9)
+    dataset = report.dataset["test"]
+    axes.set_title(f"{report.target} on {dataset['name']} ({dataset['n']} test images)", fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from snapvit_cli.elastic.records import Budget, BundleMetadata, Cost, Scoring, SlicedConfig
+from snapvit_cli.evaluation.report import EvalReport
+
 LIBRARY_NAME = "snapvit"
 TAGS = ["vision", "pruning", "snapvit", "timm", "elastic"]
 ARXIV_ID = "2510.17700"
@@ -47,26 +50,27 @@ HUB_LICENSES = frozenset([
 # fmt: on
 
 Kind = Literal["sliced", "bundle"]
+Record = SlicedConfig | BundleMetadata
 
 
 def render_model_card(
-    config: dict[str, Any],
+    config: Record,
     *,
     kind: Kind,
     repo_id: str,
     revision: str | None = None,
-    eval_results: dict[str, Any] | None = None,
+    eval_results: EvalReport | None = None,
     examples: list[dict[str, Any]] | None = None,
 ) -> str:
     """The ``README.md`` for a sliced model or an elastic bundle.
 
-    ``config`` is the sliced model's ``config.json`` (:func:`snapvit_cli.elastic.sliced.sliced_config`) or the bundle's
-    ``snapvit`` metadata (:func:`snapvit_cli.elastic.bundle.write_bundle`). ``examples`` are ``SlicePlan.to_json()``
-    dicts listed in a bundle's card; ``eval_results`` is ``snapvit eval --json`` output; ``revision`` is the
-    branch pushed to, so the usage snippet loads what this card describes.
+    ``config`` is the sliced model's :class:`~snapvit_cli.elastic.records.SlicedConfig` or the bundle's
+    :class:`~snapvit_cli.elastic.records.BundleMetadata`. ``examples`` are ``SlicePlan.to_json()`` dicts listed in a
+    bundle's card; ``eval_results`` is the report of ``snapvit eval``; ``revision`` is the branch pushed to, so
+    the usage snippet loads what this card describes.
     """
-    if kind not in ("sliced", "bundle"):
-        raise ValueError(f"kind must be 'sliced' or 'bundle', not {kind!r}")
+    if kind not in ("sliced", "bundle") or isinstance(config, SlicedConfig) != (kind == "sliced"):
+        raise ValueError(f"kind must be 'sliced' for a SlicedConfig or 'bundle' for BundleMetadata, not {kind!r}")
     hf_id = f"hf-hub:{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
     sections = [
         _intro(config, kind, repo_id),
@@ -81,11 +85,11 @@ def render_model_card(
     return str(card)
 
 
-def card_metadata(config: dict[str, Any], kind: Kind) -> ModelCardData:
+def card_metadata(config: Record, kind: Kind) -> ModelCardData:
     """The card's YAML metadata: base model, license, library, task and tags."""
     source = _source(config, kind)
     base = _base_hub_id(source)
-    num_classes = (config.get("structure") or {}).get("num_classes") or 0
+    num_classes = config.structure["num_classes"]
     return ModelCardData(
         base_model=base,
         library_name=LIBRARY_NAME,
@@ -95,9 +99,9 @@ def card_metadata(config: dict[str, Any], kind: Kind) -> ModelCardData:
     )
 
 
-def _source(config: dict[str, Any], kind: Kind) -> dict[str, Any]:
+def _source(config: Record, kind: Kind) -> dict[str, Any]:
     """The base-model description: ``base_model`` in a sliced config, ``source`` in bundle metadata."""
-    return config.get("base_model" if kind == "sliced" else "source") or {}
+    return dict(config.base_model) if isinstance(config, SlicedConfig) else config.source.to_json()
 
 
 def _base_hub_id(source: dict[str, Any]) -> str | None:
@@ -118,7 +122,7 @@ def _license_fields(license_id: str | None, base: str | None) -> dict[str, str]:
     return {"license": "other", "license_name": slug, **link}
 
 
-def _intro(config: dict[str, Any], kind: Kind, repo_id: str) -> str:
+def _intro(config: Record, kind: Kind, repo_id: str) -> str:
     source = _source(config, kind)
     base = _base_hub_id(source)
     name = source.get("timm_name") or source.get("model_id") or "a pretrained ViT"
@@ -148,65 +152,41 @@ def _about_snapvit() -> str:
 # -- sliced model ----------------------------------------------------------------------------------------
 
 
-def _sliced_details(config: dict[str, Any]) -> str:
+def _sliced_details(config: SlicedConfig) -> str:
     lines = [
         line
         for line in (
-            _budget_line(config.get("budget") or {}),
-            _scoring_line(config.get("scoring") or {}),
-            _min_keep_line(config.get("min_keep") or {}),
-            _preprocessing_line(config.get("pretrained_cfg") or {}),
+            _budget_line(config.budget, config.mlp_ratio, config.head_ratio),
+            _scoring_line(config.scoring),
+            _min_keep_line(config.min_keep),
+            _preprocessing_line(config.pretrained_cfg),
             _provenance_line(config),
         )
         if line
     ]
-    tables = [
-        _cost_table(config.get("cost") or {}),
-        _widths_table(config.get("widths") or {}, config.get("structure") or {}),
-    ]
+    tables = [_cost_table(config.cost), _widths_table(config.widths, config.structure)]
     parts = ["\n".join(lines), *tables]
     body = "\n\n".join(p for p in parts if p)
     return f"## Model details\n\n{body}" if body else ""
 
 
-def _budget_line(budget: dict[str, Any]) -> str:
-    """The budget as asked (``--flops``/``--params`` keep a fraction; ``--mlp``/``--heads`` remove one) and
-    the fractions of units it removed (``mlp_ratio``/``head_ratio`` are fractions *removed*)."""
-    kind = budget.get("kind")
-    if kind in ("flops", "params") and budget.get("target") is not None:
-        measure = "FLOPs" if kind == "flops" else "parameters"
-        asked = f"keep {_pct(budget['target'])} of the dense model's {measure}"
-        if budget.get("head_offset") is not None:
-            asked += f" (head offset {budget['head_offset']:g})"
-    elif kind == "ratios":
-        asked = f"`--mlp {_num(budget.get('mlp'))} --heads {_num(budget.get('heads'))}`"
-    else:
-        return ""
-    removed = [
-        f"{_pct(budget[key])} of the {units}"
-        for key, units in (("mlp_ratio", "MLP neurons"), ("head_ratio", "attention heads"))
-        if budget.get(key) is not None
+def _budget_line(budget: Budget, mlp_ratio: float, head_ratio: float) -> str:
+    """The budget as asked (:meth:`Budget.label`) and the fractions of units it removed."""
+    asked = f"`{budget.label()}`"
+    if budget.head_offset is not None:
+        asked += f" (head offset {budget.head_offset:g})"
+    removed = f"{_pct(mlp_ratio)} of the MLP neurons and {_pct(head_ratio)} of the attention heads"
+    return f"- **Budget:** {asked}; removed {removed}"
+
+
+def _cost_table(cost: Cost) -> str:
+    rows = [
+        "| | This model | Dense model | Fraction |",
+        "|---|---|---|---|",
+        f"| GMACs | {cost.gmacs:.4g} | {cost.dense_gmacs:.4g} | {_pct(cost.flops_fraction)} |",
+        f"| Parameters | {cost.params / 1e6:.4g} M | {cost.dense_params / 1e6:.4g} M | {_pct(cost.params_fraction)} |",
     ]
-    return f"- **Budget:** {asked}" + (f"; removed {' and '.join(removed)}" if removed else "")
-
-
-def _cost_table(cost: dict[str, Any]) -> str:
-    rows = ["| | This model | Dense model | Fraction |", "|---|---|---|---|"]
-    for label, key, fraction_key, scale, unit in (
-        ("GMACs", "gmacs", "flops_fraction", 1.0, ""),
-        ("Parameters", "params", "params_fraction", 1e-6, " M"),
-    ):
-        value, dense = cost.get(key), cost.get(f"dense_{key}")
-        if value is None:
-            continue
-        fraction = cost.get(fraction_key, value / dense if dense else None)
-        other = f"{dense * scale:.4g}{unit}" if dense else "—"
-        rows.append(f"| {label} | {value * scale:.4g}{unit} | {other} | {_pct(fraction)} |")
-    if len(rows) == 2:
-        return ""
-    resolution = cost.get("resolution")
-    note = f"\n\nGMACs at {resolution}×{resolution} input." if resolution else ""
-    return "\n".join(rows) + note
+    return "\n".join(rows) + f"\n\nGMACs at {cost.resolution}×{cost.resolution} input."
 
 
 def _widths_table(widths: dict[str, list[int]], structure: dict[str, Any]) -> str:
@@ -230,20 +210,19 @@ def _preprocessing_line(pre: dict[str, Any]) -> str:
     return "- **Preprocessing** (as the base model): " + ", ".join(fields) if fields else ""
 
 
-def _provenance_line(config: dict[str, Any]) -> str:
+def _provenance_line(config: SlicedConfig) -> str:
     parts = []
-    if config.get("bundle_sha256"):
-        parts.append(f"cut from an elastic bundle with sha256 `{config['bundle_sha256']}`")
-    if config.get("snapvit_version"):
-        parts.append(f"by snapvit {config['snapvit_version']}")
-    return "- **Provenance:** " + " ".join(parts) if parts else ""
+    if config.bundle_sha256:
+        parts.append(f"cut from an elastic bundle with sha256 `{config.bundle_sha256}`")
+    parts.append(f"by snapvit {config.snapvit_version}")
+    return "- **Provenance:** " + " ".join(parts)
 
 
 # -- bundle ----------------------------------------------------------------------------------------------
 
 
-def _bundle_details(config: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    structure = config.get("structure") or {}
+def _bundle_details(config: BundleMetadata, examples: list[dict[str, Any]]) -> str:
+    structure = config.structure
     dense = ""
     if all(structure.get(k) is not None for k in ("num_blocks", "embed_dim", "num_heads", "head_dim", "mlp_hidden")):
         dense = (
@@ -255,9 +234,9 @@ def _bundle_details(config: dict[str, Any], examples: list[dict[str, Any]]) -> s
         line
         for line in (
             dense,
-            _scoring_line(config.get("scoring") or {}),
-            _min_keep_line(config.get("min_keep") or {}),
-            _preprocessing_line((_source(config, "bundle").get("pretrained_cfg")) or {}),
+            _scoring_line(config.scoring),
+            _min_keep_line(config.min_keep),
+            _preprocessing_line(config.source.pretrained_cfg),
         )
         if line
     ]
@@ -275,13 +254,9 @@ def _examples_table(examples: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|",
     ]
     for plan in examples:
-        budget = plan["budget"]
-        if budget.get("kind") in ("flops", "params"):
-            label = f"{'FLOPs' if budget['kind'] == 'flops' else 'params'} {_pct(budget['target'])}"
-        elif plan["mlp_ratio"] == 0 and plan["head_ratio"] == 0:
-            label = "dense"
-        else:
-            label = f"`--mlp {budget['mlp']:g} --heads {budget['heads']:g}`"
+        budget = Budget.from_json(plan["budget"])
+        dense = budget.kind == "ratios" and plan["mlp_ratio"] == 0 and plan["head_ratio"] == 0
+        label = "dense" if dense else budget.label()
         rows.append(
             f"| {label} | {plan['gmacs']:.4g} | {plan['params'] / 1e6:.4g} | {_pct(plan['mlp_ratio'])} "
             f"| {_pct(plan['head_ratio'])} |"
@@ -296,61 +271,46 @@ def _examples_table(examples: list[dict[str, Any]]) -> str:
 # -- shared ----------------------------------------------------------------------------------------------
 
 
-def _scoring_line(scoring: dict[str, Any]) -> str:
-    method = scoring.get("method")
-    if not method:
-        return ""
-    settings = scoring.get("settings") or {}
-    shown = ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
-    return f"- **Importance scores:** method `{method}`" + (f" ({shown})" if shown else "")
+def _scoring_line(scoring: Scoring) -> str:
+    shown = ", ".join(f"{k} = {_setting(v)}" for k, v in scoring.settings.items())
+    return f"- **Importance scores:** method `{scoring.method}`" + (f" ({shown})" if shown else "")
 
 
 def _setting(value: Any) -> str:
     return str(value) if isinstance(value, (str, int, float, bool)) else json.dumps(value, separators=(",", ":"))
 
 
-def _min_keep_line(min_keep: dict[str, Any]) -> str:
-    if min_keep.get("mlp") is None or min_keep.get("heads") is None:
-        return ""
+def _min_keep_line(min_keep: dict[str, float]) -> str:
     return (
         f"- **Minimum kept per block:** {_pct(min_keep['mlp'])} of the MLP neurons and "
         f"{_pct(min_keep['heads'])} of the attention heads (at least one of each)"
     )
 
 
-def _eval_section(eval_results: dict[str, Any] | None) -> str:
-    """A table from ``snapvit eval --json`` output; missing fields are shown as a dash."""
-    results = (eval_results or {}).get("results") or []
-    if not results:
+def _eval_section(report: EvalReport | None) -> str:
+    """A table of the rows of a ``snapvit eval`` report; what was not measured is shown as a dash."""
+    if report is None or not report.results:
         return ""
     rows = [
         "| Model | Budget | kNN acc. | Linear probe acc. | GMACs | Params (M) | Throughput (img/s) | Latency (ms) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     setups = set()
-    for r in results:
-        acc = r.get("accuracy") or {}
-        tp = r.get("throughput") or {}
-        params = r.get("params")
-        rows.append(
-            "| "
-            + " | ".join(
-                [
-                    str(r.get("name", "—")),
-                    _fmt_budget(r.get("budget")),
-                    _num(acc.get("knn")),
-                    _num(acc.get("probe")),
-                    _num(r.get("gmacs")),
-                    _num(params / 1e6 if isinstance(params, (int, float)) else None),
-                    _num(tp.get("images_per_s"), ".1f"),
-                    _num(r.get("latency_ms")),
-                ]
-            )
-            + " |"
-        )
-        setup = [f"{k} {tp[k]}" for k in ("batch_size", "device", "dtype") if tp.get(k) is not None]
-        if setup:
-            setups.add(", ".join(setup))
+    for r in report.results:
+        tp = r.throughput
+        cells = [
+            r.name,
+            r.label(),
+            _num(r.knn),
+            _num(r.probe),
+            _num(r.gmacs),
+            _num(r.params / 1e6),
+            _num(None if tp is None else tp.images_per_s, ".1f"),
+            _num(r.latency_ms),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+        if tp is not None:
+            setups.add(f"batch_size {tp.batch_size}, device {tp.device}, dtype {tp.dtype}")
     note = f"\n\nThroughput measured with {'; '.join(sorted(setups))}." if setups else ""
     return "## Evaluation\n\nResults from `snapvit eval`:\n\n" + "\n".join(rows) + note
 
@@ -374,12 +334,3 @@ def _pct(fraction: float | None) -> str:
 
 def _num(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
-
-
-def _fmt_budget(budget: Any) -> str:
-    """Budgets appear as a number, a string, or a dict like ``{"kind": "flops", "target": 0.5}``."""
-    if isinstance(budget, dict):
-        return f"{budget.get('kind', '')} {_num(budget.get('target'))}".strip()
-    if budget is None:
-        return "—"
-    return _num(budget) if isinstance(budget, (int, float)) else str(budget)

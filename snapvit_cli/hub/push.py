@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 
@@ -25,7 +25,10 @@ from snapvit_cli.hub.client import (
     hub_errors,
     require_hub,
 )
-from snapvit_cli.hub.model_card import render_model_card
+from snapvit_cli.hub.model_card import Record, render_model_card
+
+if TYPE_CHECKING:
+    from snapvit_cli.evaluation.report import EvalReport
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def push(
     token: str | None = None,
     dry_run_dir: str | os.PathLike | None = None,
     force: bool = False,
-    eval_results: dict[str, Any] | None = None,
+    eval_results: EvalReport | None = None,
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
 
@@ -150,9 +153,9 @@ def _upload(
     )
 
 
-def _collect(path: Path) -> tuple[Kind, dict[str, Path], dict[str, Any], list[dict[str, Any]]]:
+def _collect(path: Path) -> tuple[Kind, dict[str, Path], Record, list[dict[str, Any]]]:
     """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
-    (the sliced ``config.json`` or the bundle metadata, plus example budgets for a bundle).
+    (the sliced config or the bundle metadata record, plus example budgets for a bundle).
 
     Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
     """

@@ -78,6 +78,12 @@ def family_of(timm_name: str) -> Family | None:
     return next((f for f in FAMILIES if f.matches(timm_name)), None)
 
 
+def family_of_architecture(architecture: str) -> Family | None:
+    """The family whose patterns, without their pretrained tag, match an untagged timm architecture name (the
+    name a bundle records); ``None`` for architectures no family covers."""
+    return next((f for f in FAMILIES if any(fnmatch(architecture, p.split(".")[0]) for p in f.patterns)), None)
+
+
 def supported_summary() -> str:
     """One line naming the supported families, for messages."""
     return (

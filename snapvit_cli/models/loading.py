@@ -1,16 +1,14 @@
 """Resolving and loading the dense source model: timm names, friendly aliases, ``hf-hub:`` ids, local checkpoints.
 
-Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.Module`` lives here, together with the
-:class:`ModelSource` record that a bundle stores so the same architecture can be rebuilt offline later.
+Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.Module`` lives here; the
+:class:`~snapvit_cli.models.source.ModelSource` record it returns is what a bundle stores to rebuild the architecture.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -19,51 +17,22 @@ import timm
 import torch
 from torch import nn
 
-from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
 from snapvit_cli.fileio import sha256_file
 from snapvit_cli.hub.client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
-from snapvit_cli.models.families import corrected_preprocessing, default_model_args
+from snapvit_cli.models.families import corrected_preprocessing, default_model_args, supported_summary
+from snapvit_cli.models.source import ModelSource
 
 # Pretrained-config keys a bundle keeps: what preprocessing and cost reporting need.
 _CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "license", "hf_hub_id")
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a dense model came from, and how to rebuild its architecture offline (stored in bundles)."""
-
-    model_id: str
-    timm_name: str
-    architecture: str
-    model_args: dict[str, Any]
-    pretrained_cfg: dict[str, Any]
-    weights_sha256: str
-    pretrained: bool = True
-    hf_hub_id: str | None = None
-    revision: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    license: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelSource:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """Content hash of a state dict, independent of file format: names, dtypes, shapes and bytes in key order."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().contiguous().cpu()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    from snapvit_cli.elastic.surgery import state_sha256
+
+    return state_sha256((key, state_dict[key]) for key in sorted(state_dict))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -145,6 +114,11 @@ def load_model(
         checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
         license=cfg.get("license"),
     )
+    try:  # the record must pass the reader's schema, or a bundle written from it would not load
+        source.to_json()
+    except BundleError as exc:
+        message = f"{name} is not a supported model: {exc}; snapvit prunes: {supported_summary()}"
+        raise UnsupportedModelError(message) from None
     return model, source
 
 
@@ -162,7 +136,11 @@ def meta_architecture(name: str) -> nn.Module:
 
 
 def build_architecture(source: ModelSource, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the dense architecture of ``source`` without weights (no download), e.g. on the meta device."""
+    """Rebuild the dense architecture of ``source`` without weights (no download), e.g. on the meta device.
+
+    ``source.model_args`` has passed :func:`snapvit_cli.models.source.check_model_args` (records validate on
+    read and before writing), so only allow-listed, bounded arguments reach timm.
+    """
     with torch.device(device):
         return timm.create_model(source.architecture, pretrained=False, **source.model_args).eval()
 

@@ -1,0 +1,65 @@
+"""What a file's tensors must look like before snapvit builds or loads anything from its metadata.
+
+Both readers (bundle and sliced folder) compare the metadata's claims with the tensor *list* of the safetensors
+header first (names and shapes cost nothing to read), so that the architecture they then build on the meta device
+is never larger than the file, and compare the built architecture's tensors with the file's exactly before reading
+any values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from snapvit_cli.errors import BundleError
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def precheck_size(structure: dict[str, Any], model_args: dict[str, Any], shapes: dict[str, tuple], prefix: str) -> None:
+    """Depth, embedding width and patch size claimed by ``structure`` / ``model_args`` equal the file's."""
+    n = structure["num_blocks"]
+    blocks = {int(m.group(1)) for k in shapes if k.startswith(prefix) and (m := _BLOCK.match(k[len(prefix) :]))}
+    if blocks != set(range(n)):
+        raise BundleError(f"the file holds {len(blocks)} blocks but structure.num_blocks is {n}")
+    if model_args.get("depth", n) != n:
+        raise BundleError(f"model_args.depth {model_args['depth']} differs from the file's {n} blocks")
+    patch = shapes.get(prefix + "patch_embed.proj.weight")
+    if patch is None or len(patch) != 4:
+        raise BundleError(f"the file has no patch embedding ({prefix}patch_embed.proj.weight)")
+    embed, patch_size = patch[0], list(patch[2:])
+    for name, claimed in (
+        ("structure.embed_dim", structure["embed_dim"]),
+        ("model_args.embed_dim", model_args.get("embed_dim")),
+    ):
+        if claimed is not None and claimed != embed:
+            raise BundleError(f"{name} {claimed} differs from the file's embedding width {embed}")
+    claimed = model_args.get("patch_size", structure["patch_size"])
+    for name, value in (("model_args.patch_size", claimed), ("structure.patch_size", structure["patch_size"])):
+        if (list(value) if isinstance(value, list) else [value, value]) != patch_size:
+            raise BundleError(f"{name} {value} differs from the file's patch size {patch_size}")
+
+
+def check_same_tensors(
+    expected: dict[str, tuple], shapes: dict[str, tuple], allowed_extra: set[str] = frozenset()
+) -> None:
+    """The file holds exactly the ``expected`` tensors (plus ``allowed_extra`` names), with the expected shapes."""
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise BundleError(f"the file is missing {len(missing)} tensors the metadata implies, e.g. {missing[:3]}")
+    unexpected = sorted(set(shapes) - set(expected) - set(allowed_extra))
+    if unexpected:
+        raise BundleError(f"the file holds {len(unexpected)} tensors the metadata does not list, e.g. {unexpected[:3]}")
+    wrong = [(k, shapes[k], s) for k, s in expected.items() if tuple(shapes[k]) != tuple(s)]
+    if wrong:
+        name, got, want = wrong[0]
+        raise BundleError(f"tensor {name} has shape {list(got)} but the metadata implies {list(want)}")
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Floating-point tensors hold no NaN or infinity."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BundleError(f"{what}: tensor {name} contains NaN or infinity")

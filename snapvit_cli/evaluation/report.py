@@ -1,0 +1,209 @@
+"""The evaluation report (``snapvit eval --json``): what ``eval`` prints, ``--plot`` draws and ``push --eval-results``
+puts into a model card.
+
+Frozen dataclasses with ``to_json`` / ``from_json``; ``from_json`` validates a report read back from a file (it may
+come from anyone) with the same strict, bounded rules as the other records (:mod:`snapvit_cli.schema`). Imports
+neither torch nor timm.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapvit_cli.elastic.records import Budget
+from snapvit_cli.errors import BundleError, DataError
+from snapvit_cli.schema import MAX_JSON_CHARS, Fields, parse_json
+
+REPORT_FORMAT = "snapvit-eval"
+REPORT_VERSION = 1
+MAX_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured speed: median images/s at ``batch_size`` over ``repeats`` timed passes after ``warmup``."""
+
+    images_per_s: float
+    batch_size: int
+    device: str
+    dtype: str
+    threads: int
+    warmup: int
+    repeats: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Throughput:
+        f = Fields(data, where)
+        record = cls(
+            images_per_s=f.float("images_per_s", 0.0, 1e12),
+            batch_size=f.int("batch_size", 1, 1 << 20),
+            device=f.str("device"),
+            dtype=f.str("dtype"),
+            threads=f.int("threads", 1, 1 << 16),
+            warmup=f.int("warmup", 0, 1 << 20),
+            repeats=f.int("repeats", 1, 1 << 20),
+        )
+        f.done()
+        return record
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One evaluated model: accuracy, cost at the evaluated resolution, and (optionally) speed."""
+
+    name: str
+    budget: Budget | None  # None: a dense model evaluated as is
+    dense: bool
+    knn: float
+    probe: float | None
+    probe_info: dict[str, Any] | None
+    gmacs: float
+    params: int
+    dense_gmacs: float
+    dense_params: int
+    resolution: int
+    widths: dict[str, list[int]]
+    throughput: Throughput | None
+    latency_ms: float | None
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flops_fraction(self) -> float:
+        return self.gmacs / self.dense_gmacs if self.dense_gmacs else 0.0
+
+    @property
+    def params_fraction(self) -> float:
+        return self.params / self.dense_params if self.dense_params else 0.0
+
+    def label(self) -> str:
+        """The row's budget for people (:meth:`Budget.label`; ``dense`` for a dense model)."""
+        return "dense" if self.budget is None else self.budget.label()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "budget": "dense" if self.budget is None else self.budget.to_json(),
+            "dense": self.dense,
+            "accuracy": {"knn": self.knn, "probe": self.probe},
+            "probe": self.probe_info,
+            "gmacs": self.gmacs,
+            "params": self.params,
+            "flops_fraction": self.flops_fraction,
+            "params_fraction": self.params_fraction,
+            "dense_gmacs": self.dense_gmacs,
+            "dense_params": self.dense_params,
+            "resolution": self.resolution,
+            "widths": {k: list(v) for k, v in self.widths.items()},
+            "throughput": None if self.throughput is None else self.throughput.to_json(),
+            "latency_ms": self.latency_ms,
+            "wall_s": dict(self.wall_s),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> EvalRow:
+        f = Fields(data, where)
+        budget = f.data_of("budget")
+        accuracy = f.obj("accuracy")
+        throughput = f.data_of("throughput", None)
+        widths = f.obj("widths")
+        row = cls(
+            name=f.str("name"),
+            budget=None if budget == "dense" else Budget.from_json(budget, f"{where}.budget"),
+            dense=f.bool("dense"),
+            knn=accuracy.float("knn", 0.0, 1.0),
+            probe=accuracy.float("probe", 0.0, 1.0, None),
+            probe_info=f.data_of("probe", None),
+            gmacs=f.float("gmacs", 0.0, 1e9),
+            params=f.int("params", 0, 10**13),
+            dense_gmacs=f.float("dense_gmacs", 0.0, 1e9),
+            dense_params=f.int("dense_params", 0, 10**13),
+            resolution=f.int("resolution", 1, 1 << 16),
+            widths={k: widths.ints(k, 0, 1 << 24) for k in ("mlp_hidden", "num_heads")},
+            throughput=None if throughput is None else Throughput.from_json(throughput, f"{where}.throughput"),
+            latency_ms=f.float("latency_ms", 0.0, 1e9, None),
+            wall_s=_seconds(f.data_of("wall_s", {}), f"{where}.wall_s"),
+        )
+        accuracy.done()
+        widths.done()
+        f.float("flops_fraction", 0.0, 1e3)  # derived; recomputed rather than trusted
+        f.float("params_fraction", 0.0, 1e3)
+        f.done()
+        return row
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything ``snapvit eval`` measured, with the settings, data and versions it was measured with."""
+
+    snapvit_version: str
+    target: str
+    target_kind: str
+    dataset: dict[str, Any]
+    resolution: int
+    preprocessing: dict[str, Any]
+    settings: dict[str, Any]
+    results: tuple[EvalRow, ...]
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "format_version": REPORT_VERSION,
+            "snapvit_version": self.snapvit_version,
+            "target": self.target,
+            "target_kind": self.target_kind,
+            "dataset": self.dataset,
+            "resolution": self.resolution,
+            "preprocessing": self.preprocessing,
+            "settings": self.settings,
+            "results": [row.to_json() for row in self.results],
+            "wall_s": dict(self.wall_s),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "eval report") -> EvalReport:
+        f = Fields(data, where)
+        f.str("format", choices=(REPORT_FORMAT,))
+        f.int("format_version", REPORT_VERSION, REPORT_VERSION)
+        rows = f.data_of("results")
+        if not isinstance(rows, list) or len(rows) > MAX_ROWS:
+            raise BundleError(f"{where}.results must be a list of at most {MAX_ROWS} rows")
+        report = cls(
+            snapvit_version=f.str("snapvit_version"),
+            target=f.str("target"),
+            target_kind=f.str("target_kind", choices=("bundle", "sliced", "model")),
+            dataset=f.data_of("dataset"),
+            resolution=f.int("resolution", 1, 1 << 16),
+            preprocessing=f.data_of("preprocessing"),
+            settings=f.data_of("settings"),
+            results=tuple(EvalRow.from_json(row, f"{where}.results[{i}]") for i, row in enumerate(rows)),
+            wall_s=_seconds(f.data_of("wall_s", {}), f"{where}.wall_s"),
+        )
+        f.done()
+        return report
+
+
+def read_report(path: str | os.PathLike) -> EvalReport:
+    """An :class:`EvalReport` from a ``snapvit eval --json`` file, validated; errors are one line."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            text = file.read(MAX_JSON_CHARS + 1).decode("utf-8")
+        return EvalReport.from_json(parse_json(text, str(path)), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    except BundleError as exc:
+        raise DataError(f"{path} is not `snapvit eval --json` output: {exc}") from None
+
+
+def _seconds(data: Any, where: str) -> dict[str, float]:
+    f = Fields(data, where)
+    out = {key: f.float(key, 0.0, 1e9) for key in sorted(f.data)}
+    f.done()
+    return out

@@ -1,0 +1,227 @@
+"""Where a dense model came from and how to rebuild its architecture: the record a bundle and ``config.json`` store.
+
+A record read from a file is data, never constructor arguments: ``model_args`` may hold only the keys listed in
+:data:`MODEL_ARGS` for the timm module the architecture lives in, each type-checked and bounded, and the
+architecture must be a timm model that a family in :mod:`snapvit_cli.models.families` covers. ``device``,
+``checkpoint_path``, ``pretrained``, ``pretrained_cfg_overlay`` or any key not listed is refused with one line.
+Imports neither torch nor timm at module level (timm is asked only which module builds an architecture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from snapvit_cli.errors import BundleError
+from snapvit_cli.models.families import family_of_architecture
+from snapvit_cli.schema import Fields, check_float, check_int, check_ints, check_str, optional_str
+
+# Bounds of a rebuildable architecture. The largest supported model (DINOv3 ViT-7B) has 40 blocks, width 4096.
+MAX_DEPTH = 128
+MAX_EMBED_DIM = 16384
+MAX_HEADS = 1024
+MAX_MLP_RATIO = 64.0
+MAX_IMG_SIZE = 4096
+MAX_PATCH_SIZE = 1024
+MAX_CLASSES = 1_000_000
+MAX_REG_TOKENS = 64
+GLOBAL_POOLS = ("", "token", "avg", "avgmax", "max", "map")
+
+
+def _size(value: Any, name: str, hi: int) -> int | list[int]:
+    """An image or patch size: one integer or a pair."""
+    if isinstance(value, list):
+        return check_ints(value, name, 1, hi, length=2)
+    return check_int(value, name, 1, hi)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BundleError(f"{name} must be true or false")
+    return value
+
+
+def _optional_bool(value: Any, name: str) -> bool | None:
+    return None if value is None else _bool(value, name)
+
+
+def _init_values(value: Any, name: str) -> float | None:
+    return None if value is None else check_float(value, name, 0.0, 1e3)
+
+
+Check = Callable[[Any, str], Any]
+_COMMON: dict[str, Check] = {
+    "img_size": lambda v, n: _size(v, n, MAX_IMG_SIZE),
+    "patch_size": lambda v, n: _size(v, n, MAX_PATCH_SIZE),
+    "in_chans": lambda v, n: check_int(v, n, 1, 16),
+    "embed_dim": lambda v, n: check_int(v, n, 1, MAX_EMBED_DIM),
+    "depth": lambda v, n: check_int(v, n, 1, MAX_DEPTH),
+    "num_heads": lambda v, n: check_int(v, n, 1, MAX_HEADS),
+    "mlp_ratio": lambda v, n: check_float(v, n, 0.0, MAX_MLP_RATIO, open_lo=True),
+    "num_classes": lambda v, n: check_int(v, n, 0, MAX_CLASSES),
+    "global_pool": lambda v, n: check_str(v, n, choices=GLOBAL_POOLS),
+    "class_token": _bool,
+    "qkv_bias": _bool,
+    "init_values": _init_values,
+    "dynamic_img_size": _bool,
+}
+# Allowed model arguments per timm module: what `load_model` records for every supported family (aliases, hf-hub
+# configs, the demo, and the test suite's small configs), and nothing that reaches files, devices or downloads.
+_VIT: dict[str, Check] = {
+    **_COMMON,
+    "reg_tokens": lambda v, n: check_int(v, n, 0, MAX_REG_TOKENS),
+    "no_embed_class": _bool,
+    "qk_norm": _bool,
+    "pre_norm": _bool,
+    "final_norm": _bool,
+    "fc_norm": _optional_bool,
+    "dynamic_img_pad": _bool,
+}
+MODEL_ARGS: dict[str, dict[str, Check]] = {
+    "timm.models.vision_transformer": _VIT,
+    "timm.models.deit": _VIT,  # DeiT's distilled variant: a VisionTransformer subclass
+    "timm.models.eva": {
+        **_COMMON,
+        "num_reg_tokens": lambda v, n: check_int(v, n, 0, MAX_REG_TOKENS),
+        "qkv_fused": _bool,
+        "use_abs_pos_emb": _bool,
+        "use_rot_pos_emb": _bool,
+        "swiglu_mlp": _bool,
+        "scale_mlp": _bool,
+        "scale_attn_inner": _bool,
+        "head_init_scale": lambda v, n: check_float(v, n, 0.0, 1e3),
+    },
+}
+
+
+def architecture_module(architecture: str, where: str) -> str:
+    """The timm module that builds ``architecture``; refuses names no family covers or timm does not know."""
+    check_str(architecture, where)
+    family = family_of_architecture(architecture)
+    import timm
+    from timm.models import model_entrypoint
+
+    if family is None or not timm.is_model(architecture):
+        raise BundleError(f"{where} {architecture!r} is not an architecture of a supported family")
+    module = model_entrypoint(architecture).__module__
+    if module not in MODEL_ARGS:
+        raise BundleError(f"{where} {architecture!r} is built by {module}, which snapvit does not rebuild")
+    return module
+
+
+def check_model_args(architecture: str, args: Any, where: str) -> dict[str, Any]:
+    """``args`` validated against the allow-list of ``architecture``'s timm module; a new, sorted dict."""
+    fields = Fields(args, where)
+    allowed = MODEL_ARGS[architecture_module(architecture, f"{where.rsplit('.', 1)[0]}.architecture")]
+    unknown = sorted(set(fields.data) - set(allowed))
+    if unknown:
+        raise BundleError(f"{where} may not set {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    out = {key: allowed[key](fields.data[key], f"{where}.{key}") for key in sorted(fields.data)}
+    if "embed_dim" in out and "num_heads" in out and out["embed_dim"] % out["num_heads"]:
+        raise BundleError(f"{where}: embed_dim {out['embed_dim']} is not a multiple of num_heads {out['num_heads']}")
+    return out
+
+
+# -- preprocessing --------------------------------------------------------------------------------------------
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+CROP_MODES = ("center", "squash", "border")
+
+
+def check_pretrained_cfg(data: Any, where: str) -> dict[str, Any]:
+    """The preprocessing record (timm pretrained-config keys a bundle keeps), typed and bounded."""
+    f = Fields(data, where)
+    out: dict[str, Any] = {}
+    if f.has("input_size"):
+        out["input_size"] = f.ints("input_size", 1, MAX_IMG_SIZE, length=3)
+    if f.has("interpolation"):
+        out["interpolation"] = f.str("interpolation", choices=INTERPOLATIONS)
+    for key in ("mean", "std"):
+        if f.has(key):
+            out[key] = f.floats(key, 0.0 if key == "mean" else 1e-6, 1e3, length=3)
+    if f.has("crop_pct"):
+        out["crop_pct"] = f.float("crop_pct", 0.0, 4.0, open_lo=True)
+    if f.has("crop_mode"):
+        out["crop_mode"] = f.str("crop_mode", choices=CROP_MODES)
+    for key in ("license", "hf_hub_id"):
+        if f.has(key):
+            out[key] = f.str(key)
+    f.done()
+    return out
+
+
+# -- the record -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a dense model came from, and how to rebuild its architecture offline (stored in bundles)."""
+
+    model_id: str
+    timm_name: str
+    architecture: str
+    model_args: dict[str, Any]
+    pretrained_cfg: dict[str, Any]
+    weights_sha256: str
+    pretrained: bool = True
+    hf_hub_id: str | None = None
+    revision: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    license: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON record; validated first, so a writer never produces a file its reader refuses."""
+        data = {
+            "model_id": self.model_id,
+            "timm_name": self.timm_name,
+            "architecture": self.architecture,
+            "model_args": dict(self.model_args),
+            "pretrained_cfg": dict(self.pretrained_cfg),
+            "weights_sha256": self.weights_sha256,
+            "pretrained": self.pretrained,
+            "hf_hub_id": self.hf_hub_id,
+            "revision": self.revision,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "license": self.license,
+            "extra": dict(self.extra),
+        }
+        ModelSource.from_json(data)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "source") -> ModelSource:
+        """Validate a stored record: known keys only, each typed and bounded (see the module docstring)."""
+        f = Fields(data, where)
+        architecture = f.str("architecture")
+        source = cls(
+            model_id=f.str("model_id"),
+            timm_name=f.str("timm_name"),
+            architecture=architecture,
+            model_args=check_model_args(architecture, f.obj("model_args").data, f"{where}.model_args"),
+            pretrained_cfg=check_pretrained_cfg(f.obj("pretrained_cfg").data, f"{where}.pretrained_cfg"),
+            weights_sha256=_sha256(f.str("weights_sha256"), f"{where}.weights_sha256", empty=True),
+            pretrained=f.bool("pretrained", True),
+            hf_hub_id=optional_str(f, "hf_hub_id"),
+            revision=optional_str(f, "revision"),
+            checkpoint=optional_str(f, "checkpoint"),
+            checkpoint_sha256=optional_str(f, "checkpoint_sha256"),
+            license=optional_str(f, "license"),
+            extra=_strings(f.obj("extra").data if f.has("extra") else {}, f"{where}.extra"),
+        )
+        f.done()
+        return source
+
+
+def _strings(data: dict[str, Any], where: str) -> dict[str, str]:
+    """Free-form notes (``{"note": "random init, torch seed 0"}``): strings only."""
+    return {key: check_str(value, f"{where}.{key}") for key, value in data.items()}
+
+
+def _sha256(value: str, where: str, *, empty: bool = False) -> str:
+    if (empty and value == "") or (len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        return value
+    raise BundleError(f"{where} is not a hex sha256")

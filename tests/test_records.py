@@ -1,0 +1,115 @@
+"""The typed persisted records: one budget label, round trips, and what the strict readers refuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snapvit_cli.elastic.records import Budget, BundleMetadata, SlicedConfig
+from snapvit_cli.errors import BundleError
+from snapvit_cli.models.source import MODEL_ARGS, ModelSource, check_model_args
+from snapvit_cli.schema import MAX_NESTING, parse_json
+from tests.conftest import SMALL_CONFIGS, make_small_model, small_model_source
+
+
+@pytest.mark.parametrize(
+    ("budget", "label"),
+    [
+        (Budget("flops", target=0.5, head_offset=0.15), "flops 0.5"),
+        (Budget("params", target=0.7, head_offset=0.0), "params 0.7"),
+        (Budget("ratios", mlp=0.35, heads=0.2), "mlp 0.35 heads 0.2"),
+        (Budget("ratios", mlp=0.0, heads=0.0), "mlp 0 heads 0"),
+    ],
+)
+def test_one_label_and_a_round_trip(budget, label):
+    assert budget.label() == label
+    assert Budget.from_json(json.loads(json.dumps(budget.to_json()))) == budget
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"kind": "ratios", "mlp": 1.0, "heads": 0.0},
+        {"kind": "flops", "target": 0.0},
+        {"kind": "flops", "target": 0.5, "head_offset": 2},
+        {"kind": "flops", "target": "0.5"},
+        {"kind": "energy", "target": 0.5},
+        {"kind": "flops", "target": 0.5, "extra": 1},
+        ["flops", 0.5],
+    ],
+)
+def test_bad_budgets_are_refused(data):
+    with pytest.raises(BundleError):
+        Budget.from_json(data)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_every_family_small_config_is_an_allowed_source(name):
+    """What the loader records for every supported layout passes the reader's allow-list unchanged."""
+    model = make_small_model(name)
+    source = small_model_source(name, model)
+    assert ModelSource.from_json(json.loads(json.dumps(source.to_json()))) == source
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"device": "cuda"}, "may not set device"),
+        ({"checkpoint_path": "/etc/passwd"}, "may not set checkpoint_path"),
+        ({"pretrained": True}, "may not set pretrained"),
+        ({"pretrained_cfg_overlay": {"file": "x"}}, "may not set pretrained_cfg_overlay"),
+        ({"depth": 129}, "depth must lie in [1, 128]"),
+        ({"embed_dim": 16385}, "embed_dim must lie in [1, 16384]"),
+        ({"depth": 2.0}, "depth must be an integer"),
+        ({"mlp_ratio": 0}, "mlp_ratio must lie in (0, 64]"),
+        ({"img_size": [64]}, "img_size must be a list of 2 integers"),
+        ({"global_pool": "exec"}, "global_pool must be one of"),
+        ({"embed_dim": 30, "num_heads": 4}, "not a multiple of num_heads"),
+    ],
+)
+def test_model_args_outside_the_allow_list_are_refused(args, message):
+    with pytest.raises(BundleError) as info:
+        check_model_args("vit_small_patch16_224", args, "source.model_args")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_eva_arguments_are_allowed_only_for_eva():
+    assert check_model_args("vit_base_patch16_dinov3", {"qkv_fused": False}, "a") == {"qkv_fused": False}
+    with pytest.raises(BundleError, match="may not set qkv_fused"):
+        check_model_args("vit_small_patch16_224", {"qkv_fused": False}, "a")
+    assert set(MODEL_ARGS) == {"timm.models.vision_transformer", "timm.models.deit", "timm.models.eva"}
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "convnext_tiny", "no_such_model", "vit_small_patch16_224 "])
+def test_architectures_no_family_knows_are_refused(architecture):
+    with pytest.raises(BundleError, match="not an architecture of a supported family"):
+        check_model_args(architecture, {}, "source.model_args")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), '{"a": NaN}', "[1e999]"],
+)
+def test_hostile_json_is_one_line_never_a_recursion_error(text):
+    with pytest.raises(BundleError) as info:
+        parse_json(text, "metadata")
+    assert "\n" not in str(info.value)
+
+
+def test_records_refuse_unknown_keys_and_accept_what_the_writer_wrote(tmp_path):
+    from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
+    from snapvit_cli.scoring import score_model
+
+    model = make_small_model("dino")
+    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source("dino", model), score_model(model))
+    bundle = ElasticBundle.open(path)
+    data = bundle.metadata.to_json()
+    assert BundleMetadata.from_json(data) == bundle.metadata
+    config = bundle.save_slice(tmp_path / "s", bundle.plan(mlp=0.5, heads=0.25))
+    written = json.loads((config / "config.json").read_text())
+    assert SlicedConfig.from_json(written).to_json() == written
+    with pytest.raises(BundleError, match="unknown key evil"):
+        BundleMetadata.from_json({**data, "evil": 1})
+    with pytest.raises(BundleError, match="unknown key evil"):
+        SlicedConfig.from_json({**written, "evil": 1})
