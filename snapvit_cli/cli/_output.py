@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -103,7 +104,7 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
                 warnings.showwarning = _one_line_warning
                 return func(*args, **kwargs)
         except SnapvitError as exc:
-            err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
+            report(exc, flags)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
@@ -135,6 +136,25 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def launched() -> bool:
+    """Started by torchrun with more than one process (see snapvit_cli.scoring.distributed; read here without torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def report(exc: SnapvitError, flags: dict[str, str] | None = None) -> None:
+    """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
+    (sent when another rank failed) is ignored, so that a failure ends with one line."""
+    if launched():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not launched() or int(os.environ.get("RANK", "0")) == 0:
+        err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
+
+
+def stopped_by_launcher(_signum, _frame) -> None:
+    """torchrun sends SIGTERM to the other ranks when one fails: end this one as a user error (one line, no bundle)."""
+    raise SnapvitError("stopped: another rank of the torchrun job failed; no bundle was written")
 
 
 def emit_json(data: Any) -> None:

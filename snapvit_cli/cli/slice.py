@@ -78,6 +78,15 @@ def slice_(
         int | None,
         typer.Option(help="Input resolution for GMACs (default: the model's).", metavar="PX", rich_help_panel=BUDGET),
     ] = None,
+    round_to: Annotated[
+        int,
+        typer.Option(
+            help="Round every block's kept MLP width to a multiple of N (e.g. 8 or 64 for GPU kernels); the budget "
+            "is still met within 1 %. 1 keeps the method's exact counts.",
+            metavar="N",
+            rich_help_panel=BUDGET,
+        ),
+    ] = 1,
     correct: Annotated[
         bool,
         typer.Option(
@@ -193,6 +202,7 @@ def slice_(
         heads=heads,
         resolution=resolution,
         head_offset=head_offset,
+        round_to=round_to,
     )
     result = {"output": None if dry_run else str(output), **plan.to_json()}
     if correct and not dry_run:

@@ -233,6 +233,7 @@ class ElasticBundle:
         heads: float | None = None,
         resolution: int | None = None,
         head_offset: float = DEFAULT_HEAD_OFFSET,
+        round_to: int = 1,
     ) -> SlicePlan:
         """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`."""
         return plan_slice(
@@ -245,6 +246,7 @@ class ElasticBundle:
             heads=heads,
             head_offset=head_offset,
             min_keep=self.min_keep,
+            round_to=round_to,
         )
 
     def state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
