@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter, UnitTensor
 from snapvit_cli.adapters.base import unit_view
@@ -286,16 +286,30 @@ def gradient_settings(settings: ScoreSettings, run: GradientPass, device: torch.
     }
 
 
-def gradient_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
-    """Method ``gradient``: the raw gradient scores, without xNES re-weighting (multipliers all one)."""
+def scores_from_gradients(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    settings: ScoreSettings,
+    method: str,
+    reduce: Callable[[UnitGradients], dict[str, Tensor]],
+    recorded: dict[str, object],
+) -> ScoreSet:
+    """One gradient pass, its per-unit reduction ``reduce`` and the record of both: what every gradient-based method
+    without a search (``gradient``, ``snip``) does; ``recorded`` adds the method's own settings."""
     device = resolve_device(settings.device)
     with scoring_mode(model, device):
         run = gradient_pass(model, adapter, settings, device)
-    raw = unit_scores(run.grads, settings.score)
+    scores = reduce(run.grads)
     return ScoreSet(
-        mlp=raw[MLP],
-        heads=raw[HEADS],
-        method="gradient",
-        settings={**gradient_settings(settings, run, device), "score": settings.score},
+        mlp=scores[MLP],
+        heads=scores[HEADS],
+        method=method,
+        settings={**gradient_settings(settings, run, device), **recorded},
         timings={"gradients_s": run.seconds},
     )
+
+
+def gradient_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
+    """Method ``gradient``: the raw gradient scores, without xNES re-weighting (multipliers all one)."""
+    reduce = lambda grads: unit_scores(grads, settings.score)  # noqa: E731
+    return scores_from_gradients(model, adapter, settings, "gradient", reduce, {"score": settings.score})
