@@ -126,7 +126,7 @@ def test_round_to_gives_multiples_and_meets_the_budget(multiple):
     assert rounded.widths.heads == exact.widths.heads
     assert abs(rounded.flops_fraction - 0.5) <= 0.005
     assert abs(sum(rounded.widths.mlp) - sum(exact.widths.mlp)) <= multiple / 2
-    assert rounded.budget["round_to"] == multiple and rounded.mlp_removed == 12 * 1536 - sum(rounded.widths.mlp)
+    assert rounded.budget.round_to == multiple and rounded.mlp_removed == 12 * 1536 - sum(rounded.widths.mlp)
     assert plan_slice(mlp, heads, cost, flops=0.5, round_to=1) == exact
 
 

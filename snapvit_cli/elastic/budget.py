@@ -8,6 +8,7 @@ the result is deterministic ([BETTER] rule of §4.3: exact count, stable ties, n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -163,7 +164,7 @@ def plan_slice(
         mlp_widths = round_widths(_sorted(mlp_scores), mlp_widths, round_to, min_keep["mlp"])
         n_m = total_m - sum(mlp_widths)
         _check_rounded(budget, cost, dense, n_m, n_h, total_m, round_to)
-        budget = {**budget, "round_to": round_to}
+        budget = dataclasses.replace(budget, round_to=round_to)
     widths = Widths(mlp_widths, select_widths(_sorted(head_scores), n_h, min_keep["heads"]))
     return SlicePlan(
         widths=widths,
@@ -206,18 +207,18 @@ def round_widths(
     return tuple(rounded)
 
 
-def _check_rounded(budget: dict, cost: CostTerms, dense: Widths, n_m: int, n_h: int, total_m: int, multiple: int):
+def _check_rounded(budget: Budget, cost: CostTerms, dense: Widths, n_m: int, n_h: int, total_m: int, multiple: int):
     """Raise :class:`BudgetError` unless the rounded widths still meet the budget within 1 %."""
-    if budget["kind"] == "ratios":
-        target, achieved = budget["mlp"], n_m / total_m
+    if budget.kind == "ratios":
+        target, achieved = budget.mlp, n_m / total_m
         what = "the MLP removal ratio"
     else:
-        if budget["kind"] == "flops":
+        if budget.kind == "flops":
             base, per_m, per_h = cost.macs(dense), cost.macs_per_neuron, cost.macs_per_head
         else:
             base, per_m, per_h = cost.params(dense), cost.params_per_neuron, cost.params_per_head
-        target, achieved = budget["target"], (base - n_m * per_m - n_h * per_h) / base
-        what = f"the --{budget['kind']} budget"
+        target, achieved = budget.target, (base - n_m * per_m - n_h * per_h) / base
+        what = f"the --{budget.kind} budget"
     if abs(achieved - target) > 0.01 * max(target, 1e-12):
         raise BudgetError(
             f"--round-to {multiple} misses {what} by more than 1 % ({achieved:.4f} instead of {target:.4f}): "
