@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m benchmarks.throughput                    # ViT-S/16 at 224, CPU, fractions 0.75 0.5; updates README.md
     python -m benchmarks.throughput --no-readme --profile --fractions 0.5
+    python -m benchmarks.throughput --round-to 8 64 --threads 1 --clock cpu   # + the smallest fraction, rounded widths
 
 A random-init ViT-S/16 (no download) is scored with the data-free ``magnitude`` method into a bundle in a temporary
 folder, and the dense model and the models sliced at each FLOPs fraction are timed on the CPU with all cores, at a
@@ -52,8 +53,11 @@ OP_GROUPS = {
 }
 
 
-def build_models(arch: str, fractions: list[float], folder: Path) -> list[tuple[str, float, float, nn.Module]]:
-    """(label, FLOPs fraction, GMACs, model) for the dense model and each slice of a magnitude-scored bundle."""
+def build_models(
+    arch: str, fractions: list[float], folder: Path, round_to: list[int]
+) -> list[tuple[str, float, float, nn.Module]]:
+    """(label, FLOPs fraction, GMACs, model) for the dense model and each slice of a magnitude-scored bundle, then
+    the smallest fraction again with every block's MLP width rounded to each multiple in ``round_to``."""
     dense, source = load_model(arch, pretrained=False)
     path = write_bundle(folder / "bundle.safetensors", dense, source, score_model(dense, "magnitude"))
     bundle = ElasticBundle.open(path)
@@ -62,19 +66,27 @@ def build_models(arch: str, fractions: list[float], folder: Path) -> list[tuple[
         plan = bundle.plan(flops=fraction)
         label = "dense" if fraction == 1.0 else f"sliced {fraction:g}"
         rows.append((label, plan.flops_fraction, plan.gmacs, bundle.slice(plan).eval()))
+    for multiple in round_to:
+        plan = bundle.plan(flops=min(fractions), round_to=multiple)
+        label = f"sliced {min(fractions):g}, --round-to {multiple}"
+        rows.append((label, plan.flops_fraction, plan.gmacs, bundle.slice(plan).eval()))
     return rows
 
 
-def time_interleaved(models: list[nn.Module], batch: torch.Tensor, warmup: int, rounds: int) -> list[list[float]]:
-    """Seconds per forward pass of each model, ``rounds`` rounds of one pass per model after ``warmup`` rounds."""
+def time_interleaved(
+    models: list[nn.Module], batch: torch.Tensor, warmup: int, rounds: int, clock=time.perf_counter
+) -> list[list[float]]:
+    """Seconds per forward pass of each model, ``rounds`` rounds of one pass per model after ``warmup`` rounds, on
+    ``clock`` (wall time, or ``time.process_time``: CPU time, which other processes on a busy machine do not
+    stretch; with one thread it is the work of the pass alone)."""
     times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for r in range(warmup + rounds):
             for i, model in enumerate(models):
-                start = time.perf_counter()
+                start = clock()
                 model(batch)
                 if r >= warmup:
-                    times[i].append(time.perf_counter() - start)
+                    times[i].append(clock() - start)
     return times
 
 
@@ -104,10 +116,11 @@ def render(rows, times, args, took: float) -> str:
     lines = [
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} with `{args.command}` on {machine()}; "
         f"{torch.get_num_threads()} threads, batch {args.batch_size}, float32, {args.resolution}×"
-        f"{args.resolution}, median of {args.rounds} interleaved rounds after {args.warmup} warm-up "
+        f"{args.resolution}, {args.clock} time, median of {args.rounds} interleaved rounds after {args.warmup} warm-up "
         f"({took:.0f} s in all).",
         "",
-        "| model | GMACs | FLOPs fraction | images/s | speed-up | ideal 1/f | speed-up / ideal |",
+        f"| model | GMACs | FLOPs fraction | images/{'CPU-' if args.clock == 'cpu' else ''}s | speed-up | ideal 1/f "
+        "| speed-up / ideal |",
         "|---|---|---|---|---|---|---|",
     ]
     for (label, fraction, gmacs, _), seconds in zip(rows, times, strict=True):
@@ -147,6 +160,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--round-to", type=int, nargs="*", default=[], help="MLP width multiples at the smallest fraction"
+    )
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time per pass")
     parser.add_argument("--profile", action="store_true", help="add a per-operator breakdown")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
@@ -155,12 +172,13 @@ def main() -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="snapvit-throughput-") as tmp:
-        rows = build_models(args.model, args.fractions, Path(tmp))
+        rows = build_models(args.model, args.fractions, Path(tmp), args.round_to)
     args.resolution = rows[0][3].patch_embed.img_size[0]
     batch = torch.randn(
         args.batch_size, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)
     )
-    times = time_interleaved([model for *_, model in rows], batch, args.warmup, args.rounds)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times = time_interleaved([model for *_, model in rows], batch, args.warmup, args.rounds, clock)
     section = render(rows, times, args, time.perf_counter() - start)
     if args.profile:
         smallest = min(rows, key=lambda row: row[1])

@@ -46,6 +46,11 @@ class OutputExistsError(SnapvitError):
     """An output path exists and ``--force`` was not given."""
 
 
+class OutputError(SnapvitError):
+    """An output cannot be written where asked: it is an input or the current directory, the wrong kind of path,
+    or the system refused (no permission, read-only, disk full)."""
+
+
 class SnapvitWarning(UserWarning):
     """Something the user asked for was adjusted (e.g. fewer images than requested exist); the run goes on.
 

@@ -105,3 +105,44 @@ def test_bad_budgets_are_clear_errors(budget):
     cost = get_adapter(model).cost_terms()
     with pytest.raises(BudgetError):
         plan_slice(_sorted_random(3, 96), _sorted_random(3, 4), cost, **budget)
+
+
+def _vit_small_cost():
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model("vit_small_patch16_224", pretrained=False)
+    return get_adapter(model).cost_terms()
+
+
+@pytest.mark.parametrize("multiple", [8, 64])
+def test_round_to_gives_multiples_and_meets_the_budget(multiple):
+    cost = _vit_small_cost()
+    mlp, heads = _sorted_random(12, 1536, seed=1), _sorted_random(12, 6, seed=2)
+    exact = plan_slice(mlp, heads, cost, flops=0.5)
+    rounded = plan_slice(mlp, heads, cost, flops=0.5, round_to=multiple)
+    assert all(w % multiple == 0 or w == 1536 for w in rounded.widths.mlp)
+    assert rounded.widths.mlp != exact.widths.mlp  # random scores never land on multiples everywhere
+    assert rounded.widths.heads == exact.widths.heads
+    assert abs(rounded.flops_fraction - 0.5) <= 0.005
+    assert abs(sum(rounded.widths.mlp) - sum(exact.widths.mlp)) <= multiple / 2
+    assert rounded.budget.round_to == multiple and rounded.mlp_removed == 12 * 1536 - sum(rounded.widths.mlp)
+    assert plan_slice(mlp, heads, cost, flops=0.5, round_to=1) == exact
+
+
+def test_round_to_gives_chunks_to_the_important_blocks():
+    cost = _vit_small_cost()
+    mlp = _sorted_random(12, 1536, seed=3)
+    mlp[4] *= 10  # block 4's units matter most: it keeps more than the others
+    rounded = plan_slice(mlp, _sorted_random(12, 6), cost, mlp=0.5, heads=0.0, round_to=64)
+    assert rounded.widths.mlp[4] == max(rounded.widths.mlp)
+    assert abs(rounded.mlp_ratio - 0.5) <= 0.005
+
+
+def test_round_to_refuses_what_it_cannot_meet():
+    model = make_small_model("dino")  # 96 neurons per block: chunks of 64 are far too coarse
+    cost = get_adapter(model).cost_terms()
+    with pytest.raises(BudgetError, match="round-to 64"):
+        plan_slice(_sorted_random(3, 96), _sorted_random(3, 4), cost, flops=0.7, round_to=64)
+    with pytest.raises(BudgetError, match="at least 1"):
+        plan_slice(_sorted_random(3, 96), _sorted_random(3, 4), cost, flops=0.7, round_to=0)

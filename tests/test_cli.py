@@ -44,6 +44,18 @@ def test_slice_json_matches_written_model(tmp_path, demo_bundle):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
 
 
+def test_slice_round_to_writes_rounded_widths(tmp_path, demo_bundle):
+    out = tmp_path / "r8"
+    result = run("slice", str(demo_bundle), "--flops", "0.5", "--round-to", "8", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert all(w % 8 == 0 or w == 768 for w in report["widths"]["mlp_hidden"])
+    assert abs(report["flops_fraction"] - 0.5) <= 0.005 and report["budget"]["round_to"] == 8
+    assert [b.mlp.fc1.out_features for b in load(out).blocks] == report["widths"]["mlp_hidden"]
+    bad = run("slice", str(demo_bundle), "--flops", "0.5", "--round-to", "0", "--dry-run")
+    assert bad.exit_code == 1 and "--round-to" in bad.stderr
+
+
 def test_slice_by_ratios_prints_widths(tmp_path, demo_bundle):
     result = run("slice", str(demo_bundle), "--mlp", "0.5", "--heads", "0.25", "-o", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output

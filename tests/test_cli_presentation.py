@@ -111,7 +111,7 @@ def test_quiet_silences_progress(tmp_path, demo_bundle):
 
 
 def test_help_has_examples_and_panels():
-    result = runner.invoke(app, ["score", "-h"], env={"COLUMNS": "120"})
+    result = runner.invoke(app, ["score", "-h"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for heading in ("Examples", "Model", "Data", "Scoring", "Search", "Output"):
         assert heading in result.stdout, heading

@@ -7,13 +7,16 @@ import torch
 from torch import Tensor, nn
 
 from snapvit_cli.correction.solver import (
+    DAMPING_GRID,
     DEFAULT_DAMPING,
     CorrectionError,
     Damping,
     InputStatistics,
+    TokenStatistics,
     corrected_weight,
     parse_damping,
     reconstruction_error,
+    select_correction,
 )
 
 
@@ -153,6 +156,69 @@ def test_parse_damping_invalid(spec: str) -> None:
 
 def test_default_damping_is_mean_one_percent() -> None:
     assert str(DEFAULT_DAMPING) == "mean:0.01"
+
+
+def test_parse_damping_auto_means_choose_per_layer() -> None:
+    assert parse_damping("auto") is None and parse_damping(" AUTO ") is None
+
+
+def gram(rows: Tensor) -> Tensor:
+    return rows.T @ rows / rows.shape[0]
+
+
+def test_token_statistics_split_the_class_token_from_the_rest() -> None:
+    x = torch.randn(5, 7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x[:, 0] *= 10.0  # an outlier class token
+    stats = TokenStatistics(4, "cls")
+    for part in x.split(2):
+        stats.update(part)
+    torch.testing.assert_close(stats.hessian("cls"), gram(x[:, 0]))
+    torch.testing.assert_close(stats.hessian("all"), gram(x.reshape(-1, 4)))
+    torch.testing.assert_close(stats.hessian("weighted"), 0.5 * gram(x[:, 0]) + 0.5 * gram(x[:, 1:].reshape(-1, 4)))
+    assert (stats.readout.count, stats.rest.count) == (5, 30)
+    with pytest.raises(ValueError, match="tokens must be one of"):
+        stats.hessian("patch")
+
+
+def test_token_statistics_for_pooled_models_use_the_patch_mean() -> None:
+    x = torch.randn(3, 6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    stats = TokenStatistics(4, "mean", prefix=2)  # e.g. a class token and a register before the patches
+    stats.update(x)
+    torch.testing.assert_close(stats.hessian("cls"), gram(x[:, 2:].mean(1)))
+    torch.testing.assert_close(stats.hessian("all"), gram(x.reshape(-1, 4)))
+    with pytest.raises(ValueError, match="expected inputs"):
+        stats.update(x[0])
+
+
+def test_select_correction_picks_the_damping_best_on_held_back_rows() -> None:
+    weight, kept = random_weight(6, 12, seed=1), torch.arange(5)
+    rows = correlated_inputs(220, 12, seed=2)  # one distribution: 20 rows to fit, 200 held back
+    fit, held = gram(rows[:20]), gram(rows[20:])
+    choice = select_correction(weight, fit, held, kept)
+    errors = {f: reconstruction_error(weight, corrected_weight(weight, fit, kept, Damping("mean", f)), held, kept)
+              for f in DAMPING_GRID}  # fmt: skip
+    best = min(errors, key=errors.get)
+    assert choice.fraction == best and choice.heldout_after == pytest.approx(errors[best])
+    assert len(set(errors.values())) == len(errors)  # the choice mattered
+    torch.testing.assert_close(choice.weight, corrected_weight(weight, fit, kept, Damping("mean", best)))
+    fixed = select_correction(weight, fit, held, kept, Damping("max", 0.5))
+    assert fixed.fraction == 0.5
+
+
+def test_select_correction_guard_keeps_the_plain_columns() -> None:
+    """Fit rows where pruned column 5 copies kept column 0; held-back rows where it is its negative: the fit's
+    transfer of column 5 onto column 0 doubles the held-back error, so the plain columns are kept."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 6, dtype=torch.float64, generator=gen)
+    fit_rows, held_rows = x.clone(), x.clone()
+    fit_rows[:, 5], held_rows[:, 5] = x[:, 0], -x[:, 0]
+    weight = torch.zeros(3, 6, dtype=torch.float64)
+    weight[:, 5] = 1.0
+    plain = select_correction(weight, gram(fit_rows), gram(held_rows), 5)
+    assert plain.fraction is None and plain.heldout_after == plain.heldout_before
+    assert torch.equal(plain.weight, weight[:, :5])
+    unguarded = select_correction(weight, gram(fit_rows), gram(held_rows), 5, guard=False)
+    assert unguarded.fraction is not None and unguarded.heldout_after > unguarded.heldout_before
 
 
 def test_damping_value_statistics() -> None:

@@ -150,7 +150,7 @@ def test_npz_without_labels(tmp_path: Path) -> None:
         ({"images": np.zeros((2, 4, 4, 3), np.uint8)}, "no image array: expected 'x' or 'x_train'.*images"),
         ({"x": np.zeros((2, 4, 4, 3), np.float32)}, "'x' must be uint8 images, got dtype float32"),
         ({"x": np.zeros((2, 4, 4), np.uint8)}, r"'x' must have shape \[N,H,W,C\].*\(2, 4, 4\)"),
-        ({"x": np.zeros((2, 3, 32, 32), np.uint8)}, r"'x' must have shape \[N,H,W,C\]"),  # NCHW by mistake
+        ({"x": np.zeros((2, 6, 32, 32), np.uint8)}, r"'x' must have shape \[N,H,W,C\] or \[N,C,H,W\] with 1-4"),
         ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.zeros(3, int)}, r"'y' must have shape \(2,\)"),
         ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.zeros(2)}, "'y' must hold integer class ids"),
         ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, -1])}, "negative class ids"),
@@ -164,6 +164,18 @@ def test_npz_errors(tmp_path: Path, arrays: dict, message: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message):
         load_images(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_npz_nchw_images_are_read_as_the_same_pixels(tmp_path: Path, channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    nhwc = rng.integers(0, 256, (3, 9, 7, channels), dtype=np.uint8)
+    np.savez(tmp_path / "nhwc.npz", x=nhwc)
+    np.savez(tmp_path / "nchw.npz", x=np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
+    a, b = load_images(str(tmp_path / "nhwc.npz")), load_images(str(tmp_path / "nchw.npz"))
+    for i in range(3):
+        assert a[i][0].shape == (3, 9, 7)
+        assert torch.equal(a[i][0], b[i][0])
 
 
 def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:

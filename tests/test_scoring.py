@@ -284,14 +284,33 @@ def test_candidates_batched_together_equal_one_at_a_time(fitness):
     assert not any(module._forward_pre_hooks for module in fitness.model.modules())  # hooks removed
 
 
-def test_search_never_copies_the_model(monkeypatch, data):
+def test_masked_search_never_copies_the_model(monkeypatch, data):
     def refuse(*args, **kwargs):
         raise AssertionError("the search deep-copied something")
 
     model = make_small_model("dino")
     monkeypatch.setattr(copy, "deepcopy", refuse)
     monkeypatch.setattr(torch.nn.Module, "__deepcopy__", refuse, raising=False)
-    scores = score_model(model, "snapvit", data=data, **FAST)
+    scores = score_model(model, "snapvit", data=data, ga_evaluation="masked", **FAST)
+    assert scores.extras["ga.fitness_trace"].shape == (FAST["ga_evals"],)
+
+
+def test_sliced_search_never_copies_a_weight(monkeypatch, data):
+    """Candidates are built from a meta-device copy of the structure: no real tensor is ever deep-copied."""
+    originals = {cls: cls.__deepcopy__ for cls in (torch.Tensor, torch.nn.Parameter)}
+
+    def guarded(cls):
+        def deepcopy(self, memo):
+            if not self.is_meta:
+                raise AssertionError("the search deep-copied a weight")
+            return originals[cls](self, memo)
+
+        return deepcopy
+
+    for cls in originals:
+        monkeypatch.setattr(cls, "__deepcopy__", guarded(cls))
+    scores = score_model(make_small_model("dino"), "snapvit", data=data, **FAST)
+    assert scores.settings["ga_evaluation"] == "sliced"
     assert scores.extras["ga.fitness_trace"].shape == (FAST["ga_evals"],)
 
 
@@ -349,3 +368,30 @@ def test_gradient_method_runs_on_every_family(small_name, data):
     assert scores.mlp.shape == (adapter.num_blocks, dense.mlp[0])
     assert scores.heads.shape == (adapter.num_blocks, dense.heads[0])
     assert torch.isfinite(scores.mlp).all() and scores.mlp.sum() > 0 and scores.heads.sum() > 0
+
+
+@pytest.mark.parametrize("name", ["dino", "dinov3"])
+def test_grad_checkpointing_gives_the_same_scores(name, data):
+    model = make_small_model(name)
+    plain = score_model(model, "gradient", data=data, **FAST)
+    checkpointed = score_model(model, "gradient", data=data, grad_checkpointing=True, **FAST)
+    torch.testing.assert_close(checkpointed.mlp, plain.mlp, rtol=1e-5, atol=0)
+    torch.testing.assert_close(checkpointed.heads, plain.heads, rtol=1e-5, atol=0)
+    assert checkpointed.settings["grad_checkpointing"] is True and "grad_checkpointing" not in plain.settings
+    assert model.grad_checkpointing is False  # restored
+
+
+def test_grad_checkpointing_really_recomputes(monkeypatch, data):
+    """With checkpointing every block runs twice per micro-batch (forward, then again in the backward)."""
+    model = make_small_model("dino")
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    model.blocks[0].register_forward_pre_hook(count)
+    score_model(model, "gradient", data=data, **FAST)
+    plain = calls["n"]
+    calls["n"] = 0
+    score_model(model, "gradient", data=data, grad_checkpointing=True, **FAST)
+    assert calls["n"] == 2 * plain

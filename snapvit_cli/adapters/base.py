@@ -186,6 +186,10 @@ class ModelAdapter:
         """The pooled embedding with the classifier disabled (docs/method.md §1.4)."""
         raise NotImplementedError
 
+    def check_resolution(self, resolution: int | None) -> int:
+        """The input side to use (the model's own for None); a :class:`SnapvitError` if the model cannot take it."""
+        raise NotImplementedError
+
     def cost_terms(self, resolution: int | None = None):
         """A :class:`snapvit_cli.adapters.cost.CostTerms` for this model at ``resolution`` (default: its own)."""
         raise NotImplementedError

@@ -10,6 +10,8 @@ head count needs. SigLIP2's attention-pool (MAP) head is kept whole: only the bl
 
 from __future__ import annotations
 
+import math
+
 import torch
 from timm.layers import Attention, AttentionPoolLatent
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -25,7 +27,11 @@ from snapvit_cli.adapters.mlp import (
     mlp_width,
     resize_mlp,
 )
-from snapvit_cli.errors import UnsupportedModelError
+from snapvit_cli.errors import SnapvitError, UnsupportedModelError
+
+# Largest input side, as a multiple of the side the model was built for: position embeddings (learned, resampled by
+# timm; or RoPE) are only interpolated up to there, and attention's cost grows with the fourth power of the side.
+MAX_RESOLUTION_SCALE = 4
 
 
 class ViTAdapter(ModelAdapter):
@@ -109,6 +115,33 @@ class ViTAdapter(ModelAdapter):
         model = self.model
         return model.forward_head(model.forward_features(images), pre_logits=True)
 
+    def check_resolution(self, resolution: int | None) -> int:
+        """The input side to use: the model's own for None, else ``resolution`` if the model supports it.
+
+        Supported: a positive multiple of the patch size (timm's patch embedding drops a partial patch, so another
+        size would be measured and run as a smaller one) up to ``MAX_RESOLUTION_SCALE`` times the built size.
+        This one check serves ``slice``, ``eval`` and the library alike.
+        """
+        patch_embed = self.model.patch_embed
+        native = max(patch_embed.img_size)
+        if resolution is None:
+            return native
+        step = math.lcm(*patch_embed.patch_size)
+        largest = MAX_RESOLUTION_SCALE * native // step * step
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or not step <= resolution <= largest:
+            raise SnapvitError(
+                f"resolution {resolution!r} is not supported by this model: use {step} to {largest} px "
+                f"in steps of {step} (its patch size; {native} px is the size it was built for)",
+                param="resolution",
+            )
+        if resolution % step:  # within the range, so both neighbouring multiples are too
+            lower = resolution // step * step
+            raise SnapvitError(
+                f"resolution {resolution} is not a multiple of the patch size {step}; use {lower} or {lower + step} px",
+                param="resolution",
+            )
+        return resolution
+
     def tokens(self, resolution: int | None = None) -> tuple[int, int]:
         """(patches, tokens in each block) at ``resolution`` (default: the model's own image size)."""
         patch_embed = self.model.patch_embed
@@ -118,6 +151,8 @@ class ViTAdapter(ModelAdapter):
 
     def cost_terms(self, resolution: int | None = None) -> CostTerms:
         model = self.model
+        if resolution is not None:
+            resolution = self.check_resolution(resolution)
         patches, tokens = self.tokens(resolution)
         conv = model.patch_embed.proj
         patch_macs = patches * conv.weight.numel()

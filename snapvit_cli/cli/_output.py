@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -82,7 +85,8 @@ def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
 
 def user_errors(func=None, *, flags: dict[str, str] | None = None):
     """Turn a :class:`SnapvitError` into one line on stderr and its exit code, without a traceback; show the
-    library's :class:`SnapvitWarning` as one ``warning:`` line each.
+    library's :class:`SnapvitWarning` as one ``warning:`` line each; SIGINT and SIGTERM into one line saying what
+    is on disk (every output is the complete old or the complete new one).
 
     Use as ``@user_errors`` or ``@user_errors(flags={"samples": "--correct-samples"})``.
     """
@@ -91,19 +95,66 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from snapvit_cli import fileio
+
+        fileio.reset_write_log()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _terminate_as_interrupt():
                 warnings.simplefilter("always", SnapvitWarning)
                 warnings.showwarning = _one_line_warning
                 return func(*args, **kwargs)
         except SnapvitError as exc:
-            err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
+            report(exc, flags)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was written")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err.print(
+                f"{'terminated' if terminated else 'interrupted'}; {escape(fileio.interrupt_message())}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that temporaries are removed and the same message is printed."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def launched() -> bool:
+    """Started by torchrun with more than one process (see snapvit_cli.scoring.distributed; read here without torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def report(exc: SnapvitError, flags: dict[str, str] | None = None) -> None:
+    """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
+    (sent when another rank failed) is ignored, so that a failure ends with one line."""
+    if launched():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not launched() or int(os.environ.get("RANK", "0")) == 0:
+        err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
+
+
+def stopped_by_launcher(_signum, _frame) -> None:
+    """torchrun sends SIGTERM to the other ranks when one fails: end this one as a user error (one line, no bundle)."""
+    raise SnapvitError("stopped: another rank of the torchrun job failed; no bundle was written")
 
 
 def emit_json(data: Any) -> None:

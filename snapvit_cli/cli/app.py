@@ -8,6 +8,8 @@ machine-readable result on stdout and everything else on stderr.
 from __future__ import annotations
 
 import gc
+import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -17,7 +19,8 @@ from snapvit_cli.cli import eval as eval_command
 from snapvit_cli.cli import export as export_command
 from snapvit_cli.cli import import_scores, models, push, score
 from snapvit_cli.cli import slice as slice_command
-from snapvit_cli.cli._output import say
+from snapvit_cli.cli._output import launched, report, say, stopped_by_launcher
+from snapvit_cli.errors import SnapvitError
 
 app = typer.Typer(
     name="snapvit",
@@ -57,8 +60,13 @@ app.command("models", epilog=models.EPILOG)(models.models)
 
 def main() -> None:
     """Console-script entry point."""
+    if launched():  # by torchrun (see snapvit_cli.scoring.distributed)
+        signal.signal(signal.SIGTERM, stopped_by_launcher)
     try:
         app()
+    except SnapvitError as exc:  # the launcher's SIGTERM outside a command
+        report(exc)
+        sys.exit(exc.exit_code)
     finally:
         # torch, timm and torchvision leave millions of objects that the interpreter's shutdown collections would
         # traverse: freezing them first (nothing needs collecting at exit) saves about 0.8 s of CPU per command.

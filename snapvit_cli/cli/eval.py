@@ -200,7 +200,7 @@ def eval_(
         from snapvit_cli.evaluation.plot import require_matplotlib
 
         require_matplotlib()
-        check_output(plot, force)  # fail before the expensive part
+        check_output(plot, force, inputs=(target, data, checkpoint))  # fail before the expensive part
     hub = transfer(not quiet and target.startswith("hf-hub:"), f"downloading {target}")
     with hub, quiet_hub(quiet), progress_bars(not quiet, transient=True) as progress:
         report = evaluate_target(

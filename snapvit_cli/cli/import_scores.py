@@ -71,7 +71,7 @@ def import_scores(
     from snapvit_cli.reference.importing import import_reference_scores, write_imported_bundle
 
     output = output or Path(f"{ref.stem}.bundle.safetensors")
-    check_output(output, force)  # fail before loading the model
+    check_output(output, force, inputs=(ref, checkpoint))  # fail before loading the model
     with status(not quiet, f"importing {ref.name}"), quiet_hub(quiet):
         imported = import_reference_scores(
             ref, model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False

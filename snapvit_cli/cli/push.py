@@ -106,6 +106,14 @@ def push(
         bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.", rich_help_panel=OUTPUT)
     ] = False,
     quiet: QuietOpt = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="Upload the target of each symbolic link that points inside the folder (links are refused "
+            "without it; links pointing outside always are).",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
@@ -131,6 +139,7 @@ def push(
             allow_random=allow_random,
             base_model=base_model,
             license=license_id,
+            follow_links=follow_links,
         )
     if json_output:
         emit_json(

@@ -31,6 +31,7 @@ from snapvit_cli.cli._options import (
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, status
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
+from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
 
 DEFAULTS = ScoreSettings()  # the defaults shown in --help
@@ -109,6 +110,15 @@ def score(
             rich_help_panel=SCORING,
         ),
     ] = DEFAULTS.micro_batch,
+    grad_checkpointing: Annotated[
+        bool,
+        typer.Option(
+            "--grad-checkpointing",
+            help="Recompute each block in the gradient pass's backward (timm's set_grad_checkpointing): memory for "
+            "one block's activations instead of all, for about a third more compute; the same scores.",
+            rich_help_panel=SCORING,
+        ),
+    ] = DEFAULTS.grad_checkpointing,
     device: Annotated[
         Device, typer.Option(help="auto: cuda, else mps, else cpu.", rich_help_panel=SCORING)
     ] = DEFAULTS.device,
@@ -191,6 +201,14 @@ def score(
     ] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print the images, passes and estimated memory and time of every stage on this device, without "
+            "reading weights or scoring.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Score every MLP neuron and attention head once and write an elastic bundle."""
@@ -198,7 +216,7 @@ def score(
     from snapvit_cli.elastic.bundle import write_bundle
     from snapvit_cli.fileio import check_output
     from snapvit_cli.models.loading import load_model
-    from snapvit_cli.scoring import DATA_METHODS, default_data, score_model
+    from snapvit_cli.scoring import DATA_METHODS, default_data, distributed, score_model
     from snapvit_cli.scoring.settings import parse_pairs
 
     min_keep = {"mlp": min_keep_mlp, "heads": min_keep_heads}
@@ -208,6 +226,7 @@ def score(
         ga_samples=ga_samples,
         batch_size=batch_size,
         micro_batch=micro_batch,
+        grad_checkpointing=grad_checkpointing,
         seed=seed,
         device=device,
         crops=crops,
@@ -221,18 +240,30 @@ def score(
         cka_init=cka_init,
         min_keep=min_keep,
     )
-    ScoreSettings.from_kwargs(settings).check_method(method)  # reject bad settings before loading anything
+    config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
+    config.check_method(method)
     if method in DATA_METHODS:
         resolve_device(device)
+    if dry_run:
+        _print_estimate(model, method, config, json_output)
+        return
     output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
-    check_output(output, force)  # fail before the expensive part
-    with status(not quiet, f"loading {model}"), quiet_hub(quiet):
-        dense, source = load_model(
-            model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
-        )
-    detail = lambda best: f"best fitness {best:.5f}"  # noqa: E731
-    with progress_bars(not quiet and method in DATA_METHODS, STAGES, detail) as progress:
-        scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
+    check_output(output, force, inputs=(data, checkpoint, model))  # fail before the expensive part
+    primary = not distributed.is_secondary()  # under torchrun, rank 0 alone shows progress, writes and prints
+    with distributed.failures_end_all_ranks():
+        distributed.start(device)
+        try:
+            with status(primary and not quiet, f"loading {model}"), quiet_hub(quiet or not primary):
+                dense, source = load_model(
+                    model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False
+                )
+            detail = lambda best: f"best fitness {best:.5f}"  # noqa: E731
+            with progress_bars(primary and not quiet and method in DATA_METHODS, STAGES, detail) as progress:
+                scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
+        finally:
+            distributed.stop()
+    if not primary:
+        return
     path = write_bundle(output, dense, source, scores, min_keep=min_keep, force=force)
     result = {
         "bundle": str(path),
@@ -256,3 +287,33 @@ def score(
     elif method == "snapvit":
         summary += "; no xNES search (--ga-evals 0)"
     say(f"wrote [bold]{escape(str(path))}[/] ({escape(summary)})")
+
+
+def _print_estimate(model: str, method: str, settings, json_output: bool) -> None:
+    """``score --dry-run``: the closed-form estimate of every stage (snapvit_cli.scoring.estimate)."""
+    from snapvit_cli.adapters import get_adapter
+    from snapvit_cli.devices import resolve_device
+    from snapvit_cli.models.loading import meta_architecture
+    from snapvit_cli.scoring import DATA_METHODS
+    from snapvit_cli.scoring.estimate import duration, estimate_scoring, matmul_speed
+
+    if method not in DATA_METHODS:
+        raise SnapvitError(
+            f"--method {method} reads no images and costs next to nothing; --dry-run estimates "
+            f"{', '.join(sorted(DATA_METHODS))}"
+        )
+    architecture = meta_architecture(model)
+    target = resolve_device(settings.device)
+    speed = matmul_speed(target)
+    stages = estimate_scoring(architecture, get_adapter(architecture), settings, target, speed, method)
+    if json_output:
+        emit_json({"device": str(target), "matmul_tflop_per_s": speed / 1e12, "stages": [s.to_json() for s in stages]})
+        return
+    say(f"{model} on {target} (matmul {speed / 1e12:.2f} TFLOP/s measured; times are lower bounds)", markup=False)
+    for s in stages:
+        host = f" (+ {s.host_gb:.2f} GB host)" if s.host_gb else ""
+        say(
+            f"  {s.stage}: {s.images} images, {s.passes}; {s.tflop:.2f} TFLOP, ≥ {duration(s.seconds)}; "
+            f"memory {s.device_gb:.2f} GB{host}",
+            markup=False,
+        )

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from snapvit_cli.devices import DEVICES
 from snapvit_cli.errors import SnapvitError
 
+#: How the rows of a layer's input are weighted in the correction's statistics (``--correct-tokens``):
+#: class token and the other tokens half each, the class token only, or every token alike (the reference).
+TOKEN_MODES = ("weighted", "cls", "all")
+
 
 @dataclass(frozen=True)
 class CorrectionSettings:
@@ -16,13 +20,16 @@ class CorrectionSettings:
     :class:`~snapvit_cli.data.ImageSet` (used as given); of a string's train split, ``samples`` images are drawn
     with ``seed``.
     ``sequential`` feeds each block the corrected outputs of the blocks before it; ``False`` feeds the dense
-    model's activations (the reference). ``damping`` is ``mean:F``, ``max:F`` or ``pNN:F``.
+    model's activations (the reference). ``damping`` is ``auto`` (chosen per layer on held-back calibration
+    images) or ``mean:F``, ``max:F`` or ``pNN:F``. ``tokens`` is one of :data:`TOKEN_MODES` (issue 18: ``weighted``
+    keeps the class token from being outvoted by the patch tokens).
     """
 
     data: object = "demo"
     samples: int = 1000
     seed: int = 0
-    damping: str = "mean:0.01"
+    damping: str = "auto"
+    tokens: str = "weighted"
     sequential: bool = True
     batch_size: int = 64
     device: str = "auto"
@@ -31,6 +38,8 @@ class CorrectionSettings:
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise SnapvitError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)
+        if self.tokens not in TOKEN_MODES:
+            raise SnapvitError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got '{self.tokens}'", param="tokens")
         if self.device not in DEVICES:
             raise SnapvitError(f"device must be one of {', '.join(DEVICES)}, got '{self.device}'", param="device")
         from snapvit_cli.correction.solver import parse_damping  # here: the solver needs torch

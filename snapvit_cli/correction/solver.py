@@ -10,6 +10,14 @@ over the layer's inputs, kept columns K and pruned columns P, the optimum is the
 which is exactly what sequential OBS computes when all pruned columns are processed first (the reference's
 right-to-left SparseGPT pass on the permuted model); it costs one Cholesky factorisation of H_KK per layer.
 
+Which rows count, and how much, is a choice (:class:`TokenStatistics`): every token alike (``all``, the reference),
+only the *readout* rows that the features are read from (``cls``: the class token, or the per-image mean of the
+patch tokens for average-pooled models), or both halves weighted equally (``weighted``). With plain all-token
+statistics the 196 patch tokens of a 224 px ViT outweigh the class token 196:1, and a fit that is best on
+average can move the class token, the only row that kNN and linear probes read, further from the dense model.
+The damping can be chosen per layer on held-back images (:func:`select_correction`), which also keeps a layer's
+plain weights when no candidate beats them there.
+
 This module only does the linear algebra on tensors. Driving it block by block (hooks on ``fc2``/``w3`` and
 ``attn.proj``, batched block forwards, dense vs sequential calibration inputs, writing weights back) is
 :mod:`snapvit_cli.correction.apply`. SwiGLU needs nothing special here: ``w3``'s input is the gated hidden activation,
@@ -112,12 +120,20 @@ class Damping:
 
 DEFAULT_DAMPING = Damping("mean", 0.01)
 
+#: Candidate damping fractions (× mean diag H) that :func:`select_correction` tries on held-back images.
+DAMPING_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
 _SPEC = re.compile(r"(mean|max|p(\d+(?:\.\d+)?)):(.+)")
 
 
-def parse_damping(spec: str) -> Damping:
-    """Parse ``mean:0.01`` (default), ``max:0.1`` or ``pNN:F`` (F × the NN-th percentile of diag H)."""
-    usage = "expected mean:F, max:F or pNN:F with F > 0 and 0 <= NN <= 100, e.g. mean:0.01, max:0.1, p95:0.01"
+def parse_damping(spec: str) -> Damping | None:
+    """Parse ``mean:0.01``, ``max:0.1`` or ``pNN:F`` (F × the NN-th percentile of diag H); ``auto`` gives None
+    (the damping is then chosen per layer on held-back images, :func:`select_correction`)."""
+    usage = (
+        "expected auto, mean:F, max:F or pNN:F with F > 0 and 0 <= NN <= 100, e.g. auto, mean:0.01, max:0.1, p95:0.01"
+    )
+    if spec.strip().lower() == "auto":
+        return None
     match = _SPEC.fullmatch(spec.strip().lower())
     if match is None:
         raise CorrectionError(f"bad damping {spec!r}: {usage}")
@@ -229,3 +245,103 @@ def reconstruction_error(weight_dense: Tensor, weight_kept: Tensor, hessian: Ten
     delta[:, kept] -= weight_kept.to(torch.float64)
     h = hessian.to(device=delta.device, dtype=torch.float64)
     return float(((delta @ h) * delta).sum())
+
+
+class TokenStatistics:
+    """Input statistics of one layer, kept in two parts so that the rows can be weighted afterwards.
+
+    ``readout`` holds the rows the model's features are read from: the class token (``"cls"``: row 0 of each
+    sequence) or, for average-pooled models (``"mean"``), the mean of each sequence's patch tokens (rows from
+    ``prefix`` on; the layer is linear, so the error of the mean row is the error of the pooled output). ``rest``
+    holds every other row (``"cls"``) or every row (``"mean"``). Inputs must be ``[batch, tokens, d_in]``.
+    :meth:`hessian` combines them per ``--correct-tokens``; a stored version needs exactly these two Grams and their
+    row counts.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        readout: str = "cls",
+        prefix: int = 1,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ):
+        if readout not in ("cls", "mean"):
+            raise ValueError(f"readout must be 'cls' or 'mean', got {readout!r}")
+        self.readout_kind, self.prefix = readout, prefix
+        self.readout = InputStatistics(d_in, dtype, device)
+        self.rest = InputStatistics(d_in, dtype, device)
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Add one batch of sequences ``[batch, tokens, d_in]``."""
+        if x.dim() != 3:
+            raise ValueError(f"expected inputs [batch, tokens, d_in], got shape {tuple(x.shape)}")
+        if self.readout_kind == "cls":
+            self.readout.update(x[:, 0])
+            if x.shape[1] > 1:
+                self.rest.update(x[:, 1:])
+        else:
+            self.readout.update(x[:, self.prefix :].mean(dim=1))
+            self.rest.update(x)
+
+    def hessian(self, tokens: str) -> Tensor:
+        """The layer's second moment with rows weighted per ``tokens``: ``all`` (every token alike), ``cls``
+        (readout rows only) or ``weighted`` (the mean over readout rows and the mean over the rest, ½ each)."""
+        if tokens == "cls":
+            return self.readout.hessian
+        if tokens == "weighted":
+            return 0.5 * self.readout.hessian + 0.5 * self.rest.hessian
+        if tokens == "all":
+            if self.readout_kind == "mean":
+                return self.rest.hessian
+            return (self.readout.gram + self.rest.gram) / (self.readout.count + self.rest.count)
+        raise ValueError(f"tokens must be one of weighted, cls, all, got {tokens!r}")
+
+    def register(self, linear: nn.Linear) -> RemovableHandle:
+        """Feed these statistics every input ``linear`` sees; call ``.remove()`` on the handle when done."""
+        if linear.in_features != self.readout.d_in:
+            raise ValueError(f"layer has {linear.in_features} input features, accumulator expects {self.readout.d_in}")
+        return linear.register_forward_pre_hook(lambda _module, args: self.update(args[0]))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`select_correction` chose for one layer: the new kept columns (or the plain ones), the damping
+    fraction used (None: the plain weights were kept) and the held-back errors of the plain and chosen weights."""
+
+    weight: Tensor
+    fraction: float | None
+    heldout_before: float
+    heldout_after: float
+
+
+def select_correction(
+    weight: Tensor,
+    fit: Tensor,
+    heldout: Tensor,
+    keep: Tensor | int,
+    damping: Damping | None = None,
+    guard: bool = True,
+) -> Selection:
+    """Correct on the ``fit`` second moment, judged on the ``heldout`` one (images not used for the fit).
+
+    With ``damping=None`` each fraction of :data:`DAMPING_GRID` (× mean diag of ``fit``) is tried and the one with
+    the lowest held-back error wins; otherwise ``damping`` is used as given. With ``guard`` the plain kept columns
+    are returned (``fraction=None``) unless the correction lowers the held-back error: large damping tends to
+    the plain weights anyway, so this is the grid's last candidate. Everything here needs only Gram matrices.
+    """
+    kept, _ = _split_columns(keep, weight.shape[1], weight.device)
+    plain = weight[:, kept]
+    before = reconstruction_error(weight, plain, heldout, kept)
+    candidates = [Damping("mean", f) for f in DAMPING_GRID] if damping is None else [damping]
+    best: Selection | None = None
+    for candidate in candidates:
+        new = corrected_weight(weight, fit, kept, candidate)
+        after = reconstruction_error(weight, new, heldout, kept)
+        if best is None or after < best.heldout_after:
+            best = Selection(new, candidate.fraction, before, after)
+    assert best is not None
+    if guard and not best.heldout_after < before:
+        return Selection(plain.clone(), None, before, before)
+    return best

@@ -1,6 +1,6 @@
 """Images for scoring (calibration), weight correction and evaluation, from one ``--data`` string.
 
-Sources: an image folder, an ``.npz`` of uint8 NHWC arrays, a Hugging Face dataset ``hf:NAME[:CONFIG]``, or
+Sources: an image folder, an ``.npz`` of uint8 NHWC (or NCHW) arrays, a Hugging Face dataset ``hf:NAME[:CONFIG]``, or
 the generated ``demo`` set (``demo:TRAIN/TEST`` for other sizes). Every source yields an :class:`ImageSet` of
 uint8 RGB images with labels (-1 when unknown); :func:`preprocess` and :func:`make_loader` make model batches.
 """

@@ -1,4 +1,4 @@
-"""In-memory image arrays: ``.npz`` files of uint8 NHWC images (and the generated demo set)."""
+"""In-memory image arrays: ``.npz`` files of uint8 NHWC (or NCHW) images (and the generated demo set)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 from snapvit_cli.data.imageset import ImageSet, resolve_split
 from snapvit_cli.errors import DataError
 from snapvit_cli.fileio import sha256_file
+
+CHANNELS = (1, 2, 3, 4)  # gray, gray+alpha, RGB, RGBA
 
 
 class ArrayReader:
@@ -71,12 +73,20 @@ def _read_split(
 
 
 def _check_images(array: np.ndarray, path: Path, key: str) -> torch.Tensor:
-    """uint8 [N,H,W,C] (C in 1..4) as a [N,C,H,W] view; anything else is a clear error, not a crash later."""
+    """uint8 images as a [N,C,H,W] tensor: [N,H,W,C] (C in 1..4, served as a view) or [N,C,H,W] (torchvision's
+    layout), told apart by which axis can hold channels; where both can, the images are at most 4 pixels wide and
+    the documented [N,H,W,C] is meant. An array where neither can is refused rather than read into noise."""
     if array.dtype != np.uint8:
         raise DataError(f"{path}: '{key}' must be uint8 images, got dtype {array.dtype}")
-    if array.ndim != 4 or array.shape[-1] not in (1, 2, 3, 4) or array.shape[0] == 0:
-        raise DataError(f"{path}: '{key}' must have shape [N,H,W,C] with N > 0, C in 1-4; got {array.shape}")
-    return torch.from_numpy(array).permute(0, 3, 1, 2)
+    if array.ndim != 4 or array.shape[0] == 0:
+        raise DataError(f"{path}: '{key}' must have shape [N,H,W,C] or [N,C,H,W] with N > 0; got {array.shape}")
+    channels_last = array.shape[3] in CHANNELS
+    if not channels_last and array.shape[1] not in CHANNELS:
+        raise DataError(
+            f"{path}: '{key}' must have shape [N,H,W,C] or [N,C,H,W] with 1-4 channels C; got {array.shape}"
+        )
+    images = torch.from_numpy(array)
+    return images.permute(0, 3, 1, 2) if channels_last else images
 
 
 def _check_labels(array: np.ndarray, count: int, path: Path, key: str) -> torch.Tensor:

@@ -8,6 +8,7 @@ the result is deterministic ([BETTER] rule of §4.3: exact count, stable ties, n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -95,6 +96,7 @@ def plan_slice(
     heads: float | None = None,
     head_offset: float = DEFAULT_HEAD_OFFSET,
     min_keep: dict[str, float] | None = None,
+    round_to: int = 1,
 ) -> SlicePlan:
     """Resolve exactly one kind of budget into a :class:`SlicePlan`.
 
@@ -102,6 +104,8 @@ def plan_slice(
     ratio follows the MLP ratio as ``max(0, mlp_ratio − head_offset)`` (0.15: the paper's grid; 0: prune both
     alike; 1: MLP only); the MLP count is then fine-tuned so the target is met to within one neuron's cost.
     ``mlp`` / ``heads``: fractions of neurons / heads to *remove* (the paper's convention), in [0, 1).
+    ``round_to``: every block's kept MLP width becomes a multiple of it (or stays whole) by :func:`round_widths`;
+    the budget must still be met within 1 % (1 = the method's exact counts).
     """
     min_keep = {**DEFAULT_MIN_KEEP, **(min_keep or {})}
     blocks, width = mlp_scores.shape
@@ -155,10 +159,13 @@ def plan_slice(
             )
         budget = Budget(kind, target=fraction, head_offset=head_offset)
 
-    widths = Widths(
-        select_widths(_sorted(mlp_scores), n_m, min_keep["mlp"]),
-        select_widths(_sorted(head_scores), n_h, min_keep["heads"]),
-    )
+    mlp_widths = select_widths(_sorted(mlp_scores), n_m, min_keep["mlp"])
+    if round_to != 1:
+        mlp_widths = round_widths(_sorted(mlp_scores), mlp_widths, round_to, min_keep["mlp"])
+        n_m = total_m - sum(mlp_widths)
+        _check_rounded(budget, cost, dense, n_m, n_h, total_m, round_to)
+        budget = dataclasses.replace(budget, round_to=round_to)
+    widths = Widths(mlp_widths, select_widths(_sorted(head_scores), n_h, min_keep["heads"]))
     return SlicePlan(
         widths=widths,
         budget=budget,
@@ -172,6 +179,51 @@ def plan_slice(
         dense_gmacs=dense_macs / 1e9,
         dense_params=cost.params(dense),
     )
+
+
+def round_widths(
+    sorted_scores: torch.Tensor, widths: tuple[int, ...], multiple: int, min_keep: float
+) -> tuple[int, ...]:
+    """``widths`` with every block's count a multiple of ``multiple`` (or the whole block), about the same total.
+
+    Every block starts at its width rounded down (but not below its floor, itself rounded up); then whole chunks of
+    ``multiple`` units go back, the most important chunk first (the sum of its units' scores, the global rule of §4
+    at chunk granularity), while the total stays at most ``multiple / 2`` below the exact one.
+    """
+    if multiple < 1:
+        raise BudgetError(f"--round-to must be at least 1, got {multiple}")
+    blocks, width = sorted_scores.shape
+    floor = min(width, -(-block_floor(width, min_keep) // multiple) * multiple)
+    rounded = [min(width, max(floor, w // multiple * multiple)) for w in widths]
+    scores = sorted_scores.double()
+    target = sum(widths)
+    while target - sum(rounded) > multiple / 2:
+        open_blocks = [i for i, w in enumerate(rounded) if w < width]
+        if not open_blocks:
+            break
+        # the chunk whose units score highest in total; ties go to the earlier block
+        block = max(open_blocks, key=lambda i: (float(scores[i, rounded[i] : rounded[i] + multiple].sum()), -i))
+        rounded[block] = min(width, rounded[block] + multiple)
+    return tuple(rounded)
+
+
+def _check_rounded(budget: Budget, cost: CostTerms, dense: Widths, n_m: int, n_h: int, total_m: int, multiple: int):
+    """Raise :class:`BudgetError` unless the rounded widths still meet the budget within 1 %."""
+    if budget.kind == "ratios":
+        target, achieved = budget.mlp, n_m / total_m
+        what = "the MLP removal ratio"
+    else:
+        if budget.kind == "flops":
+            base, per_m, per_h = cost.macs(dense), cost.macs_per_neuron, cost.macs_per_head
+        else:
+            base, per_m, per_h = cost.params(dense), cost.params_per_neuron, cost.params_per_head
+        target, achieved = budget.target, (base - n_m * per_m - n_h * per_h) / base
+        what = f"the --{budget.kind} budget"
+    if abs(achieved - target) > 0.01 * max(target, 1e-12):
+        raise BudgetError(
+            f"--round-to {multiple} misses {what} by more than 1 % ({achieved:.4f} instead of {target:.4f}): "
+            f"the blocks are too narrow for chunks of {multiple}"
+        )
 
 
 def _sorted(scores: torch.Tensor) -> torch.Tensor:

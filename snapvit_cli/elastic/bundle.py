@@ -234,6 +234,7 @@ class ElasticBundle:
         heads: float | None = None,
         resolution: int | None = None,
         head_offset: float = DEFAULT_HEAD_OFFSET,
+        round_to: int = 1,
     ) -> SlicePlan:
         """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`."""
         return plan_slice(
@@ -246,6 +247,7 @@ class ElasticBundle:
             heads=heads,
             head_offset=head_offset,
             min_keep=self.min_keep,
+            round_to=round_to,
         )
 
     def state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
@@ -303,8 +305,8 @@ class ElasticBundle:
         if correction is None:
             state, bundle_sha256 = self.read_verified(plan.widths)
             config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-            return save_sliced(out_dir, state, config, force=force)
-        check_output(out_dir, force)  # fail before the expensive part
+            return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
+        check_output(out_dir, force, directory=True, inputs=(self.path, correction.data))  # before the expensive part
         from snapvit_cli.correction.apply import correct_with_settings
 
         bundle_sha256 = self.verified_sha256()
@@ -312,7 +314,9 @@ class ElasticBundle:
         self._file.check_unchanged()
         check_finite(result.state, f"{self.path}: the corrected weights")
         config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-        return save_sliced(out_dir, result.state, replace(config, correction=result.to_json()), force=force)
+        return save_sliced(
+            out_dir, result.state, replace(config, correction=result.to_json()), force=force, inputs=(self.path,)
+        )
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""

@@ -103,7 +103,7 @@ def save_slices(
     if len(plans) != len(outputs):
         raise ValueError("one output per plan")
     for out in outputs:
-        check_output(out, force)
+        check_output(out, force, directory=True, inputs=(bundle.path,))
     bundle.weights()
     digest = bundle.verified_sha256()
     written = []
@@ -111,5 +111,5 @@ def save_slices(
         state = bundle.state_dict(plan.widths)
         check_finite(state, f"{bundle.path}: the sliced weights")
         config = sliced_config(bundle.metadata, plan, bundle_sha256=digest)
-        written.append(save_sliced(out, state, config, force=force))
+        written.append(save_sliced(out, state, config, force=force, inputs=(bundle.path,)))
     return written

@@ -48,17 +48,20 @@ class Budget:
     head_offset: float | None = None
     mlp: float | None = None
     heads: float | None = None
+    round_to: int = 1  # every block's kept MLP width a multiple of this (slice --round-to); 1 = exact counts
 
     def label(self) -> str:
         """The budget for people, the same in tables, plots and model cards: ``flops 0.5``, ``mlp 0.35 heads 0.2``."""
+        rounded = f" round-to {self.round_to}" if self.round_to != 1 else ""
         if self.kind == "ratios":
-            return f"mlp {self.mlp or 0:g} heads {self.heads or 0:g}"
-        return f"{self.kind} {self.target:g}"
+            return f"mlp {self.mlp or 0:g} heads {self.heads or 0:g}{rounded}"
+        return f"{self.kind} {self.target:g}{rounded}"
 
     def to_json(self) -> dict[str, Any]:
+        rounded = {"round_to": self.round_to} if self.round_to != 1 else {}  # absent: files stay as they were
         if self.kind == "ratios":
-            return {"kind": "ratios", "mlp": self.mlp, "heads": self.heads}
-        return {"kind": self.kind, "target": self.target, "head_offset": self.head_offset}
+            return {"kind": "ratios", "mlp": self.mlp, "heads": self.heads, **rounded}
+        return {"kind": self.kind, "target": self.target, "head_offset": self.head_offset, **rounded}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "budget") -> Budget:
@@ -70,13 +73,15 @@ class Budget:
     def _read(cls, data: Any, where: str) -> tuple[Budget, Fields]:
         f = Fields(data, where)
         kind = f.str("kind", choices=BUDGET_KINDS)
+        round_to = f.int("round_to", 1, 1 << 16, 1)
         if kind == "ratios":
-            budget = cls(kind, mlp=f.float("mlp", 0.0, 1.0), heads=f.float("heads", 0.0, 1.0))
+            budget = cls(kind, mlp=f.float("mlp", 0.0, 1.0), heads=f.float("heads", 0.0, 1.0), round_to=round_to)
             if budget.mlp >= 1.0 or budget.heads >= 1.0:
                 raise BundleError(f"{where}: removed fractions must lie in [0, 1)")
         else:
             target = f.float("target", 0.0, 1.0, open_lo=True)
-            budget = cls(kind, target=target, head_offset=f.float("head_offset", 0.0, 1.0, None))
+            head_offset = f.float("head_offset", 0.0, 1.0, None)
+            budget = cls(kind, target=target, head_offset=head_offset, round_to=round_to)
         return budget, f
 
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from snapvit_cli.errors import BundleError, SnapvitError
+from snapvit_cli.fileio import save_safetensors
 
 _PROC_FD = Path("/proc/self/fd")
 CHUNK = 1 << 22
@@ -110,7 +110,7 @@ class OpenFile:
 
 def save_canonical(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """``safetensors.torch.save_file`` with the header's ``__metadata__`` keys sorted: byte-identical reruns."""
-    save_file(tensors, str(path), metadata=metadata)
+    save_safetensors(tensors, path, metadata)  # I/O failures (disk full...) as OSError, for atomic_path/atomic_dir
     with open(path, "r+b") as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size), object_pairs_hook=dict)

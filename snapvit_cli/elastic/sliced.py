@@ -70,10 +70,16 @@ def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: s
 
 
 def save_sliced(
-    out_dir: str | os.PathLike, state: dict[str, torch.Tensor], config: SlicedConfig, *, force: bool = False
+    out_dir: str | os.PathLike,
+    state: dict[str, torch.Tensor],
+    config: SlicedConfig,
+    *,
+    force: bool = False,
+    inputs: tuple[object, ...] = (),
 ) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing)."""
-    out_dir = check_output(out_dir, force)
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing); an
+    existing folder is replaced only with ``force``, and never when it is or contains one of ``inputs``."""
+    out_dir = check_output(out_dir, force, directory=True, inputs=inputs)
     text = json.dumps(config.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
     with atomic_dir(out_dir) as tmp:
         save_canonical(

@@ -337,6 +337,7 @@ def evaluate_target(
     """Open TARGET and the data, then :func:`evaluate`; the report's ``wall_s`` includes both openings."""
     started = time.perf_counter()
     target = open_target(spec, budgets=budgets, checkpoint=checkpoint, revision=revision, reference=reference)
+    get_adapter(target.dense).check_resolution(settings.resolution)  # before the data is read
     opened = time.perf_counter()
     data = EvalData.load(data_source, settings)
     loaded = time.perf_counter()
@@ -356,7 +357,7 @@ def evaluate(
     """Evaluate every model of ``target`` on ``data``."""
     started = time.perf_counter()
     device = resolve_device(settings.device)
-    resolution = settings.resolution or get_adapter(target.dense).cost_terms().resolution  # the built img_size
+    resolution = get_adapter(target.dense).check_resolution(settings.resolution)
     transform = eval_transform(settings.transform, target.pretrained_cfg, resolution)
     dense_cost, dense_widths = _cost(target.dense, resolution)
     cache: dict[Widths, tuple[Tensor, Tensor]] = {}

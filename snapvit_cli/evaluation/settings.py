@@ -59,5 +59,3 @@ class EvalSettings:
             raise SnapvitError(
                 f"transform must be one of {', '.join(TRANSFORMS)}, got '{self.transform}'", param="transform"
             )
-        if self.resolution is not None and self.resolution < 1:
-            raise SnapvitError(f"resolution must be positive, got {self.resolution}", param="resolution")

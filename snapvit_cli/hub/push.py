@@ -13,7 +13,7 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token
 
 from snapvit_cli._version import __version__
 from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError
-from snapvit_cli.fileio import atomic_dir
+from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.hub.client import (
     BUNDLE_FILENAME,
     CARD_FILENAME,
@@ -77,6 +77,7 @@ def push(
     allow_random: bool = False,
     base_model: str | None = None,
     license: str | None = None,
+    follow_links: bool = False,
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
 
@@ -88,6 +89,9 @@ def push(
     Models scored from random weights are refused unless ``allow_random`` (their card then says so first);
     ``eval_results`` must describe this very model (:func:`~snapvit_cli.hub.eval_results.matching_results`).
     ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights.
+    Nothing is sent unless the whole upload is known to be sound: a folder holding symbolic links is refused
+    (``follow_links`` uploads the targets of those that point inside the folder, refusing the rest), and a
+    folder's ``model.safetensors`` must load and match its ``config.json``.
     """
     path = Path(path)
     check_repo_id(repo_id)
@@ -95,7 +99,7 @@ def push(
         raise HubError(
             "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
         )
-    kind, sources, config, examples = _collect(path)
+    kind, sources, config, examples = _collect(path, follow_links)
     origin = weights_origin(model_source(config))
     if origin == "random" and not allow_random:
         raise HubError(
@@ -127,7 +131,7 @@ def push(
     files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
 
     if dry_run_dir is not None:
-        out = _prepare_dry_run_dir(Path(dry_run_dir), force)
+        out = _prepare_dry_run_dir(Path(dry_run_dir), force, path)
         with atomic_dir(out) as staging:
             _stage(sources, card, staging, link=False)
         return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
@@ -176,7 +180,7 @@ def _upload(
     )
 
 
-def _collect(path: Path) -> tuple[Kind, dict[str, Path], Record, list[dict[str, Any]]]:
+def _collect(path: Path, follow_links: bool) -> tuple[Kind, dict[str, Path], Record, list[dict[str, Any]]]:
     """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
     (the sliced config or the bundle metadata record, plus example budgets for a bundle).
 
@@ -185,22 +189,20 @@ def _collect(path: Path) -> tuple[Kind, dict[str, Path], Record, list[dict[str, 
     # Imported here: they pull in torch and timm, which the rest of this module does not need.
     from snapvit_cli.elastic.artifacts import CONFIG_NAME, WEIGHTS_NAME, resolve_artifact
     from snapvit_cli.elastic.bundle import ElasticBundle
-    from snapvit_cli.elastic.sliced import read_config
+    from snapvit_cli.elastic.sliced import load_sliced
 
     artifact = resolve_artifact(path)
     if artifact.kind == "bundle":
         bundle = ElasticBundle.open(artifact.path)
         return "bundle", {BUNDLE_FILENAME: artifact.path}, bundle.metadata, _example_plans(bundle)
     folder = artifact.path
-    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    sources = folder_files(folder, follow_links=follow_links)
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if name not in sources]
     if missing:
         raise BundleError(f"{folder} is not a sliced model folder: missing {', '.join(missing)}")
-    config = read_config(folder)
-    sources = {
-        f.relative_to(folder).as_posix(): f
-        for f in sorted(folder.rglob("*"))
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)
-    }
+    model = load_sliced(folder, device="cpu")  # the weights must load and match config.json
+    config = model.snapvit_config
+    del model
     return "sliced", sources, config, []
 
 
@@ -215,12 +217,59 @@ def _example_plans(bundle) -> list[dict[str, Any]]:
     return plans
 
 
-def _prepare_dry_run_dir(out: Path, force: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+def folder_files(root: Path, *, follow_links: bool = False) -> dict[str, Path]:
+    """Every file under ``root`` that a push uploads, ``{path in the repository: file to read}``.
+
+    Hidden files and folders (``.git``, ``.cache``...) and anything that is not a regular file are left out. A
+    symbolic link is refused with one line naming every link, since it could upload a file from anywhere; with
+    ``follow_links`` a link is uploaded as its target when that lies inside ``root`` (and refused otherwise), and a
+    link to a folder that contains it (a loop) is refused.
+    """
+    real_root = os.path.realpath(root)
+    files: dict[str, Path] = {}
+    links: list[str] = []
+    outside: list[str] = []
+
+    def walk(folder: str, rel: str, ancestors: tuple[tuple[int, int], ...]) -> None:
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in ancestors:
+            raise BundleError(f"{root}: the symbolic link {rel} makes a loop; remove it to push")
+        ancestors = (*ancestors, (info.st_dev, info.st_ino))
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                target = entry.path
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if not follow_links:
+                        links.append(name)
+                        continue
+                    if real != real_root and not real.startswith(real_root + os.sep):
+                        outside.append(name)
+                        continue
+                    target = real
+                if entry.is_dir():
+                    walk(target, name, ancestors)
+                elif entry.is_file():
+                    files[name] = Path(target)
+
+    walk(str(root), "", ())
+    if links:
+        raise BundleError(
+            f"{root} contains symbolic links ({', '.join(links)}); push uploads regular files only "
+            "(--follow-links uploads the targets of links that point inside the folder)"
+        )
+    if outside:
+        raise BundleError(f"{root}: symbolic links point outside the folder ({', '.join(outside)}); not pushed")
+    return files
+
+
+def _prepare_dry_run_dir(out: Path, force: bool, source: Path) -> Path:
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out} is not empty; pass --force to replace it")
-    return out
+    return check_output(out, True, directory=True, inputs=(source,))
 
 
 def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool) -> None:
@@ -228,12 +277,16 @@ def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool
     for name, src in sources.items():
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
+        linked = False
         if link:
             try:
-                os.link(src, target)
-                continue
+                os.link(src, target, follow_symlinks=False)
+                linked = True
             except OSError:
                 pass
-        shutil.copy2(src, target)
+        if not linked:
+            shutil.copy2(src, target, follow_symlinks=False)
+        if not target.is_file() or target.is_symlink():  # src was replaced by a link after it was checked
+            raise BundleError(f"{src} changed into a symbolic link while the push was prepared; not pushed")
     if card is not None:
         (dest / CARD_FILENAME).write_text(card, encoding="utf-8")

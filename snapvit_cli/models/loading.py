@@ -122,6 +122,19 @@ def load_model(
     return model, source
 
 
+def meta_architecture(name: str) -> nn.Module:
+    """The architecture ``name`` (as :func:`load_model` resolves it) on the meta device: shapes only, nothing read
+    or allocated, for estimates (``score --dry-run``). ``hf-hub:`` names need their config from the Hub."""
+    if name == DEMO_MODEL:
+        return _demo_model()[0]
+    timm_name = resolve_name(name)
+    arch, _tag = _split_tag(timm_name)
+    if not timm_name.startswith("hf-hub:") and not timm.is_model(arch):
+        raise ModelLoadError(_unknown_model_message(name))
+    with torch.device("meta"):
+        return _create(timm_name, False, None, default_model_args(arch)).eval()
+
+
 def build_architecture(source: ModelSource, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the dense architecture of ``source`` without weights (no download), e.g. on the meta device.
 

@@ -13,9 +13,7 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import unit_view
-from snapvit_cli.devices import resolve_device
-from snapvit_cli.scoring.calibration import scoring_mode
-from snapvit_cli.scoring.gradient import UnitGradients, gradient_pass, gradient_settings, per_unit
+from snapvit_cli.scoring.gradient import UnitGradients, per_unit, scores_from_gradients
 from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
@@ -83,14 +81,5 @@ def snip_unit_scores(grads: UnitGradients, alpha: float) -> dict[str, torch.Tens
 
 def snip_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
     """Method ``snip``: SNIP-magnitude with the gradient of the configured loss (DINO by default, as in §9)."""
-    device = resolve_device(settings.device)
-    with scoring_mode(model, device):
-        run = gradient_pass(model, adapter, settings, device)
-    scores = snip_unit_scores(run.grads, settings.snip_alpha)
-    return ScoreSet(
-        mlp=scores[MLP],
-        heads=scores[HEADS],
-        method="snip",
-        settings={**gradient_settings(settings, run, device), "snip_alpha": settings.snip_alpha},
-        timings={"gradients_s": run.seconds},
-    )
+    reduce = lambda grads: snip_unit_scores(grads, settings.snip_alpha)  # noqa: E731
+    return scores_from_gradients(model, adapter, settings, "snip", reduce, {"snip_alpha": settings.snip_alpha})

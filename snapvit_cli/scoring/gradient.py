@@ -12,24 +12,27 @@ plain evaluation transform, for supervised models when labels are given.
 Accumulation: G = Σ_batches ∇(batch loss), summed in float64 from each batch's float32 gradient. Every image
 weighs 1/batch_size, also in a last partial batch (the reference takes that batch's mean, doubling the weight of
 its images: §3.2, §13.4). Micro-batches of images (with all their crops) go through forward/backward one at a time,
-which bounds memory without changing the result.
+which bounds memory without changing the result. Under ``torch.distributed`` each rank takes every world-th batch
+and the float64 sums are all-reduced (:mod:`snapvit_cli.scoring.distributed`): the same sum in another order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter, UnitTensor
 from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.data import ImageSet, describe
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.errors import DataError, SnapvitError
+from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import InputConfig, autocast, calibration_images, input_config, scoring_mode
 from snapvit_cli.scoring.crops import MultiCrop
 from snapvit_cli.scoring.dino_loss import dino_self_distillation_loss
@@ -74,7 +77,8 @@ def accumulate_gradients(
 ) -> UnitGradients:
     """One pass over ``images``; the model must already be on ``device`` in eval mode.
 
-    Only the score tensors require gradients, so nothing else is accumulated; the caller restores the flags.
+    Only the score tensors require gradients, so nothing else is accumulated; the caller restores the flags. Under
+    ``torch.distributed`` this rank runs batches ``rank, rank + world, …`` and the sums are all-reduced.
     """
     specs = score_parameters(model, adapter)
     params = {id(p): p for per_kind in specs.values() for block in per_kind for _, p in block}
@@ -86,9 +90,13 @@ def accumulate_gradients(
     summed = _zeros(specs)
     squared = _zeros(specs) if settings.score == "fisher" else None
     total, batches = len(images), 0
+    rank, world = distributed.world()
     if settings.progress is not None:  # the stage starts now: its clock (elapsed, ETA) too
         settings.progress("gradients", 0, total, None)
     for start in range(0, total, settings.batch_size):
+        batches += 1
+        if (batches - 1) % world != rank:
+            continue
         indices = range(start, min(start + settings.batch_size, total))
         for param in params.values():
             param.grad = None
@@ -102,9 +110,11 @@ def accumulate_gradients(
                     summed[kind][i][k] += view
                     if squared is not None:
                         squared[kind][i][k] += view.square()
-        batches += 1
         if settings.progress is not None:
             settings.progress("gradients", indices.stop, total, None)
+    distributed.all_reduce_sum(
+        [t for sums in (summed, squared) if sums for per in sums.values() for b in per for t in b]
+    )
     weights = {
         kind: [[unit_view(p.detach(), spec).cpu().double() for spec, p in block] for block in per_kind]
         for kind, per_kind in specs.items()
@@ -215,6 +225,8 @@ def unit_scores(grads: UnitGradients, formula: str) -> dict[str, torch.Tensor]:
 
 # Settings every gradient-based method records in its bundle.
 GRADIENT_SETTINGS = ("samples", "batch_size", "micro_batch", "seed", "crops", "loss", "resolution")
+# Recorded only when used, so that bundles scored without it stay byte-identical to earlier ones.
+OPTIONAL_SETTINGS = ("grad_checkpointing",)
 
 
 @dataclass
@@ -234,14 +246,36 @@ def gradient_pass(
     start = time.perf_counter()
     config = input_config(model, settings)
     images = calibration_images(settings, settings.samples, settings.seed, need_labels=settings.loss == "ce")
-    grads = accumulate_gradients(model, adapter, images, settings, config, device)
+    with checkpointing(model, settings.grad_checkpointing):
+        grads = accumulate_gradients(model, adapter, images, settings, config, device)
     return GradientPass(grads, config, describe(images), time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def checkpointing(model: nn.Module, enable: bool) -> Iterator[None]:
+    """timm's gradient checkpointing for the duration (``set_grad_checkpointing``): the backward pass recomputes each
+    block, so only the blocks' inputs stay in memory (about a third more compute, the same gradients)."""
+    if not enable:
+        yield
+        return
+    setter = getattr(model, "set_grad_checkpointing", None)
+    if setter is None:
+        raise SnapvitError(
+            f"{type(model).__name__} has no set_grad_checkpointing; score it without --grad-checkpointing"
+        )
+    before = bool(getattr(model, "grad_checkpointing", False))
+    setter(True)
+    try:
+        yield
+    finally:
+        setter(before)
 
 
 def gradient_settings(settings: ScoreSettings, run: GradientPass, device: torch.device) -> dict:
     """The settings of a gradient pass as recorded in a bundle."""
     return {
         **settings.record(GRADIENT_SETTINGS),
+        **settings.record([name for name in OPTIONAL_SETTINGS if getattr(settings, name)]),
         "samples": run.grads.images,  # the images used (fewer than asked when the source has fewer)
         "device": str(device),
         "input": run.config.to_json(),
@@ -252,16 +286,30 @@ def gradient_settings(settings: ScoreSettings, run: GradientPass, device: torch.
     }
 
 
-def gradient_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
-    """Method ``gradient``: the raw gradient scores, without xNES re-weighting (multipliers all one)."""
+def scores_from_gradients(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    settings: ScoreSettings,
+    method: str,
+    reduce: Callable[[UnitGradients], dict[str, Tensor]],
+    recorded: dict[str, object],
+) -> ScoreSet:
+    """One gradient pass, its per-unit reduction ``reduce`` and the record of both: what every gradient-based method
+    without a search (``gradient``, ``snip``) does; ``recorded`` adds the method's own settings."""
     device = resolve_device(settings.device)
     with scoring_mode(model, device):
         run = gradient_pass(model, adapter, settings, device)
-    raw = unit_scores(run.grads, settings.score)
+    scores = reduce(run.grads)
     return ScoreSet(
-        mlp=raw[MLP],
-        heads=raw[HEADS],
-        method="gradient",
-        settings={**gradient_settings(settings, run, device), "score": settings.score},
+        mlp=scores[MLP],
+        heads=scores[HEADS],
+        method=method,
+        settings={**gradient_settings(settings, run, device), **recorded},
         timings={"gradients_s": run.seconds},
     )
+
+
+def gradient_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
+    """Method ``gradient``: the raw gradient scores, without xNES re-weighting (multipliers all one)."""
+    reduce = lambda grads: unit_scores(grads, settings.score)  # noqa: E731
+    return scores_from_gradients(model, adapter, settings, "gradient", reduce, {"score": settings.score})

@@ -7,10 +7,17 @@ with the scores |θ|·raw (the same rule and min-keep floors as slicing,
 model's features and the pruned model's, both projected into the PCA space of the dense features; average over the
 pairs.
 
-Candidates are evaluated on the model itself, never on copies and without touching a weight: removing a unit is
-exactly zeroing its slice of the consumer's input (``fc2`` columns, ``proj`` column groups; §2.3), which forward
-pre-hooks do per chunk of a batch, so the pruned models of all pairs run as one batched forward pass. The
-calibration images, the dense features and the PCA basis are computed once.
+Two evaluations give the same fitness (to float rounding; ``ga_evaluation``):
+
+- ``sliced`` (default): each candidate runs as a physically sliced model (:mod:`snapvit_cli.scoring.pruned`), built
+  without copying any weight it keeps whole, so an evaluation costs the candidate's kept FLOPs (about 0.6 of the
+  dense model's, averaged over the default pairs);
+- ``masked``: the dense model itself, without touching a weight: removing a unit is exactly zeroing its slice of the
+  consumer's input (``fc2`` columns, ``proj`` column groups; §2.3), which forward pre-hooks do per chunk of a batch,
+  so the pruned models of all pairs run as one batched forward pass at the dense cost.
+
+The calibration images, the dense features and the PCA basis are computed once. Under ``torch.distributed`` every
+rank evaluates its shard of the images and the cosine sums are all-reduced (:mod:`snapvit_cli.scoring.distributed`).
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
+from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, get_adapter
 from snapvit_cli.elastic.budget import removal_count, select_widths
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import autocast
+from snapvit_cli.scoring.pruned import Removed, pruned_model
 from snapvit_cli.scoring.settings import Progress, ScoreSettings
 from snapvit_cli.scoring.xnes import default_population_size, minimize
-
-Removed = dict[str, list[torch.Tensor]]  # kind -> per block: indices of the removed units (original order)
 
 
 def removed_units(scores: dict[str, torch.Tensor], ratios: tuple[float, float], min_keep: dict[str, float]) -> Removed:
@@ -144,9 +151,9 @@ class FeatureFitness:
 
     Args:
         model, adapter: the dense model, already on ``device`` in eval mode.
-        images: preprocessed calibration images [N, 3, S, S].
+        images: preprocessed calibration images [N, 3, S, S] (all of them, also under ``torch.distributed``).
         raw: ``[blocks, units]`` raw scores per kind.
-        settings: pairs, min-keep ratios, PCA components, batch size and progress callback.
+        settings: pairs, min-keep ratios, PCA components, batch size, evaluation mode and progress callback.
     """
 
     def __init__(
@@ -162,19 +169,27 @@ class FeatureFitness:
         self.pairs = settings.ga_pairs
         self.min_keep = settings.min_keep
         self.batch_size = settings.ga_batch_size
-        self.images = images.to(device)
-        dense = self.features(progress=settings.progress)[0]
+        self.evaluation = settings.ga_evaluation
+        self.calibration = images  # all images, where they were given (the CKA start covariance reads them)
+        self.count = len(images)
+        self.images = images[distributed.shard(self.count)].to(device)  # this rank's share
+        own = self.features(progress=settings.progress)[0]
+        dense = distributed.gather_rows(own, self.count)
         self.pca = pca_projection(dense, settings.pca_components)
-        self.target = self.project(dense)
+        self.target = self.project(own)
 
     @property
     def pca_components(self) -> int:
         """Components of the comparison space (0: raw features, no PCA)."""
         return 0 if self.pca is None else int(self.pca[1].shape[0])
 
-    def features(self, copies: int = 1, progress: Progress | None = None) -> torch.Tensor:
-        """Pooled features [copies, N, E] (float32, CPU) of the calibration images, each batch repeated ``copies``
-        times in one forward pass (one copy per candidate under :func:`masked`)."""
+    def features(
+        self, copies: int = 1, progress: Progress | None = None, adapter: ModelAdapter | None = None
+    ) -> torch.Tensor:
+        """Pooled features [copies, n, E] (float32, CPU) of this rank's calibration images, each batch repeated
+        ``copies`` times in one forward pass (one copy per candidate under :func:`masked`), by ``adapter``'s model
+        (default: the dense one)."""
+        adapter = adapter or self.adapter
         out = []
         total = len(self.images)
         if progress is not None:
@@ -183,11 +198,18 @@ class FeatureFitness:
             for start in range(0, total, self.batch_size):
                 batch = self.images[start : start + self.batch_size]
                 with autocast(self.device):
-                    features = self.adapter.features(batch.repeat(copies, 1, 1, 1))
+                    features = adapter.features(batch.repeat(copies, 1, 1, 1))
                 out.append(features.float().cpu().unflatten(0, (copies, -1)))
                 if progress is not None:
                     progress("features", min(start + self.batch_size, total), total, None)
+        if not out:  # a rank with no images (more ranks than images)
+            return torch.zeros(copies, 0, self.target_width(adapter))
         return torch.cat(out, dim=1)
+
+    def target_width(self, adapter: ModelAdapter) -> int:
+        """Width of the pooled features, found by one forward pass of a single image (for empty shards)."""
+        with torch.no_grad(), autocast(self.device):
+            return int(adapter.features(self.calibration[:1].to(self.device)).shape[-1])
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         if self.pca is None:
@@ -202,12 +224,25 @@ class FeatureFitness:
         mlp_weight, head_weight = weights[:blocks], weights[blocks:].view(blocks, heads)
         return {MLP: self.raw[MLP] * mlp_weight[:, None], HEADS: self.raw[HEADS] * head_weight}
 
+    def pruned_features(self, candidates: list[Removed]) -> torch.Tensor:
+        """[candidates, n, E] features of this rank's images by the model without each candidate's removed units."""
+        if self.evaluation == "masked":
+            with masked(self.model, self.adapter, candidates):
+                return self.features(copies=len(candidates))
+        out = []
+        for removed in candidates:
+            pruned = pruned_model(self.model, self.adapter, removed)
+            out.append(self.features(adapter=get_adapter(pruned))[0])
+            del pruned  # before the next one is built: one candidate's weights at a time
+        return torch.stack(out)
+
     def distances(self, candidates: list[Removed]) -> list[float]:
         """1 − mean cosine similarity to the dense features, for the model without each candidate's removed units
-        (all candidates in one batched pass)."""
-        with masked(self.model, self.adapter, candidates):
-            pruned = self.features(copies=len(candidates))
-        return [1.0 - F.cosine_similarity(self.project(z), self.target, dim=1).mean().item() for z in pruned]
+        (the mean over all images: every rank sums its shard's similarities and the sums are all-reduced)."""
+        pruned = self.pruned_features(candidates)
+        sums = torch.stack([F.cosine_similarity(self.project(z), self.target, dim=1).sum() for z in pruned])
+        distributed.all_reduce_sum([sums])
+        return [1.0 - value / self.count for value in sums.tolist()]
 
     def __call__(self, theta: np.ndarray) -> float:
         scores = self.scaled(theta)

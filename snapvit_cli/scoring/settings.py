@@ -21,6 +21,8 @@ DEFAULT_GA_PAIRS: tuple[tuple[float, float], ...] = ((0.15, 0.0), (0.35, 0.2), (
 CROP_MODES = ("independent", "legacy")
 LOSSES = ("dino", "ce")
 SCORE_FORMULAS = ("sqgrad", "fisher", "taylor")
+# How the search runs a candidate: a physically sliced model (cost ∝ kept FLOPs) or the dense model with masks.
+GA_EVALUATIONS = ("sliced", "masked")
 
 # progress(stage, done, total, best): stages "gradients" (images), "features" (images), "xnes" (evaluations;
 # ``best`` is the lowest fitness so far). Library code reports through it and never prints.
@@ -40,6 +42,7 @@ class ScoreSettings:
     samples: int = 1000
     batch_size: int = 16
     micro_batch: int = 4
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: activations of one block only
     seed: int = 42
     device: str = "auto"
     crops: str = "independent"
@@ -55,6 +58,7 @@ class ScoreSettings:
     ga_pairs: tuple[tuple[float, float], ...] = DEFAULT_GA_PAIRS
     ga_init: tuple[float, float] = (1.2, 0.8)
     ga_population: int | None = None
+    ga_evaluation: str = "sliced"
     pca_components: int = 192
     cka_init: bool = False
     snip_alpha: float = 1e-3
@@ -66,6 +70,7 @@ class ScoreSettings:
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("score", self.score, SCORE_FORMULAS)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("ga_evaluation", self.ga_evaluation, GA_EVALUATIONS)
         for name in ("samples", "batch_size", "micro_batch", "ga_batch_size", "pca_components"):
             if getattr(self, name) < 1:
                 raise SnapvitError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)

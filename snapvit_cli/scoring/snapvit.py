@@ -26,6 +26,7 @@ SEARCH_SETTINGS = (
     "ga_bounds",
     "ga_pairs",
     "ga_init",
+    "ga_evaluation",
     "pca_components",
     "cka_init",
     "min_keep",
@@ -58,7 +59,7 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
             from snapvit_cli.scoring.cka import cka_covariance
 
             start = time.perf_counter()
-            covariance = cka_covariance(model, adapter, fitness.images, settings.ga_batch_size, device)
+            covariance = cka_covariance(model, adapter, fitness.calibration, settings.ga_batch_size, device)
             timings["cka_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
