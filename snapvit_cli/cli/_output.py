@@ -131,7 +131,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def terminate(signum, frame):
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # Under torchrun a SIGTERM means another rank failed: say that, as the one error line of this rank.
+    previous = signal.signal(signal.SIGTERM, stopped_by_launcher if launched() else terminate)
     try:
         yield
     finally:
