@@ -21,6 +21,7 @@ from snapvit_cli.cli._options import (
     QuietOpt,
     Vote,
     examples,
+    parse_fractions,
 )
 from snapvit_cli.cli._output import emit_json, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
@@ -207,7 +208,7 @@ def eval_(
             target,
             data,
             settings,
-            budgets=_parse_budgets(budgets),
+            budgets=parse_fractions(budgets, "--budgets"),
             checkpoint=checkpoint,
             revision=revision,
             reference=reference,
@@ -223,20 +224,6 @@ def eval_(
     _print_eval(report)
     if plot is not None:
         say(f"wrote [bold]{escape(str(plot))}[/]")
-
-
-def _parse_budgets(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"--budgets takes comma-separated fractions such as 1.0,0.75,0.5, not {text!r}"
-        ) from None
-    if not values:
-        raise typer.BadParameter("--budgets is empty")
-    return values
 
 
 def _print_eval(report: EvalReport) -> None:
