@@ -114,3 +114,11 @@ def artifacts(built, tmp_path) -> tuple[Path, Path]:
     from tests.hub_artifacts import copy_artifacts
 
     return copy_artifacts(built, tmp_path / "mine")
+
+
+def assert_one_line_error(result, message: str) -> None:
+    """A CliRunner result that is a handled user error: exit 1, exactly one stderr line, containing ``message``."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr

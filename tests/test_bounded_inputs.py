@@ -19,20 +19,13 @@ from snapvit_cli.cli.app import app
 from snapvit_cli.data import load_images
 from snapvit_cli.data.folder import PIXELS_ENV
 from snapvit_cli.errors import DataError, SnapvitError
-from tests.conftest import make_small_model
+from tests.conftest import assert_one_line_error, make_small_model
 
 runner = CliRunner()
 
 
 def run(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, message: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
 
 
 def save_image(path: Path, value: int, size: tuple[int, int] = (8, 6)) -> None:

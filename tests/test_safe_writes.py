@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from snapvit_cli import fileio
 from snapvit_cli.cli.app import app
 from snapvit_cli.errors import OutputError, OutputExistsError
+from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_writer.py")
@@ -32,13 +33,6 @@ runner = CliRunner()
 
 def run(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, message: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
 
 
 def listing(folder: Path) -> list[str]:
