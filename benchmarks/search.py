@@ -252,6 +252,7 @@ class Study:
             record["accuracy"][str(fraction)] = accuracy
             record["gmacs"][str(fraction)] = plan.gmacs
             record["memory"], record["queries"] = len(self.memory), len(self.queries)
+            record["samples"] = self.args.samples
             _write_json(result_path, record)
             log(f"{label}: kNN top-1 {accuracy:.4f} ({plan.gmacs:.3f} GMACs)")
         _write_json(result_path, record)
@@ -296,11 +297,15 @@ def render(rows: list[list[dict]], fractions, args) -> str:
             cells.append(_mean_spread(values, "{:.1f}") + (f" (n={len(values)})" if len(values) == 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({r["seed"] for records in rows for r in records})
+    protocol = sorted(
+        {(r.get("samples", args.samples), r.get("memory"), r.get("queries")) for records in rows for r in records}
+    )
+    described = "; ".join(f"{s} gradient images, kNN memory {m}, queries {q}" for s, m, q in protocol)
     note = (
         f"\nTable of `python -m benchmarks.search --table` at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{machine()}, load average {os.getloadavg()[0]:.1f}. Seeds {', '.join(map(str, seeds))}: mean ± half the "
-        f"spread (max − min) over them; (n=1): one seed only. {args.samples} gradient images; kNN memory and queries "
-        "as recorded in the results."
+        f"spread (max − min) over them; (n=1): one seed only; –: not measured. {described}. Search wall times are "
+        "per seed, each seed's process on one core of a machine shared with other jobs."
     )
     return "\n".join(lines) + note
 
