@@ -67,6 +67,7 @@ def correct_slice(
     sequential: bool = True,
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
+    guard_features: bool = True,
     device: torch.device | str = "cpu",
     stats_dtype: torch.dtype = torch.float64,
     progress: Progress | None = None,
@@ -78,7 +79,8 @@ def correct_slice(
     :data:`~snapvit_cli.correction.solver.DAMPING_GRID`) and the ``guard`` are judged on those images. The guard keeps a
     layer's plain weights when its correction does not lower its held-back error, and then, if the corrected
     model's final features are not closer to the dense model's than the plain slice's on the held-back images,
-    gives the plain weights back to the layers whose correction made them worse (``result.reverted``).
+    gives the plain weights back to the layers whose correction made them worse (``result.reverted``);
+    ``guard_features=False`` only measures the final features (the stored-statistics correction cannot run them).
     ``tokens`` weights the rows of the statistics (:data:`~snapvit_cli.correction.settings.TOKEN_MODES`).
 
     ``dense`` is modified in place (its consumer layers end up corrected and masked) and moved to ``device``;
@@ -136,7 +138,7 @@ def correct_slice(
         feature_error, reverted = None, []
         if held_images:
             feature_error, reverted = feature_guard(
-                adapter, weights, layers, held_images, dense_features, device, revert=guard
+                adapter, weights, layers, held_images, dense_features, device, revert=guard and guard_features
             )
     state = {k: v.detach().cpu() for k, v in dense.state_dict().items()}
     return CorrectionResult(
@@ -165,6 +167,7 @@ def correct_bundle_slice(
     sequential: bool = True,
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
+    guard_features: bool = True,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> CorrectionResult:
@@ -186,6 +189,7 @@ def correct_bundle_slice(
         sequential=sequential,
         holdout=holdout,
         guard=guard,
+        guard_features=guard_features,
         device=device,
         progress=progress,
     )
@@ -196,11 +200,16 @@ def correct_bundle_slice(
 def correct_with_settings(
     bundle: ElasticBundle, plan: SlicePlan, settings: CorrectionSettings, progress: Progress | None = None
 ) -> CorrectionResult:
-    """:func:`correct_bundle_slice` with everything taken from ``settings``: the images are drawn here."""
+    """:func:`correct_bundle_slice` with everything taken from ``settings``: the images are drawn here. Without
+    images (``settings.data`` None) the bundle's stored statistics are used (:mod:`snapvit_cli.correction.stored`)."""
     from snapvit_cli.data import load_images
     from snapvit_cli.devices import resolve_device
 
     spec = parse_damping(settings.damping)
+    if settings.data is None:
+        from snapvit_cli.correction.stored import correct_from_bundle
+
+        return correct_from_bundle(bundle, plan, damping=spec, tokens=settings.tokens, progress=progress)
     device = resolve_device(settings.device)
     images = settings.data
     if not isinstance(images, ImageSet):

@@ -16,7 +16,7 @@ from snapvit_cli.correction.solver import (
     Damping,
     TokenStatistics,
     corrected_weight,
-    reconstruction_error,
+    error_pair,
     select_correction,
 )
 
@@ -49,14 +49,6 @@ def masked(weight: Tensor, kept: Tensor) -> Tensor:
     return out
 
 
-def _errors(weight: Tensor, new: Tensor, kept: Tensor, hessian: Tensor) -> tuple[float, float]:
-    """Output error of the plain kept columns and of ``new`` under ``hessian``."""
-    return (
-        reconstruction_error(weight, weight[:, kept], hessian, kept),
-        reconstruction_error(weight, new, hessian, kept),
-    )
-
-
 def correct_layer(
     block: int,
     name: str,
@@ -77,20 +69,22 @@ def correct_layer(
     """
     kept = kept.to(weight.device)
     dense_weight = weight.detach()
-    hessian = fit.hessian(tokens)
     if held is None:
-        new_kept = corrected_weight(dense_weight, hessian, kept, damping or DEFAULT_DAMPING)
-        fraction: float | None = (damping or DEFAULT_DAMPING).fraction
+        damping = damping or DEFAULT_DAMPING
+        new_kept, fraction = corrected_weight(dense_weight, fit.hessian(tokens), kept, damping), damping.fraction
     else:
-        choice = select_correction(dense_weight, hessian, held.hessian(tokens), kept, damping, guard)
+        choice = select_correction(dense_weight, fit.hessian(tokens), held.hessian(tokens), kept, damping, guard)
         new_kept, fraction = choice.weight, choice.fraction
-    before, after = _errors(dense_weight, new_kept, kept, hessian)
     errors = {
-        f"{part}_{split}": _errors(dense_weight, new_kept, kept, getattr(stats, part).hessian)
+        f"{part}_{split}": error_pair(dense_weight, new_kept, getattr(stats, part).hessian, kept)
         for split, stats in (("fit", fit), ("heldout", held))
         if stats is not None
         for part in ("readout", "rest")
         if getattr(stats, part).count
     }
+    # the error the fit minimised, from its parts (errors are linear in H)
+    a, b = fit.weights(tokens)
+    readout, rest = errors.get("readout_fit", (0.0, 0.0)), errors.get("rest_fit", (0.0, 0.0))
+    before, after = (a * r + b * o for r, o in zip(readout, rest, strict=True))
     record = LayerCorrection(block, name, kept.numel(), weight.shape[1], before, after, fraction, **errors)
     return new_kept, record

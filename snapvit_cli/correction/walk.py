@@ -33,12 +33,15 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Consumer:
-    """A consumer Linear of block ``block``: its module, its state-dict name and the kept column indices."""
+    """A consumer Linear of block ``block``: its module, its state-dict name, the kept column indices, and the unit
+    kind and tensor spec its columns belong to."""
 
     block: int
     name: str
     module: nn.Linear
     kept: Tensor
+    kind: str
+    spec: UnitTensor
 
 
 class _StopForward(Exception):
@@ -119,7 +122,7 @@ def consumers_of(adapter: ModelAdapter, index: int, widths: Widths) -> list[Cons
             module = linear_of(block, spec)
             columns = torch.arange(module.in_features).unsqueeze(0)
             kept = take_units(columns, spec, widths.of(kind)[index]).squeeze(0)
-            found.append(Consumer(index, adapter.block_prefix(index) + spec.name, module, kept))
+            found.append(Consumer(index, adapter.block_prefix(index) + spec.name, module, kept, kind, spec))
     return found
 
 

@@ -1,0 +1,180 @@
+"""Correction statistics collected once at scoring time and stored in the bundle (docs/method.md §8).
+
+With dense inputs (the reference's mode) a consumer layer's statistics, the second moments of its inputs, depend on
+the dense model and the calibration images only, not on the budget: removing units changes which rows and columns
+of them the solve reads, never their values. Collected once in one pass of the dense model and stored in the
+bundle, they make ``slice --correct`` data-free at every budget (:mod:`snapvit_cli.correction.stored`).
+
+What is stored is exactly what the image-driven correction accumulates (:class:`~snapvit_cli.correction.solver.
+TokenStatistics`), for every consumer layer at full width: the readout rows and the other rows, on the fit images
+and on the held-back ones (every ``holdout``-th image, as the image-driven correction splits them), so every
+``--correct-tokens`` choice, the per-layer damping choice and the per-layer guard work on them unchanged. Each
+second moment is stored as the float64 upper triangle of ``Σ x xᵀ / rows``, permuted like the bundle's units: the
+bytes of a float32 full matrix, without its rounding (float32 values moved the solved weights of a small model by
+up to 8e-5 relative at the smallest damping). Row counts follow from the image counts in the metadata record
+(:class:`~snapvit_cli.elastic.records.CorrectionStats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from snapvit_cli.adapters import ModelAdapter, get_adapter
+from snapvit_cli.adapters.base import take_units
+from snapvit_cli.correction.solver import InputStatistics, TokenStatistics
+from snapvit_cli.correction.walk import (
+    Consumer,
+    Progress,
+    capture_block_inputs,
+    consumers_of,
+    readout_of,
+    run_collecting,
+)
+from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
+from snapvit_cli.elastic.records import CorrectionStats
+from snapvit_cli.errors import BundleError, DataError
+
+#: Tensor names start with this, then the consumer's state-dict name without ``.weight``.
+STATS_PREFIX = "correction."
+SPLITS = ("fit", "heldout")
+PARTS = ("readout", "rest")
+#: Every 4th calibration image is held back, as the image-driven correction does by default.
+DEFAULT_HOLDOUT = 4
+
+
+@dataclass
+class CorrectionStatistics:
+    """Per consumer layer (its weight's state-dict name), the statistics of the fit and the held-back images."""
+
+    record: CorrectionStats
+    fit: dict[str, TokenStatistics]
+    heldout: dict[str, TokenStatistics]
+
+
+def consumers(adapter: ModelAdapter) -> list[Consumer]:
+    """Every consumer layer of the model at full width, block by block."""
+    dense = adapter.widths()
+    return [c for i in range(adapter.num_blocks) for c in consumers_of(adapter, i, dense)]
+
+
+def tensor_name(consumer: str, split: str, part: str) -> str:
+    return f"{STATS_PREFIX}{consumer.removesuffix('.weight')}.{split}.{part}"
+
+
+def expected_shapes(adapter: ModelAdapter) -> dict[str, tuple[int, ...]]:
+    """The stored tensors' names and shapes for this architecture (what a bundle's file must hold, no more)."""
+    shapes = {}
+    for c in consumers(adapter):
+        d = c.module.in_features
+        for split in SPLITS:
+            for part in PARTS:
+                shapes[tensor_name(c.name, split, part)] = (d * (d + 1) // 2,)
+    return shapes
+
+
+def collect_statistics(
+    model: nn.Module,
+    images: ImageSet,
+    pretrained_cfg: dict,
+    *,
+    resolution: int | None = None,
+    batch_size: int = 64,
+    holdout: int = DEFAULT_HOLDOUT,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> CorrectionStatistics:
+    """One pass of the dense ``model`` over ``images`` in the eval transform of ``pretrained_cfg`` at ``resolution``
+    (default: the size the model was built for), as ``slice --correct --data`` reads them, accumulating every
+    consumer layer's statistics in float64 on ``device``."""
+    if holdout < 2:
+        raise ValueError(f"holdout must be at least 2, got {holdout}")
+    adapter = get_adapter(model)
+    transform = preprocess(pretrained_cfg, adapter.cost_terms(resolution).resolution)
+    readout, prefix = readout_of(model)
+    model.eval().to(device)
+    with torch.no_grad():
+        loader = make_loader(images, transform, batch_size)
+        fit, held, _, kwargs = capture_block_inputs(model, adapter, loader, device, holdout, progress)
+        held_images = sum(len(x) for x in held)
+        if held_images < 2:
+            raise DataError(f"too few calibration images: every {holdout}th is held back and at least 2 must be")
+        stats: dict[str, dict[str, TokenStatistics]] = {split: {} for split in SPLITS}
+        for i, block in enumerate(adapter.blocks()):
+            found = consumers_of(adapter, i, adapter.widths())
+            for split in SPLITS:
+                stats[split].update(
+                    {c.name: TokenStatistics(c.module.in_features, readout, prefix, device=device) for c in found}
+                )
+            fit = run_collecting(block, fit, kwargs, device, found, stats["fit"])
+            held = run_collecting(block, held, kwargs, device, found, stats["heldout"])
+            if progress:
+                progress("blocks", i + 1, adapter.num_blocks)
+    tokens = fit[0].shape[1]
+    record = CorrectionStats(
+        images=sum(len(x) for x in fit),
+        heldout_images=held_images,
+        holdout=holdout,
+        tokens=tokens,
+        readout=readout,
+        prefix=prefix,
+        data=describe(images),
+    )
+    return CorrectionStatistics(record, stats["fit"], stats["heldout"])
+
+
+def to_tensors(
+    statistics: CorrectionStatistics, adapter: ModelAdapter, orders: dict[str, list[Tensor]]
+) -> dict[str, Tensor]:
+    """The tensors to store, with the columns permuted like the bundle's units (``orders[kind][block]``: the
+    original unit of each permuted unit)."""
+    tensors = {}
+    for c in consumers(adapter):
+        d = c.module.in_features
+        columns = take_units(torch.arange(d).unsqueeze(0), c.spec, orders[c.kind][c.block]).squeeze(0)
+        upper = torch.triu_indices(d, d)
+        for split in SPLITS:
+            for part in PARTS:
+                moment = getattr(getattr(statistics, split)[c.name], part).hessian
+                permuted = moment.cpu()[columns][:, columns]
+                tensors[tensor_name(c.name, split, part)] = permuted[upper[0], upper[1]].double().contiguous()
+    return tensors
+
+
+def from_tensors(
+    record: CorrectionStats, adapter: ModelAdapter, read: Callable[[str], Tensor], where: str = "bundle"
+) -> CorrectionStatistics:
+    """Statistics back from stored tensors (``read(name)`` returns one, shapes already checked against
+    :func:`expected_shapes`): float64, finite, each a second moment (non-negative diagonal)."""
+    stats: dict[str, dict[str, TokenStatistics]] = {split: {} for split in SPLITS}
+    for c in consumers(adapter):
+        d = c.module.in_features
+        upper = torch.triu_indices(d, d)
+        token_stats = {split: TokenStatistics(d, record.readout, record.prefix) for split in SPLITS}
+        for split in SPLITS:
+            for part in PARTS:
+                name = tensor_name(c.name, split, part)
+                packed = read(name)
+                if packed.dtype != torch.float64:
+                    raise BundleError(f"{where}: {name} is {packed.dtype}, expected float64")
+                if not torch.isfinite(packed).all():
+                    raise BundleError(f"{where}: {name} contains NaN or infinity")
+                moment = torch.zeros(d, d, dtype=torch.float64)
+                moment[upper[0], upper[1]] = packed
+                moment.T[upper[0], upper[1]] = packed
+                if (moment.diagonal() < 0).any():
+                    raise BundleError(f"{where}: {name} is not a second moment (negative diagonal)")
+                rows = record.rows(split, part)
+                target: InputStatistics = getattr(token_stats[split], part)
+                target.gram, target.count = moment * rows, rows
+        for split in SPLITS:
+            stats[split][c.name] = token_stats[split]
+    return CorrectionStatistics(record, stats["fit"], stats["heldout"])
+
+
+def stored_bytes(adapter: ModelAdapter) -> int:
+    """What the statistics add to a bundle, in bytes."""
+    return 8 * sum(shape[0] for shape in expected_shapes(adapter).values())
