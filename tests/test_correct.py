@@ -272,8 +272,8 @@ def test_cli_slice_without_correct_writes_no_correction_record(small_bundle, tmp
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [
-        (["--correct"], 2, "--correct and --data go together"),
-        (["--data", "demo"], 2, "--correct and --data go together"),
+        (["--correct"], 1, "holds no correction statistics"),  # without --data: the bundle's stored statistics
+        (["--data", "demo"], 2, "--data is for --correct"),
         (["--correct", "--data", "demo", "--damping", "median:1"], 1, "bad damping"),
         (["--correct", "--data", "no/such/folder"], 1, "not found"),
         (["--correct", "--data", "demo", "--correct-tokens", "patch"], 1, "--correct-tokens must be one of"),

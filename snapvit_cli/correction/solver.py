@@ -171,6 +171,16 @@ def _split_columns(keep: Tensor | int, d_in: int, device: torch.device) -> tuple
     return kept, pruned_mask.nonzero().flatten()
 
 
+def _blocks(h: Tensor, kept: Tensor, pruned: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``H_KK``, ``H_KP`` and ``H_PP``: views when the kept columns are a prefix (a bundle's units are stored in
+    descending importance, so every slice keeps one), gathered copies otherwise."""
+    k = kept.numel()
+    if k and int(kept[-1]) == k - 1 and bool((kept == torch.arange(k, device=kept.device)).all()):
+        return h[:k, :k], h[:k, k:], h[k:, k:]
+    rows = h.index_select(0, kept)
+    return rows.index_select(1, kept), rows.index_select(1, pruned), h.index_select(0, pruned).index_select(1, pruned)
+
+
 def _prepare_hessian(hessian: Tensor, d_in: int, device: torch.device) -> Tensor:
     """Float64 copy of H with dead inputs (H_jj = 0) given H_jj = 1.
 
@@ -229,9 +239,9 @@ class _ErrorTerms:
     def __init__(self, weight: Tensor, hessian: Tensor, kept: Tensor, pruned: Tensor):
         h = hessian.to(device=weight.device, dtype=torch.float64)
         w_pruned = weight[:, pruned]
-        self.h_kk = h[kept][:, kept]
-        self.cross = h[kept][:, pruned] @ w_pruned.T
-        self.const = float(((w_pruned @ h[pruned][:, pruned]) * w_pruned).sum())
+        self.h_kk, h_kp, h_pp = _blocks(h, kept, pruned)
+        self.cross = h_kp @ w_pruned.T
+        self.const = float(((w_pruned @ h_pp) * w_pruned).sum())
 
     def __call__(self, delta: Tensor | None = None) -> float:
         if delta is None:
@@ -255,7 +265,8 @@ def corrected_weight(weight: Tensor, hessian: Tensor, keep: Tensor | int, dampin
         return weight[:, kept]
     h = _prepare_hessian(hessian, d_in, weight.device)
     w = weight.to(torch.float64)
-    delta = _kept_delta(h[kept][:, kept], h[kept][:, pruned] @ w[:, pruned].T, damping.value(h.diagonal()))
+    h_kk, h_kp, _ = _blocks(h, kept, pruned)
+    delta = _kept_delta(h_kk, h_kp @ w[:, pruned].T, damping.value(h.diagonal()))
     return (w[:, kept] + delta).to(weight.dtype)
 
 
@@ -383,7 +394,8 @@ def select_correction(
     if pruned.numel() == 0:
         return Selection(plain.clone(), None if guard else 0.0, before, before)
     h = _prepare_hessian(fit, d_in, weight.device)
-    h_kk, cross = h[kept][:, kept], h[kept][:, pruned] @ w[:, pruned].T
+    h_kk, h_kp, _ = _blocks(h, kept, pruned)
+    cross = h_kp @ w[:, pruned].T
     candidates = [Damping("mean", f) for f in DAMPING_GRID] if damping is None else [damping]
     best: tuple[float, float, Tensor] | None = None  # (error, fraction, delta)
     for candidate in candidates:

@@ -17,6 +17,8 @@ up to 8e-5 relative at the smallest damping). Row counts follow from the image c
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +36,7 @@ from snapvit_cli.correction.walk import (
     readout_of,
     run_collecting,
 )
-from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
+from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.elastic.records import CorrectionStats
 from snapvit_cli.errors import BundleError, DataError
 
@@ -53,6 +55,11 @@ class CorrectionStatistics:
     record: CorrectionStats
     fit: dict[str, TokenStatistics]
     heldout: dict[str, TokenStatistics]
+    seconds: float = 0.0  # wall time of the collection (never stored: the same inputs give the same bundle)
+
+    def layer(self, name: str) -> tuple[TokenStatistics, TokenStatistics]:
+        """The fit and held-back statistics of consumer ``name`` (as :meth:`StoredStatistics.layer`)."""
+        return self.fit[name], self.heldout[name]
 
 
 def consumers(adapter: ModelAdapter) -> list[Consumer]:
@@ -76,11 +83,13 @@ def expected_shapes(adapter: ModelAdapter) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def collect_statistics(
+def collect_correction_statistics(
     model: nn.Module,
-    images: ImageSet,
+    images: ImageSet | str,
     pretrained_cfg: dict,
     *,
+    samples: int = 1000,
+    seed: int = 0,
     resolution: int | None = None,
     batch_size: int = 64,
     holdout: int = DEFAULT_HOLDOUT,
@@ -89,9 +98,14 @@ def collect_statistics(
 ) -> CorrectionStatistics:
     """One pass of the dense ``model`` over ``images`` in the eval transform of ``pretrained_cfg`` at ``resolution``
     (default: the size the model was built for), as ``slice --correct --data`` reads them, accumulating every
-    consumer layer's statistics in float64 on ``device``."""
+    consumer layer's statistics in float64 on ``device``. ``images`` is an :class:`~snapvit_cli.data.ImageSet` or a
+    ``--data`` string, of whose train split ``samples`` images are drawn with ``seed``. The result goes to
+    :func:`~snapvit_cli.elastic.bundle.write_bundle`'s ``correction_stats``."""
     if holdout < 2:
         raise ValueError(f"holdout must be at least 2, got {holdout}")
+    start = time.perf_counter()
+    if not isinstance(images, ImageSet):
+        images = load_images(str(images), "train", samples=samples, seed=seed)
     adapter = get_adapter(model)
     transform = preprocess(pretrained_cfg, adapter.cost_terms(resolution).resolution)
     readout, prefix = readout_of(model)
@@ -123,7 +137,7 @@ def collect_statistics(
         prefix=prefix,
         data=describe(images),
     )
-    return CorrectionStatistics(record, stats["fit"], stats["heldout"])
+    return CorrectionStatistics(record, stats["fit"], stats["heldout"], time.perf_counter() - start)
 
 
 def to_tensors(
@@ -144,35 +158,44 @@ def to_tensors(
     return tensors
 
 
-def from_tensors(
-    record: CorrectionStats, adapter: ModelAdapter, read: Callable[[str], Tensor], where: str = "bundle"
-) -> CorrectionStatistics:
-    """Statistics back from stored tensors (``read(name)`` returns one, shapes already checked against
-    :func:`expected_shapes`): float64, finite, each a second moment (non-negative diagonal)."""
-    stats: dict[str, dict[str, TokenStatistics]] = {split: {} for split in SPLITS}
-    for c in consumers(adapter):
-        d = c.module.in_features
-        upper = torch.triu_indices(d, d)
-        token_stats = {split: TokenStatistics(d, record.readout, record.prefix) for split in SPLITS}
+class StoredStatistics:
+    """A bundle's statistics, read and checked one layer at a time when the solve asks for it (unpacked all at
+    once, a ViT-B's would take about 4 GB). ``read(names)`` returns those tensors of the file, whose shapes the
+    bundle checked against :func:`expected_shapes` when it was opened."""
+
+    def __init__(self, record: CorrectionStats, read: Callable[[list[str]], dict[str, Tensor]], where: str):
+        self.record, self._read, self._where = record, read, where
+
+    def layer(self, name: str) -> tuple[TokenStatistics, TokenStatistics]:
+        """The fit and held-back statistics of consumer ``name``: float64, finite, second moments."""
+        names = {(split, part): tensor_name(name, split, part) for split in SPLITS for part in PARTS}
+        tensors = self._read(list(names.values()))
+        out = []
         for split in SPLITS:
+            token_stats = None
             for part in PARTS:
-                name = tensor_name(c.name, split, part)
-                packed = read(name)
-                if packed.dtype != torch.float64:
-                    raise BundleError(f"{where}: {name} is {packed.dtype}, expected float64")
-                if not torch.isfinite(packed).all():
-                    raise BundleError(f"{where}: {name} contains NaN or infinity")
-                moment = torch.zeros(d, d, dtype=torch.float64)
-                moment[upper[0], upper[1]] = packed
-                moment.T[upper[0], upper[1]] = packed
-                if (moment.diagonal() < 0).any():
-                    raise BundleError(f"{where}: {name} is not a second moment (negative diagonal)")
-                rows = record.rows(split, part)
-                target: InputStatistics = getattr(token_stats[split], part)
-                target.gram, target.count = moment * rows, rows
-        for split in SPLITS:
-            stats[split][c.name] = token_stats[split]
-    return CorrectionStatistics(record, stats["fit"], stats["heldout"])
+                moment = self._unpack(names[split, part], tensors[names[split, part]])
+                if token_stats is None:
+                    token_stats = TokenStatistics(moment.shape[0], self.record.readout, self.record.prefix)
+                target: InputStatistics = getattr(token_stats, part)
+                rows = self.record.rows(split, part)
+                target.gram, target.count = moment.mul_(rows), rows
+            out.append(token_stats)
+        return out[0], out[1]
+
+    def _unpack(self, name: str, packed: Tensor) -> Tensor:
+        if packed.dtype != torch.float64:
+            raise BundleError(f"{self._where}: {name} is {packed.dtype}, expected float64")
+        if not torch.isfinite(packed).all():
+            raise BundleError(f"{self._where}: {name} contains NaN or infinity")
+        d = (math.isqrt(8 * packed.numel() + 1) - 1) // 2
+        upper = torch.triu_indices(d, d)
+        moment = torch.zeros(d, d, dtype=torch.float64)
+        moment[upper[0], upper[1]] = packed
+        moment += moment.triu(1).T  # the strict lower triangle from the upper one
+        if (moment.diagonal() < 0).any():
+            raise BundleError(f"{self._where}: {name} is not a second moment (negative diagonal)")
+        return moment
 
 
 def stored_bytes(adapter: ModelAdapter) -> int:

@@ -61,9 +61,8 @@ def correct_from_bundle(
                 if c.kept.numel() == c.module.in_features:
                     continue
                 dense = weights[c.name]
-                new_kept, record = correct_layer(
-                    i, c.name, dense, c.kept, statistics.fit[c.name], statistics.heldout[c.name], tokens, damping, guard
-                )
+                fit, held = statistics.layer(c.name)
+                new_kept, record = correct_layer(i, c.name, dense, c.kept, fit, held, tokens, damping, guard)
                 full = torch.zeros_like(dense)
                 full[:, c.kept] = new_kept.to(dense.dtype)
                 state[c.name] = full

@@ -50,7 +50,7 @@ from snapvit_cli.scoring.scoreset import ScoreSet
 
 if TYPE_CHECKING:
     from snapvit_cli.correction.settings import CorrectionSettings
-    from snapvit_cli.correction.statistics import CorrectionStatistics
+    from snapvit_cli.correction.statistics import CorrectionStatistics, StoredStatistics
     from snapvit_cli.correction.walk import Progress as CorrectionProgress
 
 WEIGHT_PREFIX = "model."
@@ -75,8 +75,8 @@ def write_bundle(
 ) -> Path:
     """Permute ``model`` by ``scores`` and write the bundle atomically (never overwriting without ``force``).
 
-    ``correction_stats`` (:func:`snapvit_cli.correction.statistics.collect_statistics` on ``model``) are stored
-    permuted like the units, so that ``slice --correct`` needs no images. The file holds no timings
+    ``correction_stats`` (:func:`snapvit_cli.correction.statistics.collect_correction_statistics` on ``model``)
+    are stored permuted like the units, so that ``slice --correct`` needs no images. The file holds no timings
     (``scores.timings`` stay with the caller), so the same inputs give the same bytes.
     """
     path = check_output(path, force)
@@ -205,16 +205,19 @@ class ElasticBundle:
                 raise BundleError(f"{self.path} has no tensor {name!r}")
             return f.get_tensor(name)
 
-    def correction_statistics(self) -> CorrectionStatistics | None:
-        """The stored correction statistics (``score --correction-stats``), checked as they are read; None when
-        the bundle has none."""
+    def correction_statistics(self) -> StoredStatistics | None:
+        """The stored correction statistics (``score --correction-stats``), read one layer at a time through the
+        open handle and checked as they are read; None when the bundle has none."""
         record = self.metadata.correction_stats
         if record is None:
             return None
-        from snapvit_cli.correction.statistics import from_tensors
+        from snapvit_cli.correction.statistics import StoredStatistics
 
-        with self._file.reading(), self._file.safe_open() as f:
-            return from_tensors(record, self._adapter, f.get_tensor, str(self.path))
+        def read(names: list[str]) -> dict[str, torch.Tensor]:
+            with self._file.reading(), self._file.safe_open() as f:
+                return {name: f.get_tensor(name) for name in names}
+
+        return StoredStatistics(record, read, str(self.path))
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
