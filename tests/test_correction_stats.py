@@ -212,3 +212,25 @@ def test_float32_statistics_are_refused(stats_bundle, tmp_path):
     )
     with pytest.raises(BundleError, match="expected float64"):
         correct_from_bundle(load_bundle(crafted), load_bundle(crafted).plan(flops=0.5))
+
+
+def test_statistics_added_to_an_existing_bundle_equal_scoring_with_them(tmp_path):
+    """``save_with_statistics`` on the bundle's own dense model gives the bundle that scoring with them writes (the
+    same metadata and tensors; statistics equal up to the float rounding of the permuted model's forward pass)."""
+    model = make_small_model("dino")
+    source = small_model_source("dino", model)
+    scores = score_model(model, "magnitude")
+    images = load_images("demo", "train", **CALIBRATION)
+    plain = load_bundle(write_bundle(tmp_path / "plain.safetensors", model, source, scores))
+    later = collect_correction_statistics(plain.dense_model(), images, source.pretrained_cfg)
+    added = plain.save_with_statistics(tmp_path / "added.safetensors", later)
+    at_scoring = collect_correction_statistics(model, images, source.pretrained_cfg)
+    direct = write_bundle(tmp_path / "direct.safetensors", model, source, scores, correction_stats=at_scoring)
+    a, b = load_bundle(added), load_bundle(direct)
+    assert a.metadata == b.metadata
+    for name in ("blocks.0.mlp.fc2.weight", "blocks.2.attn.proj.weight"):
+        pairs = zip(a.correction_statistics().layer(name), b.correction_statistics().layer(name), strict=True)
+        for mine, theirs in pairs:
+            torch.testing.assert_close(mine.rest.gram, theirs.rest.gram, rtol=1e-5, atol=1e-9)
+    with pytest.raises(SnapvitError, match="exists"):
+        plain.save_with_statistics(added, later)

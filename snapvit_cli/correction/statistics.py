@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -48,18 +48,85 @@ PARTS = ("readout", "rest")
 DEFAULT_HOLDOUT = 4
 
 
-@dataclass
-class CorrectionStatistics:
-    """Per consumer layer (its weight's state-dict name), the statistics of the fit and the held-back images."""
+def pack(moment: Tensor) -> Tensor:
+    """The upper triangle of a symmetric ``[d, d]`` matrix, row by row, in float64 on the CPU."""
+    d = moment.shape[0]
+    upper = torch.triu_indices(d, d)
+    return moment.detach().to("cpu", torch.float64)[upper[0], upper[1]].contiguous()
+
+
+def unpack(packed: Tensor) -> Tensor:
+    """The symmetric ``[d, d]`` matrix whose upper triangle :func:`pack` gave."""
+    d = (math.isqrt(8 * packed.numel() + 1) - 1) // 2
+    upper = torch.triu_indices(d, d)
+    moment = torch.zeros(d, d, dtype=torch.float64)
+    moment[upper[0], upper[1]] = packed.to(torch.float64)
+    moment += moment.triu(1).T  # the strict lower triangle from the upper one
+    return moment
+
+
+class _Packed(ABC):
+    """Statistics as they are stored: per consumer layer, split and part, ``Σ x xᵀ / rows`` packed (:func:`pack`);
+    row counts from ``record``. :meth:`layer` gives one layer back as :class:`TokenStatistics`."""
 
     record: CorrectionStats
-    fit: dict[str, TokenStatistics]
-    heldout: dict[str, TokenStatistics]
-    seconds: float = 0.0  # wall time of the collection (never stored: the same inputs give the same bundle)
+    _where = "correction statistics"
+
+    @abstractmethod
+    def _tensors(self, names: list[str]) -> dict[str, Tensor]:
+        """The packed tensors called ``names``."""
+
+    def _check(self, name: str, packed: Tensor) -> None:
+        """A bundle's statistics are data from a stranger: float64 and finite, or a one-line error."""
+        if packed.dtype != torch.float64:
+            raise BundleError(f"{self._where}: {name} is {packed.dtype}, expected float64")
+        if not torch.isfinite(packed).all():
+            raise BundleError(f"{self._where}: {name} contains NaN or infinity")
 
     def layer(self, name: str) -> tuple[TokenStatistics, TokenStatistics]:
-        """The fit and held-back statistics of consumer ``name`` (as :meth:`StoredStatistics.layer`)."""
-        return self.fit[name], self.heldout[name]
+        """The fit and held-back statistics of consumer ``name`` (its state-dict weight name)."""
+        names = {(split, part): tensor_name(name, split, part) for split in SPLITS for part in PARTS}
+        tensors = self._tensors(list(names.values()))
+        out = []
+        for split in SPLITS:
+            token_stats = None
+            for part in PARTS:
+                packed = tensors[names[split, part]]
+                self._check(names[split, part], packed)
+                moment = unpack(packed)
+                if (moment.diagonal() < 0).any():
+                    raise BundleError(f"{self._where}: {names[split, part]} is not a second moment (negative diagonal)")
+                if token_stats is None:
+                    token_stats = TokenStatistics(moment.shape[0], self.record.readout, self.record.prefix)
+                rows = self.record.rows(split, part)
+                target: InputStatistics = getattr(token_stats, part)
+                target.gram, target.count = moment.mul_(rows), rows
+            out.append(token_stats)
+        return out[0], out[1]
+
+
+class CorrectionStatistics(_Packed):
+    """Statistics collected in this process (:func:`collect_correction_statistics`), in the unit order of the
+    model they were collected on; ``seconds`` is the collection's wall time (never stored)."""
+
+    def __init__(self, record: CorrectionStats, tensors: dict[str, Tensor], seconds: float = 0.0):
+        self.record, self.tensors, self.seconds = record, tensors, seconds
+
+    def _tensors(self, names: list[str]) -> dict[str, Tensor]:
+        return {name: self.tensors[name] for name in names}
+
+
+class StoredStatistics(_Packed):
+    """A bundle's statistics, read one layer at a time when the solve asks for it (unpacked all at once, a ViT-B's
+    would take about 4 GB): float64, finite, second moments, or a :class:`~snapvit_cli.errors.BundleError`.
+    ``read(names)`` returns those tensors of the file, whose shapes the bundle checked against
+    :func:`expected_shapes` when it was opened."""
+
+    def __init__(self, record: CorrectionStats, read: Callable[[list[str]], dict[str, Tensor]], where: str):
+        self.record, self._read, self._where = record, read, where
+
+    def _tensors(self, names: list[str]) -> dict[str, Tensor]:
+        return self._read(names)
 
 
 def consumers(adapter: ModelAdapter) -> list[Consumer]:
@@ -98,9 +165,10 @@ def collect_correction_statistics(
 ) -> CorrectionStatistics:
     """One pass of the dense ``model`` over ``images`` in the eval transform of ``pretrained_cfg`` at ``resolution``
     (default: the size the model was built for), as ``slice --correct --data`` reads them, accumulating every
-    consumer layer's statistics in float64 on ``device``. ``images`` is an :class:`~snapvit_cli.data.ImageSet` or a
-    ``--data`` string, of whose train split ``samples`` images are drawn with ``seed``. The result goes to
-    :func:`~snapvit_cli.elastic.bundle.write_bundle`'s ``correction_stats``."""
+    consumer layer's statistics in float64 on ``device`` (one block's at a time; packed when the block is done).
+    ``images`` is an :class:`~snapvit_cli.data.ImageSet` or a ``--data`` string, of whose train split ``samples``
+    images are drawn with ``seed``. The result goes to :func:`~snapvit_cli.elastic.bundle.write_bundle`'s
+    ``correction_stats``."""
     if holdout < 2:
         raise ValueError(f"holdout must be at least 2, got {holdout}")
     start = time.perf_counter()
@@ -110,24 +178,28 @@ def collect_correction_statistics(
     transform = preprocess(pretrained_cfg, adapter.cost_terms(resolution).resolution)
     readout, prefix = readout_of(model)
     model.eval().to(device)
+    tensors: dict[str, Tensor] = {}
     with torch.no_grad():
         loader = make_loader(images, transform, batch_size)
         fit, held, _, kwargs = capture_block_inputs(model, adapter, loader, device, holdout, progress)
         held_images = sum(len(x) for x in held)
         if held_images < 2:
             raise DataError(f"too few calibration images: every {holdout}th is held back and at least 2 must be")
-        stats: dict[str, dict[str, TokenStatistics]] = {split: {} for split in SPLITS}
+        tokens = fit[0].shape[1]
         for i, block in enumerate(adapter.blocks()):
             found = consumers_of(adapter, i, adapter.widths())
-            for split in SPLITS:
-                stats[split].update(
-                    {c.name: TokenStatistics(c.module.in_features, readout, prefix, device=device) for c in found}
-                )
+            stats = {
+                split: {c.name: TokenStatistics(c.module.in_features, readout, prefix, device=device) for c in found}
+                for split in SPLITS
+            }
             fit = run_collecting(block, fit, kwargs, device, found, stats["fit"])
             held = run_collecting(block, held, kwargs, device, found, stats["heldout"])
+            for c in found:
+                for split in SPLITS:
+                    for part in PARTS:
+                        tensors[tensor_name(c.name, split, part)] = pack(getattr(stats[split][c.name], part).hessian)
             if progress:
                 progress("blocks", i + 1, adapter.num_blocks)
-    tokens = fit[0].shape[1]
     record = CorrectionStats(
         images=sum(len(x) for x in fit),
         heldout_images=held_images,
@@ -137,65 +209,25 @@ def collect_correction_statistics(
         prefix=prefix,
         data=describe(images),
     )
-    return CorrectionStatistics(record, stats["fit"], stats["heldout"], time.perf_counter() - start)
+    return CorrectionStatistics(record, tensors, time.perf_counter() - start)
 
 
 def to_tensors(
-    statistics: CorrectionStatistics, adapter: ModelAdapter, orders: dict[str, list[Tensor]]
+    statistics: CorrectionStatistics, adapter: ModelAdapter, orders: dict[str, list[Tensor]] | None
 ) -> dict[str, Tensor]:
     """The tensors to store, with the columns permuted like the bundle's units (``orders[kind][block]``: the
-    original unit of each permuted unit)."""
+    original unit of each permuted unit; None: the statistics were collected on the permuted model)."""
+    if orders is None:
+        return dict(statistics.tensors)
     tensors = {}
     for c in consumers(adapter):
         d = c.module.in_features
         columns = take_units(torch.arange(d).unsqueeze(0), c.spec, orders[c.kind][c.block]).squeeze(0)
-        upper = torch.triu_indices(d, d)
         for split in SPLITS:
             for part in PARTS:
-                moment = getattr(getattr(statistics, split)[c.name], part).hessian
-                permuted = moment.cpu()[columns][:, columns]
-                tensors[tensor_name(c.name, split, part)] = permuted[upper[0], upper[1]].double().contiguous()
+                name = tensor_name(c.name, split, part)
+                tensors[name] = pack(unpack(statistics.tensors[name])[columns][:, columns])
     return tensors
-
-
-class StoredStatistics:
-    """A bundle's statistics, read and checked one layer at a time when the solve asks for it (unpacked all at
-    once, a ViT-B's would take about 4 GB). ``read(names)`` returns those tensors of the file, whose shapes the
-    bundle checked against :func:`expected_shapes` when it was opened."""
-
-    def __init__(self, record: CorrectionStats, read: Callable[[list[str]], dict[str, Tensor]], where: str):
-        self.record, self._read, self._where = record, read, where
-
-    def layer(self, name: str) -> tuple[TokenStatistics, TokenStatistics]:
-        """The fit and held-back statistics of consumer ``name``: float64, finite, second moments."""
-        names = {(split, part): tensor_name(name, split, part) for split in SPLITS for part in PARTS}
-        tensors = self._read(list(names.values()))
-        out = []
-        for split in SPLITS:
-            token_stats = None
-            for part in PARTS:
-                moment = self._unpack(names[split, part], tensors[names[split, part]])
-                if token_stats is None:
-                    token_stats = TokenStatistics(moment.shape[0], self.record.readout, self.record.prefix)
-                target: InputStatistics = getattr(token_stats, part)
-                rows = self.record.rows(split, part)
-                target.gram, target.count = moment.mul_(rows), rows
-            out.append(token_stats)
-        return out[0], out[1]
-
-    def _unpack(self, name: str, packed: Tensor) -> Tensor:
-        if packed.dtype != torch.float64:
-            raise BundleError(f"{self._where}: {name} is {packed.dtype}, expected float64")
-        if not torch.isfinite(packed).all():
-            raise BundleError(f"{self._where}: {name} contains NaN or infinity")
-        d = (math.isqrt(8 * packed.numel() + 1) - 1) // 2
-        upper = torch.triu_indices(d, d)
-        moment = torch.zeros(d, d, dtype=torch.float64)
-        moment[upper[0], upper[1]] = packed
-        moment += moment.triu(1).T  # the strict lower triangle from the upper one
-        if (moment.diagonal() < 0).any():
-            raise BundleError(f"{self._where}: {name} is not a second moment (negative diagonal)")
-        return moment
 
 
 def stored_bytes(adapter: ModelAdapter) -> int:

@@ -247,6 +247,27 @@ class ElasticBundle:
                 "(corrupt, edited or changed while being read); nothing was written"
             )
 
+    def save_with_statistics(
+        self, path: str | os.PathLike, statistics: CorrectionStatistics, *, force: bool = False
+    ) -> Path:
+        """Write a copy of this bundle holding ``statistics`` (collected on :meth:`dense_model`, i.e. already in the
+        bundle's unit order) instead of any it had: the same as scoring again with ``--correction-stats``, without
+        the scoring. The weights are verified first; everything else is copied as it is."""
+        from snapvit_cli.correction.statistics import STATS_PREFIX, expected_shapes, to_tensors
+
+        path = check_output(path, force, inputs=(self.path,))
+        if set(statistics.tensors) != set(expected_shapes(self._adapter)):
+            raise ValueError("the statistics were not collected on this bundle's architecture")
+        self.verified_sha256()
+        with self._file.reading(), self._file.safe_open() as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(STATS_PREFIX)}
+        self._file.check_unchanged()
+        tensors.update(to_tensors(statistics, self._adapter, None))
+        metadata = replace(self.metadata, correction_stats=statistics.record)
+        with atomic_path(path) as tmp:
+            save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
+        return path
+
     # --- slicing -------------------------------------------------------------------------------------------------
     def plan(
         self,
