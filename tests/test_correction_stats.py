@@ -231,6 +231,7 @@ def test_statistics_added_to_an_existing_bundle_equal_scoring_with_them(tmp_path
     for name in ("blocks.0.mlp.fc2.weight", "blocks.2.attn.proj.weight"):
         pairs = zip(a.correction_statistics().layer(name), b.correction_statistics().layer(name), strict=True)
         for mine, theirs in pairs:
-            torch.testing.assert_close(mine.rest.gram, theirs.rest.gram, rtol=1e-5, atol=1e-9)
+            scale = float(theirs.rest.gram.abs().max())
+            torch.testing.assert_close(mine.rest.gram, theirs.rest.gram, rtol=1e-5, atol=1e-6 * scale)
     with pytest.raises(SnapvitError, match="exists"):
         plain.save_with_statistics(added, later)
