@@ -101,7 +101,7 @@ def report(args, sizes, collect, open_s, rows, peak_mb, load) -> str:
         f"- Collecting the statistics (one pass of the dense model): {collect[0]:.1f} s ({collect[1]:.1f} s CPU).",
         f"- Opening the bundle with statistics: {open_s:.2f} s; peak RSS of the whole run {peak_mb:.0f} MB.",
         "",
-        "| FLOPs kept | layers corrected | stored, damping auto | stored, damping mean:0.01 | from images, sequential |",
+        "| FLOPs kept | layers corrected | stored, damping auto | stored, mean:0.01 | from images, sequential |",
         "|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
