@@ -87,9 +87,11 @@ def main() -> None:
 
 def report(args, sizes, collect, open_s, rows, peak_mb, load) -> str:
     weights = sizes[0]
-    command = "python -m benchmarks.stored_correction" + (
-        f" --model {args.model}" if args.model != "vit_base_patch16_224" else ""
-    ) + (f" --images {args.images}" if args.images != 64 else "")
+    command = (
+        "python -m benchmarks.stored_correction"
+        + (f" --model {args.model}" if args.model != "vit_base_patch16_224" else "")
+        + (f" --images {args.images}" if args.images != 64 else "")
+    )
     lines = [
         f"Command: `{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}, "
         f"{torch.get_num_threads()} threads; load average {load[0]:.1f} before and {load[1]:.1f} after.",
