@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from snapvit_cli.adapters import ModelAdapter, Widths, get_adapter
 from snapvit_cli.correction.layer import LayerCorrection, correct_layer, masked
 from snapvit_cli.correction.result import DEFAULT_TOKENS, CorrectionResult
-from snapvit_cli.correction.settings import TOKEN_MODES, CorrectionSettings
+from snapvit_cli.correction.settings import DEFAULT_HOLDOUT, TOKEN_MODES, CorrectionSettings
 from snapvit_cli.correction.solver import CorrectionError, Damping, TokenStatistics, parse_damping
 from snapvit_cli.correction.walk import (
     Progress,
@@ -52,9 +52,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from snapvit_cli.elastic.bundle import ElasticBundle
-
-#: Default: every 4th calibration image is held back to choose the damping and to guard against harm.
-DEFAULT_HOLDOUT = 4
 
 
 def correct_slice(

@@ -11,6 +11,9 @@ from snapvit_cli.errors import SnapvitError
 #: class token and the other tokens half each, the class token only, or every token alike (the reference).
 TOKEN_MODES = ("weighted", "cls", "all")
 
+#: Every 4th calibration image is held back from the fit, to choose the damping and to guard against harm.
+DEFAULT_HOLDOUT = 4
+
 
 @dataclass(frozen=True)
 class CorrectionSettings:

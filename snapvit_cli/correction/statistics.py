@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from snapvit_cli.adapters import ModelAdapter, get_adapter
 from snapvit_cli.adapters.base import take_units
+from snapvit_cli.correction.settings import DEFAULT_HOLDOUT
 from snapvit_cli.correction.solver import InputStatistics, TokenStatistics
 from snapvit_cli.correction.walk import (
     Consumer,
@@ -44,8 +45,6 @@ from snapvit_cli.errors import BundleError, DataError
 STATS_PREFIX = "correction."
 SPLITS = ("fit", "heldout")
 PARTS = ("readout", "rest")
-#: Every 4th calibration image is held back, as the image-driven correction does by default.
-DEFAULT_HOLDOUT = 4
 
 
 def pack(moment: Tensor) -> Tensor:
