@@ -75,6 +75,7 @@ def correct_layer(
     else:
         choice = select_correction(dense_weight, fit.hessian(tokens), held.hessian(tokens), kept, damping, guard)
         new_kept, fraction = choice.weight, choice.fraction
+    # per-part errors for the record, and from them the error the fit minimised (errors are linear in H)
     errors = {
         f"{part}_{split}": error_pair(dense_weight, new_kept, getattr(stats, part).hessian, kept)
         for split, stats in (("fit", fit), ("heldout", held))
@@ -82,7 +83,6 @@ def correct_layer(
         for part in ("readout", "rest")
         if getattr(stats, part).count
     }
-    # the error the fit minimised, from its parts (errors are linear in H)
     a, b = fit.weights(tokens)
     readout, rest = errors.get("readout_fit", (0.0, 0.0)), errors.get("rest_fit", (0.0, 0.0))
     before, after = (a * r + b * o for r, o in zip(readout, rest, strict=True))

@@ -57,6 +57,14 @@ class InputStatistics:
     def __init__(self, d_in: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
         self.gram = torch.zeros(d_in, d_in, dtype=dtype, device=device)
         self.count = 0
+        self._mean: Tensor | None = None
+
+    @classmethod
+    def of_mean(cls, mean: Tensor, rows: int) -> InputStatistics:
+        """Statistics whose :attr:`hessian` is ``mean`` over ``rows`` rows (e.g. read from a bundle)."""
+        stats = cls(0, mean.dtype, mean.device)
+        stats.gram, stats.count, stats._mean = mean * rows, rows, mean
+        return stats
 
     @property
     def d_in(self) -> int:
@@ -70,13 +78,16 @@ class InputStatistics:
         rows = x.detach().reshape(-1, self.d_in).to(device=self.gram.device, dtype=self.gram.dtype)
         self.gram.addmm_(rows.T, rows)
         self.count += rows.shape[0]
+        self._mean = None
 
     @property
     def hessian(self) -> Tensor:
-        """``Σ x xᵀ / n`` (a new tensor), in the accumulation dtype."""
+        """``Σ x xᵀ / n`` in the accumulation dtype, computed once per update (callers must not modify it)."""
         if self.count == 0:
             raise RuntimeError("no inputs were accumulated")
-        return self.gram / self.count
+        if self._mean is None:
+            self._mean = self.gram / self.count
+        return self._mean
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed this accumulator every input ``linear`` sees; call ``.remove()`` on the handle when done."""
@@ -349,7 +360,7 @@ class TokenStatistics:
             return self.readout.hessian
         if a == 0.0:
             return self.rest.hessian
-        return a * self.readout.hessian + b * self.rest.hessian
+        return torch.add(self.readout.hessian, self.rest.hessian, alpha=b / a).mul_(a)
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed these statistics every input ``linear`` sees; call ``.remove()`` on the handle when done."""

@@ -96,10 +96,8 @@ class _Packed(ABC):
                 if (moment.diagonal() < 0).any():
                     raise BundleError(f"{self._where}: {names[split, part]} is not a second moment (negative diagonal)")
                 if token_stats is None:
-                    token_stats = TokenStatistics(moment.shape[0], self.record.readout, self.record.prefix)
-                rows = self.record.rows(split, part)
-                target: InputStatistics = getattr(token_stats, part)
-                target.gram, target.count = moment.mul_(rows), rows
+                    token_stats = TokenStatistics(0, self.record.readout, self.record.prefix)
+                setattr(token_stats, part, InputStatistics.of_mean(moment, self.record.rows(split, part)))
             out.append(token_stats)
         return out[0], out[1]
 
