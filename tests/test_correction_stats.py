@@ -235,3 +235,10 @@ def test_statistics_added_to_an_existing_bundle_equal_scoring_with_them(tmp_path
             torch.testing.assert_close(mine.rest.gram, theirs.rest.gram, rtol=1e-5, atol=1e-6 * scale)
     with pytest.raises(SnapvitError, match="exists"):
         plain.save_with_statistics(added, later)
+
+
+def test_score_refuses_too_few_images_for_statistics_before_scoring(tmp_path):
+    args = ["score", "--model", "demo", "--method", "magnitude", "--samples", "7", "--correction-stats"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b.safetensors")])
+    assert_one_line_error(result, "--correction-stats holds every 4th scoring image back and needs at least 8")
+    assert not (tmp_path / "b.safetensors").exists()

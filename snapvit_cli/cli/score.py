@@ -31,6 +31,7 @@ from snapvit_cli.cli._options import (
 )
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, status
+from snapvit_cli.correction.settings import DEFAULT_HOLDOUT
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
@@ -253,6 +254,11 @@ def score(
     )
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
     config.check_method(method)
+    if correction_stats and config.samples < 2 * DEFAULT_HOLDOUT:
+        raise SnapvitError(
+            f"--correction-stats holds every {DEFAULT_HOLDOUT}th scoring image back and needs at least "
+            f"{2 * DEFAULT_HOLDOUT}: use --samples {2 * DEFAULT_HOLDOUT} or more"
+        )
     if method in DATA_METHODS:
         resolve_device(device)
     if dry_run:
