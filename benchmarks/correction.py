@@ -6,6 +6,7 @@ when present)::
     python -m benchmarks.correction                  # snapvit + gradient bundles at 0.9 0.75 0.5; updates the README
     python -m benchmarks.correction --methods magnitude --fractions 0.5 --variants plain,default --no-readme
     python -m benchmarks.correction --variants reference-dense,reference-sequential --memory 1000 --no-readme
+    python -m benchmarks.correction --variants plain,stored,default --fractions 0.75 0.5   # issue 17's stored stats
     python -m benchmarks.correction --layers gradient-0.75-reference-sequential   # per-layer errors of a result
 
 The pretrained ViT-Tiny/16 (Tiny-ImageNet fine-tune) is scored into a bundle per ``--methods`` (the data-driven
@@ -17,7 +18,9 @@ then sliced at each FLOPs fraction in the ``--variants`` ways:
   ``mean:0.01``, no guard, dense or sequential inputs (fitted on the same images as the default: every 4th
   calibration image is held back, here only to measure errors on images the fit did not see);
 - ``default`` / ``default-dense``: ``snapvit slice --correct`` as it is now (token weighting, damping chosen on
-  held-back images, guard), sequential or dense inputs.
+  held-back images, guard), sequential or dense inputs;
+- ``stored``: ``snapvit slice --correct`` without images, on statistics of the same calibration images stored in
+  the bundle (``score --correction-stats``; added here to the cached bundle with ``save_with_statistics``).
 
 Calibration: ``--samples`` (256) seeded random images of the CIFAR-10 subset's ``x_train``. Evaluation: kNN (k = 20,
 majority vote, L2-normalised CLS features after the final norm), memory = ``x_train`` (all 5000, or a
@@ -48,6 +51,8 @@ from benchmarks.common import REAL_DATA as DATA
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.correction.apply import correct_bundle_slice
 from snapvit_cli.correction.solver import DEFAULT_DAMPING
+from snapvit_cli.correction.statistics import collect_correction_statistics
+from snapvit_cli.correction.stored import correct_from_bundle
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle
@@ -67,8 +72,25 @@ VARIANTS: dict[str, dict | None] = {
     "reference-sequential": {**REFERENCE, "sequential": True},
     "default": {},
     "default-dense": {"sequential": False},
+    "stored": {},  # handled apart: the statistics come from the bundle
 }
 SCORING = {"samples": 128, "ga_samples": 64, "ga_evals": 50, "seed": 0}
+
+
+def with_statistics(work: Path, bundle: ElasticBundle, method: str, calibration: ImageSet, device) -> ElasticBundle:
+    """The bundle with correction statistics of ``calibration`` (cached in ``work``, keyed by the images)."""
+    path = work / f"vit_tiny.{method}.stats-{calibration.samples}-{calibration.seed}.safetensors"
+    if not path.is_file():
+        stats = collect_correction_statistics(
+            bundle.dense_model(),
+            calibration,
+            bundle.source.pretrained_cfg,
+            resolution=bundle.cost().resolution,
+            device=device,
+        )
+        print(f"{method}: statistics of {calibration.samples} images collected in {stats.seconds:.1f} s", flush=True)
+        bundle.save_with_statistics(path, stats)
+    return load_bundle(path)
 
 
 def make_bundle(work: Path, method: str) -> ElasticBundle:
@@ -150,12 +172,16 @@ def run(args: argparse.Namespace) -> dict:
                 entry: dict = results.get(key, {"flops_fraction": plan.flops_fraction, "params": plan.params})
                 settings = VARIANTS[variant]
 
-                def make(bundle=bundle, plan=plan, settings=settings, entry=entry) -> torch.nn.Module:
+                def make(bundle=bundle, plan=plan, settings=settings, entry=entry, variant=variant, method=method):
                     if settings is None:
                         return bundle.slice(plan)
-                    corrected = correct_bundle_slice(
-                        bundle, plan, calibration, batch_size=args.batch_size, device=device, **settings
-                    )
+                    if variant == "stored":
+                        stored = with_statistics(work, bundle, method, calibration, device)
+                        corrected = correct_from_bundle(stored, plan)
+                    else:
+                        corrected = correct_bundle_slice(
+                            bundle, plan, calibration, batch_size=args.batch_size, device=device, **settings
+                        )
                     entry.update(correction_s=corrected.seconds, correction=corrected.to_json())
                     return build_model(bundle.skeleton(), plan.widths, corrected.state)
 
@@ -208,8 +234,8 @@ def layers_table(entry: dict) -> str:
     """Per corrected layer: damping chosen and mean squared output error before → after, for the class token and
     the other tokens, on the fit images and on the held-back ones (from a results entry's correction record)."""
     record = entry["correction"]
-    distances = record["feature_error"]
-    if "cka_distance" not in distances:  # a record from before the CKA guard: relative squared distance only
+    distances = record["feature_error"] or {}  # none without images (stored statistics)
+    if distances and "cka_distance" not in distances:  # from before the CKA guard: relative squared distance only
         distances = {"relative_mse": distances}
     measured = "; ".join(
         f"{name} plain {values['plain']:.3f}, corrected {values['corrected']:.3f}, final {values['final']:.3f}"

@@ -243,11 +243,10 @@ def test_cli_slice_correct_says_when_it_kept_plain_weights(small_bundle, tmp_pat
     """A correction that only makes things worse (forced here) leaves the plain slice, with one line saying so."""
     import snapvit_cli.correction.solver as correction
 
-    def harmful(weight: Tensor, hessian: Tensor, keep, damping) -> Tensor:
-        kept, _ = correction._split_columns(keep, weight.shape[1], weight.device)
-        return -3.0 * weight[:, kept]
+    def harmful(h_kk: Tensor, cross: Tensor, lam: float) -> Tensor:
+        return 1e3 * cross.T  # a change of the kept columns orders of magnitude too large
 
-    monkeypatch.setattr(correction, "corrected_weight", harmful)
+    monkeypatch.setattr(correction, "_kept_delta", harmful)
     out = tmp_path / "guarded"
     args = ["slice", str(small_bundle), "--flops", "0.6", "-o", str(out), "--correct", "--data", "demo"]
     result = CliRunner().invoke(app, [*args, "--correct-samples", "16", "--device", "cpu"])
@@ -273,8 +272,8 @@ def test_cli_slice_without_correct_writes_no_correction_record(small_bundle, tmp
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [
-        (["--correct"], 2, "--correct and --data go together"),
-        (["--data", "demo"], 2, "--correct and --data go together"),
+        (["--correct"], 1, "holds no correction statistics"),  # without --data: the bundle's stored statistics
+        (["--data", "demo"], 2, "--data is for --correct"),
         (["--correct", "--data", "demo", "--damping", "median:1"], 1, "bad damping"),
         (["--correct", "--data", "no/such/folder"], 1, "not found"),
         (["--correct", "--data", "demo", "--correct-tokens", "patch"], 1, "--correct-tokens must be one of"),

@@ -422,3 +422,18 @@ def test_install_line_comes_from_the_package_metadata(monkeypatch):
     assert 'pip install "snapvit-cli @ git+https://example.org/snapvit.git"' in render_model_card(
         SLICED, kind="sliced", repo_id="me/x"
     )
+
+
+def test_bundle_card_says_when_correction_statistics_travel_with_it():
+    from dataclasses import replace
+
+    from snapvit_cli.elastic.records import BundleMetadata, CorrectionStats
+
+    plain = render_model_card(BUNDLE, kind="bundle", repo_id="me/x")
+    assert "Correction statistics" not in plain
+    metadata = BundleMetadata.from_json(BUNDLE)
+    stats = CorrectionStats(
+        images=750, heldout_images=250, holdout=4, tokens=197, readout="cls", prefix=1, data={"source": "cifar10.npz"}
+    )
+    text = render_model_card(replace(metadata, correction_stats=stats).to_json(), kind="bundle", repo_id="me/x")
+    assert "**Correction statistics:** stored (750 images of `cifar10.npz`, 250 more held back)" in text

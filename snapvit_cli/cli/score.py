@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from snapvit_cli.cli._options import (
     BUDGET,
+    CORRECTION,
     DATA,
     MODEL,
     OUTPUT,
@@ -30,6 +31,7 @@ from snapvit_cli.cli._options import (
 )
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, status
+from snapvit_cli.correction.settings import DEFAULT_HOLDOUT
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
@@ -40,7 +42,7 @@ EPILOG = examples(
     "snapvit score --model demo --samples 16 --ga-evals 31 -o demo.safetensors",
     "snapvit score -m dino_vitb16 -d ~/imagenet/train -o dino_vitb16.safetensors",
     "snapvit score -m deit_tiny --checkpoint deit_tiny.pth -d photos/ --samples 512 -o deit.safetensors",
-    "snapvit score -m vit_tiny_patch16_224 --method magnitude -o tiny.safetensors",
+    "snapvit score -m vit_tiny_patch16_224 -d cifar10.npz --correction-stats -o tiny.safetensors",
 )
 STAGES = {"gradients": "gradient pass (images)", "features": "dense features (images)", "xnes": "xNES evaluations"}
 
@@ -189,6 +191,16 @@ def score(
     min_keep_heads: Annotated[
         float, typer.Option(help="Fraction of each block's heads never removed.", metavar="F", rich_help_panel=BUDGET)
     ] = DEFAULT_MIN_KEEP["heads"],
+    correction_stats: Annotated[
+        bool,
+        typer.Option(
+            "--correction-stats",
+            help="Also store the dense model's input statistics of every fc2/attn.proj on the scoring images "
+            "(--samples, --seed), so that `slice --correct` needs no images at any budget. Grows the bundle by "
+            "about 2·(mlp_hidden² + embed_dim²)·8 bytes per block (ViT-Tiny: +~120 MB, ViT-B: +~1.9 GB).",
+            rich_help_panel=CORRECTION,
+        ),
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -242,6 +254,11 @@ def score(
     )
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
     config.check_method(method)
+    if correction_stats and config.samples < 2 * DEFAULT_HOLDOUT:
+        raise SnapvitError(
+            f"--correction-stats holds every {DEFAULT_HOLDOUT}th scoring image back and needs at least "
+            f"{2 * DEFAULT_HOLDOUT}: use --samples {2 * DEFAULT_HOLDOUT} or more"
+        )
     if method in DATA_METHODS:
         resolve_device(device)
     if dry_run:
@@ -264,13 +281,16 @@ def score(
             distributed.stop()
     if not primary:
         return
-    path = write_bundle(output, dense, source, scores, min_keep=min_keep, force=force)
+    stats = _correction_statistics(dense, source, config, quiet) if correction_stats else None
+    path = write_bundle(output, dense, source, scores, min_keep=min_keep, correction_stats=stats, force=force)
     result = {
         "bundle": str(path),
         "model": source.timm_name,
         "method": scores.method,
         "timings_s": scores.timings,
     }
+    if stats is not None:
+        result["correction_stats"] = _stats_summary(stats, dense)
     search = scores.settings.get("xnes")
     if search is not None:
         result["fitness"] = {"initial": search["initial_fitness"], "best": search["best_fitness"]}
@@ -286,7 +306,43 @@ def score(
         )
     elif method == "snapvit":
         summary += "; no xNES search (--ga-evals 0)"
+    if stats is not None:
+        added = result["correction_stats"]
+        summary += (
+            f"; correction statistics of {added['images']} images (+{added['heldout_images']} held back), "
+            f"{added['bytes'] / 1e6:.1f} MB ({added['bytes_vs_weights']:.1f}x the weights)"
+        )
     say(f"wrote [bold]{escape(str(path))}[/] ({escape(summary)})")
+
+
+def _correction_statistics(dense, source, config: ScoreSettings, quiet: bool):
+    """``--correction-stats``: one pass of the dense model over the scoring images, with progress."""
+    from snapvit_cli.correction.statistics import collect_correction_statistics
+    from snapvit_cli.devices import resolve_device
+    from snapvit_cli.scoring.calibration import calibration_images
+
+    images = calibration_images(config, config.samples, config.seed)
+    labels = {"capture": "correction statistics: image batches", "blocks": "correction statistics: blocks"}
+    with progress_bars(not quiet, labels) as progress:
+        return collect_correction_statistics(
+            dense, images, source.pretrained_cfg, device=resolve_device(config.device), progress=progress
+        )
+
+
+def _stats_summary(stats, dense) -> dict:
+    """What --correction-stats added, for --json and the summary line."""
+    from snapvit_cli.adapters import get_adapter
+    from snapvit_cli.correction.statistics import stored_bytes
+
+    added = stored_bytes(get_adapter(dense))
+    weights = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
+    return {
+        "images": stats.record.images,
+        "heldout_images": stats.record.heldout_images,
+        "bytes": added,
+        "bytes_vs_weights": round(added / weights, 3),
+        "seconds": round(stats.seconds, 3),
+    }
 
 
 def _print_estimate(model: str, method: str, settings, json_output: bool) -> None:

@@ -30,15 +30,16 @@ from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say
 from snapvit_cli.cli._progress import progress_bars, transfer
 from snapvit_cli.correction.settings import CorrectionSettings
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
+from snapvit_cli.errors import SnapvitError
 
 # The defaults shown in --help, read off the fields (an instance would validate its damping with torch).
 CORRECT_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
 
 EPILOG = examples(
     "snapvit slice demo.safetensors --flops 0.5 -o demo-half",
-    "snapvit slice dino_vitb16.safetensors --flops 0.25,0.5,0.75 -o sliced/ --json",
     "snapvit slice hf-hub:OWNER/NAME --params 0.7 --dry-run --json",
     "snapvit slice tiny.safetensors --flops 0.5 --correct -d cifar10.npz -o tiny-half-corrected",
+    "snapvit slice tiny.safetensors --flops 0.25,0.5,0.75 --correct -o sliced/ --json  # stored statistics",
 )
 
 
@@ -82,7 +83,8 @@ def slice_(
         bool,
         typer.Option(
             "--correct",
-            help="Re-fit the kept columns of fc2 and attn.proj by least squares on calibration images (--data).",
+            help="Re-fit the kept columns of fc2 and attn.proj by least squares: on calibration images (--data), "
+            "or without --data on the statistics stored in the bundle (`score --correction-stats`; dense inputs).",
             rich_help_panel=CORRECTION,
         ),
     ] = False,
@@ -91,7 +93,8 @@ def slice_(
         typer.Option(
             "--data",
             "-d",
-            help="With --correct: calibration images (image folder, .npz, hf:NAME[:CONFIG] or demo).",
+            help="With --correct: calibration images (image folder, .npz, hf:NAME[:CONFIG] or demo); without it, "
+            "--correct uses the bundle's stored statistics.",
             metavar="SOURCE",
             rich_help_panel=CORRECTION,
         ),
@@ -99,7 +102,7 @@ def slice_(
     correct_samples: Annotated[
         int,
         typer.Option(
-            help="With --correct: random training images used (seeded by --seed).",
+            help="With --correct --data: random training images used (seeded by --seed).",
             metavar="N",
             rich_help_panel=CORRECTION,
         ),
@@ -125,21 +128,26 @@ def slice_(
         bool,
         typer.Option(
             "--sequential/--dense-inputs",
-            help="With --correct: feed each block the corrected sliced outputs of the blocks before it, or the "
-            "dense model's activations (the reference).",
+            help="With --correct --data: feed each block the corrected sliced outputs of the blocks before it, or "
+            "the dense model's activations (the reference; stored statistics are always dense).",
             rich_help_panel=CORRECTION,
         ),
     ] = CORRECT_DEFAULTS.sequential,
     batch_size: Annotated[
-        int, typer.Option(help="With --correct: images per forward pass.", metavar="N", rich_help_panel=CORRECTION)
+        int,
+        typer.Option(help="With --correct --data: images per forward pass.", metavar="N", rich_help_panel=CORRECTION),
     ] = CORRECT_DEFAULTS.batch_size,
     seed: Annotated[
         int,
-        typer.Option(help="With --correct: seed of the calibration subset.", metavar="N", rich_help_panel=CORRECTION),
+        typer.Option(
+            help="With --correct --data: seed of the calibration subset.", metavar="N", rich_help_panel=CORRECTION
+        ),
     ] = CORRECT_DEFAULTS.seed,
     device: Annotated[
         Device,
-        typer.Option(help="With --correct: torch device (auto: cuda, else mps, else cpu).", rich_help_panel=CORRECTION),
+        typer.Option(
+            help="With --correct --data: torch device (auto: cuda, else mps, else cpu).", rich_help_panel=CORRECTION
+        ),
     ] = CORRECT_DEFAULTS.device,
     output: Annotated[
         Path | None,
@@ -167,8 +175,8 @@ def slice_(
     specs = budget_specs(flops, params, mlp, heads)
     if not specs:
         raise typer.BadParameter("give a budget: --flops F[,F...], --params P[,P...], or --mlp R --heads R")
-    if correct != (data is not None):
-        raise typer.BadParameter("--correct and --data go together: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
+    if data is not None and not correct:
+        raise typer.BadParameter("--data is for --correct: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
     outputs = output_paths(specs, output, _bundle_stem(bundle))
     settings = None
     if correct:
@@ -187,6 +195,11 @@ def slice_(
             check_output(path, force, directory=True, inputs=(bundle, data))
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
+    if correct and data is None and elastic.metadata.correction_stats is None:
+        raise SnapvitError(
+            f"{bundle} holds no correction statistics: give calibration images with --correct --data, "
+            "or score the bundle with --correction-stats"
+        )
     plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
     results = [
         {"output": None if dry_run else str(path), **plan.to_json()} for plan, path in zip(plans, outputs, strict=True)
@@ -220,10 +233,11 @@ def _save_corrected(
         elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
     record = {**read_config(output).correction, "seconds": round(time.perf_counter() - start, 3)}
     if not quiet:
+        source = "the bundle's statistics of " if record.get("statistics") == "bundle" else ""
         note(
-            f"corrected {len(record['layers'])} layers on {record['images']} images (+{record['heldout_images']} "
-            f"held back) in {record['seconds']:.1f} s ({record['inputs']} inputs, {record['tokens']} tokens, "
-            f"damping {record['damping']})"
+            f"corrected {len(record['layers'])} layers on {source}{record['images']} images "
+            f"(+{record['heldout_images']} held back) in {record['seconds']:.1f} s ({record['inputs']} inputs, "
+            f"{record['tokens']} tokens, damping {record['damping']})"
         )
     if record.get("notice"):  # a warning: shown even when quiet
         note(record["notice"])

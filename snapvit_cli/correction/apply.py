@@ -17,34 +17,31 @@ importance-ordered dense model, where every block keeps a prefix of its units:
    in the same pass (``sequential=False``, the reference ``ElasticViT``). On the real ViT-Tiny, sequential inputs
    gave the better kNN accuracy at every budget measured (``benchmarks/README.md``).
 
-Blocks are called as ``block(x, **kwargs)`` with the keyword arguments the model itself passed to block 0, so
-models that hand blocks extra inputs (e.g. rotary embeddings in timm's ``Eva``) get them too; this assumes those
-arguments are the same for every block, as they are in timm's ViT and Eva.
+The walk itself (capture, consumers, hooks) is :mod:`snapvit_cli.correction.walk`; one layer's fit is
+:mod:`snapvit_cli.correction.layer`. Statistics stored in a bundle at scoring time replace the images altogether
+(:mod:`snapvit_cli.correction.stored`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterable, Sized
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, UnitTensor, Widths, get_adapter
-from snapvit_cli.adapters.base import take_units
-from snapvit_cli.correction.settings import TOKEN_MODES, CorrectionSettings
-from snapvit_cli.correction.solver import (
-    DEFAULT_DAMPING,
-    CorrectionError,
-    Damping,
-    TokenStatistics,
-    corrected_weight,
-    parse_damping,
-    reconstruction_error,
-    select_correction,
+from snapvit_cli.adapters import ModelAdapter, Widths, get_adapter
+from snapvit_cli.correction.layer import LayerCorrection, correct_layer, masked
+from snapvit_cli.correction.result import DEFAULT_TOKENS, CorrectionResult
+from snapvit_cli.correction.settings import DEFAULT_HOLDOUT, TOKEN_MODES, CorrectionSettings
+from snapvit_cli.correction.solver import CorrectionError, Damping, TokenStatistics, parse_damping
+from snapvit_cli.correction.walk import (
+    Progress,
+    capture_block_inputs,
+    consumers_of,
+    readout_of,
+    run_block,
+    run_collecting,
 )
 from snapvit_cli.data import ImageSet, describe, make_loader, preprocess
 from snapvit_cli.elastic.budget import SlicePlan
@@ -52,111 +49,9 @@ from snapvit_cli.elastic.surgery import keep_prefix
 from snapvit_cli.errors import DataError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from snapvit_cli.elastic.bundle import ElasticBundle
-
-#: ``progress(stage, done, total)``: stage is "capture" (batches of images; total 0 if unknown) or "blocks".
-Progress = Callable[[str, int, int], None]
-
-#: Default token weighting of the statistics (:data:`snapvit_cli.correction.settings.TOKEN_MODES`), chosen by
-#: measurement on the real ViT-Tiny (``benchmarks/README.md``).
-DEFAULT_TOKENS = CorrectionSettings.tokens
-
-#: Default: every 4th calibration image is held back to choose the damping and to guard against harm.
-DEFAULT_HOLDOUT = 4
-
-
-@dataclass(frozen=True)
-class LayerCorrection:
-    """One consumer layer: columns kept, the damping fraction chosen (× mean diag H; None when the guard kept the
-    plain weights), and mean squared output errors ``‖W x − W̃ x‖²`` of the plain slice and of the result,
-    as ``[before, after]`` pairs: ``error_*`` on the fit images with the rows weighted as the fit weighted them,
-    ``readout_*`` on the rows the features are read from (the class token), ``rest_*`` on the other tokens, each
-    on the images the fit used (``fit``) and on the held-back ones (``heldout``)."""
-
-    block: int
-    tensor: str
-    kept_columns: int
-    columns: int
-    error_before: float
-    error_after: float
-    damping: float | None = None
-    readout_fit: tuple[float, float] | None = None
-    rest_fit: tuple[float, float] | None = None
-    readout_heldout: tuple[float, float] | None = None
-    rest_heldout: tuple[float, float] | None = None
-
-
-@dataclass
-class CorrectionResult:
-    """The sliced, corrected state dict, and what was done to get it."""
-
-    state: dict[str, Tensor]
-    damping: Damping | None
-    sequential: bool
-    images: int
-    layers: list[LayerCorrection]
-    seconds: float
-    data: dict[str, Any] | None = None  # describe() of the calibration images, when known
-    tokens: str = DEFAULT_TOKENS
-    heldout_images: int = 0
-    guard: bool = True
-    #: Distances of the final features to the dense model's on the held-back images, for the plain slice, the
-    #: correction and the result: ``cka_distance`` (1 − linear CKA) and ``relative_mse``; the guard wants both lower.
-    feature_error: dict[str, dict[str, float]] | None = None
-    #: Consumer layers whose correction made the final features worse and that were given the plain weights back.
-    reverted: list[str] = field(default_factory=list)
-
-    @property
-    def kept_plain(self) -> list[str]:
-        """Layers left with their plain weights: by the layer guard (``damping`` None) or the feature guard."""
-        return [layer.tensor for layer in self.layers if layer.damping is None or layer.tensor in self.reverted]
-
-    @property
-    def notice(self) -> str | None:
-        """One line for the user when a guard kept plain weights, else None."""
-        kept = self.kept_plain
-        if not kept:
-            return None
-        why = []
-        if len(kept) > len(self.reverted):
-            why.append(f"{len(kept) - len(self.reverted)} did not lower their own error")
-        if self.reverted:
-            why.append(f"{len(self.reverted)} moved the final features away from the dense model's")
-        return (
-            f"correction kept the plain weights of {len(kept)} of {len(self.layers)} layers "
-            f"({' and '.join(why)} on held-back calibration images)"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings and per-layer errors, for ``config.json`` (no timings: the same run gives the same file)."""
-        return {
-            **({"data": self.data} if self.data is not None else {}),
-            "method": "least-squares",
-            "damping": "auto" if self.damping is None else str(self.damping),
-            "tokens": self.tokens,
-            "inputs": "sequential" if self.sequential else "dense",
-            "images": self.images,
-            "heldout_images": self.heldout_images,
-            "guard": self.guard,
-            "feature_error": self.feature_error,
-            "reverted": self.reverted,
-            **({"notice": self.notice} if self.notice else {}),
-            "layers": [asdict(layer) for layer in self.layers],
-        }
-
-
-@dataclass(frozen=True)
-class _Consumer:
-    """A consumer Linear of block ``block``: its module, its state-dict name and the kept column indices."""
-
-    block: int
-    name: str
-    module: nn.Linear
-    kept: Tensor
-
-
-class _StopForward(Exception):
-    """Raised by the block-0 hook: the capture needs nothing after it."""
 
 
 def correct_slice(
@@ -169,6 +64,7 @@ def correct_slice(
     sequential: bool = True,
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
+    guard_features: bool = True,
     device: torch.device | str = "cpu",
     stats_dtype: torch.dtype = torch.float64,
     progress: Progress | None = None,
@@ -180,7 +76,8 @@ def correct_slice(
     :data:`~snapvit_cli.correction.solver.DAMPING_GRID`) and the ``guard`` are judged on those images. The guard keeps a
     layer's plain weights when its correction does not lower its held-back error, and then, if the corrected
     model's final features are not closer to the dense model's than the plain slice's on the held-back images,
-    gives the plain weights back to the layers whose correction made them worse (``result.reverted``).
+    gives the plain weights back to the layers whose correction made them worse (``result.reverted``);
+    ``guard_features=False`` only measures the final features (the stored-statistics correction cannot run them).
     ``tokens`` weights the rows of the statistics (:data:`~snapvit_cli.correction.settings.TOKEN_MODES`).
 
     ``dense`` is modified in place (its consumer layers end up corrected and masked) and moved to ``device``;
@@ -197,10 +94,10 @@ def correct_slice(
     adapter = get_adapter(dense)
     if len(widths.mlp) != adapter.num_blocks:
         raise ValueError(f"widths describe {len(widths.mlp)} blocks, the model has {adapter.num_blocks}")
-    readout, prefix = _readout(dense)
+    readout, prefix = readout_of(dense)
     dense.eval().to(device)
     with torch.no_grad():
-        fit, held, held_images, kwargs = _capture_block_inputs(dense, adapter, batches, device, holdout, progress)
+        fit, held, held_images, kwargs = capture_block_inputs(dense, adapter, batches, device, holdout, progress)
         if holdout and sum(len(x) for x in held) < 2:
             raise DataError(
                 f"too few calibration images: every {holdout}th is held back and at least 2 must be, "
@@ -210,30 +107,35 @@ def correct_slice(
         layers: list[LayerCorrection] = []
         weights: dict[str, tuple[nn.Linear, Tensor, Tensor]] = {}  # name -> (module, plain masked, corrected)
         for i, block in enumerate(adapter.blocks()):
-            consumers = [c for c in _consumers(adapter, i, widths) if c.kept.numel() < c.module.in_features]
+            consumers = [c for c in consumers_of(adapter, i, widths) if c.kept.numel() < c.module.in_features]
             fit_stats, held_stats = (
                 {c.name: TokenStatistics(c.module.in_features, readout, prefix, stats_dtype, device) for c in consumers}
                 for _ in range(2)
             )
-            fit_out = _run_collecting(block, fit, kwargs, device, consumers, fit_stats)
-            held_out = _run_collecting(block, held, kwargs, device, consumers, held_stats)
+            fit_out = run_collecting(block, fit, kwargs, device, consumers, fit_stats)
+            held_out = run_collecting(block, held, kwargs, device, consumers, held_stats)
             for c in consumers:
-                plain = _masked(c.module.weight.detach(), c.kept)
-                layers.append(
-                    _correct_layer(c, fit_stats[c.name], held_stats[c.name] if held else None, tokens, damping, guard)
+                weight = c.module.weight.detach()
+                plain = masked(weight, c.kept)
+                held_c = held_stats[c.name] if held else None
+                new_kept, record = correct_layer(
+                    i, c.name, weight, c.kept, fit_stats[c.name], held_c, tokens, damping, guard
                 )
-                weights[c.name] = (c.module, plain, c.module.weight.detach().clone())
+                weight.zero_()
+                weight[:, c.kept] = new_kept.to(weight.dtype)  # the corrected sliced layer, at full width
+                layers.append(record)
+                weights[c.name] = (c.module, plain, weight.clone())
             # the outputs above came from the dense block; sequential inputs are those of the corrected sliced block
             if sequential and consumers:
-                fit_out = [_run(block, x, kwargs, device) for x in fit]
-                held_out = [_run(block, x, kwargs, device) for x in held]
+                fit_out = [run_block(block, x, kwargs, device) for x in fit]
+                held_out = [run_block(block, x, kwargs, device) for x in held]
             fit, held = fit_out, held_out
             if progress:
                 progress("blocks", i + 1, adapter.num_blocks)
         feature_error, reverted = None, []
         if held_images:
-            feature_error, reverted = _feature_guard(
-                adapter, weights, layers, held_images, dense_features, device, revert=guard
+            feature_error, reverted = feature_guard(
+                adapter, weights, layers, held_images, dense_features, device, revert=guard and guard_features
             )
     state = {k: v.detach().cpu() for k, v in dense.state_dict().items()}
     return CorrectionResult(
@@ -262,6 +164,7 @@ def correct_bundle_slice(
     sequential: bool = True,
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
+    guard_features: bool = True,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> CorrectionResult:
@@ -283,6 +186,7 @@ def correct_bundle_slice(
         sequential=sequential,
         holdout=holdout,
         guard=guard,
+        guard_features=guard_features,
         device=device,
         progress=progress,
     )
@@ -293,11 +197,16 @@ def correct_bundle_slice(
 def correct_with_settings(
     bundle: ElasticBundle, plan: SlicePlan, settings: CorrectionSettings, progress: Progress | None = None
 ) -> CorrectionResult:
-    """:func:`correct_bundle_slice` with everything taken from ``settings``: the images are drawn here."""
+    """:func:`correct_bundle_slice` with everything taken from ``settings``: the images are drawn here. Without
+    images (``settings.data`` None) the bundle's stored statistics are used (:mod:`snapvit_cli.correction.stored`)."""
     from snapvit_cli.data import load_images
     from snapvit_cli.devices import resolve_device
 
     spec = parse_damping(settings.damping)
+    if settings.data is None:
+        from snapvit_cli.correction.stored import correct_from_bundle
+
+        return correct_from_bundle(bundle, plan, damping=spec, tokens=settings.tokens, progress=progress)
     device = resolve_device(settings.device)
     images = settings.data
     if not isinstance(images, ImageSet):
@@ -315,159 +224,7 @@ def correct_with_settings(
     )
 
 
-def _readout(model: nn.Module) -> tuple[str, int]:
-    """Where the features are read from: ``("cls", prefix)`` for the class token (row 0), ``("mean", prefix)``
-    for models that pool their patch tokens (``global_pool='avg'``, or no prefix tokens at all, e.g. an
-    attention-pool head, for which the patch mean is the closest linear proxy)."""
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
-    pooled = getattr(model, "global_pool", "token")
-    return ("mean" if pooled == "avg" or prefix == 0 else "cls"), prefix
-
-
-def _capture_block_inputs(
-    model: nn.Module,
-    adapter: ModelAdapter,
-    batches: Iterable[Tensor | tuple[Tensor, ...]],
-    device: torch.device | str,
-    holdout: int,
-    progress: Progress | None,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor], dict[str, Any]]:
-    """Block 0's input tokens (on the CPU) of the fit images and of the held-back ones (every ``holdout``-th
-    image, counted over the whole stream, so the split does not depend on the batch size), the held-back images
-    themselves, and the keyword arguments the model passes to blocks."""
-    captured: list[Tensor] = []
-    kwargs: dict[str, Any] = {}
-
-    def hook(_module: nn.Module, args: tuple, block_kwargs: dict) -> None:
-        captured.append(args[0].detach().cpu())
-        kwargs.update(block_kwargs)
-        raise _StopForward
-
-    total = len(batches) if isinstance(batches, Sized) else 0  # 0: unknown (a generator)
-    dtype = next(model.parameters()).dtype
-    fit: list[Tensor] = []
-    held: list[Tensor] = []
-    held_images: list[Tensor] = []
-    seen = 0
-    handle = adapter.blocks()[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for done, batch in enumerate(batches, start=1):
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch  # (images, labels) from a loader
-            with contextlib.suppress(_StopForward):
-                model(images.to(device, dtype))
-            tokens = captured.pop()
-            index = torch.arange(seen, seen + len(images))
-            seen += len(images)
-            is_held = (index % holdout == holdout - 1) if holdout else torch.zeros(len(images), dtype=torch.bool)
-            if (~is_held).any():
-                fit.append(tokens[~is_held])
-            if is_held.any():
-                held.append(tokens[is_held])
-                held_images.append(images[is_held].cpu())
-            if progress:
-                progress("capture", done, total)
-    finally:
-        handle.remove()
-    if not fit:
-        raise DataError("no calibration images: the correction needs at least one batch")
-    return fit, held, held_images, kwargs
-
-
-def _run(block: nn.Module, x: Tensor, kwargs: dict[str, Any], device: torch.device | str) -> Tensor:
-    """One block on one batch of tokens, result kept on the CPU (activations never pile up on the device)."""
-    return block(x.to(device), **kwargs).cpu()
-
-
-def _consumers(adapter: ModelAdapter, index: int, widths: Widths) -> list[_Consumer]:
-    """The Linear layers of block ``index`` whose input columns are units, with the columns ``widths`` keeps."""
-    block = adapter.blocks()[index]
-    found = []
-    for kind in UNIT_KINDS:
-        for spec in adapter.unit_tensors(kind, index):
-            if not spec.consumer:
-                continue
-            module = _linear_of(block, spec)
-            columns = torch.arange(module.in_features).unsqueeze(0)
-            kept = take_units(columns, spec, widths.of(kind)[index]).squeeze(0)
-            found.append(_Consumer(index, adapter.block_prefix(index) + spec.name, module, kept))
-    return found
-
-
-def _linear_of(block: nn.Module, spec: UnitTensor) -> nn.Linear:
-    """The Linear that owns consumer tensor ``spec``; correction is defined for input columns of a weight only."""
-    path, _, param = spec.name.rpartition(".")
-    module = block.get_submodule(path)
-    if not isinstance(module, nn.Linear) or param != "weight" or spec.axis not in (1, -1):
-        raise ValueError(f"consumer tensor {spec.name} is not the input-column side of a Linear weight")
-    return module
-
-
-def _run_collecting(
-    block: nn.Module,
-    inputs: list[Tensor],
-    kwargs: dict[str, Any],
-    device: torch.device | str,
-    consumers: list[_Consumer],
-    stats: dict[str, TokenStatistics],
-) -> list[Tensor]:
-    """The block's outputs on ``inputs``, while ``stats`` accumulate its consumers' inputs (hooks removed after)."""
-    handles = [stats[c.name].register(c.module) for c in consumers]
-    try:
-        return [_run(block, x, kwargs, device) for x in inputs]
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _masked(weight: Tensor, kept: Tensor) -> Tensor:
-    """``weight`` with every column outside ``kept`` zeroed: the plain sliced layer at full width."""
-    out = torch.zeros_like(weight)
-    out[:, kept] = weight[:, kept]
-    return out
-
-
-def _pair(weight: Tensor, new: Tensor, kept: Tensor, hessian: Tensor) -> tuple[float, float]:
-    return (
-        reconstruction_error(weight, weight[:, kept], hessian, kept),
-        reconstruction_error(weight, new, hessian, kept),
-    )
-
-
-def _correct_layer(
-    consumer: _Consumer,
-    fit: TokenStatistics,
-    held: TokenStatistics | None,
-    tokens: str,
-    damping: Damping | None,
-    guard: bool,
-) -> LayerCorrection:
-    """Re-fit the kept columns in place and zero the pruned ones, so the module computes the sliced layer."""
-    weight = consumer.module.weight
-    kept = consumer.kept.to(weight.device)
-    dense_weight = weight.detach().clone()
-    hessian = fit.hessian(tokens)
-    if held is None:
-        new_kept = corrected_weight(dense_weight, hessian, kept, damping or DEFAULT_DAMPING)
-        fraction: float | None = (damping or DEFAULT_DAMPING).fraction
-    else:
-        choice = select_correction(dense_weight, hessian, held.hessian(tokens), kept, damping, guard)
-        new_kept, fraction = choice.weight, choice.fraction
-    before, after = _pair(dense_weight, new_kept, kept, hessian)
-    weight.zero_()
-    weight[:, kept] = new_kept.to(weight.dtype)
-    errors = {
-        f"{part}_{split}": _pair(dense_weight, new_kept, kept, getattr(stats, part).hessian)
-        for split, stats in (("fit", fit), ("heldout", held))
-        if stats is not None
-        for part in ("readout", "rest")
-        if getattr(stats, part).count
-    }
-    return LayerCorrection(
-        consumer.block, consumer.name, kept.numel(), weight.shape[1], before, after, fraction, **errors
-    )
-
-
-def _feature_distance(adapter: ModelAdapter, images: list[Tensor], dense: Tensor, device) -> tuple[float, float]:
+def feature_distance(adapter: ModelAdapter, images: list[Tensor], dense: Tensor, device) -> tuple[float, float]:
     """How far the model's features on ``images`` are from the ``dense`` ones: ``1 − linear CKA`` and the mean
     squared distance relative to the dense features' mean squared norm.
 
@@ -484,7 +241,7 @@ def _feature_distance(adapter: ModelAdapter, images: list[Tensor], dense: Tensor
     return 1.0 - cka, mse
 
 
-def _feature_guard(
+def feature_guard(
     adapter: ModelAdapter,
     weights: dict[str, tuple[nn.Linear, Tensor, Tensor]],
     layers: list[LayerCorrection],
@@ -506,9 +263,9 @@ def _feature_guard(
             module.weight.copy_((plain, corrected)[which])
 
     changed = [layer.tensor for layer in layers if layer.damping is not None]
-    corrected = _feature_distance(adapter, images, dense, device)
+    corrected = feature_distance(adapter, images, dense, device)
     assign(changed, 0)
-    plain = _feature_distance(adapter, images, dense, device)
+    plain = feature_distance(adapter, images, dense, device)
     assign(changed, 1)
 
     def closer(dist: tuple[float, float]) -> bool:  # closer than the plain slice by both measures
@@ -522,7 +279,7 @@ def _feature_guard(
     if revert and not closer(corrected):
         for name in reversed(changed):
             assign([name], 0)
-            trial = _feature_distance(adapter, images, dense, device)
+            trial = feature_distance(adapter, images, dense, device)
             if score(trial) < score(current):
                 reverted.append(name)
                 current = trial

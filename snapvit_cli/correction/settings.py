@@ -11,6 +11,9 @@ from snapvit_cli.errors import SnapvitError
 #: class token and the other tokens half each, the class token only, or every token alike (the reference).
 TOKEN_MODES = ("weighted", "cls", "all")
 
+#: Every 4th calibration image is held back from the fit, to choose the damping and to guard against harm.
+DEFAULT_HOLDOUT = 4
+
 
 @dataclass(frozen=True)
 class CorrectionSettings:
@@ -18,14 +21,16 @@ class CorrectionSettings:
 
     ``data`` is a ``--data`` string (image folder, ``.npz``, ``hf:NAME``, ``demo``) or an
     :class:`~snapvit_cli.data.ImageSet` (used as given); of a string's train split, ``samples`` images are drawn
-    with ``seed``.
+    with ``seed``. ``None`` (the default) uses the statistics stored in the bundle (``score --correction-stats``):
+    no images are read, inputs are dense, and ``samples``, ``seed``, ``sequential``, ``batch_size`` and ``device``
+    do not apply.
     ``sequential`` feeds each block the corrected outputs of the blocks before it; ``False`` feeds the dense
     model's activations (the reference). ``damping`` is ``auto`` (chosen per layer on held-back calibration
     images) or ``mean:F``, ``max:F`` or ``pNN:F``. ``tokens`` is one of :data:`TOKEN_MODES` (issue 18: ``weighted``
     keeps the class token from being outvoted by the patch tokens).
     """
 
-    data: object = "demo"
+    data: object = None
     samples: int = 1000
     seed: int = 0
     damping: str = "auto"

@@ -57,6 +57,14 @@ class InputStatistics:
     def __init__(self, d_in: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
         self.gram = torch.zeros(d_in, d_in, dtype=dtype, device=device)
         self.count = 0
+        self._mean: Tensor | None = None
+
+    @classmethod
+    def of_mean(cls, mean: Tensor, rows: int) -> InputStatistics:
+        """Statistics whose :attr:`hessian` is ``mean`` over ``rows`` rows (e.g. read from a bundle)."""
+        stats = cls(0, mean.dtype, mean.device)
+        stats.gram, stats.count, stats._mean = mean * rows, rows, mean
+        return stats
 
     @property
     def d_in(self) -> int:
@@ -70,13 +78,16 @@ class InputStatistics:
         rows = x.detach().reshape(-1, self.d_in).to(device=self.gram.device, dtype=self.gram.dtype)
         self.gram.addmm_(rows.T, rows)
         self.count += rows.shape[0]
+        self._mean = None
 
     @property
     def hessian(self) -> Tensor:
-        """``Σ x xᵀ / n`` (a new tensor), in the accumulation dtype."""
+        """``Σ x xᵀ / n`` in the accumulation dtype, computed once per update (callers must not modify it)."""
         if self.count == 0:
             raise RuntimeError("no inputs were accumulated")
-        return self.gram / self.count
+        if self._mean is None:
+            self._mean = self.gram / self.count
+        return self._mean
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed this accumulator every input ``linear`` sees; call ``.remove()`` on the handle when done."""
@@ -171,6 +182,16 @@ def _split_columns(keep: Tensor | int, d_in: int, device: torch.device) -> tuple
     return kept, pruned_mask.nonzero().flatten()
 
 
+def _blocks(h: Tensor, kept: Tensor, pruned: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``H_KK``, ``H_KP`` and ``H_PP``: views when the kept columns are a prefix (a bundle's units are stored in
+    descending importance, so every slice keeps one), gathered copies otherwise."""
+    k = kept.numel()
+    if k and int(kept[-1]) == k - 1 and bool((kept == torch.arange(k, device=kept.device)).all()):
+        return h[:k, :k], h[:k, k:], h[k:, k:]
+    rows = h.index_select(0, kept)
+    return rows.index_select(1, kept), rows.index_select(1, pruned), h.index_select(0, pruned).index_select(1, pruned)
+
+
 def _prepare_hessian(hessian: Tensor, d_in: int, device: torch.device) -> Tensor:
     """Float64 copy of H with dead inputs (H_jj = 0) given H_jj = 1.
 
@@ -210,6 +231,36 @@ def _damped_cholesky(h_kk: Tensor, lam: float) -> Tensor:
     )
 
 
+def _kept_delta(h_kk: Tensor, cross: Tensor, lam: float) -> Tensor:
+    """``W_K' − W_K = W_P H_PK (H_KK + λI)⁻¹`` ([out, k]) from ``cross = H_KP W_Pᵀ``: one triangular solve pair
+    against all output rows at once."""
+    return torch.cholesky_solve(cross, _damped_cholesky(h_kk, lam)).T
+
+
+class _ErrorTerms:
+    """``tr(Δ H Δᵀ)`` of one layer under one H for any change δ of the kept columns, ``Δ = [−δ | W_P]``:
+
+        tr(δ H_KK δᵀ) − 2 tr(δ H_KP W_Pᵀ) + tr(W_P H_PP W_Pᵀ)
+
+    The last two factors do not depend on δ and are computed once, so the plain slice (δ = 0) and every damping
+    candidate cost one ``[out, k] × [k, k]`` product each instead of a ``[out, d] × [d, d]`` one; ``cross`` =
+    ``H_KP W_Pᵀ`` is also the right-hand side of the solve when H is the fit's.
+    """
+
+    def __init__(self, weight: Tensor, hessian: Tensor, kept: Tensor, pruned: Tensor):
+        h = hessian.to(device=weight.device, dtype=torch.float64)
+        w_pruned = weight[:, pruned]
+        self.h_kk, h_kp, h_pp = _blocks(h, kept, pruned)
+        self.cross = h_kp @ w_pruned.T
+        self.const = float(((w_pruned @ h_pp) * w_pruned).sum())
+
+    def __call__(self, delta: Tensor | None = None) -> float:
+        if delta is None:
+            return self.const
+        quad = float(((delta @ self.h_kk) * delta).sum())
+        return quad - 2.0 * float((delta * self.cross.T).sum()) + self.const
+
+
 def corrected_weight(weight: Tensor, hessian: Tensor, keep: Tensor | int, damping: Damping = DEFAULT_DAMPING) -> Tensor:
     """Re-fit the kept columns of ``weight`` ([out, in]) to the pruned ones: ``W_K + W_P · H_PK · H_KK⁻¹``.
 
@@ -224,12 +275,10 @@ def corrected_weight(weight: Tensor, hessian: Tensor, keep: Tensor | int, dampin
     if pruned.numel() == 0:
         return weight[:, kept]
     h = _prepare_hessian(hessian, d_in, weight.device)
-    lam = damping.value(h.diagonal())
-    factor = _damped_cholesky(h[kept][:, kept], lam)
     w = weight.to(torch.float64)
-    # (W_P H_PK H_KK⁻¹)ᵀ = H_KK⁻¹ H_KP W_Pᵀ, one triangular solve pair against all output rows at once.
-    delta_t = torch.cholesky_solve(h[kept][:, pruned] @ w[:, pruned].T, factor)
-    return (w[:, kept] + delta_t.T).to(weight.dtype)
+    h_kk, h_kp, _ = _blocks(h, kept, pruned)
+    delta = _kept_delta(h_kk, h_kp @ w[:, pruned].T, damping.value(h.diagonal()))
+    return (w[:, kept] + delta).to(weight.dtype)
 
 
 def reconstruction_error(weight_dense: Tensor, weight_kept: Tensor, hessian: Tensor, keep: Tensor | int) -> float:
@@ -239,12 +288,16 @@ def reconstruction_error(weight_dense: Tensor, weight_kept: Tensor, hessian: Ten
     :attr:`InputStatistics.hessian` (``/n``) it is the mean per row. Biases cancel (slicing keeps them). Uses
     H as given: no damping, no dead-input substitution.
     """
+    return error_pair(weight_dense, weight_kept, hessian, keep)[1]
+
+
+def error_pair(weight_dense: Tensor, weight_kept: Tensor, hessian: Tensor, keep: Tensor | int) -> tuple[float, float]:
+    """:func:`reconstruction_error` of the plain kept columns and of ``weight_kept``, sharing the work."""
     d_in = weight_dense.shape[1]
-    kept, _ = _split_columns(keep, d_in, weight_dense.device)
-    delta = weight_dense.to(torch.float64, copy=True)
-    delta[:, kept] -= weight_kept.to(torch.float64)
-    h = hessian.to(device=delta.device, dtype=torch.float64)
-    return float(((delta @ h) * delta).sum())
+    kept, pruned = _split_columns(keep, d_in, weight_dense.device)
+    w = weight_dense.to(torch.float64)
+    terms = _ErrorTerms(w, hessian, kept, pruned)
+    return terms(), terms(weight_kept.to(device=w.device, dtype=torch.float64) - w[:, kept])
 
 
 class TokenStatistics:
@@ -285,18 +338,29 @@ class TokenStatistics:
             self.readout.update(x[:, self.prefix :].mean(dim=1))
             self.rest.update(x)
 
-    def hessian(self, tokens: str) -> Tensor:
-        """The layer's second moment with rows weighted per ``tokens``: ``all`` (every token alike), ``cls``
-        (readout rows only) or ``weighted`` (the mean over readout rows and the mean over the rest, ½ each)."""
+    def weights(self, tokens: str) -> tuple[float, float]:
+        """``(a, b)`` with ``hessian(tokens) = a · readout + b · rest`` (each the mean over its rows): ``all`` weighs
+        every token alike, ``cls`` the readout rows only, ``weighted`` the two means half each. Errors are linear in
+        H, so the same weights combine per-part errors into the error the fit minimised."""
         if tokens == "cls":
-            return self.readout.hessian
+            return 1.0, 0.0
         if tokens == "weighted":
-            return 0.5 * self.readout.hessian + 0.5 * self.rest.hessian
+            return 0.5, 0.5
         if tokens == "all":
             if self.readout_kind == "mean":
-                return self.rest.hessian
-            return (self.readout.gram + self.rest.gram) / (self.readout.count + self.rest.count)
+                return 0.0, 1.0
+            total = self.readout.count + self.rest.count
+            return self.readout.count / total, self.rest.count / total
         raise ValueError(f"tokens must be one of weighted, cls, all, got {tokens!r}")
+
+    def hessian(self, tokens: str) -> Tensor:
+        """The layer's second moment with rows weighted per ``tokens`` (:meth:`weights`)."""
+        a, b = self.weights(tokens)
+        if b == 0.0:
+            return self.readout.hessian
+        if a == 0.0:
+            return self.rest.hessian
+        return torch.add(self.readout.hessian, self.rest.hessian, alpha=b / a).mul_(a)
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed these statistics every input ``linear`` sees; call ``.remove()`` on the handle when done."""
@@ -329,19 +393,29 @@ def select_correction(
     With ``damping=None`` each fraction of :data:`DAMPING_GRID` (× mean diag of ``fit``) is tried and the one with
     the lowest held-back error wins; otherwise ``damping`` is used as given. With ``guard`` the plain kept columns
     are returned (``fraction=None``) unless the correction lowers the held-back error: large damping tends to
-    the plain weights anyway, so this is the grid's last candidate. Everything here needs only Gram matrices.
+    the plain weights anyway, so this is the grid's last candidate. Everything here needs only Gram matrices,
+    and the parts of both that every candidate shares are computed once.
     """
-    kept, _ = _split_columns(keep, weight.shape[1], weight.device)
+    d_in = weight.shape[1]
+    kept, pruned = _split_columns(keep, d_in, weight.device)
     plain = weight[:, kept]
-    before = reconstruction_error(weight, plain, heldout, kept)
+    w = weight.to(torch.float64)
+    held = _ErrorTerms(w, heldout, kept, pruned)
+    before = held()
+    if pruned.numel() == 0:
+        return Selection(plain.clone(), None if guard else 0.0, before, before)
+    h = _prepare_hessian(fit, d_in, weight.device)
+    h_kk, h_kp, _ = _blocks(h, kept, pruned)
+    cross = h_kp @ w[:, pruned].T
     candidates = [Damping("mean", f) for f in DAMPING_GRID] if damping is None else [damping]
-    best: Selection | None = None
+    best: tuple[float, float, Tensor] | None = None  # (error, fraction, delta)
     for candidate in candidates:
-        new = corrected_weight(weight, fit, kept, candidate)
-        after = reconstruction_error(weight, new, heldout, kept)
-        if best is None or after < best.heldout_after:
-            best = Selection(new, candidate.fraction, before, after)
+        delta = _kept_delta(h_kk, cross, candidate.value(h.diagonal()))
+        after = held(delta)
+        if best is None or after < best[0]:
+            best = (after, candidate.fraction, delta)
     assert best is not None
-    if guard and not best.heldout_after < before:
+    after, fraction, delta = best
+    if guard and not after < before:
         return Selection(plain.clone(), None, before, before)
-    return best
+    return Selection((w[:, kept] + delta).to(weight.dtype), fraction, before, after)

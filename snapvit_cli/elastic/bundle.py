@@ -49,8 +49,9 @@ from snapvit_cli.schema import parse_json, sorted_json
 from snapvit_cli.scoring.scoreset import ScoreSet
 
 if TYPE_CHECKING:
-    from snapvit_cli.correction.apply import Progress as CorrectionProgress
     from snapvit_cli.correction.settings import CorrectionSettings
+    from snapvit_cli.correction.statistics import CorrectionStatistics, StoredStatistics
+    from snapvit_cli.correction.walk import Progress as CorrectionProgress
 
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
@@ -69,11 +70,14 @@ def write_bundle(
     scores: ScoreSet,
     *,
     min_keep: dict[str, float] | None = None,
+    correction_stats: CorrectionStatistics | None = None,
     force: bool = False,
 ) -> Path:
     """Permute ``model`` by ``scores`` and write the bundle atomically (never overwriting without ``force``).
 
-    The file holds no timings (``scores.timings`` stay with the caller), so the same inputs give the same bytes.
+    ``correction_stats`` (:func:`snapvit_cli.correction.statistics.collect_correction_statistics` on ``model``)
+    are stored permuted like the units, so that ``slice --correct`` needs no images. The file holds no timings
+    (``scores.timings`` stay with the caller), so the same inputs give the same bytes.
     """
     path = check_output(path, force)
     adapter = get_adapter(model)
@@ -97,6 +101,10 @@ def write_bundle(
         tensors[WEIGHT_PREFIX + name] = tensor.contiguous()
     for name, tensor in scores.extras.items():
         tensors[name] = tensor.detach().cpu().contiguous()
+    if correction_stats is not None:
+        from snapvit_cli.correction.statistics import to_tensors
+
+        tensors.update(to_tensors(correction_stats, adapter, orders))
     metadata = BundleMetadata(
         snapvit_version=__version__,
         source=source,
@@ -105,6 +113,7 @@ def write_bundle(
         scoring=Scoring(scores.method, scores.settings),
         extras=tuple(sorted(scores.extras)),
         environment=environment(),
+        correction_stats=None if correction_stats is None else correction_stats.record,
     )
     text = sorted_json(metadata.to_json())
     with atomic_path(path) as tmp:
@@ -196,6 +205,20 @@ class ElasticBundle:
                 raise BundleError(f"{self.path} has no tensor {name!r}")
             return f.get_tensor(name)
 
+    def correction_statistics(self) -> StoredStatistics | None:
+        """The stored correction statistics (``score --correction-stats``), read one layer at a time through the
+        open handle and checked as they are read; None when the bundle has none."""
+        record = self.metadata.correction_stats
+        if record is None:
+            return None
+        from snapvit_cli.correction.statistics import StoredStatistics
+
+        def read(names: list[str]) -> dict[str, torch.Tensor]:
+            with self._file.reading(), self._file.safe_open() as f:
+                return {name: f.get_tensor(name) for name in names}
+
+        return StoredStatistics(record, read, str(self.path))
+
     def weights(self) -> dict[str, torch.Tensor]:
         """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
         the mapping is copy-on-write, so nothing ever writes to the file)."""
@@ -223,6 +246,27 @@ class ElasticBundle:
                 f"{self.path}: the weights do not match the weights_sha256 recorded in the bundle "
                 "(corrupt, edited or changed while being read); nothing was written"
             )
+
+    def save_with_statistics(
+        self, path: str | os.PathLike, statistics: CorrectionStatistics, *, force: bool = False
+    ) -> Path:
+        """Write a copy of this bundle holding ``statistics`` (collected on :meth:`dense_model`, i.e. already in the
+        bundle's unit order) instead of any it had: the same as scoring again with ``--correction-stats``, without
+        the scoring. The weights are verified first; everything else is copied as it is."""
+        from snapvit_cli.correction.statistics import STATS_PREFIX, expected_shapes, to_tensors
+
+        path = check_output(path, force, inputs=(self.path,))
+        if set(statistics.tensors) != set(expected_shapes(self._adapter)):
+            raise ValueError("the statistics were not collected on this bundle's architecture")
+        self.verified_sha256()
+        with self._file.reading(), self._file.safe_open() as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(STATS_PREFIX)}
+        self._file.check_unchanged()
+        tensors.update(to_tensors(statistics, self._adapter, None))
+        metadata = replace(self.metadata, correction_stats=statistics.record)
+        with atomic_path(path) as tmp:
+            save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
+        return path
 
     # --- slicing -------------------------------------------------------------------------------------------------
     def plan(
@@ -377,6 +421,10 @@ def _check_tensors(metadata: BundleMetadata, shapes: dict, skeleton: nn.Module, 
         shape = (adapter.num_blocks, dense.of(kind)[0])
         expected[SCORE_KEYS[kind]] = shape
         expected[ORDER_KEYS[kind]] = shape
+    if metadata.correction_stats is not None:
+        from snapvit_cli.correction.statistics import expected_shapes
+
+        expected.update(expected_shapes(adapter))
     listed = set(metadata.extras)
     if listed & set(expected) or any(name.startswith(WEIGHT_PREFIX) for name in listed):
         raise BundleError("an extra tensor listed in the metadata shadows a weight, score or order")

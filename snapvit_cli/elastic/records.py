@@ -165,6 +165,68 @@ def environment() -> dict[str, str]:
     return {name: version(name) for name in ("safetensors", "timm", "torch")}
 
 
+# -- correction statistics ------------------------------------------------------------------------------------
+
+
+#: How the stored Gram matrices are laid out (the only layout written so far).
+STATS_STORAGE = "float64 upper triangle (row-major, torch.triu_indices) of sum(x x^T) / rows"
+MAX_STATS_IMAGES = 1 << 31
+
+
+@dataclass(frozen=True)
+class CorrectionStats:
+    """What a bundle's stored correction statistics are (``snapvit score --correction-stats``): per consumer layer,
+    the input second moments of the dense model over ``images`` fit images and ``heldout_images`` held-back ones
+    (every ``holdout``-th calibration image), each split into the ``readout`` rows (``cls``: the class token, ``mean``:
+    the per-image patch mean) and the rest, over ``tokens`` rows per image; ``data`` describes the images."""
+
+    images: int
+    heldout_images: int
+    holdout: int
+    tokens: int
+    readout: str
+    prefix: int
+    data: dict[str, Any] | None = None
+    storage: str = STATS_STORAGE
+
+    def rows(self, split: str, part: str) -> int:
+        """How many input rows went into the ``split`` (fit, heldout) ``part`` (readout, rest) of every layer."""
+        images = self.images if split == "fit" else self.heldout_images
+        if part == "readout":
+            return images
+        return images * (self.tokens - 1 if self.readout == "cls" else self.tokens)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "images": self.images,
+            "heldout_images": self.heldout_images,
+            "holdout": self.holdout,
+            "tokens": self.tokens,
+            "readout": self.readout,
+            "prefix": self.prefix,
+            "storage": self.storage,
+        }
+        if self.data is not None:
+            data["data"] = as_data(self.data, "correction statistics data")
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "correction_stats") -> CorrectionStats:
+        f = Fields(data, where)
+        record = cls(
+            images=f.int("images", 1, MAX_STATS_IMAGES),
+            heldout_images=f.int("heldout_images", 1, MAX_STATS_IMAGES),
+            holdout=f.int("holdout", 2, MAX_STATS_IMAGES),
+            tokens=f.int("tokens", 2, 1 << 24),
+            readout=f.str("readout", choices=("cls", "mean")),
+            prefix=f.int("prefix", 0, MAX_REG_TOKENS + 2),
+            data=f.data_of("data", None),
+            storage=f.str("storage", choices=(STATS_STORAGE,)),
+        )
+        f.done()
+        return record
+
+
 # -- bundle metadata ------------------------------------------------------------------------------------------
 
 
@@ -179,6 +241,7 @@ class BundleMetadata:
     scoring: Scoring
     extras: tuple[str, ...] = ()
     environment: dict[str, str] = field(default_factory=dict)
+    correction_stats: CorrectionStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -193,6 +256,8 @@ class BundleMetadata:
         }
         if self.environment:
             data["environment"] = dict(self.environment)
+        if self.correction_stats is not None:  # absent: bundles without statistics stay as they were
+            data["correction_stats"] = self.correction_stats.to_json()
         BundleMetadata.from_json(data)  # a writer never produces what its reader refuses
         return data
 
@@ -217,6 +282,9 @@ class BundleMetadata:
             scoring=Scoring.from_json(f.obj("scoring").data, "scoring"),
             extras=tuple(extras),
             environment=check_environment(f.obj("environment").data, "environment") if f.has("environment") else {},
+            correction_stats=(
+                CorrectionStats.from_json(f.obj("correction_stats").data) if f.has("correction_stats") else None
+            ),
         )
         f.done()
         return record

@@ -347,12 +347,25 @@ def _bundle_details(config: BundleMetadata, examples: list[dict[str, Any]]) -> s
             _scoring_line(config.scoring),
             _min_keep_line(config.min_keep),
             _preprocessing_line(config.source.pretrained_cfg),
+            _correction_stats_line(config),
         )
         if line
     ]
     parts = ["\n".join(lines), _scoring_details(config.scoring), _examples_table(examples)]
     body = "\n\n".join(p for p in parts if p)
     return f"## Bundle details\n\n{body}" if body else ""
+
+
+def _correction_stats_line(config: BundleMetadata) -> str:
+    stats = config.correction_stats
+    if stats is None:
+        return ""
+    data = stats.data or {}
+    source = f" of `{data['source']}`" if isinstance(data.get("source"), str) else ""
+    return (
+        f"- **Correction statistics:** stored ({stats.images} images{source}, {stats.heldout_images} more held "
+        "back), so `snapvit slice BUNDLE --correct` re-fits the kept weights at any budget without images"
+    )
 
 
 def _examples_table(examples: list[dict[str, Any]]) -> str:
