@@ -427,3 +427,21 @@ def test_guard_keeps_the_plain_weights_when_the_fit_is_harmful() -> None:
     (layer,) = unguarded.layers
     assert layer.error_after < 0.1 * layer.error_before  # a good fit on the fit images ...
     assert layer.rest_heldout[1] > layer.rest_heldout[0]  # ... that is worse than nothing on the held-back ones
+
+
+def test_class_token_guard_keeps_a_layer_whose_fit_moves_the_class_token() -> None:
+    """The stand-in for the feature guard where no images are at hand (stored statistics): all-token statistics
+    lower the layer's held-back error, so the plain guard keeps the fit; the class-token guard sees that the class
+    token's held-back error rose and keeps the plain weights, as the feature guard does with images."""
+    model = class_token_trap(make_small_model("dino"))
+    widths = trap_widths(model)
+    batches = list(image_batch(model, n=64, seed=3).split(16))
+    common = {"tokens": "all", "sequential": False, "guard_features": False}
+    (fitted,) = correct_slice(copy.deepcopy(model), widths, batches, **common).layers
+    assert fitted.damping is not None and fitted.readout_heldout[1] > fitted.readout_heldout[0]
+    result = correct_slice(copy.deepcopy(model), widths, batches, guard_readout=True, **common)
+    (layer,) = result.layers
+    assert layer.damping is None and layer.error_after == layer.error_before
+    plain = keep_prefix(model.state_dict(), get_adapter(model), widths)
+    assert all(torch.equal(result.state[name], tensor) for name, tensor in plain.items())
+    assert "kept the plain weights of 1 of 1 layers" in result.notice

@@ -65,6 +65,7 @@ def correct_slice(
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
     guard_features: bool = True,
+    guard_readout: bool = False,
     device: torch.device | str = "cpu",
     stats_dtype: torch.dtype = torch.float64,
     progress: Progress | None = None,
@@ -77,7 +78,8 @@ def correct_slice(
     layer's plain weights when its correction does not lower its held-back error, and then, if the corrected
     model's final features are not closer to the dense model's than the plain slice's on the held-back images,
     gives the plain weights back to the layers whose correction made them worse (``result.reverted``);
-    ``guard_features=False`` only measures the final features (the stored-statistics correction cannot run them).
+    ``guard_features=False`` only measures the final features (the stored-statistics correction cannot run them);
+    ``guard_readout`` is that correction's per-layer stand-in (:func:`~snapvit_cli.correction.layer.correct_layer`).
     ``tokens`` weights the rows of the statistics (:data:`~snapvit_cli.correction.settings.TOKEN_MODES`).
 
     ``dense`` is modified in place (its consumer layers end up corrected and masked) and moved to ``device``;
@@ -119,7 +121,7 @@ def correct_slice(
                 plain = masked(weight, c.kept)
                 held_c = held_stats[c.name] if held else None
                 new_kept, record = correct_layer(
-                    i, c.name, weight, c.kept, fit_stats[c.name], held_c, tokens, damping, guard
+                    i, c.name, weight, c.kept, fit_stats[c.name], held_c, tokens, damping, guard, guard_readout
                 )
                 weight.zero_()
                 weight[:, c.kept] = new_kept.to(weight.dtype)  # the corrected sliced layer, at full width
@@ -165,6 +167,7 @@ def correct_bundle_slice(
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
     guard_features: bool = True,
+    guard_readout: bool = False,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> CorrectionResult:
@@ -187,6 +190,7 @@ def correct_bundle_slice(
         holdout=holdout,
         guard=guard,
         guard_features=guard_features,
+        guard_readout=guard_readout,
         device=device,
         progress=progress,
     )

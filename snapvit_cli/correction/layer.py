@@ -59,13 +59,17 @@ def correct_layer(
     tokens: str,
     damping: Damping | None,
     guard: bool,
+    guard_readout: bool = False,
 ) -> tuple[Tensor, LayerCorrection]:
     """The new kept columns of the dense ``weight`` ([out, in]) for the columns ``kept``, fitted on ``fit``'s rows
     weighted per ``tokens``, and the record of the layer.
 
     With ``held`` statistics (images the fit did not see), ``damping=None`` chooses the damping on them and
     ``guard`` keeps the plain columns unless the correction lowers their error
-    (:func:`~snapvit_cli.correction.solver.select_correction`).
+    (:func:`~snapvit_cli.correction.solver.select_correction`). ``guard_readout`` also keeps them unless the held-back
+    error of the readout rows (the class token) drops: the stand-in for the final-feature guard where no images are
+    at hand (on the real ViT-Tiny, block 7's ``fc2`` lowered the token-weighted error but raised the class token's
+    16-fold, and the features lost kNN accuracy).
     """
     kept = kept.to(weight.device)
     dense_weight = weight.detach()
@@ -83,6 +87,10 @@ def correct_layer(
         for part in ("readout", "rest")
         if getattr(stats, part).count
     }
+    readout_held = errors.get("readout_heldout")
+    if guard and guard_readout and fraction is not None and readout_held and not readout_held[1] < readout_held[0]:
+        new_kept, fraction = dense_weight[:, kept], None  # the plain kept columns: every error stays what it was
+        errors = {key: (pair[0], pair[0]) for key, pair in errors.items()}
     a, b = fit.weights(tokens)
     readout, rest = errors.get("readout_fit", (0.0, 0.0)), errors.get("rest_fit", (0.0, 0.0))
     before, after = (a * r + b * o for r, o in zip(readout, rest, strict=True))

@@ -2,9 +2,10 @@
 
 The statistics are the dense model's (:mod:`snapvit_cli.correction.statistics`), so this is the image-driven
 correction with dense inputs (``--dense-inputs``), layer for layer the same solve, damping choice and per-layer guard
-on the same numbers up to their float32 storage. What it cannot do without images is the final-feature guard, which
-runs the corrected model on held-back images: the per-layer guard on the stored held-back statistics is all there
-is, and ``config.json`` says so (``statistics: bundle``, ``feature_error: null``).
+on the same numbers. What it cannot do without images is the final-feature guard, which runs the corrected model on
+held-back images. In its place the per-layer guard is made stricter (``guard_readout``): a layer also keeps its plain
+weights unless the class token's held-back error drops. ``config.json`` says so (``statistics: bundle``,
+``feature_error: null``).
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def correct_from_bundle(
     damping: Damping | None = None,
     tokens: str = DEFAULT_TOKENS,
     guard: bool = True,
+    guard_readout: bool = True,
     progress: Progress | None = None,
 ) -> CorrectionResult:
     """Correct the slice ``plan`` of ``bundle`` on the bundle's stored statistics; reads no images.
 
     ``damping=None`` chooses each layer's damping on the stored held-back statistics; ``guard`` keeps a layer's
-    plain weights unless its correction lowers its held-back error. Raises :class:`CorrectionError` when the
-    bundle holds no statistics.
+    plain weights unless its correction lowers its held-back error, and with ``guard_readout`` that of the
+    class-token rows alone too (without images there is no final-feature guard; this is its stand-in). Raises
+    :class:`CorrectionError` when the bundle holds no statistics.
     """
     start = time.perf_counter()
     if tokens not in TOKEN_MODES:
@@ -62,7 +65,9 @@ def correct_from_bundle(
                     continue
                 dense = weights[c.name]
                 fit, held = statistics.layer(c.name)
-                new_kept, record = correct_layer(i, c.name, dense, c.kept, fit, held, tokens, damping, guard)
+                new_kept, record = correct_layer(
+                    i, c.name, dense, c.kept, fit, held, tokens, damping, guard, guard_readout
+                )
                 full = torch.zeros_like(dense)
                 full[:, c.kept] = new_kept.to(dense.dtype)
                 state[c.name] = full

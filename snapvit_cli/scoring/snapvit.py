@@ -15,6 +15,7 @@ from snapvit_cli.data import describe
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
+from snapvit_cli.scoring.heap import release_freed_memory
 from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.search import FeatureFitness, check_evaluations, check_pairs, search_multipliers
 from snapvit_cli.scoring.settings import ScoreSettings
@@ -44,6 +45,7 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
     timings: dict[str, float] = {}
     with scoring_mode(model, device):
         run = gradient_pass(model, adapter, settings, device)
+        release_freed_memory()
         timings["gradients_s"] = run.seconds
         raw = unit_scores(run.grads, settings.score)
         if settings.ga_evals == 0:
