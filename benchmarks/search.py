@@ -15,7 +15,6 @@ Equal cost: a search evaluation runs the sliced model of each pair on every sear
 evaluations × search images (× pairs, the same four everywhere). The reference point is the defaults: 50
 evaluations on ``ga_samples`` = ``samples`` images.
 
-    export MALLOC_MMAP_THRESHOLD_=131072    # else glibc's heap grows ~0.4 GB per search evaluation (README)
     python -m benchmarks.search --seeds 0 &  python -m benchmarks.search --seeds 1 &     # two processes, one core each
     python -m benchmarks.search --table                    # the table of what is measured so far; updates the README
 
