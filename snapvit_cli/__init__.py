@@ -6,9 +6,9 @@ Python API (every command is one call; README "Python API")::
     model, source = snapvit_cli.load_model("dino_vitb16")          # `snapvit score` ...
     scores = snapvit_cli.score_model(model, "snapvit", data="photos/")
     snapvit_cli.write_bundle("dino.safetensors", model, source, scores)
-    # optional: statistics that make `slice --correct` image-free (`score --correction-stats`)
-    stats = snapvit_cli.collect_correction_statistics(model, "photos/", source.pretrained_cfg)
-    snapvit_cli.write_bundle("dino.safetensors", model, source, scores, correction_stats=stats, force=True)
+    # or with the statistics that make `slice --correct` image-free (`score --correction-stats`):
+    # stats = snapvit_cli.collect_correction_statistics(model, "photos/", source.pretrained_cfg)
+    # snapvit_cli.write_bundle("dino.safetensors", model, source, scores, correction_stats=stats)
     bundle = snapvit_cli.load_bundle("dino.safetensors")            # `snapvit slice` ...
     small = bundle.slice(flops=0.5)                                 # ... in process, or to a folder:
     bundle.save_slice("dino-half", bundle.plan(flops=0.5))
