@@ -21,7 +21,7 @@ from snapvit_cli.correction.result import DEFAULT_TOKENS, CorrectionResult
 from snapvit_cli.correction.settings import TOKEN_MODES
 from snapvit_cli.correction.solver import CorrectionError, Damping
 from snapvit_cli.correction.walk import Progress, consumers_of
-from snapvit_cli.elastic.surgery import keep_prefix
+from snapvit_cli.elastic.surgery import keep_prefix, unaliased
 
 if TYPE_CHECKING:
     from snapvit_cli.elastic.budget import SlicePlan
@@ -77,7 +77,7 @@ def correct_from_bundle(
     sliced = keep_prefix(state, adapter, plan.widths)
     record = statistics.record
     return CorrectionResult(
-        state={k: _unaliased(v, weights[k]) for k, v in sliced.items()},
+        state=unaliased(sliced, weights),
         damping=damping,
         sequential=False,
         images=record.images,
@@ -89,9 +89,3 @@ def correct_from_bundle(
         guard=guard,
         statistics="bundle",
     )
-
-
-def _unaliased(tensor: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-    """``tensor``, copied if it shares memory with the bundle's memory-mapped ``stored`` weights."""
-    same = tensor.untyped_storage().data_ptr() == stored.untyped_storage().data_ptr()
-    return tensor.clone() if same else tensor

@@ -39,7 +39,14 @@ from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, Sl
 from snapvit_cli.elastic.records import BundleMetadata, Scoring, environment
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
-from snapvit_cli.elastic.surgery import build_model, keep_prefix, permute, read_prefix, unpermuted_sha256
+from snapvit_cli.elastic.surgery import (
+    build_model,
+    keep_prefix,
+    permute,
+    read_prefix,
+    unaliased,
+    unpermuted_sha256,
+)
 from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output
@@ -297,11 +304,7 @@ class ElasticBundle:
     def state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
         """The sliced state dict for ``widths``; its tensors never alias the bundle's cached weights."""
         weights = self.weights()
-        sliced = keep_prefix(weights, self._adapter, widths)
-        return {
-            k: v.clone() if v.untyped_storage().data_ptr() == weights[k].untyped_storage().data_ptr() else v
-            for k, v in sliced.items()
-        }
+        return unaliased(keep_prefix(weights, self._adapter, widths), weights)
 
     def read_state_dict(self, widths: Widths) -> dict[str, torch.Tensor]:
         """The same as :meth:`state_dict`, read straight from the file without keeping the dense weights: only the

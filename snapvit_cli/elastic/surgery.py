@@ -68,6 +68,15 @@ def keep_prefix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: W
     return _map_units(state, adapter, _kept_counts(adapter, widths), take_units)
 
 
+def unaliased(sliced: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sliced`` with every tensor that shares memory with its namesake in ``source`` copied (e.g. a tensor kept
+    whole by :func:`keep_prefix` from a bundle's memory-mapped weights), so the result never aliases ``source``."""
+    return {
+        k: v.clone() if k in source and v.untyped_storage().data_ptr() == source[k].untyped_storage().data_ptr() else v
+        for k, v in sliced.items()
+    }
+
+
 def read_prefix(file: Any, adapter: ModelAdapter, widths: Widths, prefix: str = "") -> dict[str, torch.Tensor]:
     """:func:`keep_prefix` straight from an open safetensors ``file`` (tensors named ``prefix + key``).
 
