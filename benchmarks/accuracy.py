@@ -86,6 +86,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128, help="calibration images (gradient pass and search)")
     parser.add_argument("--ga-samples", type=int, default=64, help="search images (a second seeded draw)")
     parser.add_argument("--ga-evals", type=int, default=50)
+    parser.add_argument(
+        "--preset", default="paper", help="search preset (the table in benchmarks/README.md: paper; or default)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-accuracy-cache")
     parser.add_argument("--json", type=Path, default=None, help="also write all results to this file")
@@ -107,7 +110,13 @@ def main() -> None:
     dense_acc = knn_accuracy(dense_train, memory.labels, dense_test, queries.labels, k=20)
     log(f"dense kNN top-1 {dense_acc:.4f}")
 
-    settings = {"data": npz, "samples": args.samples, "ga_samples": args.ga_samples, "ga_evals": args.ga_evals}
+    settings = {
+        "data": npz,
+        "samples": args.samples,
+        "ga_samples": args.ga_samples,
+        "ga_evals": args.ga_evals,
+        "preset": args.preset,
+    }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:

@@ -42,7 +42,6 @@ from benchmarks.accuracy import balanced_subset
 from benchmarks.common import REAL_CHECKPOINT, REAL_DATA, features, log, machine, shared_data, write_readme_block
 from snapvit_cli.adapters import HEADS, MLP, get_adapter
 from snapvit_cli.data import load_images, preprocess
-from snapvit_cli.elastic.budget import plan_slice
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
 from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.models.loading import load_model
@@ -50,18 +49,40 @@ from snapvit_cli.scoring.baselines import snip_unit_scores
 from snapvit_cli.scoring.calibration import calibration_images, input_config, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, unit_scores
 from snapvit_cli.scoring.scoreset import ScoreSet
-from snapvit_cli.scoring.search import FeatureFitness, check_evaluations, check_pairs, search_multipliers
-from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
-from snapvit_cli.scoring.snapvit import SEARCH_SETTINGS
+from snapvit_cli.scoring.search import (
+    FeatureFitness,
+    check_evaluations,
+    check_pairs,
+    search_multipliers,
+    search_pairs,
+)
+from snapvit_cli.scoring.settings import DEFAULT_GA_FLOPS, PAPER_GA_PAIRS, ScoreSettings, format_pairs
 
-FRACTIONS = (0.9, 0.75, 0.6, 0.5)
+FRACTIONS = DEFAULT_GA_FLOPS
+# What a search depends on besides the gradients and its seed: the key of its cached scores.
+SEARCH_KEYS = (
+    "ga_batch_size",
+    "ga_evals",
+    "ga_sigma",
+    "ga_bounds",
+    "ga_pairs",
+    "ga_init",
+    "ga_evaluation",
+    "pca_components",
+    "cka_init",
+    "min_keep",
+    "ga_samples",
+    "ga_population",
+)
 BASELINES = ("gradient", "snip")
 # name -> search settings; "images" is a fraction of --samples (1.0: the default ga_samples = samples), "pairs"
-# "flops" means the (MLP, heads) removal pairs that slice to the FLOPs fractions above. Most informative first.
+# "flops" means the (MLP, heads) removal pairs that slice to the FLOPs fractions above (the default search since
+# this study; "paper": PAPER_GA_PAIRS). Most informative first.
 SETTINGS: dict[str, dict] = {
     "paper": {"ga_evals": 50, "images": 1.0},
     "evals150": {"ga_evals": 150, "images": 1 / 3},
     "pairs-flops": {"ga_evals": 50, "images": 1.0, "ga_pairs": "flops"},
+    "pairs-flops-evals150": {"ga_evals": 150, "images": 1 / 3, "ga_pairs": "flops"},
     "init-ones": {"ga_evals": 50, "images": 1.0, "ga_init": (1.0, 1.0)},
     "evals400": {"ga_evals": 400, "images": 1 / 8},
     "evals150-sigma0.15": {"ga_evals": 150, "images": 1 / 3, "ga_sigma": 0.15},
@@ -117,12 +138,8 @@ def main() -> None:
 
 
 def matched_pairs(adapter, fractions) -> tuple[tuple[float, float], ...]:
-    """The (MLP, heads) removal ratios that ``plan(flops=f)`` resolves each fraction to (they depend on the widths
-    and costs only, not on the scores)."""
-    widths = adapter.widths()
-    zeros = (torch.zeros(adapter.num_blocks, widths.mlp[0]), torch.zeros(adapter.num_blocks, widths.heads[0]))
-    plans = [plan_slice(*zeros, adapter.cost_terms(), flops=f) for f in fractions]
-    return tuple((round(p.mlp_ratio, 4), round(p.head_ratio, 4)) for p in plans)
+    """The (MLP, heads) removal ratios that ``plan(flops=f)`` resolves each fraction to, as the default search."""
+    return search_pairs(adapter, ScoreSettings(ga_flops=tuple(fractions)))
 
 
 class Study:
@@ -143,8 +160,7 @@ class Study:
             spec = SETTINGS[name]
             values.update({k: v for k, v in spec.items() if k.startswith("ga_")})
             values["ga_samples"] = max(1, round(self.args.samples * spec["images"]))
-            if spec.get("ga_pairs") == "flops":
-                values["ga_pairs"] = self.flops_pairs
+            values["ga_pairs"] = self.flops_pairs if spec.get("ga_pairs") == "flops" else PAPER_GA_PAIRS
         return ScoreSettings(**values)
 
     def key(self, *parts) -> str:
@@ -312,7 +328,7 @@ def render(rows: list[list[dict]], fractions, args) -> str:
 
 def _search_record(settings: ScoreSettings) -> dict:
     """What a search depends on besides the gradients (the seed is in the file name)."""
-    return settings.record([*SEARCH_SETTINGS, "ga_samples", "ga_population"])
+    return settings.record(SEARCH_KEYS)
 
 
 def _mean_spread(values: list[float], fmt: str) -> str:

@@ -142,11 +142,11 @@ def test_choices_match_the_library():
     from snapvit_cli.devices import DEVICES
     from snapvit_cli.evaluation.settings import DTYPES, VOTES
     from snapvit_cli.scoring import METHODS
-    from snapvit_cli.scoring.settings import CROP_MODES, LOSSES, SCORE_FORMULAS
+    from snapvit_cli.scoring.settings import CROP_MODES, LOSSES, PRESETS, SCORE_FORMULAS
 
     assert get_args(_options.Method) == METHODS and get_args(_options.Device) == DEVICES
     assert get_args(_options.Crops) == CROP_MODES and get_args(_options.Loss) == LOSSES
-    assert get_args(_options.ScoreFormula) == SCORE_FORMULAS
+    assert get_args(_options.ScoreFormula) == SCORE_FORMULAS and get_args(_options.Preset) == tuple(PRESETS)
     assert get_args(_options.Vote) == VOTES and get_args(_options.Dtype) == DTYPES
 
 

@@ -40,7 +40,8 @@ def test_snapvit_is_the_default_and_records_everything(snapvit_bundle):
     assert settings["crops"] == "legacy" and settings["seed"] == 7 and settings["device"] == "cpu"
     assert settings["data"]["source"] == "demo" and settings["data"]["n"] == 4
     assert settings["input"]["size"] == 64 and settings["input"]["mean"] == [0.5, 0.5, 0.5]
-    assert settings["ga_evals"] == 31 and settings["ga_pairs"] == [[0.15, 0.0], [0.35, 0.2], [0.55, 0.4], [0.65, 0.5]]
+    assert settings["ga_evals"] == 31 and settings["preset"] == "default"
+    assert settings["ga_flops"] == [0.9, 0.75, 0.6, 0.5] and len(settings["ga_pairs"]) == 4  # the fractions' pairs
     assert settings["xnes"]["evaluations"] == 31 and settings["xnes"]["updates"] == 2
     assert report["xnes_updates"] == 2
     trace = bundle.read_tensor("ga.fitness_trace")

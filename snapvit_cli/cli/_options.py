@@ -29,6 +29,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Crops = Literal["independent", "legacy"]
 Loss = Literal["dino", "ce"]
 ScoreFormula = Literal["sqgrad", "fisher", "taylor"]
+Preset = Literal["default", "paper"]
 Vote = Literal["majority", "weighted"]
 Dtype = Literal["float32", "bfloat16"]
 

@@ -23,6 +23,7 @@ from snapvit_cli.cli._options import (
     JsonOpt,
     Loss,
     Method,
+    Preset,
     PretrainedOpt,
     QuietOpt,
     RevisionOpt,
@@ -34,7 +35,7 @@ from snapvit_cli.cli._progress import progress_bars, status
 from snapvit_cli.correction.settings import DEFAULT_HOLDOUT
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
-from snapvit_cli.scoring.settings import ScoreSettings, format_pairs
+from snapvit_cli.scoring.settings import ScoreSettings
 
 DEFAULTS = ScoreSettings()  # the defaults shown in --help
 
@@ -47,8 +48,13 @@ EPILOG = examples(
 STAGES = {"gradients": "gradient pass (images)", "features": "dense features (images)", "xnes": "xNES evaluations"}
 
 
+# Options a --preset sets unless they are given on the command line.
+PRESET_OPTIONS = ("ga_samples", "ga_evals", "ga_sigma", "ga_pairs", "ga_flops")
+
+
 @user_errors
 def score(
+    ctx: typer.Context,
     model: Annotated[
         str,
         typer.Option(
@@ -89,7 +95,7 @@ def score(
     ga_samples: Annotated[
         int | None,
         typer.Option(
-            help="Images for the xNES fitness, a second draw (default: as many as --samples).",
+            help="Images for the xNES fitness, a second draw (default: a third of --samples; --preset paper: as many).",
             metavar="N",
             rich_help_panel=DATA,
         ),
@@ -142,6 +148,15 @@ def score(
             rich_help_panel=SCORING,
         ),
     ] = DEFAULTS.score,
+    preset: Annotated[
+        Preset,
+        typer.Option(
+            help="Search settings to start from; the --ga-* options given override them. default: 150 evaluations "
+            "on a third of --samples over --ga-flops; paper: the paper's search (50 evaluations on --samples images "
+            "over its four MLP:HEADS pairs).",
+            rich_help_panel=SEARCH,
+        ),
+    ] = DEFAULTS.preset,
     ga_evals: Annotated[
         int,
         typer.Option(
@@ -164,12 +179,24 @@ def score(
             rich_help_panel=SEARCH,
         ),
     ] = DEFAULTS.ga_bounds is not None,
-    ga_pairs: Annotated[
+    ga_flops: Annotated[
         str,
         typer.Option(
-            help="MLP:HEADS removal ratios the fitness averages over.", metavar="M:H,...", rich_help_panel=SEARCH
+            help="FLOPs fractions the fitness averages over, each sliced as `slice --flops` would.",
+            metavar="F,...",
+            rich_help_panel=SEARCH,
         ),
-    ] = format_pairs(DEFAULTS.ga_pairs),
+    ] = ",".join(f"{f:g}" for f in DEFAULTS.ga_flops or ()),
+    ga_pairs: Annotated[
+        str | None,
+        typer.Option(
+            help="MLP:HEADS removal ratios the fitness averages over, instead of --ga-flops (paper: "
+            "0.15:0,0.35:0.2,0.55:0.4,0.65:0.5).",
+            metavar="M:H,...",
+            show_default=False,
+            rich_help_panel=SEARCH,
+        ),
+    ] = None,
     pca_components: Annotated[
         int,
         typer.Option(
@@ -229,8 +256,10 @@ def score(
     from snapvit_cli.fileio import check_output
     from snapvit_cli.models.loading import load_model
     from snapvit_cli.scoring import DATA_METHODS, default_data, distributed, score_model
-    from snapvit_cli.scoring.settings import parse_pairs
 
+    given = _given(ctx, PRESET_OPTIONS)
+    if {"ga_pairs", "ga_flops"} <= given:
+        raise typer.BadParameter("give --ga-pairs or --ga-flops, not both", param_hint="--ga-pairs")
     min_keep = {"mlp": min_keep_mlp, "heads": min_keep_heads}
     settings = dict(
         data=data if data is not None else default_data(model),
@@ -244,14 +273,17 @@ def score(
         crops=crops,
         loss=loss,
         score=score_formula,
+        preset=preset,
         ga_evals=ga_evals,
         ga_sigma=ga_sigma,
         ga_bounds=(0.0, 2.0) if ga_bounds else None,
-        ga_pairs=parse_pairs(ga_pairs),
+        ga_pairs=ga_pairs,
+        ga_flops=ga_flops,
         pca_components=pca_components,
         cka_init=cka_init,
         min_keep=min_keep,
     )
+    settings = {k: v for k, v in settings.items() if k not in PRESET_OPTIONS or k in given}  # the preset's, else
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
     config.check_method(method)
     if correction_stats and config.samples < 2 * DEFAULT_HOLDOUT:
@@ -313,6 +345,12 @@ def score(
             f"{added['bytes'] / 1e6:.1f} MB ({added['bytes_vs_weights']:.1f}x the weights)"
         )
     say(f"wrote [bold]{escape(str(path))}[/] ({escape(summary)})")
+
+
+def _given(ctx: typer.Context, names: tuple[str, ...]) -> set[str]:
+    """The options among ``names`` that were given, not left at their defaults. By the source's name: recent typer
+    versions vendor click, so its ``ParameterSource`` is not one importable class."""
+    return {name for name in names if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
 
 
 def _correction_statistics(dense, source, config: ScoreSettings, quiet: bool):

@@ -27,6 +27,7 @@ from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.elastic.budget import removal_count
 from snapvit_cli.scoring.calibration import autocast
 from snapvit_cli.scoring.gradient import score_parameters
+from snapvit_cli.scoring.search import search_pairs
 from snapvit_cli.scoring.settings import ScoreSettings
 
 VIEWS = 12  # 2 global + 10 local crops per image, all at the model's input size (§3.3)
@@ -139,7 +140,7 @@ def estimate_scoring(
     )
     if settings.ga_evals == 0:  # gradient scores without search
         return stages
-    kept = [_kept_fraction(adapter, cost, pair) for pair in settings.ga_pairs]
+    kept = [_kept_fraction(adapter, cost, pair) for pair in search_pairs(adapter, settings)]
     pairs = len(kept)
     if settings.ga_evaluation == "sliced":
         per_eval, extra, batch_copies = sum(kept), weights * max(kept), 1

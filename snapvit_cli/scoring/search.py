@@ -1,7 +1,8 @@
 """xNES re-weighting of gradient scores (docs/method.md §5): one multiplier per block for its MLP neurons and one per
 (block, head), searched so that the pruned models stay close to the dense one.
 
-Fitness of multipliers θ (lower is better): for every configured (MLP, heads) removal pair, select units globally
+Fitness of multipliers θ (lower is better): for every (MLP, heads) removal pair (``ga_pairs``, or by default the pairs
+that ``slice --flops`` resolves the ``ga_flops`` fractions to: :func:`search_pairs`), select units globally
 with the scores |θ|·raw (the same rule and min-keep floors as slicing,
 :func:`snapvit_cli.elastic.budget.select_widths`), and measure 1 − mean cosine similarity between the dense
 model's features and the pruned model's, both projected into the PCA space of the dense features; average over the
@@ -11,7 +12,7 @@ Two evaluations give the same fitness (to float rounding; ``ga_evaluation``):
 
 - ``sliced`` (default): each candidate runs as a physically sliced model (:mod:`snapvit_cli.scoring.pruned`), built
   without copying any weight it keeps whole, so an evaluation costs the candidate's kept FLOPs (about 0.6 of the
-  dense model's, averaged over the default pairs);
+  dense model's, averaged over the default pairs, 0.69 by construction);
 - ``masked``: the dense model itself, without touching a weight: removing a unit is exactly zeroing its slice of the
   consumer's input (``fc2`` columns, ``proj`` column groups; §2.3), which forward pre-hooks do per chunk of a batch,
   so the pruned models of all pairs run as one batched forward pass at the dense cost.
@@ -23,8 +24,9 @@ rank evaluates its shard of the images and the cosine sums are all-reduced (:mod
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, get_adapter
-from snapvit_cli.elastic.budget import removal_count, select_widths
+from snapvit_cli.elastic.budget import plan_slice, removal_count, select_widths
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import autocast
@@ -56,12 +58,44 @@ def removed_units(scores: dict[str, torch.Tensor], ratios: tuple[float, float], 
     return removed
 
 
+def search_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> tuple[tuple[float, float], ...]:
+    """The (MLP, heads) removal pairs the fitness averages over: ``ga_pairs`` if given, else for each ``ga_flops``
+    fraction the ratios ``plan(flops=f)`` resolves it to (they depend on the widths and costs, not on the scores),
+    so each pair removes exactly the plan's unit counts. Raises :class:`~snapvit_cli.errors.BudgetError` for a
+    fraction the floors cannot reach."""
+    if settings.ga_pairs is not None:
+        return settings.ga_pairs
+    zeros = _zero_scores(adapter)
+    pairs = []
+    for fraction in settings.ga_flops or ():
+        plan = plan_slice(zeros[MLP], zeros[HEADS], adapter.cost_terms(), flops=fraction, min_keep=settings.min_keep)
+        pairs.append((_ratio(plan.mlp_removed, zeros[MLP].numel()), _ratio(plan.heads_removed, zeros[HEADS].numel())))
+    return tuple(pairs)
+
+
+def _ratio(removed: int, total: int) -> float:
+    """``removed / total``, one ulp higher where float rounding would make ``removal_count`` one short."""
+    ratio = removed / total
+    return ratio if removal_count(total, ratio) == removed else math.nextafter(ratio, 1.0)
+
+
+def resolve_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSettings:
+    """``settings`` with ``ga_pairs`` set to :func:`search_pairs`, and ``ga_flops`` kept only where they made the
+    pairs: what a bundle records."""
+    flops = settings.ga_flops if settings.ga_pairs is None else None
+    return replace(settings, ga_pairs=search_pairs(adapter, settings), ga_flops=flops)
+
+
 def check_pairs(adapter: ModelAdapter, settings: ScoreSettings) -> None:
     """Raise :class:`~snapvit_cli.errors.BudgetError` now if a search pair removes more than the floors allow."""
-    widths = adapter.widths()
-    zeros = {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
-    for pair in settings.ga_pairs:
+    zeros = _zero_scores(adapter)
+    for pair in search_pairs(adapter, settings):
         removed_units(zeros, pair, settings.min_keep)
+
+
+def _zero_scores(adapter: ModelAdapter) -> dict[str, torch.Tensor]:
+    widths = adapter.widths()
+    return {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
 
 
 def search_population(adapter: ModelAdapter, settings: ScoreSettings) -> int:
@@ -167,7 +201,7 @@ class FeatureFitness:
         device: torch.device,
     ) -> None:
         self.model, self.adapter, self.raw, self.device = model, adapter, raw, device
-        self.pairs = settings.ga_pairs
+        self.pairs = search_pairs(adapter, settings)
         self.min_keep = settings.min_keep
         self.batch_size = settings.ga_batch_size
         self.evaluation = settings.ga_evaluation

@@ -17,20 +17,29 @@ from snapvit_cli.scoring.calibration import calibration_images, preprocessed, sc
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
 from snapvit_cli.scoring.heap import release_freed_memory
 from snapvit_cli.scoring.scoreset import ScoreSet
-from snapvit_cli.scoring.search import FeatureFitness, check_evaluations, check_pairs, search_multipliers
+from snapvit_cli.scoring.search import (
+    FeatureFitness,
+    check_evaluations,
+    check_pairs,
+    resolve_pairs,
+    search_multipliers,
+)
 from snapvit_cli.scoring.settings import ScoreSettings
 
 SEARCH_SETTINGS = (
+    "ga_sample_fraction",
     "ga_batch_size",
     "ga_evals",
     "ga_sigma",
     "ga_bounds",
     "ga_pairs",
+    "ga_flops",
     "ga_init",
     "ga_evaluation",
     "pca_components",
     "cka_init",
     "min_keep",
+    "preset",
 )
 
 
@@ -39,6 +48,7 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
 
     ``ga_evals=0`` skips the search: the bundle holds the gradient scores and records ``xnes: None``.
     """
+    settings = resolve_pairs(adapter, settings)
     check_pairs(adapter, settings)
     check_evaluations(adapter, settings)
     device = resolve_device(settings.device)
