@@ -11,8 +11,8 @@ pairs.
 Two evaluations give the same fitness (to float rounding; ``ga_evaluation``):
 
 - ``sliced`` (default): each candidate runs as a physically sliced model (:mod:`snapvit_cli.scoring.pruned`), built
-  without copying any weight it keeps whole, so an evaluation costs the candidate's kept FLOPs (about 0.6 of the
-  dense model's, averaged over the default pairs, 0.69 by construction);
+  without copying any weight it keeps whole, so an evaluation costs the candidate's kept FLOPs (on average 0.69 of
+  the dense model's over the default budgets 0.9/0.75/0.6/0.5);
 - ``masked``: the dense model itself, without touching a weight: removing a unit is exactly zeroing its slice of the
   consumer's input (``fc2`` columns, ``proj`` column groups; §2.3), which forward pre-hooks do per chunk of a batch,
   so the pruned models of all pairs run as one batched forward pass at the dense cost.

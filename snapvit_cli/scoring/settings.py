@@ -54,8 +54,9 @@ class ScoreSettings:
 
     ``samples`` images are drawn (seeded) for the gradient pass and, in a second draw with ``seed + 1``, ``ga_samples``
     (default: a third of ``samples``, so that 150 evaluations cost what the paper's 50 on ``samples`` images do) for
-    the search, as the reference draws its two sets independently. ``micro_batch`` is the
-    number of images whose crops go through one forward/backward pass; it bounds memory, not the result.
+    the search, as the reference draws its two sets independently. ``micro_batch`` is the number of images whose
+    crops go through one forward/backward pass; it bounds memory, not the result. ``preset`` names the search
+    settings :meth:`from_kwargs` starts from (:data:`PRESETS`).
     """
 
     data: object = None  # a --data string (see snapvit_cli.data) or an ImageSet; None: not given
