@@ -138,8 +138,10 @@ def main() -> None:
 
 
 def matched_pairs(adapter, fractions) -> tuple[tuple[float, float], ...]:
-    """The (MLP, heads) removal ratios that ``plan(flops=f)`` resolves each fraction to, as the default search."""
-    return search_pairs(adapter, ScoreSettings(ga_flops=tuple(fractions)))
+    """The (MLP, heads) removal ratios that ``plan(flops=f)`` resolves each fraction to, as the default search, but
+    rounded to 4 decimals as the study measured them (at most one MLP neuron apart; the cache keys depend on them)."""
+    pairs = search_pairs(adapter, ScoreSettings(ga_flops=tuple(fractions)))
+    return tuple((round(mlp, 4), round(heads, 4)) for mlp, heads in pairs)
 
 
 class Study:
