@@ -12,8 +12,8 @@ the identical pass) are read from it. Each setting then runs only the search, wi
 (all 5000 by default), queries = ``x_test`` (1000), as in ``benchmarks/accuracy.py``.
 
 Equal cost: a search evaluation runs the sliced model of each pair on every search image, so the cost is about
-evaluations × search images (× pairs, the same four everywhere). The reference point is the defaults: 50
-evaluations on ``ga_samples`` = ``samples`` images.
+evaluations × search images (× pairs, the same four everywhere). The reference point is the paper's search
+(``paper``, the default before this study): 50 evaluations on ``ga_samples`` = ``samples`` images.
 
     python -m benchmarks.search --seeds 0 &  python -m benchmarks.search --seeds 1 &     # two processes, one core each
     python -m benchmarks.search --table                    # the table of what is measured so far; updates the README
