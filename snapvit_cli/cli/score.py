@@ -283,7 +283,8 @@ def score(
         cka_init=cka_init,
         min_keep=min_keep,
     )
-    settings = {k: v for k, v in settings.items() if k not in PRESET_OPTIONS or k in given}  # the preset's, else
+    # the options a preset sets count only when given; left at their defaults, the preset's values apply
+    settings = {k: v for k, v in settings.items() if k not in PRESET_OPTIONS or k in given}
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
     config.check_method(method)
     if correction_stats and config.samples < 2 * DEFAULT_HOLDOUT:
