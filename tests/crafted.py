@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
 from snapvit_cli.adapters import get_adapter
+from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
 from snapvit_cli.scoring.magnitude import magnitude_scores
 from tests.conftest import SMALL_CONFIGS, small_model_source
 

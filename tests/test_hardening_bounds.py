@@ -15,7 +15,7 @@ from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.elastic.sliced import load_sliced
 from snapvit_cli.errors import BundleError, SnapvitError
 from tests.conftest import assert_one_line_error
-from tests.crafted import edit_config, edit_safetensors, small_bundle, sliced_folder
+from tests.crafted import edit_config, edit_safetensors, sliced_folder, small_bundle
 
 runner = CliRunner()
 MAX_TOKENS = 4096  # the rule (snapvit_cli.adapters.vit.MAX_TOKENS): a 64 x 64 patch grid
@@ -23,7 +23,7 @@ MAX_TOKENS = 4096  # the rule (snapvit_cli.adapters.vit.MAX_TOKENS): a 64 x 64 p
 
 def _claim_img_size(size: int, *, dynamic: bool = False):
     def edit(record: dict) -> None:
-        source = record["source"] if "source" in record else record
+        source = record.get("source", record)
         source["model_args"]["img_size"] = size
         if dynamic:
             source["model_args"]["dynamic_img_size"] = True
@@ -55,7 +55,8 @@ def test_sliced_folder_claiming_millions_of_tokens_is_refused_by_load_eval_and_p
     folder = edit_config(sliced_folder(rope_bundle, tmp_path / "sliced"), _claim_img_size(4096))
     with pytest.raises(BundleError, match="patch tokens per image"):
         load_sliced(folder)
-    for args in (["eval", str(folder), "--data", "demo"], ["push", str(folder), "--repo", "me/x", "--dry-run", str(tmp_path / "p"), "-q"]):
+    push = ["push", str(folder), "--repo", "me/x", "--dry-run", str(tmp_path / "p"), "-q"]
+    for args in (["eval", str(folder), "--data", "demo"], push):
         result = runner.invoke(app, args)
         assert_one_line_error(result, "patch tokens per image")
         assert "do not match" not in result.stderr
