@@ -53,7 +53,7 @@ from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import parse_json, sorted_json
-from snapvit_cli.scoring.scoreset import ScoreSet
+from snapvit_cli.scoreset import ScoreSet
 
 if TYPE_CHECKING:
     from snapvit_cli.correction.settings import CorrectionSettings
