@@ -246,7 +246,7 @@ def _save_corrected(
 
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
-    from snapvit_cli.hub.client import is_hf_id, parse_hf_id
+    from snapvit_cli.hub_client import is_hf_id, parse_hf_id
 
     if not is_hf_id(bundle):
         return Path(bundle).stem.removesuffix(".bundle")
