@@ -48,7 +48,7 @@ from snapvit_cli.elastic.surgery import (
     unaliased,
     unpermuted_sha256,
 )
-from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import check_computed, check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
@@ -164,6 +164,7 @@ class ElasticBundle:
                 metadata = _parse_metadata(header)
                 _precheck(metadata, shapes)
                 skeleton = _skeleton(metadata.source)
+                check_computed(skeleton)
                 adapter = get_adapter(skeleton)
                 _check_tensors(metadata, shapes, skeleton, adapter)
                 raw = {k: f.get_tensor(k) for k in (*SCORE_KEYS.values(), *ORDER_KEYS.values())}
