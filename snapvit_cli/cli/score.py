@@ -372,7 +372,7 @@ def _correction_statistics(dense, source, config: ScoreSettings, quiet: bool):
 def _stats_summary(stats, dense) -> dict:
     """What --correction-stats added, for --json and the summary line."""
     from snapvit_cli.adapters import get_adapter
-    from snapvit_cli.correction.statistics import stored_bytes
+    from snapvit_cli.elastic.stats_layout import stored_bytes
 
     added = stored_bytes(get_adapter(dense))
     weights = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
