@@ -23,8 +23,10 @@ from snapvit_cli.cli._options import (
     MlpOpt,
     ParamsOpt,
     QuietOpt,
+    Tokens,
     budget_specs,
     examples,
+    require_local,
 )
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
@@ -116,7 +118,7 @@ def slice_(
         ),
     ] = CORRECT_DEFAULTS.damping,
     correct_tokens: Annotated[
-        str,
+        Tokens,
         typer.Option(
             help="With --correct: which tokens the fit weighs: weighted (class token and patch tokens half each), "
             "cls (the class token only) or all (every token alike, the reference).",
@@ -167,8 +169,7 @@ def slice_(
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
-    from snapvit_cli.api import load_bundle
-    from snapvit_cli.elastic.grid import output_paths, plan_grid
+    from snapvit_cli.elastic.grid import output_paths
     from snapvit_cli.fileio import check_output
 
     specs = budget_specs(flops, params, mlp, heads)
@@ -176,6 +177,7 @@ def slice_(
         raise typer.BadParameter("give a budget: --flops F[,F...], --params P[,P...], or --mlp R --heads R")
     if data is not None and not correct:
         raise typer.BadParameter("--data is for --correct: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
+    require_local(bundle, "bundle")  # "not a bundle" before "the output exists", and before torch is imported
     outputs = output_paths(specs, output, _bundle_stem(bundle))
     settings = None
     if correct:
@@ -192,6 +194,9 @@ def slice_(
     if not dry_run:  # before the download
         for path in outputs:
             check_output(path, force, directory=True, inputs=(bundle, data))
+    from snapvit_cli.api import load_bundle
+    from snapvit_cli.elastic.grid import plan_grid
+
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
     if correct and data is None:
@@ -242,10 +247,12 @@ def _note_correction(record: dict[str, Any], quiet: bool) -> None:
 
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
-    from snapvit_cli.hub_client import is_hf_id, parse_hf_id
+    from snapvit_cli.elastic.artifacts import is_hf_id
 
     if not is_hf_id(bundle):
         return Path(bundle).stem.removesuffix(".bundle")
+    from snapvit_cli.hub_client import parse_hf_id
+
     repo_id, revision = parse_hf_id(bundle)
     name = repo_id.split("/")[-1]
     return f"{name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', revision)}" if revision else name
