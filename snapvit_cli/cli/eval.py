@@ -170,6 +170,7 @@ def eval_(
         typer.Option(
             help="Sliced models only: the bundle they were cut from; its dense model is evaluated too (and plotted).",
             metavar="BUNDLE",
+            rich_help_panel=MODEL,
         ),
     ] = None,
     force: ForceOpt = False,

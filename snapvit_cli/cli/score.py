@@ -209,6 +209,7 @@ def score(
     cka_init: Annotated[
         bool,
         typer.Option(
+            "--cka-init",
             help="Start xNES with a covariance from the CKA similarity of units' activations.", rich_help_panel=SEARCH
         ),
     ] = DEFAULTS.cka_init,
@@ -244,6 +245,7 @@ def score(
     dry_run: Annotated[
         bool,
         typer.Option(
+            "--dry-run",
             help="Print the images, passes and estimated memory and time of every stage on this device, without "
             "reading weights or scoring.",
             rich_help_panel=OUTPUT,

@@ -162,7 +162,8 @@ def slice_(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option(help="Report widths and cost without writing anything.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option("--dry-run", help="Report widths and cost without writing anything.", rich_help_panel=OUTPUT),
     ] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,

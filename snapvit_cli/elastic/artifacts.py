@@ -102,7 +102,17 @@ def safetensors_kind(path: Path) -> str | None:
             header = json.loads(f.read(length))
         except (ValueError, RecursionError):
             raise not_safetensors from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        raise not_safetensors
+    offsets = [entry.get("data_offsets") for entry in header.values() if isinstance(entry, dict)]
+    ends = [o[1] for o in offsets if isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)]
+    described = 8 + length + max(ends, default=0)
+    if described != size:  # safetensors' own rule: the tensors' bytes cover the rest of the file exactly
+        raise BundleError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): it holds {size} bytes, its header "
+            f"describes {described}"
+        )
+    metadata = header.get("__metadata__")
     try:
         record = json.loads(metadata.get(HEADER_KEY, "{}")) if isinstance(metadata, dict) else {}
     except (TypeError, ValueError, RecursionError):
