@@ -48,7 +48,7 @@ from snapvit_cli.elastic.surgery import (
     unpermuted_sha256,
 )
 from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
-from snapvit_cli.errors import BundleError, SnapvitError
+from snapvit_cli.errors import BudgetError, BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from snapvit_cli.correction.settings import CorrectionSettings
     from snapvit_cli.correction.statistics import CorrectionStatistics, StoredStatistics
     from snapvit_cli.correction.walk import Progress as CorrectionProgress
+    from snapvit_cli.latency.model import LatencyModel
 
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
@@ -286,8 +287,33 @@ class ElasticBundle:
         resolution: int | None = None,
         head_offset: float = DEFAULT_HEAD_OFFSET,
         round_to: int = 1,
+        speedup: float | None = None,
+        latency: float | None = None,
+        profile: LatencyModel | None = None,
     ) -> SlicePlan:
-        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`."""
+        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`.
+
+        ``speedup`` / ``latency`` (milliseconds per batch) are budgets in measured time: they need the latency
+        ``profile`` of this architecture (:func:`snapvit_cli.latency.cache.load_or_measure`), whose resolution
+        is used; see :func:`snapvit_cli.latency.chooser.plan_latency`."""
+        if speedup is not None or latency is not None:
+            if profile is None:
+                raise BudgetError("a speedup or latency budget needs a latency profile (snapvit profile)")
+            if flops is not None or params is not None or mlp is not None or heads is not None:
+                raise BudgetError("give exactly one budget: flops, params, mlp/heads ratios, speedup or latency")
+            from snapvit_cli.latency.chooser import plan_latency
+
+            return plan_latency(
+                self.scores[MLP],
+                self.scores[HEADS],
+                self.cost(profile.key.resolution if resolution is None else resolution),
+                profile,
+                speedup=speedup,
+                latency=latency,
+                head_offset=head_offset,
+                min_keep=self.min_keep,
+                round_to=round_to,
+            )
         return plan_slice(
             self.scores[MLP],
             self.scores[HEADS],
