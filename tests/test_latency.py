@@ -157,3 +157,11 @@ def test_speedup_budget_round_trips_through_its_record():
         Budget.from_json({**data, "target": 0.5})
     with pytest.raises(BundleError, match="lacks 'latency'"):
         Budget.from_json({k: v for k, v in data.items() if k != "latency"})
+
+
+def test_isotonic_fit_is_the_closest_non_decreasing_sequence():
+    from snapvit_cli.latency.profile import isotonic
+
+    assert isotonic([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
+    assert isotonic([68.0, 53.0, 60.0, 79.0]) == pytest.approx([181 / 3] * 3 + [79.0])
+    assert isotonic([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]

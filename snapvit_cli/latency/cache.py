@@ -97,7 +97,7 @@ def load_or_measure(
     dtype: str = "float32",
     batch_size: int = 1,
     resolution: int | None = None,
-    repeats: int = 3,
+    repeats: int = 5,
     remeasure: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Lookup:

@@ -47,6 +47,18 @@ def removal_ranks(sorted_scores: torch.Tensor, floor: int) -> np.ndarray:
     return ranks
 
 
+def check_target(speedup: float | None, latency: float | None) -> None:
+    """Raise :class:`BudgetError` unless exactly one of ``speedup`` (≥ 1) and ``latency`` (ms, > 0) is given."""
+    if (speedup is None) == (latency is None):
+        raise BudgetError("give exactly one budget in measured time: speedup or latency")
+    if speedup is not None and not 1.0 <= speedup <= MAX_SPEEDUP:
+        raise BudgetError(
+            f"speedup must lie in [1, {MAX_SPEEDUP:g}] (times faster than dense), got {speedup}", param="speedup"
+        )
+    if latency is not None and not 0.0 < latency <= MAX_LATENCY_MS:
+        raise BudgetError(f"latency must be a positive number of milliseconds, got {latency}", param="latency")
+
+
 def plan_latency(
     mlp_scores: torch.Tensor,
     head_scores: torch.Tensor,
@@ -65,14 +77,7 @@ def plan_latency(
     ``round_to``: MLP neurons are removed in chunks that keep every block's width a multiple of it (or whole).
     """
     min_keep = {**DEFAULT_MIN_KEEP, **(min_keep or {})}
-    if (speedup is None) == (latency is None):
-        raise BudgetError("give exactly one budget in measured time: speedup or latency")
-    if speedup is not None and not 1.0 <= speedup <= MAX_SPEEDUP:
-        raise BudgetError(
-            f"speedup must lie in [1, {MAX_SPEEDUP:g}] (times faster than dense), got {speedup}", param="speedup"
-        )
-    if latency is not None and not 0.0 < latency <= MAX_LATENCY_MS:
-        raise BudgetError(f"latency must be a positive number of milliseconds, got {latency}", param="latency")
+    check_target(speedup, latency)
     if not 0.0 <= head_offset <= 1.0:
         raise BudgetError(f"head_offset must lie in [0, 1], got {head_offset}", param="head_offset")
     if round_to < 1:

@@ -3,7 +3,9 @@
 Only single blocks (and the model without its blocks) are built, with random weights: timings do not depend on the
 values, and a block costs a fraction of the model, so a whole profile takes about as long as a few dozen dense
 forward passes. Every item is timed once per round, the rounds interleave all items (a load spike on a shared
-machine hits them alike), and each time is the median over rounds after one untimed warm-up round.
+machine hits them alike), and each time is the median over rounds after one untimed warm-up round. Block times
+along each grid are then made non-decreasing in the width (isotonic least squares): removing units never makes a
+block slower in the model, so noise on a loaded machine cannot send the chooser after a lucky measurement.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def measure_profile(
     dtype: str = "float32",
     batch_size: int = 1,
     resolution: int | None = None,
-    repeats: int = 3,
+    repeats: int = 5,
     progress: Callable[[int, int], None] | None = None,
 ) -> LatencyModel:
     """Profile the architecture of ``skeleton`` (a dense model, e.g. on the meta device; it is not changed)."""
@@ -137,13 +139,17 @@ def measure_profile(
         snap = 64
     elif min(rounding.get("8_vs_1", 0), rounding.get("1_unit", 0)) > 1 + ROUNDING_TOLERANCE:
         snap = 8
+    mlp_fit = isotonic([medians[(m, heads)] for m in widths])
+    head_fit = isotonic([medians[(width, h)] for h in counts])
+    dense_block = max(mlp_fit[-1], head_fit[-1])  # both grids end at the dense block: one value, still monotone
+    mlp_fit[-1] = head_fit[-1] = dense_block
     return LatencyModel(
         key=key,
         fixed_ms=medians["fixed"],
         mlp_widths=tuple(widths),
-        mlp_ms=tuple(medians[(m, heads)] for m in widths),
+        mlp_ms=tuple(mlp_fit),
         heads=tuple(counts),
-        heads_ms=tuple(medians[(width, h)] for h in counts),
+        heads_ms=tuple(head_fit),
         dense_ms_measured=medians["dense"],
         rounding={k: round(v, 4) for k, v in rounding.items()},
         snap=snap,
@@ -151,6 +157,17 @@ def measure_profile(
         spread=round(spread, 4),
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+def isotonic(values: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(n)]
 
 
 def _rounds(
