@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.records import MAX_LATENCY_MS, MAX_SPEEDUP
 from snapvit_cli.errors import BudgetError
 
 
@@ -86,16 +87,25 @@ def budget_grid(
             raise BudgetError(f"--mlp and --heads pair up: {len(mlp)} values against {len(heads)}")
         count = len(mlp or heads or ())
         specs = [BudgetSpec(mlp=mlp[i] if mlp else None, heads=heads[i] if heads else None) for i in range(count)]
-    if kinds[0] in ("speedup", "latency"):  # checked before a profile is measured for them
-        from snapvit_cli.latency.chooser import check_target
-
-        for spec in specs:
-            check_target(spec.speedup, spec.latency)
+    for spec in specs if kinds[0] in ("speedup", "latency") else ():  # before a profile is measured for them
+        check_timed_target(spec.speedup, spec.latency)
     tags = [spec.tag for spec in specs]
     repeated = sorted({t for t in tags if tags.count(t) > 1})
     if repeated:
         raise BudgetError(f"budget {repeated[0]} is given twice")
     return specs
+
+
+def check_timed_target(speedup: float | None, latency: float | None) -> None:
+    """Raise :class:`BudgetError` unless exactly one of ``speedup`` (≥ 1) and ``latency`` (ms, > 0) is given."""
+    if (speedup is None) == (latency is None):
+        raise BudgetError("give exactly one budget in measured time: speedup or latency")
+    if speedup is not None and not 1.0 <= speedup <= MAX_SPEEDUP:
+        raise BudgetError(
+            f"speedup must lie in [1, {MAX_SPEEDUP:g}] (times faster than dense), got {speedup}", param="speedup"
+        )
+    if latency is not None and not 0.0 < latency <= MAX_LATENCY_MS:
+        raise BudgetError(f"latency must be a positive number of milliseconds, got {latency}", param="latency")
 
 
 def output_paths(specs: Sequence[BudgetSpec], output: Path | None, stem: str, suffix: str = "") -> list[Path]:

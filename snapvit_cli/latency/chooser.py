@@ -15,17 +15,22 @@ import hashlib
 import heapq
 import json
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from snapvit_cli.adapters import Widths
+from snapvit_cli.adapters import HEADS, MLP, Widths
 from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.elastic.budget import SlicePlan, block_floor, removal_count, select_widths
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP
-from snapvit_cli.elastic.records import MAX_LATENCY_MS, MAX_SPEEDUP, Budget, LatencyBasis
+from snapvit_cli.elastic.grid import check_timed_target
+from snapvit_cli.elastic.records import Budget, LatencyBasis
 from snapvit_cli.errors import BudgetError
 from snapvit_cli.latency.model import LatencyError, LatencyModel
+
+if TYPE_CHECKING:
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
 
 def profile_sha256(profile: LatencyModel) -> str:
@@ -47,18 +52,6 @@ def removal_ranks(sorted_scores: torch.Tensor, floor: int) -> np.ndarray:
     return ranks
 
 
-def check_target(speedup: float | None, latency: float | None) -> None:
-    """Raise :class:`BudgetError` unless exactly one of ``speedup`` (≥ 1) and ``latency`` (ms, > 0) is given."""
-    if (speedup is None) == (latency is None):
-        raise BudgetError("give exactly one budget in measured time: speedup or latency")
-    if speedup is not None and not 1.0 <= speedup <= MAX_SPEEDUP:
-        raise BudgetError(
-            f"speedup must lie in [1, {MAX_SPEEDUP:g}] (times faster than dense), got {speedup}", param="speedup"
-        )
-    if latency is not None and not 0.0 < latency <= MAX_LATENCY_MS:
-        raise BudgetError(f"latency must be a positive number of milliseconds, got {latency}", param="latency")
-
-
 def plan_latency(
     mlp_scores: torch.Tensor,
     head_scores: torch.Tensor,
@@ -77,7 +70,7 @@ def plan_latency(
     ``round_to``: MLP neurons are removed in chunks that keep every block's width a multiple of it (or whole).
     """
     min_keep = {**DEFAULT_MIN_KEEP, **(min_keep or {})}
-    check_target(speedup, latency)
+    check_timed_target(speedup, latency)
     if not 0.0 <= head_offset <= 1.0:
         raise BudgetError(f"head_offset must lie in [0, 1], got {head_offset}", param="head_offset")
     if round_to < 1:
@@ -176,4 +169,27 @@ def plan_latency(
         params=cost.params(widths),
         dense_gmacs=cost.macs(dense) / 1e9,
         dense_params=cost.params(dense),
+    )
+
+
+def plan_bundle(
+    bundle: ElasticBundle,
+    profile: LatencyModel,
+    *,
+    speedup: float | None = None,
+    latency: float | None = None,
+    head_offset: float = DEFAULT_HEAD_OFFSET,
+    round_to: int = 1,
+) -> SlicePlan:
+    """:func:`plan_latency` for an opened bundle (its scores and floors), at the profile's resolution."""
+    return plan_latency(
+        bundle.scores[MLP],
+        bundle.scores[HEADS],
+        bundle.cost(profile.key.resolution),
+        profile,
+        speedup=speedup,
+        latency=latency,
+        head_offset=head_offset,
+        min_keep=bundle.min_keep,
+        round_to=round_to,
     )
