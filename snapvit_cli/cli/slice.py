@@ -169,7 +169,8 @@ def slice_(
 ) -> None:
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
-    from snapvit_cli.elastic.grid import output_paths, plan_grid, save_slices
+    from snapvit_cli.elastic.grid import output_paths, plan_grid, save_slices, write_each
+    from snapvit_cli.elastic.sliced import SLICED_FILES
     from snapvit_cli.fileio import check_output
 
     specs = budget_specs(flops, params, mlp, heads)
@@ -192,7 +193,7 @@ def slice_(
         )
     if not dry_run:
         for path in outputs:
-            check_output(path, force, directory=True, inputs=(bundle, data))
+            check_output(path, force, directory=True, inputs=(bundle, data), owned=SLICED_FILES)
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
     if correct and data is None and elastic.metadata.correction_stats is None:
@@ -205,8 +206,12 @@ def slice_(
         {"output": None if dry_run else str(path), **plan.to_json()} for plan, path in zip(plans, outputs, strict=True)
     ]
     if correct and not dry_run:
-        for plan, path, result in zip(plans, outputs, results, strict=True):
-            result["correction"] = _save_corrected(elastic, plan, path, settings, force, quiet)
+
+        def write(i: int) -> Path:
+            results[i]["correction"] = _save_corrected(elastic, plans[i], outputs[i], settings, force, quiet)
+            return outputs[i]
+
+        write_each(outputs, write)
     elif not dry_run and len(plans) == 1:
         elastic.save_slice(outputs[0], plans[0], force=force)
     elif not dry_run:

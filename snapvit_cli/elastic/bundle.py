@@ -38,7 +38,7 @@ from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
 from snapvit_cli.elastic.records import BundleMetadata, Scoring, environment
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
-from snapvit_cli.elastic.sliced import save_sliced, sliced_config
+from snapvit_cli.elastic.sliced import SLICED_FILES, save_sliced, sliced_config
 from snapvit_cli.elastic.surgery import (
     build_model,
     keep_prefix,
@@ -123,7 +123,7 @@ def write_bundle(
         correction_stats=None if correction_stats is None else correction_stats.record,
     )
     text = sorted_json(metadata.to_json())
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: text})
     return path
 
@@ -271,7 +271,7 @@ class ElasticBundle:
         self._file.check_unchanged()
         tensors.update(to_tensors(statistics, self._adapter, None))
         metadata = replace(self.metadata, correction_stats=statistics.record)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, force=force) as tmp:
             save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
         return path
 
@@ -353,7 +353,7 @@ class ElasticBundle:
             state, bundle_sha256 = self.read_verified(plan.widths)
             config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
             return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
-        check_output(out_dir, force, directory=True, inputs=(self.path, correction.data))  # before the expensive part
+        check_output(out_dir, force, directory=True, inputs=(self.path, correction.data), owned=SLICED_FILES)
         from snapvit_cli.correction.apply import correct_with_settings
 
         bundle_sha256 = self.verified_sha256()

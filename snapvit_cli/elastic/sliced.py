@@ -36,6 +36,8 @@ from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
 
+SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything save_sliced writes: what --force may replace
+
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
     """The ``config.json`` record of a model cut from a bundle with ``metadata`` according to ``plan``."""
@@ -78,10 +80,11 @@ def save_sliced(
     inputs: tuple[object, ...] = (),
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing); an
-    existing folder is replaced only with ``force``, and never when it is or contains one of ``inputs``."""
-    out_dir = check_output(out_dir, force, directory=True, inputs=inputs)
+    existing folder is replaced only with ``force``, only when it holds nothing but those two files (a folder
+    snapvit wrote), and never when it is or contains one of ``inputs``."""
+    out_dir = check_output(out_dir, force, directory=True, inputs=inputs, owned=SLICED_FILES)
     text = json.dumps(config.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force, owned=SLICED_FILES) as tmp:
         save_canonical(
             {k: v.contiguous() for k, v in state.items()},
             tmp / WEIGHTS_NAME,
