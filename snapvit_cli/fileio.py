@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -41,6 +42,7 @@ import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from snapvit_cli.errors import OutputError, OutputExistsError
 
@@ -539,10 +541,49 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
         raise OSError(int(found.group(2)), found.group(1), str(path)) from None
 
 
+class NotRegularFileError(OSError):
+    """A path a reader was given names a FIFO, device, socket or folder: reading it could block or never end."""
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a file a user named for reading, refusing anything but a regular file before it can block.
+
+    A FIFO named ``model.safetensors`` would make a plain ``open`` wait forever for a writer, and a device
+    (``/dev/zero``) never ends; so the path is checked first, then opened non-blocking (a FIFO swapped in after
+    the check opens at once) and checked again on the descriptor, which is what is read. Raises
+    :class:`NotRegularFileError` (an :class:`OSError`) for anything else, and the usual ``OSError`` otherwise.
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_regular(path, info.st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, info.st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _not_regular(path: str | os.PathLike, mode: int) -> NotRegularFileError:
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket"}
+    kinds.update({stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"})
+    kind = next((name for test, name in kinds.items() if test(mode)), "something else")
+    return NotRegularFileError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so that multi-GB checkpoints do not need to fit in memory."""
+    with open_regular(path) as f:
+        return sha256_stream(f, chunk_size)
+
+
+def sha256_stream(file: BinaryIO, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of what is left to read in an open binary file, in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: file.read(chunk_size), b""):
+        digest.update(chunk)
     return digest.hexdigest()

@@ -31,7 +31,7 @@ from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_dir, check_output
+from snapvit_cli.fileio import atomic_dir, check_output, open_regular
 from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
@@ -101,7 +101,7 @@ def read_config(folder: str | os.PathLike) -> SlicedConfig:
     if not path.is_file():
         raise BundleError(f"{folder} is not a sliced model: {CONFIG_NAME} not found")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(MAX_JSON_CHARS + 1)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
-from snapvit_cli.fileio import sha256_file
+from snapvit_cli.fileio import open_regular, sha256_file
 from snapvit_cli.hub.client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
 from snapvit_cli.models.families import corrected_preprocessing, default_model_args, supported_summary
@@ -42,11 +42,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from snapvit_cli.elastic.safetensors_io import OpenFile
 
-            state = load_file(str(path))
+            file = OpenFile(path, "checkpoint")
+            with file.safe_open() as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            file.close()
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path) as f:  # a FIFO or device is refused before it can block
+                state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
         raise ModelLoadError(f"cannot read checkpoint {path}: {exc}") from None
     for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
