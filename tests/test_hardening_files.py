@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from snapvit_cli.cli.app import app
 from snapvit_cli.data import load_images
 from snapvit_cli.errors import DataError
-from snapvit_cli.fileio import NotRegularFileError, open_regular
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -94,6 +93,8 @@ def test_load_refuses_a_fifo(fifo_folder):
 
 
 def test_open_regular_refuses_fifos_devices_and_folders(tmp_path):
+    from snapvit_cli.fileio import NotRegularFileError, open_regular
+
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "file").write_bytes(b"data")
     for path, kind in ((tmp_path / "pipe", "FIFO"), ("/dev/zero", "device"), (tmp_path, "folder")):
@@ -105,6 +106,8 @@ def test_open_regular_refuses_fifos_devices_and_folders(tmp_path):
 
 def test_a_fifo_swapped_in_after_the_check_is_still_refused(tmp_path, monkeypatch):
     """The race between the stat and the open: the descriptor is checked again, and opening is non-blocking."""
+    from snapvit_cli.fileio import NotRegularFileError, open_regular
+
     (tmp_path / "x").write_bytes(b"data")
     os.mkfifo(tmp_path / "pipe")
     real_stat = os.stat
