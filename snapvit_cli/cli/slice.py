@@ -30,7 +30,6 @@ from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say
 from snapvit_cli.cli._progress import progress_bars, transfer
 from snapvit_cli.correction.settings import CorrectionSettings
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
-from snapvit_cli.errors import SnapvitError
 
 # The defaults shown in --help, read off the fields (an instance would validate its damping with torch).
 CORRECT_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
@@ -169,7 +168,7 @@ def slice_(
 ) -> None:
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
-    from snapvit_cli.elastic.grid import output_paths, plan_grid, save_slices
+    from snapvit_cli.elastic.grid import output_paths, plan_grid
     from snapvit_cli.fileio import check_output
 
     specs = budget_specs(flops, params, mlp, heads)
@@ -190,27 +189,21 @@ def slice_(
             batch_size=batch_size,
             device=device,
         )
-    if not dry_run:
+    if not dry_run:  # before the download
         for path in outputs:
             check_output(path, force, directory=True, inputs=(bundle, data))
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
-    if correct and data is None and elastic.metadata.correction_stats is None:
-        raise SnapvitError(
-            f"{bundle} holds no correction statistics: give calibration images with --correct --data, "
-            "or score the bundle with --correction-stats"
-        )
+    if correct and data is None:
+        from snapvit_cli.correction.stored import require_statistics
+
+        require_statistics(elastic)  # in a dry run too
     plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
-    results = [
-        {"output": None if dry_run else str(path), **plan.to_json()} for plan, path in zip(plans, outputs, strict=True)
-    ]
-    if correct and not dry_run:
-        for plan, path, result in zip(plans, outputs, results, strict=True):
-            result["correction"] = _save_corrected(elastic, plan, path, settings, force, quiet)
-    elif not dry_run and len(plans) == 1:
-        elastic.save_slice(outputs[0], plans[0], force=force)
-    elif not dry_run:
-        save_slices(elastic, plans, outputs, force=force)
+    if dry_run:
+        results = [{"output": None, **plan.to_json()} for plan in plans]
+    else:
+        saved = _save(elastic, plans, outputs, settings, force, quiet)
+        results = [{"output": str(s.path), **s.plan.to_json(), **_correction_of(s)} for s in saved]
     if json_output:
         emit_json(results[0] if len(results) == 1 else results)
         return
@@ -218,20 +211,24 @@ def slice_(
         _print_plan(plan, path if not dry_run else None)
 
 
-def _save_corrected(
-    elastic, plan, output: Path, settings: CorrectionSettings, force: bool, quiet: bool
-) -> dict[str, Any]:
-    """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record
-    with its wall time (reported here and in --json, never stored in the folder)."""
-    import time
+def _correction_of(saved) -> dict[str, Any]:
+    return {} if saved.correction is None else {"correction": saved.correction}
 
-    from snapvit_cli.elastic.sliced import read_config
 
-    start = time.perf_counter()
+def _save(elastic, plans, outputs, settings: CorrectionSettings | None, force: bool, quiet: bool) -> list:
+    """Write every folder (one library call), with progress bars while correcting and a note per corrected slice."""
+    from snapvit_cli.slicing import save_slices
+
     stages = {"capture": "correction: calibration batches", "blocks": "correction: blocks"}
-    with progress_bars(not quiet, stages) as progress:
-        elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
-    record = {**read_config(output).correction, "seconds": round(time.perf_counter() - start, 3)}
+    with progress_bars(not quiet and settings is not None, stages) as progress:
+        saved = save_slices(elastic, plans, outputs, force=force, correction=settings, progress=progress)
+    for record in (s.correction for s in saved if s.correction is not None):
+        _note_correction(record, quiet)
+    return saved
+
+
+def _note_correction(record: dict[str, Any], quiet: bool) -> None:
+    """One line on what the correction did (when not quiet), and its guard's warning (always)."""
     if not quiet:
         source = "the bundle's statistics of " if record.get("statistics") == "bundle" else ""
         note(
@@ -241,12 +238,11 @@ def _save_corrected(
         )
     if record.get("notice"):  # a warning: shown even when quiet
         note(record["notice"])
-    return record
 
 
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
-    from snapvit_cli.hub.client import is_hf_id, parse_hf_id
+    from snapvit_cli.hub_client import is_hf_id, parse_hf_id
 
     if not is_hf_id(bundle):
         return Path(bundle).stem.removesuffix(".bundle")
