@@ -418,7 +418,5 @@ def _expected_dtypes(metadata: BundleMetadata, skeleton: nn.Module, adapter: Mod
     expected.update({key: "F64" for key in SCORE_KEYS.values()})
     expected.update({key: "I64" for key in ORDER_KEYS.values()})
     if metadata.correction_stats is not None:
-        from snapvit_cli.correction.statistics import expected_shapes
-
         expected.update({key: "F64" for key in expected_shapes(adapter)})
     return expected
