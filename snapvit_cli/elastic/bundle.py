@@ -284,7 +284,8 @@ class ElasticBundle:
         head_offset: float = DEFAULT_HEAD_OFFSET,
         round_to: int = 1,
     ) -> SlicePlan:
-        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`."""
+        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`
+        (budgets in measured time: :func:`snapvit_cli.latency.chooser.plan_bundle`)."""
         return plan_slice(
             self.scores[MLP],
             self.scores[HEADS],
