@@ -29,7 +29,14 @@ from snapvit_cli.elastic.records import (
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.surgery import build_model
-from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import (
+    check_computed,
+    check_dtypes,
+    check_finite,
+    check_same_tensors,
+    dtype_name,
+    precheck_size,
+)
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output, open_regular
 from snapvit_cli.models.loading import build_architecture
@@ -126,7 +133,10 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             precheck_size(config.structure, config.model_args, shapes, "")
             skeleton, resized, widths = _skeletons(config)
-            check_same_tensors({k: tuple(v.shape) for k, v in resized.state_dict().items()}, shapes)
+            expected = resized.state_dict()
+            check_same_tensors({k: tuple(v.shape) for k, v in expected.items()}, shapes)
+            dtypes = {k: f.get_slice(k).get_dtype() for k in shapes}
+            check_dtypes({k: dtype_name(v.dtype) for k, v in expected.items()}, dtypes)
             state = {k: f.get_tensor(k) for k in shapes}
         weights.check_unchanged()
         check_finite(state, str(weights.path))
@@ -151,6 +161,7 @@ def _skeletons(config: SlicedConfig) -> tuple[nn.Module, nn.Module, Widths]:
     """The dense architecture on the meta device, and a copy resized to the config's widths: the shapes the file
     must have."""
     skeleton = build_architecture(config.source(), device="meta")
+    check_computed(skeleton)
     adapter = get_adapter(skeleton)
     if adapter.structure() != config.structure:
         raise BundleError("config.json's structure does not describe the architecture it names")
