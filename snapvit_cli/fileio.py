@@ -568,6 +568,13 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
+def descriptor_path(file: BinaryIO, path: str | os.PathLike) -> str:
+    """A path that opens the very file ``file`` holds open (``/proc/self/fd/N`` on Linux), for libraries that take
+    a path (safetensors); elsewhere ``path`` itself."""
+    view = f"/proc/self/fd/{file.fileno()}"
+    return view if os.path.exists(view) else os.fspath(path)
+
+
 def _not_regular(path: str | os.PathLike, mode: int) -> NotRegularFileError:
     kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket"}
     kinds.update({stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"})

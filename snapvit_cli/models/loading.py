@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
-from snapvit_cli.fileio import open_regular, sha256_file
+from snapvit_cli.fileio import descriptor_path, open_regular, sha256_file
 from snapvit_cli.hashing import state_dict_sha256
 from snapvit_cli.hub_client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
@@ -36,12 +36,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from snapvit_cli.elastic.safetensors_io import OpenFile
+            from safetensors.torch import load_file
 
-            file = OpenFile(path, "checkpoint")
-            with file.safe_open() as f:
-                state = {k: f.get_tensor(k) for k in f.keys()}
-            file.close()
+            with open_regular(path) as f:  # a FIFO or device is refused before it can block
+                state = load_file(descriptor_path(f, path))
         else:
             with open_regular(path) as f:  # a FIFO or device is refused before it can block
                 state = torch.load(f, map_location="cpu", weights_only=True)
