@@ -286,7 +286,8 @@ def score(
     # the options a preset sets count only when given; left at their defaults, the preset's values apply
     settings = {k: v for k, v in settings.items() if k not in PRESET_OPTIONS or k in given}
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
-    config.check_method(method)
+    if not dry_run:  # an estimate reads no image, so it needs no --data
+        config.check_method(method)
     if correction_stats and config.samples < 2 * DEFAULT_HOLDOUT:
         raise SnapvitError(
             f"--correction-stats holds every {DEFAULT_HOLDOUT}th scoring image back and needs at least "
