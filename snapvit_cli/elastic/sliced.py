@@ -29,7 +29,14 @@ from snapvit_cli.elastic.records import (
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.surgery import build_model
-from snapvit_cli.elastic.tensor_checks import check_computed, check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import (
+    check_computed,
+    check_dtypes,
+    check_finite,
+    check_same_tensors,
+    dtype_name,
+    precheck_size,
+)
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.models.loading import build_architecture
@@ -123,7 +130,10 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             precheck_size(config.structure, config.model_args, shapes, "")
             skeleton, resized, widths = _skeletons(config)
-            check_same_tensors({k: tuple(v.shape) for k, v in resized.state_dict().items()}, shapes)
+            expected = resized.state_dict()
+            check_same_tensors({k: tuple(v.shape) for k, v in expected.items()}, shapes)
+            dtypes = {k: f.get_slice(k).get_dtype() for k in shapes}
+            check_dtypes({k: dtype_name(v.dtype) for k, v in expected.items()}, dtypes)
             state = {k: f.get_tensor(k) for k in shapes}
         weights.check_unchanged()
         check_finite(state, str(weights.path))

@@ -15,7 +15,7 @@ from typing import Any
 
 from snapvit_cli.elastic.records import Budget
 from snapvit_cli.errors import BundleError, DataError
-from snapvit_cli.models.source import CROP_MODES, INTERPOLATIONS, MAX_IMG_SIZE
+from snapvit_cli.models.source import CROP_MODES, INTERPOLATIONS, MAX_IMG_SIZE, MIN_CROP_PCT
 from snapvit_cli.schema import MAX_JSON_CHARS, Fields, optional_sha256, parse_json
 
 REPORT_FORMAT = "snapvit-eval"
@@ -64,7 +64,7 @@ def check_transform(data: Any, where: str = "transform") -> dict[str, Any]:
         "std": f.floats("std", 1e-6, 1e3, length=3),
     }
     if f.has("crop_pct"):
-        out["crop_pct"] = f.float("crop_pct", 0.0, 4.0, open_lo=True)
+        out["crop_pct"] = f.float("crop_pct", MIN_CROP_PCT, 1.0)
     if f.has("crop_mode"):
         out["crop_mode"] = f.str("crop_mode", choices=CROP_MODES)
     f.done()
