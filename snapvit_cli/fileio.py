@@ -26,6 +26,7 @@ sockets before they can block or stream forever.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import errno
@@ -72,19 +73,28 @@ class WriteRecord:
         return f"{self.path} was not written"
 
 
-_records: list[WriteRecord] = []
+# The outputs of the current command, per thread and task: set by :func:`write_log` (the CLI wraps each command in
+# one); outside any log nothing is recorded, so a library caller's writes never accumulate.
+_current_log: contextvars.ContextVar[list[WriteRecord] | None] = contextvars.ContextVar("snapvit_writes", default=None)
 
 
-def reset_write_log() -> None:
-    """Forget earlier writes: called at the start of each command so its interrupt message covers only itself."""
-    _records.clear()
+@contextlib.contextmanager
+def write_log() -> Iterator[list[WriteRecord]]:
+    """Record every output started inside the block (in this thread or task only) into the yielded list, for
+    :func:`interrupt_message`; logs nest, and the innermost one records."""
+    records: list[WriteRecord] = []
+    token = _current_log.set(records)
+    try:
+        yield records
+    finally:
+        _current_log.reset(token)
 
 
-def interrupt_message() -> str:
-    """What an interrupt left on disk, in one line: every output this command touched is complete old or new."""
-    if not _records:
+def interrupt_message(records: list[WriteRecord]) -> str:
+    """What an interrupt left on disk, in one line: every output in ``records`` is complete old or new."""
+    if not records:
         return "nothing was written"
-    return "; ".join(record.describe() for record in _records)
+    return "; ".join(record.describe() for record in records)
 
 
 # -- checks before writing --------------------------------------------------------------------------------------
@@ -201,7 +211,9 @@ def _atomic(path: Path, *, directory: bool, force: bool, owned: Collection[str])
     except OSError as exc:
         raise _io_error(path, exc, existed=os.path.lexists(path)) from None
     record = WriteRecord(path, existed=os.path.lexists(path))
-    _records.append(record)
+    log = _current_log.get()
+    if log is not None:
+        log.append(record)
     leftover: Path | None = None
     try:
         try:

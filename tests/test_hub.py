@@ -411,3 +411,18 @@ def test_resolve_rejects_a_repository_without_snapvit_files(fake_hub):
     api.upload_file(path_or_fileobj=b"hello", path_in_repo="notes.txt", repo_id=REPO)
     with pytest.raises(HubError, match="holds neither bundle.safetensors nor config.json"):
         hub.resolve_hub_artifact(f"hf-hub:{REPO}")
+
+
+def test_offline_mode_blocks_overlap_across_threads():
+    """Two overlapping offline blocks (as two threads loading models would run them) that end in either order: the
+    Hub stays offline until the last ends, then the flag is what it was before."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    first, second = hub.offline_mode(), hub.offline_mode()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first: the second still needs the cache only
+    assert constants.HF_HUB_OFFLINE is True
+    second.__exit__(None, None, None)
+    assert before == constants.HF_HUB_OFFLINE

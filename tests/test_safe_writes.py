@@ -362,3 +362,29 @@ def test_read_only_output_directory(tmp_path, built):
         assert listing(ro) == []
     finally:
         subprocess.run(undo, check=True)
+
+
+def test_write_log_records_one_command_in_its_own_thread_only(tmp_path):
+    """The interrupt report covers the writes of the command it wraps: not a library caller's earlier writes (which
+    are recorded nowhere), not another thread's."""
+    import threading
+
+    with fileio.atomic_path(tmp_path / "library.txt") as tmp:  # outside any log: recorded nowhere
+        tmp.write_text("x")
+    theirs: list = []
+
+    def other_command() -> None:
+        with fileio.write_log() as log, fileio.atomic_path(tmp_path / "thread.txt") as tmp:
+            tmp.write_text("y")
+        theirs.extend(log)
+
+    with fileio.write_log() as mine:
+        worker = threading.Thread(target=other_command)
+        worker.start()
+        worker.join()
+        with fileio.atomic_path(tmp_path / "main.txt") as tmp:
+            tmp.write_text("z")
+    assert [record.path.name for record in mine] == ["main.txt"]
+    assert [record.path.name for record in theirs] == ["thread.txt"]
+    assert fileio.interrupt_message(mine) == f"{tmp_path / 'main.txt'} was written (the new output is complete)"
+    assert fileio.interrupt_message([]) == "nothing was written"

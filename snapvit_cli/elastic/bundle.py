@@ -344,7 +344,9 @@ class ElasticBundle:
         return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
-        """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
+        """A dense, physically smaller timm model for ``plan``, or for a budget given as keywords (not both)."""
+        if plan is not None and budget:
+            raise TypeError(f"give a plan or a budget, not both (got a plan and {', '.join(sorted(budget))})")
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
         model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg)

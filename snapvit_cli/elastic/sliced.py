@@ -160,7 +160,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
 def _skeletons(config: SlicedConfig) -> tuple[nn.Module, nn.Module, Widths]:
     """The dense architecture on the meta device, and a copy resized to the config's widths: the shapes the file
     must have."""
-    skeleton = build_architecture(config.source(), device="meta")
+    skeleton = build_architecture(config.source, device="meta")
     check_computed(skeleton)
     adapter = get_adapter(skeleton)
     if adapter.structure() != config.structure:
