@@ -208,6 +208,7 @@ def slice_(
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
     from snapvit_cli.elastic.grid import output_paths, plan_grid
+    from snapvit_cli.elastic.sliced import SLICED_FILES
     from snapvit_cli.fileio import check_output
 
     specs = budget_specs(flops, params, mlp, heads, speedup, latency)
@@ -232,7 +233,7 @@ def slice_(
         )
     if not dry_run:  # before the download
         for path in outputs:
-            check_output(path, force, directory=True, inputs=(bundle, data))
+            check_output(path, force, directory=True, inputs=(bundle, data), owned=SLICED_FILES)
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
     if correct and data is None:

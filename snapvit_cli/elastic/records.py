@@ -460,9 +460,10 @@ class SlicedConfig:
     def head_dim(self) -> int:
         return self.structure["head_dim"]
 
+    @property
     def source(self) -> ModelSource:
-        """The base model as a :class:`ModelSource`: to rebuild the (dense) architecture, and to say where the
-        scored weights came from (model cards)."""
+        """The base model as a :class:`ModelSource`, like :attr:`BundleMetadata.source`: to rebuild the (dense)
+        architecture, and to say where the scored weights came from (model cards)."""
         base = self.base_model
         return ModelSource(
             model_id=base.get("model_id") or "",
