@@ -101,6 +101,7 @@ def load_or_measure(
     resolution: int | None = None,
     repeats: int = 5,
     remeasure: bool = False,
+    clock: str = "wall",
     progress: Callable[[int, int], None] | None = None,
 ) -> Lookup:
     """The cached profile of ``skeleton``'s architecture for this device, dtype, batch and resolution; measured
@@ -113,7 +114,7 @@ def load_or_measure(
     if repeats < 1:
         raise LatencyError(f"repeats must be at least 1, got {repeats}", param="repeats")
     torch_device = resolve_device(device)
-    key = profile_key(skeleton, torch_device, dtype, batch_size, resolution)
+    key = profile_key(skeleton, torch_device, dtype, batch_size, resolution, clock)
     path = profile_path(key)
     stale = None
     if path.is_file() and not remeasure:
@@ -133,6 +134,7 @@ def load_or_measure(
         batch_size=batch_size,
         resolution=key.resolution,
         repeats=repeats,
+        clock=clock,
         progress=progress,
     )
     return Lookup(profile, write_profile(profile, path), cached=False, stale=stale)
