@@ -133,7 +133,7 @@ def write_bundle(
 
 
 class ElasticBundle:
-    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are memory-mapped once and kept, so
+    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are read once and kept, so
     switching budget at run time costs a prefix copy, not a reload. ``read_state_dict`` serves one-off cuts.
 
     Every read goes through the file handle opened by :meth:`open`, so the bundle stays the version that was
@@ -226,10 +226,10 @@ class ElasticBundle:
             return {name: f.get_tensor(name) for name in names}
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
-        the mapping is copy-on-write, so nothing ever writes to the file)."""
+        """The permuted dense state dict, read on first use and kept in memory. It is read with ``pread`` into fresh
+        tensors, not memory-mapped: a bundle truncated in place later must not kill the process (SIGBUS)."""
         if self._weights is None:
-            with self._file.reading(), self._file.safe_open(backend="mmap") as f:
+            with self._file.reading(), self._file.safe_open() as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
