@@ -16,6 +16,7 @@ from snapvit_cli.cli._options import (
     CORRECTION,
     OUTPUT,
     Device,
+    Dtype,
     FlopsOpt,
     ForceOpt,
     HeadsOpt,
@@ -30,6 +31,7 @@ from snapvit_cli.cli._options import (
 )
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
+from snapvit_cli.cli.profile import Clock
 from snapvit_cli.correction.settings import CorrectionSettings
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
 
@@ -58,6 +60,36 @@ def slice_(
     params: ParamsOpt = None,
     mlp: MlpOpt = None,
     heads: HeadsOpt = None,
+    speedup: Annotated[
+        str | None,
+        typer.Option(
+            help="Run S times faster than the dense model on --device at --batch-size, as a latency profile "
+            "measured there predicts (measured once and cached; see `snapvit profile`); several: 1.5,2.",
+            metavar="S[,S...]",
+            rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    latency: Annotated[
+        str | None,
+        typer.Option(
+            help="Take MS milliseconds per forward pass of a batch of --batch-size images on --device, as the "
+            "latency profile predicts; several: comma-separated.",
+            metavar="MS[,MS...]",
+            rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    dtype: Annotated[
+        Dtype,
+        typer.Option(help="With --speedup/--latency: the dtype the model will run in.", rich_help_panel=BUDGET),
+    ] = "float32",
+    clock: Annotated[
+        Clock,
+        typer.Option(
+            help="With --speedup/--latency: time the profile in wall time, or cpu: the calling thread's CPU time "
+            "(a CPU shared with other processes; 1 thread).",
+            rich_help_panel=BUDGET,
+        ),
+    ] = "wall",
     head_offset: Annotated[
         float,
         typer.Option(
@@ -135,9 +167,14 @@ def slice_(
         ),
     ] = CORRECT_DEFAULTS.sequential,
     batch_size: Annotated[
-        int,
-        typer.Option(help="With --correct --data: images per forward pass.", metavar="N", rich_help_panel=CORRECTION),
-    ] = CORRECT_DEFAULTS.batch_size,
+        int | None,
+        typer.Option(
+            help=f"Images per forward pass: with --correct --data (default {CORRECT_DEFAULTS.batch_size}); with "
+            "--speedup/--latency, the batch size the model will run at (default 1).",
+            metavar="N",
+            rich_help_panel=CORRECTION,
+        ),
+    ] = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -147,7 +184,9 @@ def slice_(
     device: Annotated[
         Device,
         typer.Option(
-            help="With --correct --data: torch device (auto: cuda, else mps, else cpu).", rich_help_panel=CORRECTION
+            help="Torch device (auto: cuda, else mps, else cpu): of --correct --data, and the one --speedup/--latency "
+            "budgets are measured on.",
+            rich_help_panel=CORRECTION,
         ),
     ] = CORRECT_DEFAULTS.device,
     output: Annotated[
@@ -170,12 +209,15 @@ def slice_(
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
+    from snapvit_cli.elastic.artifacts import SLICED_FILES
     from snapvit_cli.elastic.grid import output_paths
     from snapvit_cli.fileio import check_output
 
-    specs = budget_specs(flops, params, mlp, heads)
+    specs = budget_specs(flops, params, mlp, heads, speedup, latency)
     if not specs:
-        raise typer.BadParameter("give a budget: --flops F[,F...], --params P[,P...], or --mlp R --heads R")
+        raise typer.BadParameter(
+            "give a budget: --flops F[,F...], --params P[,P...], --mlp R --heads R, --speedup S or --latency MS"
+        )
     if data is not None and not correct:
         raise typer.BadParameter("--data is for --correct: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
     require_local(bundle, "bundle")  # "not a bundle" before "the output exists", and before torch is imported
@@ -189,12 +231,12 @@ def slice_(
             damping=damping,
             tokens=correct_tokens,
             sequential=sequential,
-            batch_size=batch_size,
+            batch_size=CORRECT_DEFAULTS.batch_size if batch_size is None else batch_size,
             device=device,
         )
     if not dry_run:  # before the download
         for path in outputs:
-            check_output(path, force, directory=True, inputs=(bundle, data))
+            check_output(path, force, directory=True, inputs=(bundle, data), owned=SLICED_FILES)
     from snapvit_cli.api import load_bundle
     from snapvit_cli.elastic.grid import plan_grid
 
@@ -204,7 +246,18 @@ def slice_(
         from snapvit_cli.correction.stored import require_statistics
 
         require_statistics(elastic)  # in a dry run too
-    plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
+    if specs[0].timed:
+        from snapvit_cli.latency.chooser import plan_bundle
+
+        lookup = _latency_profile(
+            elastic, device, dtype, 1 if batch_size is None else batch_size, resolution, clock, quiet
+        )
+        budget = {"head_offset": head_offset, "round_to": round_to}
+        plans = [plan_bundle(elastic, lookup.profile, **spec.kwargs(), **budget) for spec in specs]
+        if not quiet:
+            note(_profile_note(lookup))
+    else:
+        plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
     if dry_run:
         results = [{"output": None, **plan.to_json()} for plan in plans]
     else:
@@ -246,6 +299,36 @@ def _note_correction(record: dict[str, Any], quiet: bool) -> None:
         note(record["notice"])
 
 
+def _latency_profile(
+    elastic, device: str, dtype: str, batch_size: int, resolution: int | None, clock: str, quiet: bool
+):
+    """The cached latency profile of the bundle's architecture on ``device``, measured now if there is none."""
+    from snapvit_cli.latency.cache import load_or_measure
+
+    with progress_bars(not quiet, {"profile": "latency profile"}) as progress:
+        lookup = load_or_measure(
+            elastic.skeleton(),
+            min_keep_mlp=elastic.min_keep["mlp"],
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            resolution=resolution,
+            clock=clock,
+            progress=None if progress is None else lambda done, total: progress("profile", done, total),
+        )
+    return lookup
+
+
+def _profile_note(lookup) -> str:
+    """Where a latency profile came from, in one line."""
+    profile = lookup.profile
+    if lookup.cached:
+        return f"latency profile: {profile.key.describe()}, from the cache ({lookup.path})"
+    why = f" (the cached one was stale: {lookup.stale})" if lookup.stale else ""
+    measured = f"measured {profile.key.describe()} in {profile.seconds:.1f} s"
+    return f"latency profile: {measured}{why}; cached in {lookup.path}"
+
+
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
     from snapvit_cli.elastic.artifacts import is_hf_id
@@ -267,5 +350,11 @@ def _print_plan(plan, output: Path | None) -> None:
         f"params: {plan.params / 1e6:.2f} M of {plan.dense_params / 1e6:.2f} M ({plan.params_fraction:.1%})   "
         f"removed: {plan.mlp_ratio:.1%} of MLP neurons, {plan.head_ratio:.1%} of heads"
     )
+    basis = plan.budget.latency
+    if basis is not None:
+        say(
+            f"predicted: {basis.predicted_ms:.4g} ms per batch of {basis.batch_size} against {basis.dense_ms:.4g} ms "
+            f"dense ({basis.speedup:.2f}× faster; ideal from GMACs {1 / plan.flops_fraction:.2f}×)"
+        )
     if output is not None:
         say(f"wrote [bold]{escape(str(output))}[/]  (load it with snapvit_cli.load({escape(repr(str(output)))}))")

@@ -21,6 +21,7 @@ BUNDLE_KIND = "elastic-bundle"  # the "kind" in a bundle's header metadata
 SLICED_KIND = "sliced-model"  # the "kind" in a sliced model's config.json and weights header
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything a sliced folder holds: what --force may replace
 HF_PREFIX = "hf-hub:"  # as snapvit_cli.hub_client spells it; that module (huggingface_hub) is imported only for one
 HEADER_KEY = "snapvit"  # the safetensors ``__metadata__`` key holding snapvit's JSON
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".pt", ".pth")
@@ -92,7 +93,15 @@ def safetensors_kind(path: Path) -> str | None:
     Reads only the header, in plain Python (no torch: a wrong file is refused at once), and never more than the
     file holds; a file that is not safetensors at all is a one-line :class:`BundleError`.
     """
-    with path.open("rb") as f:
+    from snapvit_cli.fileio import NotRegularFileError, open_regular
+
+    try:
+        f = open_regular(path)  # a FIFO or device is refused before it can block
+    except NotRegularFileError as exc:
+        raise BundleError(f"{path} is {exc.strerror}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot open {path}: {exc.strerror or exc}") from None
+    with f:
         size = os.fstat(f.fileno()).st_size
         length = int.from_bytes(f.read(8), "little") if size >= 8 else 0
         not_safetensors = BundleError(f"{path} is neither an elastic bundle nor a sliced model: not a safetensors file")

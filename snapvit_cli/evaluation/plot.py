@@ -39,9 +39,9 @@ def require_matplotlib() -> None:
         raise SnapvitError("plotting needs matplotlib: pip install matplotlib (the 'plot' extra)") from None
 
 
-def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike) -> Path:
+def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write a PNG, SVG or PDF (by the file's extension) of top-1 accuracy (kNN, and the probe when evaluated)
-    against GMACs from an eval report."""
+    against GMACs from an eval report (an existing file is replaced only with ``force``)."""
     plot_format(path)
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -84,6 +84,6 @@ def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike) -> Path:
     axes.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         figure.savefig(tmp, format=plot_format(path))
     return path

@@ -10,33 +10,35 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
 
 from snapvit_cli.errors import ModelLoadError
+from snapvit_cli.fileio import descriptor_path, open_regular
 
 
-def _sniff(path: Path) -> str | None:
-    """What the file is when it cannot be a checkpoint (``None``: it may be one)."""
-    with path.open("rb") as f:
-        head = f.read(64)
+def _sniff(f: BinaryIO, path: Path) -> str | None:
+    """What the open file is when it cannot be a checkpoint (``None``: it may be one)."""
+    head = f.read(64)
+    f.seek(0)
     if not head:
         return "an empty file"
     if head.startswith(b"PK\x03\x04"):
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(f) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError):
             return "a damaged zip archive"
+        finally:
+            f.seek(0)
         if any(n.endswith("data.pkl") for n in names):
             return None  # torch's zip format
         if names and all(n.endswith(".npy") for n in names):
             return "a NumPy .npz archive (images or arrays), not a model's weights"
         return "a zip archive, not a torch checkpoint"
-    if path.suffix == ".safetensors" or head[8:9] == b"{":
-        return None
-    if head[:1] == b"\x80":  # a pickle: torch's legacy format
+    if path.suffix == ".safetensors" or head[8:9] == b"{" or head[:1] == b"\x80":  # safetensors, a pickle
         return None
     try:
         head.decode("utf-8")
@@ -50,18 +52,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist")
-    kind = _sniff(path)
-    if kind is not None:
-        raise ModelLoadError(f"checkpoint {path} is {kind}: pass a .safetensors file or a torch state dict")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with open_regular(path) as f:  # a FIFO or device is refused before it can block
+            kind = _sniff(f, path)
+            if kind is None and path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(descriptor_path(f, path))
+            elif kind is None:
+                state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
         raise ModelLoadError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+    if kind is not None:
+        raise ModelLoadError(f"checkpoint {path} is {kind}: pass a .safetensors file or a torch state dict")
     for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
