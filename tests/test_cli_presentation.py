@@ -115,7 +115,7 @@ def test_help_has_examples_and_panels():
     assert result.exit_code == 0
     for heading in ("Examples", "Model", "Data", "Scoring", "Search", "Output"):
         assert heading in result.stdout, heading
-    assert "<snapvit|gradient|magnitude|random|snip|lamp>" in result.stdout
+    assert "Choices: snapvit, gradient, magnitude, random, snip, lamp." in result.stdout
     assert result.stdout.count("$ snapvit score") >= 2
 
 
