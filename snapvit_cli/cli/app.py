@@ -17,7 +17,7 @@ import typer
 from snapvit_cli._version import __version__
 from snapvit_cli.cli import eval as eval_command
 from snapvit_cli.cli import export as export_command
-from snapvit_cli.cli import import_scores, models, push, score
+from snapvit_cli.cli import import_scores, info, models, push, score
 from snapvit_cli.cli import profile as profile_command
 from snapvit_cli.cli import slice as slice_command
 from snapvit_cli.cli._help import SnapvitCommand, SnapvitGroup
@@ -58,6 +58,7 @@ app.command("push", cls=SnapvitCommand, epilog=push.EPILOG)(push.push)
 app.command("eval", cls=SnapvitCommand, epilog=eval_command.EPILOG)(eval_command.eval_)
 app.command("export", cls=SnapvitCommand, epilog=export_command.EPILOG)(export_command.export)
 app.command("models", cls=SnapvitCommand, epilog=models.EPILOG)(models.models)
+app.command("info", cls=SnapvitCommand, epilog=info.EPILOG)(info.info)
 app.command("profile", cls=SnapvitCommand, epilog=profile_command.EPILOG)(profile_command.profile)
 
 
