@@ -105,7 +105,7 @@ def export_model(
     model = model.float().cpu().eval()
     height, width = input_size(model)
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         start = time.perf_counter()
         opset = _write_onnx(model, example, tmp) if fmt == "onnx" else _write_pt2(model, example, tmp)
         export_s = time.perf_counter() - start

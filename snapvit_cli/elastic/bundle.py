@@ -127,13 +127,13 @@ def write_bundle(
         correction_stats=None if correction_stats is None else correction_stats.record,
     )
     text = sorted_json(metadata.to_json())
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: text})
     return path
 
 
 class ElasticBundle:
-    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are memory-mapped once and kept, so
+    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are read once and kept, so
     switching budget at run time costs a prefix copy, not a reload. ``read_state_dict`` serves one-off cuts.
 
     Every read goes through the file handle opened by :meth:`open`, so the bundle stays the version that was
@@ -226,10 +226,10 @@ class ElasticBundle:
             return {name: f.get_tensor(name) for name in names}
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
-        the mapping is copy-on-write, so nothing ever writes to the file)."""
+        """The permuted dense state dict, read on first use and kept in memory. It is read with ``pread`` into fresh
+        tensors, not memory-mapped: a bundle truncated in place later must not kill the process (SIGBUS)."""
         if self._weights is None:
-            with self._file.reading(), self._file.safe_open(backend="mmap") as f:
+            with self._file.reading(), self._file.safe_open() as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
@@ -268,7 +268,7 @@ class ElasticBundle:
         self._file.check_unchanged()
         tensors.update(to_tensors(statistics, self._adapter, None))
         metadata = replace(self.metadata, correction_stats=statistics.record)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, force=force) as tmp:
             save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
         return path
 
@@ -344,7 +344,9 @@ class ElasticBundle:
         return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
-        """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
+        """A dense, physically smaller timm model for ``plan``, or for a budget given as keywords (not both)."""
+        if plan is not None and budget:
+            raise TypeError(f"give a plan or a budget, not both (got a plan and {', '.join(sorted(budget))})")
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
         model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg)

@@ -38,10 +38,12 @@ from snapvit_cli.elastic.tensor_checks import (
     precheck_size,
 )
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_dir, check_output
+from snapvit_cli.fileio import atomic_dir, check_output, open_regular
 from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
+
+SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything save_sliced writes: what --force may replace
 
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
@@ -85,10 +87,11 @@ def save_sliced(
     inputs: tuple[object, ...] = (),
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing); an
-    existing folder is replaced only with ``force``, and never when it is or contains one of ``inputs``."""
-    out_dir = check_output(out_dir, force, directory=True, inputs=inputs)
+    existing folder is replaced only with ``force``, only when it holds nothing but those two files (a folder
+    snapvit wrote), and never when it is or contains one of ``inputs``."""
+    out_dir = check_output(out_dir, force, directory=True, inputs=inputs, owned=SLICED_FILES)
     text = json.dumps(config.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force, owned=SLICED_FILES) as tmp:
         save_canonical(
             {k: v.contiguous() for k, v in state.items()},
             tmp / WEIGHTS_NAME,
@@ -105,7 +108,7 @@ def read_config(folder: str | os.PathLike) -> SlicedConfig:
     if not path.is_file():
         raise BundleError(f"{folder} is not a sliced model: {CONFIG_NAME} not found")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(MAX_JSON_CHARS + 1)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -157,7 +160,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
 def _skeletons(config: SlicedConfig) -> tuple[nn.Module, nn.Module, Widths]:
     """The dense architecture on the meta device, and a copy resized to the config's widths: the shapes the file
     must have."""
-    skeleton = build_architecture(config.source(), device="meta")
+    skeleton = build_architecture(config.source, device="meta")
     check_computed(skeleton)
     adapter = get_adapter(skeleton)
     if adapter.structure() != config.structure:

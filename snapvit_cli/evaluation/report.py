@@ -15,6 +15,7 @@ from typing import Any
 
 from snapvit_cli.elastic.records import Budget
 from snapvit_cli.errors import BundleError, DataError
+from snapvit_cli.fileio import open_regular
 from snapvit_cli.models.source import CROP_MODES, INTERPOLATIONS, MAX_IMG_SIZE, MIN_CROP_PCT
 from snapvit_cli.schema import MAX_JSON_CHARS, Fields, optional_sha256, parse_json
 
@@ -248,7 +249,7 @@ def read_report(path: str | os.PathLike) -> EvalReport:
     """An :class:`EvalReport` from a ``snapvit eval --json`` file, validated; errors are one line."""
     path = Path(path)
     try:
-        with open(path, "rb") as file:
+        with open_regular(path) as file:
             text = file.read(MAX_JSON_CHARS + 1).decode("utf-8")
         return EvalReport.from_json(parse_json(text, str(path)), str(path))
     except (OSError, UnicodeDecodeError) as exc:
