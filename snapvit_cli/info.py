@@ -67,9 +67,9 @@ def _scoring(method: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bundle(path: Path) -> dict[str, Any]:
-    from snapvit_cli.api import load_bundle
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
-    bundle = load_bundle(path)
+    bundle = ElasticBundle.open(path)
     meta = bundle.metadata
     structure = meta.structure
     budgets = []
