@@ -252,8 +252,15 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="how the latency profile times")
     parser.add_argument("--judge", choices=("wall", "cpu"), default="cpu", help="the clock the ±7 %% verdict uses")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--render", type=Path, nargs="+", default=None,
+                        help="print the table of these --json files (of runs made with this --clock/--judge)")
     args = parser.parse_args()
     args.command = "python -m benchmarks.latency " + " ".join(sys.argv[1:])
+    if args.render:
+        runs = [json.loads(path.read_text()) for path in args.render]
+        cases = [case for run in runs for case in run["cases"]]
+        print(render(cases, {k: v for run in runs for k, v in run["knn"].items()}, args))
+        return
     args.targets = [float(t) for t in args.targets.split(",")]
     if not (shared_data() / REAL_CHECKPOINT).is_file():
         sys.exit(f"{shared_data() / REAL_CHECKPOINT} not found: set SNAPVIT_SHARED_DATA to the shared data folder")
