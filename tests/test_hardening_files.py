@@ -257,7 +257,8 @@ def test_a_multi_budget_slice_survives_the_bundle_truncated_mid_run(built, tmp_p
     reference = snapvit("slice", mine, "--flops", "0.5,0.7", "-o", tmp_path / "reference", timeout=300)
     assert reference.returncode == 0, reference.stderr
     env = {**os.environ, "PYTHONPATH": str(ROOT), fileio.PAUSE_ENV: f"staged:{marker}"}
-    args = [sys.executable, "-m", "snapvit_cli", "slice", str(mine), "--flops", "0.5,0.7", "-o", str(tmp_path / "out")]
+    paused = str(ROOT / "tests" / "_paused.py")  # `snapvit` with the test hook on
+    args = [sys.executable, paused, "slice", str(mine), "--flops", "0.5,0.7", "-o", str(tmp_path / "out")]
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():

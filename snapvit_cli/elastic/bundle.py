@@ -126,7 +126,7 @@ def write_bundle(
         environment=environment(),
         correction_stats=None if correction_stats is None else correction_stats.record,
     )
-    text = sorted_json(metadata.to_json())
+    text = readable_metadata(metadata, path)
     with atomic_path(path, force=force) as tmp:
         save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: text})
     return path
@@ -269,7 +269,7 @@ class ElasticBundle:
         tensors.update(to_tensors(statistics, self._adapter, None))
         metadata = replace(self.metadata, correction_stats=statistics.record)
         with atomic_path(path, force=force) as tmp:
-            save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
+            save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: readable_metadata(metadata, path)})
         return path
 
     # --- slicing -------------------------------------------------------------------------------------------------
@@ -365,6 +365,18 @@ class ElasticBundle:
 def load_bundle(path: str | os.PathLike) -> ElasticBundle:
     """Open an elastic bundle (validated) for slicing to any budget."""
     return ElasticBundle.open(path)
+
+
+def readable_metadata(metadata: BundleMetadata, path: Path) -> str:
+    """The metadata text to write, after reading it back as :meth:`ElasticBundle.open` will: a bundle that its own
+    reader would refuse (metadata too large, too deep, out of bounds) is never written."""
+    try:
+        text = sorted_json(metadata.to_json())
+        _parse_metadata({METADATA_KEY: text})
+    except (BundleError, ValueError, TypeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"refusing to write {path}: snapvit could not read its metadata back ({reason})") from None
+    return text
 
 
 def _parse_metadata(header: dict[str, str]) -> BundleMetadata:
