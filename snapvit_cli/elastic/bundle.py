@@ -369,7 +369,7 @@ class ElasticBundle:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
-        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg)
+        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg, self.source.license)
         return model
 
     def dense_model(self) -> nn.Module:

@@ -132,13 +132,9 @@ def model_source(config: Record) -> ModelSource:
 
 
 def weights_origin(source: ModelSource) -> str:
-    """Where the scored weights came from: ``checkpoint`` (a user's file), ``random`` (``pretrained: false``),
-    or ``hub`` (timm's pretrained weights, named by ``hf_hub_id``); ``unknown`` when nothing says."""
-    if source.checkpoint:
-        return "checkpoint"
-    if not source.pretrained:
-        return "random"
-    return "hub" if source.hf_hub_id else "unknown"
+    """Where the scored weights came from (:class:`~snapvit_cli.models.source.Provenance`): ``hub``,
+    ``checkpoint``, ``random`` or ``unknown``."""
+    return source.origin
 
 
 def model_index(report: EvalReport | None) -> list[EvalResult]:
