@@ -45,10 +45,10 @@ from snapvit_cli.data import load_images, preprocess
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
 from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.models.loading import load_model
+from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring.baselines import snip_unit_scores
 from snapvit_cli.scoring.calibration import calibration_images, input_config, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, unit_scores
-from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.search import (
     FeatureFitness,
     check_evaluations,

@@ -1,6 +1,6 @@
 """snapvit: elastic Vision Transformers from pretrained models without retraining (SnapViT, arXiv 2510.17700).
 
-Python API (every command is one call; README "Python API")::
+Python API (every command is one call; docs/python-api.md)::
 
     import snapvit_cli
     model, source = snapvit_cli.load_model("dino_vitb16")          # `snapvit score` ...

@@ -14,6 +14,7 @@ from snapvit_cli.elastic.sliced import load_sliced
 from snapvit_cli.evaluation.evaluate import evaluate_target
 from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.evaluation.settings import EvalSettings
+from snapvit_cli.slicing import Bundle
 
 
 def load(source: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -29,13 +30,14 @@ def load(source: str | os.PathLike, *, revision: str | None = None, device: str 
     return ElasticBundle.open(artifact.path).dense_model().to(device)
 
 
-def load_bundle(source: str | os.PathLike, *, revision: str | None = None) -> ElasticBundle:
-    """An :class:`ElasticBundle` whose ``.slice(flops=...)`` switches budget at run time without reloading.
+def load_bundle(source: str | os.PathLike, *, revision: str | None = None) -> Bundle:
+    """An :class:`ElasticBundle` whose ``.slice(flops=...)`` switches budget at run time without reloading, and
+    whose ``.save_slice(..., correction=...)`` writes corrected folders (:class:`snapvit_cli.slicing.Bundle`).
 
     ``source`` is a bundle file or ``hf-hub:OWNER/NAME[@REVISION]`` of a bundle pushed by ``snapvit push``.
     """
     artifact = require_kind(resolve_artifact(source, revision=revision), "bundle")
-    return ElasticBundle.open(artifact.path)
+    return Bundle.open(artifact.path)
 
 
 def evaluate(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import time
 import warnings
@@ -240,7 +241,16 @@ def _check(fmt: str, path: Path, model: nn.Module, height: int, width: int, seed
             raise ExportError(
                 f"the exported file gives shape {list(got.shape)} at batch {batch}, the model {list(expected.shape)}"
             )
-        worst = max(worst, float((got - expected).abs().max()))
+        for who, output in (("the PyTorch model", expected), ("the exported file", got)):
+            if not torch.isfinite(output).all():
+                raise ExportError(
+                    f"{who}'s output is not finite (NaN or infinity) at batch {batch}, so the file cannot be "
+                    "checked against the model; nothing was written"
+                )
+        diff = float((got - expected).abs().max())
+        if not math.isfinite(diff):  # NaN compares false with everything: max(worst, nan) would keep worst
+            raise ExportError(f"the difference at batch {batch} is not finite; nothing was written")
+        worst = max(worst, diff)
     return worst
 
 

@@ -63,7 +63,8 @@ def make_small_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def small_model_source(name: str, model: torch.nn.Module):
-    from snapvit_cli.models.loading import ModelSource, preprocessing_cfg, state_dict_sha256
+    from snapvit_cli.hashing import state_dict_sha256
+    from snapvit_cli.models.loading import ModelSource, preprocessing_cfg
 
     arch, kwargs = SMALL_CONFIGS[name]
     return ModelSource(

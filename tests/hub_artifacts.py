@@ -17,7 +17,7 @@ from huggingface_hub import constants
 from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.fileio import sha256_file
-from snapvit_cli.hub.client import forget_reachability
+from snapvit_cli.hub_client import forget_reachability
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
 

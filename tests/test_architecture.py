@@ -1,4 +1,5 @@
-"""The package's structure: no import cycle, and a light root import (no torch, no timm) for `snapvit --help`."""
+"""The package's structure: layers that import only downwards (docs/architecture.md), no import cycle, and a light
+root import (no torch, no timm) for `snapvit --help`."""
 
 from __future__ import annotations
 
@@ -82,6 +83,58 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if start not in state and (cycle := visit(start)):
             return cycle
     return None
+
+
+# The package's layers, lowest first (drawn in docs/architecture.md). A unit is a sub-package or a top-level module; a
+# unit may import only units of a lower rank (function-level imports included), so every package-level cycle, even
+# one hidden inside a function, fails here. ``elastic`` is the format-and-I/O core: nothing it imports knows a
+# feature (scoring, correction, evaluation, publishing) built on it.
+RANKS: list[set[str]] = [
+    {"_version", "errors"},
+    {"fileio", "schema", "devices", "hashing", "scoreset", "hub_client"},  # leaves
+    {"models"},  # resolving and loading the dense source model
+    {"adapters", "data", "export"},  # model families' unit layout; images; export of a built model
+    {"elastic"},  # the bundle and sliced-model formats: cut, read, write
+    {"scoring", "correction", "evaluation", "reference", "latency"},  # features built on the format
+    {"slicing", "hub"},  # compositions: corrected slicing; publishing
+    {"api"},  # the public loaders and evaluation
+    {"cli"},  # commands: parse -> one library call -> present
+    {"__main__", ""},  # `python -m snapvit_cli`; the package root, whose imports are all lazy
+]
+
+
+def unit_of(module: str) -> str:
+    """``snapvit_cli.elastic.bundle`` -> ``elastic``; ``snapvit_cli.api`` -> ``api``; the root -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def rank_violations(graph: dict[str, set[str]], ranks: list[set[str]]) -> list[str]:
+    """Every import of a unit by a unit not ranked above it, as ``module -> module``; units must all be ranked."""
+    rank = {unit: i for i, units in enumerate(ranks) for unit in units}
+    unranked = sorted({unit_of(m) for m in graph} - set(rank))
+    if unranked:
+        return [f"unranked: {', '.join(unranked)}"]
+    bad = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            a, b = unit_of(module), unit_of(target)
+            if a != b and rank[b] >= rank[a]:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_rank_rule_sees_an_upward_import():
+    graph = {"p.low.a": {"p.high.b"}, "p.high.b": set()}
+    assert rank_violations(graph, [{"low"}, {"high"}]) == ["p.low.a -> p.high.b"]
+    assert rank_violations({"p.low.a": {"p.peer.b"}}, [{"low", "peer"}]) == ["p.low.a -> p.peer.b"]
+    assert rank_violations({"p.new.a": set()}, [{"low"}]) == ["unranked: new"]
+    assert rank_violations({"p.high.a": {"p.low.b"}}, [{"low"}, {"high"}]) == []
+
+
+def test_packages_import_only_lower_ranks():
+    violations = rank_violations(import_graph(), RANKS)
+    assert not violations, "imports against the ranks in docs/architecture.md:\n" + "\n".join(violations)
 
 
 def test_find_cycle_sees_a_cycle():

@@ -17,7 +17,7 @@ from snapvit_cli.cli.app import app
 from snapvit_cli.elastic import bundle as bundle_module
 from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
 from snapvit_cli.errors import BundleError
-from snapvit_cli.models.loading import state_dict_sha256
+from snapvit_cli.hashing import state_dict_sha256
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
 

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 import snapvit_cli.correction.solver as solver
 from snapvit_cli.cli.app import app
 from snapvit_cli.correction.apply import correct_bundle_slice
-from snapvit_cli.correction.statistics import collect_correction_statistics, tensor_name
+from snapvit_cli.correction.statistics import collect_correction_statistics, stored_statistics
 from snapvit_cli.correction.stored import correct_from_bundle
 from snapvit_cli.data import load_images
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
+from snapvit_cli.elastic.stats_layout import tensor_name
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.scoring import score_model
 from tests.conftest import SMALL_CONFIGS, assert_one_line_error, make_small_model, small_model_source
@@ -77,7 +78,7 @@ def test_stored_statistics_are_what_was_collected_with_the_units_permuted(tmp_pa
     scores = score_model(model, "random", seed=1)
     bundle = load_bundle(write_bundle(tmp_path / "b.safetensors", model, source, scores, correction_stats=collected))
     order = torch.argsort(scores.mlp[1], descending=True, stable=True)  # block 1's permutation of its neurons
-    fit, held = bundle.correction_statistics().layer("blocks.1.mlp.fc2.weight")
+    fit, held = stored_statistics(bundle).layer("blocks.1.mlp.fc2.weight")
     original_fit, original_held = collected.layer("blocks.1.mlp.fc2.weight")
     for mine, theirs in ((fit, original_fit), (held, original_held)):
         for part in ("readout", "rest"):
@@ -236,7 +237,7 @@ def test_statistics_added_to_an_existing_bundle_equal_scoring_with_them(tmp_path
     a, b = load_bundle(added), load_bundle(direct)
     assert a.metadata == b.metadata
     for name in ("blocks.0.mlp.fc2.weight", "blocks.2.attn.proj.weight"):
-        pairs = zip(a.correction_statistics().layer(name), b.correction_statistics().layer(name), strict=True)
+        pairs = zip(stored_statistics(a).layer(name), stored_statistics(b).layer(name), strict=True)
         for mine, theirs in pairs:
             scale = float(theirs.rest.gram.abs().max())
             torch.testing.assert_close(mine.rest.gram, theirs.rest.gram, rtol=1e-5, atol=1e-6 * scale)

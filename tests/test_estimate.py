@@ -56,3 +56,14 @@ def test_dry_run_reads_no_weights_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_duration_units():
     assert duration(30) == "30.0 s" and duration(600) == "10.0 min" and duration(3 * 86400) == "3.0 d"
+
+
+def test_dry_run_needs_no_data(tmp_path, monkeypatch):
+    """An estimate reads no image: the README's giant-model dry run works without --data; a real run still asks."""
+    monkeypatch.chdir(tmp_path)
+    args = ["score", "--model", "dinov2_vitg14", "--grad-checkpointing", "--micro-batch", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "gradient pass: 1000 images" in result.stdout and list(tmp_path.iterdir()) == []
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "--data is required" in refused.stderr

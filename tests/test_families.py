@@ -49,10 +49,10 @@ def _meta_model(timm_name: str, **kwargs) -> torch.nn.Module:
 
 
 # --- registry, aliases, README ---------------------------------------------------------------------------------------
-def test_readme_table_is_the_generated_one():
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- supported-models:start[^>]*-->\n(.*?)<!-- supported-models:end -->", readme, re.S)
-    assert match, "README lacks the supported-models table markers"
+def test_docs_models_table_is_the_generated_one():
+    page = (ROOT / "docs" / "models.md").read_text()
+    match = re.search(r"<!-- supported-models:start[^>]*-->\n(.*?)<!-- supported-models:end -->", page, re.S)
+    assert match, "docs/models.md lacks the supported-models table markers"
     assert match.group(1) == supported_models_markdown()
 
 

@@ -10,11 +10,11 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.numpy import save_file
 
+from snapvit_cli import hub_client as hub
 from snapvit_cli.errors import BundleError, OutputExistsError
 from snapvit_cli.evaluation.report import EvalReport
-from snapvit_cli.hub import client as hub
-from snapvit_cli.hub.client import HubError
 from snapvit_cli.hub.push import push
+from snapvit_cli.hub_client import HubError
 from tests.hub_artifacts import (
     BASE_HUB_ID,
     TOKEN,

@@ -242,5 +242,5 @@ def test_cli_refuses_a_file_for_another_shape_naming_both(tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_readme_lists_the_published_files_exactly():
-    assert published_models_markdown() in (ROOT / "README.md").read_text()
+def test_docs_list_the_published_files_exactly():
+    assert published_models_markdown() in (ROOT / "docs" / "published-scores.md").read_text()

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from snapvit_cli import hub_client as hub
 from snapvit_cli.cli.app import app
 from snapvit_cli.errors import ModelLoadError
-from snapvit_cli.hub import client as hub
-from snapvit_cli.hub.client import HUB_TIMEOUT_S, HubError
+from snapvit_cli.hub_client import HUB_TIMEOUT_S, HubError
 from snapvit_cli.models.loading import load_model
 from tests.hub_artifacts import TOKEN, build_artifacts, point_client_at, restore_client
 from tests.hub_server import FakeHub, SilentServer

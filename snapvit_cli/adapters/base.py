@@ -197,3 +197,12 @@ class ModelAdapter:
     def structure(self) -> dict:
         """JSON description stored in bundles and sliced-model configs."""
         raise NotImplementedError
+
+
+def linear_of(block: nn.Module, spec: UnitTensor) -> nn.Linear:
+    """The Linear that owns consumer tensor ``spec``; correction is defined for input columns of a weight only."""
+    path, _, param = spec.name.rpartition(".")
+    module = block.get_submodule(path)
+    if not isinstance(module, nn.Linear) or param != "weight" or spec.axis not in (1, -1):
+        raise ValueError(f"consumer tensor {spec.name} is not the input-column side of a Linear weight")
+    return module

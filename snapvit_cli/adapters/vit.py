@@ -32,6 +32,9 @@ from snapvit_cli.errors import SnapvitError, UnsupportedModelError
 # Largest input side, as a multiple of the side the model was built for: position embeddings (learned, resampled by
 # timm; or RoPE) are only interpolated up to there, and attention's cost grows with the fourth power of the side.
 MAX_RESOLUTION_SCALE = 4
+# Most patch tokens per image that snapvit builds or runs: a 64 x 64 grid (DINOv2 at 896 px, DINOv3 at 1024 px;
+# DINOv2's own 518 px is 1,369). Bounds what a file's img_size / patch_size can make attention and RoPE compute.
+MAX_TOKENS = 4096
 
 
 class ViTAdapter(ModelAdapter):
@@ -138,6 +141,12 @@ class ViTAdapter(ModelAdapter):
             lower = resolution // step * step
             raise SnapvitError(
                 f"resolution {resolution} is not a multiple of the patch size {step}; use {lower} or {lower + step} px",
+                param="resolution",
+            )
+        tokens = math.prod(resolution // p for p in patch_embed.patch_size)
+        if tokens > MAX_TOKENS:
+            raise SnapvitError(
+                f"resolution {resolution} gives {tokens} patch tokens per image; snapvit runs at most {MAX_TOKENS}",
                 param="resolution",
             )
         return resolution

@@ -112,7 +112,14 @@ def parse_fractions(text: str | None, option: str) -> list[float] | None:
     return values
 
 
-def budget_specs(flops: str | None, params: str | None, mlp: str | None, heads: str | None) -> list:
+def budget_specs(
+    flops: str | None,
+    params: str | None,
+    mlp: str | None,
+    heads: str | None,
+    speedup: str | None = None,
+    latency: str | None = None,
+) -> list:
     """The :class:`~snapvit_cli.elastic.grid.BudgetSpec` list of the budget options (empty when none is given)."""
     from snapvit_cli.elastic.grid import budget_grid
 
@@ -121,6 +128,8 @@ def budget_specs(flops: str | None, params: str | None, mlp: str | None, heads: 
         params=parse_fractions(params, "--params"),
         mlp=parse_fractions(mlp, "--mlp"),
         heads=parse_fractions(heads, "--heads"),
+        speedup=parse_fractions(speedup, "--speedup"),
+        latency=parse_fractions(latency, "--latency"),
     )
 
 

@@ -18,6 +18,7 @@ from snapvit_cli._version import __version__
 from snapvit_cli.cli import eval as eval_command
 from snapvit_cli.cli import export as export_command
 from snapvit_cli.cli import import_scores, models, push, score
+from snapvit_cli.cli import profile as profile_command
 from snapvit_cli.cli import slice as slice_command
 from snapvit_cli.cli._output import launched, report, say, stopped_by_launcher
 from snapvit_cli.errors import SnapvitError
@@ -56,6 +57,7 @@ app.command("push", epilog=push.EPILOG)(push.push)
 app.command("eval", epilog=eval_command.EPILOG)(eval_command.eval_)
 app.command("export", epilog=export_command.EPILOG)(export_command.export)
 app.command("models", epilog=models.EPILOG)(models.models)
+app.command("profile", epilog=profile_command.EPILOG)(profile_command.profile)
 
 
 def main() -> None:

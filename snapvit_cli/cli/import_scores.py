@@ -24,7 +24,7 @@ from snapvit_cli.cli._progress import status
 
 EPILOG = examples(
     "snapvit import-scores imagenet-1k_dino_vitb16.pt -o dino_vitb16.safetensors",
-    "snapvit import-scores imagenet-1k_deit_vits16.pt -m deit_small --checkpoint deit_s.pth -o deit_s.safetensors",
+    "snapvit import-scores deit-3-vit-s-16.pt -m deit3_small --checkpoint deit3_s.safetensors -o deit3_s.safetensors",
 )
 
 

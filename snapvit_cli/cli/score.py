@@ -286,7 +286,8 @@ def score(
     # the options a preset sets count only when given; left at their defaults, the preset's values apply
     settings = {k: v for k, v in settings.items() if k not in PRESET_OPTIONS or k in given}
     config = ScoreSettings.from_kwargs(settings)  # reject bad settings before loading anything
-    config.check_method(method)
+    if not dry_run:  # an estimate reads no image, so it needs no --data
+        config.check_method(method)
     if correction_stats and config.samples < 2 * DEFAULT_HOLDOUT:
         raise SnapvitError(
             f"--correction-stats holds every {DEFAULT_HOLDOUT}th scoring image back and needs at least "
@@ -371,7 +372,7 @@ def _correction_statistics(dense, source, config: ScoreSettings, quiet: bool):
 def _stats_summary(stats, dense) -> dict:
     """What --correction-stats added, for --json and the summary line."""
     from snapvit_cli.adapters import get_adapter
-    from snapvit_cli.correction.statistics import stored_bytes
+    from snapvit_cli.elastic.stats_layout import stored_bytes
 
     added = stored_bytes(get_adapter(dense))
     weights = sum(t.numel() * t.element_size() for t in dense.state_dict().values())

@@ -16,6 +16,7 @@ from snapvit_cli.cli._options import (
     CORRECTION,
     OUTPUT,
     Device,
+    Dtype,
     FlopsOpt,
     ForceOpt,
     HeadsOpt,
@@ -30,7 +31,6 @@ from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say
 from snapvit_cli.cli._progress import progress_bars, transfer
 from snapvit_cli.correction.settings import CorrectionSettings
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
-from snapvit_cli.errors import SnapvitError
 
 # The defaults shown in --help, read off the fields (an instance would validate its damping with torch).
 CORRECT_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(CorrectionSettings)})
@@ -57,6 +57,28 @@ def slice_(
     params: ParamsOpt = None,
     mlp: MlpOpt = None,
     heads: HeadsOpt = None,
+    speedup: Annotated[
+        str | None,
+        typer.Option(
+            help="Run S times faster than the dense model on --device at --batch-size, as a latency profile "
+            "measured there predicts (measured once and cached; see `snapvit profile`); several: 1.5,2.",
+            metavar="S[,S...]",
+            rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    latency: Annotated[
+        str | None,
+        typer.Option(
+            help="Take MS milliseconds per forward pass of a batch of --batch-size images on --device, as the "
+            "latency profile predicts; several: comma-separated.",
+            metavar="MS[,MS...]",
+            rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    dtype: Annotated[
+        Dtype,
+        typer.Option(help="With --speedup/--latency: the dtype the model will run in.", rich_help_panel=BUDGET),
+    ] = "float32",
     head_offset: Annotated[
         float,
         typer.Option(
@@ -134,9 +156,14 @@ def slice_(
         ),
     ] = CORRECT_DEFAULTS.sequential,
     batch_size: Annotated[
-        int,
-        typer.Option(help="With --correct --data: images per forward pass.", metavar="N", rich_help_panel=CORRECTION),
-    ] = CORRECT_DEFAULTS.batch_size,
+        int | None,
+        typer.Option(
+            help=f"Images per forward pass: with --correct --data (default {CORRECT_DEFAULTS.batch_size}); with "
+            "--speedup/--latency, the batch size the model will run at (default 1).",
+            metavar="N",
+            rich_help_panel=CORRECTION,
+        ),
+    ] = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -146,7 +173,9 @@ def slice_(
     device: Annotated[
         Device,
         typer.Option(
-            help="With --correct --data: torch device (auto: cuda, else mps, else cpu).", rich_help_panel=CORRECTION
+            help="Torch device (auto: cuda, else mps, else cpu): of --correct --data, and the one --speedup/--latency "
+            "budgets are measured on.",
+            rich_help_panel=CORRECTION,
         ),
     ] = CORRECT_DEFAULTS.device,
     output: Annotated[
@@ -169,12 +198,14 @@ def slice_(
 ) -> None:
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
-    from snapvit_cli.elastic.grid import output_paths, plan_grid, save_slices
+    from snapvit_cli.elastic.grid import output_paths, plan_grid
     from snapvit_cli.fileio import check_output
 
-    specs = budget_specs(flops, params, mlp, heads)
+    specs = budget_specs(flops, params, mlp, heads, speedup, latency)
     if not specs:
-        raise typer.BadParameter("give a budget: --flops F[,F...], --params P[,P...], or --mlp R --heads R")
+        raise typer.BadParameter(
+            "give a budget: --flops F[,F...], --params P[,P...], --mlp R --heads R, --speedup S or --latency MS"
+        )
     if data is not None and not correct:
         raise typer.BadParameter("--data is for --correct: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
     outputs = output_paths(specs, output, _bundle_stem(bundle))
@@ -187,30 +218,33 @@ def slice_(
             damping=damping,
             tokens=correct_tokens,
             sequential=sequential,
-            batch_size=batch_size,
+            batch_size=CORRECT_DEFAULTS.batch_size if batch_size is None else batch_size,
             device=device,
         )
-    if not dry_run:
+    if not dry_run:  # before the download
         for path in outputs:
             check_output(path, force, directory=True, inputs=(bundle, data))
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
-    if correct and data is None and elastic.metadata.correction_stats is None:
-        raise SnapvitError(
-            f"{bundle} holds no correction statistics: give calibration images with --correct --data, "
-            "or score the bundle with --correction-stats"
-        )
-    plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
-    results = [
-        {"output": None if dry_run else str(path), **plan.to_json()} for plan, path in zip(plans, outputs, strict=True)
-    ]
-    if correct and not dry_run:
-        for plan, path, result in zip(plans, outputs, results, strict=True):
-            result["correction"] = _save_corrected(elastic, plan, path, settings, force, quiet)
-    elif not dry_run and len(plans) == 1:
-        elastic.save_slice(outputs[0], plans[0], force=force)
-    elif not dry_run:
-        save_slices(elastic, plans, outputs, force=force)
+    if correct and data is None:
+        from snapvit_cli.correction.stored import require_statistics
+
+        require_statistics(elastic)  # in a dry run too
+    if specs[0].timed:
+        from snapvit_cli.latency.chooser import plan_bundle
+
+        lookup = _latency_profile(elastic, device, dtype, 1 if batch_size is None else batch_size, resolution, quiet)
+        budget = {"head_offset": head_offset, "round_to": round_to}
+        plans = [plan_bundle(elastic, lookup.profile, **spec.kwargs(), **budget) for spec in specs]
+        if not quiet:
+            note(_profile_note(lookup))
+    else:
+        plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
+    if dry_run:
+        results = [{"output": None, **plan.to_json()} for plan in plans]
+    else:
+        saved = _save(elastic, plans, outputs, settings, force, quiet)
+        results = [{"output": str(s.path), **s.plan.to_json(), **_correction_of(s)} for s in saved]
     if json_output:
         emit_json(results[0] if len(results) == 1 else results)
         return
@@ -218,20 +252,24 @@ def slice_(
         _print_plan(plan, path if not dry_run else None)
 
 
-def _save_corrected(
-    elastic, plan, output: Path, settings: CorrectionSettings, force: bool, quiet: bool
-) -> dict[str, Any]:
-    """``slice --correct``: calibrate, correct and write the folder, showing progress; returns the correction record
-    with its wall time (reported here and in --json, never stored in the folder)."""
-    import time
+def _correction_of(saved) -> dict[str, Any]:
+    return {} if saved.correction is None else {"correction": saved.correction}
 
-    from snapvit_cli.elastic.sliced import read_config
 
-    start = time.perf_counter()
+def _save(elastic, plans, outputs, settings: CorrectionSettings | None, force: bool, quiet: bool) -> list:
+    """Write every folder (one library call), with progress bars while correcting and a note per corrected slice."""
+    from snapvit_cli.slicing import save_slices
+
     stages = {"capture": "correction: calibration batches", "blocks": "correction: blocks"}
-    with progress_bars(not quiet, stages) as progress:
-        elastic.save_slice(output, plan, force=force, correction=settings, progress=progress)
-    record = {**read_config(output).correction, "seconds": round(time.perf_counter() - start, 3)}
+    with progress_bars(not quiet and settings is not None, stages) as progress:
+        saved = save_slices(elastic, plans, outputs, force=force, correction=settings, progress=progress)
+    for record in (s.correction for s in saved if s.correction is not None):
+        _note_correction(record, quiet)
+    return saved
+
+
+def _note_correction(record: dict[str, Any], quiet: bool) -> None:
+    """One line on what the correction did (when not quiet), and its guard's warning (always)."""
     if not quiet:
         source = "the bundle's statistics of " if record.get("statistics") == "bundle" else ""
         note(
@@ -241,12 +279,38 @@ def _save_corrected(
         )
     if record.get("notice"):  # a warning: shown even when quiet
         note(record["notice"])
-    return record
+
+
+def _latency_profile(elastic, device: str, dtype: str, batch_size: int, resolution: int | None, quiet: bool):
+    """The cached latency profile of the bundle's architecture on ``device``, measured now if there is none."""
+    from snapvit_cli.latency.cache import load_or_measure
+
+    with progress_bars(not quiet, {"profile": "latency profile"}) as progress:
+        lookup = load_or_measure(
+            elastic.skeleton(),
+            min_keep_mlp=elastic.min_keep["mlp"],
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            resolution=resolution,
+            progress=None if progress is None else lambda done, total: progress("profile", done, total),
+        )
+    return lookup
+
+
+def _profile_note(lookup) -> str:
+    """Where a latency profile came from, in one line."""
+    profile = lookup.profile
+    if lookup.cached:
+        return f"latency profile: {profile.key.describe()}, from the cache ({lookup.path})"
+    why = f" (the cached one was stale: {lookup.stale})" if lookup.stale else ""
+    measured = f"measured {profile.key.describe()} in {profile.seconds:.1f} s"
+    return f"latency profile: {measured}{why}; cached in {lookup.path}"
 
 
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
-    from snapvit_cli.hub.client import is_hf_id, parse_hf_id
+    from snapvit_cli.hub_client import is_hf_id, parse_hf_id
 
     if not is_hf_id(bundle):
         return Path(bundle).stem.removesuffix(".bundle")
@@ -263,5 +327,11 @@ def _print_plan(plan, output: Path | None) -> None:
         f"params: {plan.params / 1e6:.2f} M of {plan.dense_params / 1e6:.2f} M ({plan.params_fraction:.1%})   "
         f"removed: {plan.mlp_ratio:.1%} of MLP neurons, {plan.head_ratio:.1%} of heads"
     )
+    basis = plan.budget.latency
+    if basis is not None:
+        say(
+            f"predicted: {basis.predicted_ms:.4g} ms per batch of {basis.batch_size} against {basis.dense_ms:.4g} ms "
+            f"dense ({basis.speedup:.2f}× faster; ideal from GMACs {1 / plan.flops_fraction:.2f}×)"
+        )
     if output is not None:
         say(f"wrote [bold]{escape(str(output))}[/]  (load it with snapvit_cli.load({escape(repr(str(output)))}))")

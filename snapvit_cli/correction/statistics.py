@@ -12,25 +12,24 @@ and on the held-back ones (every ``holdout``-th image, as the image-driven corre
 second moment is stored as the float64 upper triangle of ``Σ x xᵀ / rows``, permuted like the bundle's units: the
 bytes of a float32 full matrix, without its rounding (float32 values moved the solved weights of a small model by
 up to 8e-5 relative at the smallest damping). Row counts follow from the image counts in the metadata record
-(:class:`~snapvit_cli.elastic.records.CorrectionStats`).
+(:class:`~snapvit_cli.elastic.records.CorrectionStats`). How they are stored (names, packing, unit order) is part of
+the bundle format: :mod:`snapvit_cli.elastic.stats_layout`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from snapvit_cli.adapters import ModelAdapter, get_adapter
-from snapvit_cli.adapters.base import take_units
+from snapvit_cli.adapters import get_adapter
 from snapvit_cli.correction.settings import DEFAULT_HOLDOUT
 from snapvit_cli.correction.solver import InputStatistics, TokenStatistics
 from snapvit_cli.correction.walk import (
-    Consumer,
     Progress,
     capture_block_inputs,
     consumers_of,
@@ -39,30 +38,11 @@ from snapvit_cli.correction.walk import (
 )
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
 from snapvit_cli.elastic.records import CorrectionStats
+from snapvit_cli.elastic.stats_layout import PARTS, SPLITS, pack, tensor_name, unpack
 from snapvit_cli.errors import BundleError, DataError
 
-#: Tensor names start with this, then the consumer's state-dict name without ``.weight``.
-STATS_PREFIX = "correction."
-SPLITS = ("fit", "heldout")
-PARTS = ("readout", "rest")
-
-
-def pack(moment: Tensor) -> Tensor:
-    """The upper triangle of a symmetric ``[d, d]`` matrix, row by row, in float64 on the CPU."""
-    d = moment.shape[0]
-    upper = torch.triu_indices(d, d)
-    return moment.detach().to("cpu", torch.float64)[upper[0], upper[1]].contiguous()
-
-
-def unpack(packed: Tensor) -> Tensor:
-    """The symmetric ``[d, d]`` matrix whose upper triangle :func:`pack` gave."""
-    d = (math.isqrt(8 * packed.numel() + 1) - 1) // 2
-    upper = torch.triu_indices(d, d)
-    moment = torch.zeros(d, d, dtype=torch.float64)
-    moment[upper[0], upper[1]] = packed.to(torch.float64)
-    moment += moment.triu(1).T  # the strict lower triangle from the upper one
-    return moment
-
+if TYPE_CHECKING:
+    from snapvit_cli.elastic.bundle import ElasticBundle
 
 class _Packed(ABC):
     """Statistics as they are stored: per consumer layer, split and part, ``Σ x xᵀ / rows`` packed (:func:`pack`);
@@ -124,27 +104,6 @@ class StoredStatistics(_Packed):
 
     def _tensors(self, names: list[str]) -> dict[str, Tensor]:
         return self._read(names)
-
-
-def consumers(adapter: ModelAdapter) -> list[Consumer]:
-    """Every consumer layer of the model at full width, block by block."""
-    dense = adapter.widths()
-    return [c for i in range(adapter.num_blocks) for c in consumers_of(adapter, i, dense)]
-
-
-def tensor_name(consumer: str, split: str, part: str) -> str:
-    return f"{STATS_PREFIX}{consumer.removesuffix('.weight')}.{split}.{part}"
-
-
-def expected_shapes(adapter: ModelAdapter) -> dict[str, tuple[int, ...]]:
-    """The stored tensors' names and shapes for this architecture (what a bundle's file must hold, no more)."""
-    shapes = {}
-    for c in consumers(adapter):
-        d = c.module.in_features
-        for split in SPLITS:
-            for part in PARTS:
-                shapes[tensor_name(c.name, split, part)] = (d * (d + 1) // 2,)
-    return shapes
 
 
 def collect_correction_statistics(
@@ -209,24 +168,10 @@ def collect_correction_statistics(
     return CorrectionStatistics(record, tensors, time.perf_counter() - start)
 
 
-def to_tensors(
-    statistics: CorrectionStatistics, adapter: ModelAdapter, orders: dict[str, list[Tensor]] | None
-) -> dict[str, Tensor]:
-    """The tensors to store, with the columns permuted like the bundle's units (``orders[kind][block]``: the
-    original unit of each permuted unit; None: the statistics were collected on the permuted model)."""
-    if orders is None:
-        return dict(statistics.tensors)
-    tensors = {}
-    for c in consumers(adapter):
-        d = c.module.in_features
-        columns = take_units(torch.arange(d).unsqueeze(0), c.spec, orders[c.kind][c.block]).squeeze(0)
-        for split in SPLITS:
-            for part in PARTS:
-                name = tensor_name(c.name, split, part)
-                tensors[name] = pack(unpack(statistics.tensors[name])[columns][:, columns])
-    return tensors
-
-
-def stored_bytes(adapter: ModelAdapter) -> int:
-    """What the statistics add to a bundle, in bytes."""
-    return 8 * sum(shape[0] for shape in expected_shapes(adapter).values())
+def stored_statistics(bundle: ElasticBundle) -> StoredStatistics | None:
+    """The bundle's stored statistics (``score --correction-stats``), read one layer at a time through its open
+    handle and checked as they are read; None when the bundle has none."""
+    record = bundle.metadata.correction_stats
+    if record is None:
+        return None
+    return StoredStatistics(record, bundle.read_tensors, str(bundle.path))

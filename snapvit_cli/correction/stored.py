@@ -20,12 +20,24 @@ from snapvit_cli.correction.layer import LayerCorrection, correct_layer
 from snapvit_cli.correction.result import DEFAULT_TOKENS, CorrectionResult
 from snapvit_cli.correction.settings import TOKEN_MODES
 from snapvit_cli.correction.solver import CorrectionError, Damping
+from snapvit_cli.correction.statistics import StoredStatistics, stored_statistics
 from snapvit_cli.correction.walk import Progress, consumers_of
 from snapvit_cli.elastic.surgery import keep_prefix, unaliased
 
 if TYPE_CHECKING:
     from snapvit_cli.elastic.budget import SlicePlan
     from snapvit_cli.elastic.bundle import ElasticBundle
+
+
+def require_statistics(bundle: ElasticBundle) -> StoredStatistics:
+    """The bundle's stored statistics, or the one error for a bundle that has none (checked before any work)."""
+    statistics = stored_statistics(bundle)
+    if statistics is None:
+        raise CorrectionError(
+            f"{bundle.path} holds no correction statistics: give calibration images with --correct --data, or "
+            "score the bundle with --correction-stats"
+        )
+    return statistics
 
 
 def correct_from_bundle(
@@ -48,12 +60,7 @@ def correct_from_bundle(
     start = time.perf_counter()
     if tokens not in TOKEN_MODES:
         raise CorrectionError(f"unknown token weighting {tokens!r}; choose one of: {', '.join(TOKEN_MODES)}")
-    statistics = bundle.correction_statistics()
-    if statistics is None:
-        raise CorrectionError(
-            f"{bundle.path} holds no correction statistics: give calibration images (--data), or score with "
-            "--correction-stats"
-        )
+    statistics = require_statistics(bundle)
     adapter = get_adapter(bundle.skeleton())
     weights = bundle.weights()
     state = dict(weights)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, UnitTensor, Widths
-from snapvit_cli.adapters.base import take_units
+from snapvit_cli.adapters.base import linear_of, take_units
 from snapvit_cli.correction.solver import TokenStatistics
 from snapvit_cli.errors import DataError
 
@@ -124,15 +124,6 @@ def consumers_of(adapter: ModelAdapter, index: int, widths: Widths) -> list[Cons
             kept = take_units(columns, spec, widths.of(kind)[index]).squeeze(0)
             found.append(Consumer(index, adapter.block_prefix(index) + spec.name, module, kept, kind, spec))
     return found
-
-
-def linear_of(block: nn.Module, spec: UnitTensor) -> nn.Linear:
-    """The Linear that owns consumer tensor ``spec``; correction is defined for input columns of a weight only."""
-    path, _, param = spec.name.rpartition(".")
-    module = block.get_submodule(path)
-    if not isinstance(module, nn.Linear) or param != "weight" or spec.axis not in (1, -1):
-        raise ValueError(f"consumer tensor {spec.name} is not the input-column side of a Linear weight")
-    return module
 
 
 def run_collecting(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.hub.client import is_hf_id, resolve_hub_artifact
+from snapvit_cli.hub_client import is_hf_id, resolve_hub_artifact
 
 ArtifactKind = Literal["bundle", "sliced"]
 

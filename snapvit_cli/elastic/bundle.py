@@ -26,7 +26,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, Sl
 from snapvit_cli.elastic.records import BundleMetadata, Scoring, environment
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
+from snapvit_cli.elastic.stats_layout import STATS_PREFIX, StatisticsToStore, expected_shapes, to_tensors
 from snapvit_cli.elastic.surgery import (
     build_model,
     keep_prefix,
@@ -47,18 +48,13 @@ from snapvit_cli.elastic.surgery import (
     unaliased,
     unpermuted_sha256,
 )
-from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import check_computed, check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import parse_json, sorted_json
-from snapvit_cli.scoring.scoreset import ScoreSet
-
-if TYPE_CHECKING:
-    from snapvit_cli.correction.settings import CorrectionSettings
-    from snapvit_cli.correction.statistics import CorrectionStatistics, StoredStatistics
-    from snapvit_cli.correction.walk import Progress as CorrectionProgress
+from snapvit_cli.scoreset import ScoreSet
 
 WEIGHT_PREFIX = "model."
 SCORE_KEYS = {MLP: "scores.mlp", HEADS: "scores.heads"}
@@ -77,7 +73,7 @@ def write_bundle(
     scores: ScoreSet,
     *,
     min_keep: dict[str, float] | None = None,
-    correction_stats: CorrectionStatistics | None = None,
+    correction_stats: StatisticsToStore | None = None,
     force: bool = False,
 ) -> Path:
     """Permute ``model`` by ``scores`` and write the bundle atomically (never overwriting without ``force``).
@@ -109,8 +105,6 @@ def write_bundle(
     for name, tensor in scores.extras.items():
         tensors[name] = tensor.detach().cpu().contiguous()
     if correction_stats is not None:
-        from snapvit_cli.correction.statistics import to_tensors
-
         tensors.update(to_tensors(correction_stats, adapter, orders))
     metadata = BundleMetadata(
         snapvit_version=__version__,
@@ -170,6 +164,7 @@ class ElasticBundle:
                 metadata = _parse_metadata(header)
                 _precheck(metadata, shapes)
                 skeleton = _skeleton(metadata.source)
+                check_computed(skeleton)
                 adapter = get_adapter(skeleton)
                 _check_tensors(metadata, shapes, skeleton, adapter)
                 raw = {k: f.get_tensor(k) for k in (*SCORE_KEYS.values(), *ORDER_KEYS.values())}
@@ -212,19 +207,11 @@ class ElasticBundle:
                 raise BundleError(f"{self.path} has no tensor {name!r}")
             return f.get_tensor(name)
 
-    def correction_statistics(self) -> StoredStatistics | None:
-        """The stored correction statistics (``score --correction-stats``), read one layer at a time through the
-        open handle and checked as they are read; None when the bundle has none."""
-        record = self.metadata.correction_stats
-        if record is None:
-            return None
-        from snapvit_cli.correction.statistics import StoredStatistics
-
-        def read(names: list[str]) -> dict[str, torch.Tensor]:
-            with self._file.reading(), self._file.safe_open() as f:
-                return {name: f.get_tensor(name) for name in names}
-
-        return StoredStatistics(record, read, str(self.path))
+    def read_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Several tensors of the file by their stored names, read together through the open handle (the stored
+        correction statistics are read one layer at a time this way)."""
+        with self._file.reading(), self._file.safe_open() as f:
+            return {name: f.get_tensor(name) for name in names}
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
@@ -255,13 +242,11 @@ class ElasticBundle:
             )
 
     def save_with_statistics(
-        self, path: str | os.PathLike, statistics: CorrectionStatistics, *, force: bool = False
+        self, path: str | os.PathLike, statistics: StatisticsToStore, *, force: bool = False
     ) -> Path:
         """Write a copy of this bundle holding ``statistics`` (collected on :meth:`dense_model`, i.e. already in the
         bundle's unit order) instead of any it had: the same as scoring again with ``--correction-stats``, without
         the scoring. The weights are verified first; everything else is copied as it is."""
-        from snapvit_cli.correction.statistics import STATS_PREFIX, expected_shapes, to_tensors
-
         path = check_output(path, force, inputs=(self.path,))
         if set(statistics.tensors) != set(expected_shapes(self._adapter)):
             raise ValueError("the statistics were not collected on this bundle's architecture")
@@ -287,7 +272,8 @@ class ElasticBundle:
         head_offset: float = DEFAULT_HEAD_OFFSET,
         round_to: int = 1,
     ) -> SlicePlan:
-        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`."""
+        """Resolve a budget into per-block widths and cost; see :func:`snapvit_cli.elastic.budget.plan_slice`
+        (budgets in measured time: :func:`snapvit_cli.latency.chooser.plan_bundle`)."""
         return plan_slice(
             self.scores[MLP],
             self.scores[HEADS],
@@ -325,6 +311,10 @@ class ElasticBundle:
         check_finite(state, f"{self.path}: the sliced weights")
         return state, bundle_sha256
 
+    def check_unchanged(self) -> None:
+        """Raise if the bundle file was modified in place since it was opened (for writers of derived files)."""
+        self._file.check_unchanged()
+
     def verified_sha256(self) -> str:
         """The bundle file's sha256 after :meth:`verify_weights`, both read through the open handle; raises if
         the file changed in place meanwhile. For writers of anything derived from the bundle."""
@@ -333,37 +323,13 @@ class ElasticBundle:
         self._file.check_unchanged()
         return digest
 
-    def save_slice(
-        self,
-        out_dir: str | os.PathLike,
-        plan: SlicePlan,
-        *,
-        force: bool = False,
-        correction: CorrectionSettings | None = None,
-        progress: CorrectionProgress | None = None,
-    ) -> Path:
-        """Write the model for ``plan`` as a sliced-model folder, as ``snapvit slice`` does; ``config.json`` records
-        the bundle file's sha256 (the Hub's LFS id for it), verified with the weights (:meth:`read_verified`).
-
-        Without ``correction`` the weights come from :meth:`read_verified`. With it, the kept columns of each
-        consumer layer are re-fit on its calibration images first (:mod:`snapvit_cli.correction`), and
-        ``config.json``'s ``correction`` records the settings, the images and every layer's error (no timings).
-        """
-        if correction is None:
-            state, bundle_sha256 = self.read_verified(plan.widths)
-            config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-            return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
-        check_output(out_dir, force, directory=True, inputs=(self.path, correction.data))  # before the expensive part
-        from snapvit_cli.correction.apply import correct_with_settings
-
-        bundle_sha256 = self.verified_sha256()
-        result = correct_with_settings(self, plan, correction, progress=progress)
-        self._file.check_unchanged()
-        check_finite(result.state, f"{self.path}: the corrected weights")
+    def save_slice(self, out_dir: str | os.PathLike, plan: SlicePlan, *, force: bool = False) -> Path:
+        """Write the model for ``plan`` as a sliced-model folder; ``config.json`` records the bundle file's sha256
+        (the Hub's LFS id for it), verified with the weights (:meth:`read_verified`). A corrected slice is
+        :func:`snapvit_cli.slicing.save_slice`, which composes this format with :mod:`snapvit_cli.correction`."""
+        state, bundle_sha256 = self.read_verified(plan.widths)
         config = sliced_config(self.metadata, plan, bundle_sha256=bundle_sha256)
-        return save_sliced(
-            out_dir, result.state, replace(config, correction=result.to_json()), force=force, inputs=(self.path,)
-        )
+        return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
         """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
@@ -425,8 +391,6 @@ def _check_tensors(metadata: BundleMetadata, shapes: dict, skeleton: nn.Module, 
         expected[SCORE_KEYS[kind]] = shape
         expected[ORDER_KEYS[kind]] = shape
     if metadata.correction_stats is not None:
-        from snapvit_cli.correction.statistics import expected_shapes
-
         expected.update(expected_shapes(adapter))
     listed = set(metadata.extras)
     if listed & set(expected) or any(name.startswith(WEIGHT_PREFIX) for name in listed):

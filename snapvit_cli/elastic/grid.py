@@ -14,17 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from snapvit_cli.elastic.budget import SlicePlan
+from snapvit_cli.elastic.records import MAX_LATENCY_MS, MAX_SPEEDUP
 from snapvit_cli.errors import BudgetError
 
 
 @dataclass(frozen=True)
 class BudgetSpec:
-    """One budget as the user gave it: a FLOPs or parameter fraction to keep, or MLP/head fractions to remove."""
+    """One budget as the user gave it: a FLOPs or parameter fraction to keep, MLP/head fractions to remove, or a
+    speed-up over dense / a latency in milliseconds per batch (budgets in measured time, :mod:`snapvit_cli.latency`)."""
 
     flops: float | None = None
     params: float | None = None
     mlp: float | None = None
     heads: float | None = None
+    speedup: float | None = None
+    latency: float | None = None
+
+    @property
+    def timed(self) -> bool:
+        """A budget in measured time: it needs a latency profile."""
+        return self.speedup is not None or self.latency is not None
 
     def kwargs(self) -> dict[str, float]:
         """Keyword arguments for :meth:`ElasticBundle.plan`."""
@@ -42,6 +51,8 @@ def budget_grid(
     params: Sequence[float] | None = None,
     mlp: Sequence[float] | None = None,
     heads: Sequence[float] | None = None,
+    speedup: Sequence[float] | None = None,
+    latency: Sequence[float] | None = None,
 ) -> list[BudgetSpec]:
     """The budgets of one call: a list of FLOPs fractions, of parameter fractions, or ``mlp``/``heads`` pairs.
 
@@ -49,27 +60,52 @@ def budget_grid(
     left out. An empty result means no budget was given; repeated budgets are refused (they would name the same
     output twice).
     """
-    kinds = [name for name, values in (("flops", flops), ("params", params)) if values]
+    kinds = [
+        name
+        for name, values in (("flops", flops), ("params", params), ("speedup", speedup), ("latency", latency))
+        if values
+    ]
     if mlp or heads:
         kinds.append("ratios")
     if len(kinds) > 1:
-        raise BudgetError("give exactly one budget: --flops, --params, or --mlp/--heads (each may list several values)")
+        raise BudgetError(
+            "give exactly one budget: --flops, --params, --mlp/--heads, --speedup or --latency "
+            "(each may list several values)"
+        )
     if not kinds:
         return []
     if kinds[0] == "flops":
         specs = [BudgetSpec(flops=v) for v in flops or ()]
     elif kinds[0] == "params":
         specs = [BudgetSpec(params=v) for v in params or ()]
+    elif kinds[0] == "speedup":
+        specs = [BudgetSpec(speedup=v) for v in speedup or ()]
+    elif kinds[0] == "latency":
+        specs = [BudgetSpec(latency=v) for v in latency or ()]
     else:
         if mlp and heads and len(mlp) != len(heads):
             raise BudgetError(f"--mlp and --heads pair up: {len(mlp)} values against {len(heads)}")
         count = len(mlp or heads or ())
         specs = [BudgetSpec(mlp=mlp[i] if mlp else None, heads=heads[i] if heads else None) for i in range(count)]
+    for spec in specs if kinds[0] in ("speedup", "latency") else ():  # before a profile is measured for them
+        check_timed_target(spec.speedup, spec.latency)
     tags = [spec.tag for spec in specs]
     repeated = sorted({t for t in tags if tags.count(t) > 1})
     if repeated:
         raise BudgetError(f"budget {repeated[0]} is given twice")
     return specs
+
+
+def check_timed_target(speedup: float | None, latency: float | None) -> None:
+    """Raise :class:`BudgetError` unless exactly one of ``speedup`` (≥ 1) and ``latency`` (ms, > 0) is given."""
+    if (speedup is None) == (latency is None):
+        raise BudgetError("give exactly one budget in measured time: speedup or latency")
+    if speedup is not None and not 1.0 <= speedup <= MAX_SPEEDUP:
+        raise BudgetError(
+            f"speedup must lie in [1, {MAX_SPEEDUP:g}] (times faster than dense), got {speedup}", param="speedup"
+        )
+    if latency is not None and not 0.0 < latency <= MAX_LATENCY_MS:
+        raise BudgetError(f"latency must be a positive number of milliseconds, got {latency}", param="latency")
 
 
 def output_paths(specs: Sequence[BudgetSpec], output: Path | None, stem: str, suffix: str = "") -> list[Path]:

@@ -30,7 +30,11 @@ from snapvit_cli.models.source import (
 from snapvit_cli.schema import Fields, as_data, check_sha256, check_str, optional_str
 
 FORMAT_VERSION = 1
-BUDGET_KINDS = ("flops", "params", "ratios")
+LATENCY_KINDS = ("speedup", "latency")  # budgets in measured time (snapvit_cli.latency)
+BUDGET_KINDS = ("flops", "params", "ratios", *LATENCY_KINDS)
+LATENCY_PROFILE_VERSION = 1  # the latency profile format a speedup/latency budget was resolved with
+MAX_SPEEDUP = 1000.0
+MAX_LATENCY_MS = 1e9
 MAX_MLP_HIDDEN = int(MAX_EMBED_DIM * MAX_MLP_RATIO)
 BASE_MODEL_KEYS = ("model_id", "timm_name", "weights_sha256")  # plus the Provenance fields
 
@@ -39,9 +43,77 @@ BASE_MODEL_KEYS = ("model_id", "timm_name", "weights_sha256")  # plus the Proven
 
 
 @dataclass(frozen=True)
+class LatencyBasis:
+    """What a ``speedup`` / ``latency`` budget was resolved with: the latency profile's key (device, threads, dtype,
+    batch, resolution, torch), the profile's sha256, and the times it predicted for the dense and the sliced model
+    (milliseconds per forward pass of a batch)."""
+
+    device: str
+    device_name: str
+    threads: int
+    dtype: str
+    batch_size: int
+    resolution: int
+    torch: str
+    profile_sha256: str
+    dense_ms: float
+    predicted_ms: float
+    profile_version: int = LATENCY_PROFILE_VERSION
+
+    @property
+    def speedup(self) -> float:
+        """The predicted speed-up over the dense model."""
+        return self.dense_ms / self.predicted_ms if self.predicted_ms else 0.0
+
+    def describe(self) -> str:
+        """``cpu (Intel Xeon), 2 threads, float32, batch 32, 224 px, torch 2.4.0``."""
+        threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.device == "cpu" else ""
+        return (
+            f"{self.device} ({self.device_name}){threads}, {self.dtype}, batch {self.batch_size}, "
+            f"{self.resolution} px, torch {self.torch}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile_version": self.profile_version,
+            "device": self.device,
+            "device_name": self.device_name,
+            "threads": self.threads,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "resolution": self.resolution,
+            "torch": self.torch,
+            "profile_sha256": self.profile_sha256,
+            "dense_ms": self.dense_ms,
+            "predicted_ms": self.predicted_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "latency") -> LatencyBasis:
+        f = Fields(data, where)
+        record = cls(
+            profile_version=f.int("profile_version", LATENCY_PROFILE_VERSION, LATENCY_PROFILE_VERSION),
+            device=f.str("device"),
+            device_name=f.str("device_name"),
+            threads=f.int("threads", 1, 1 << 16),
+            dtype=f.str("dtype", choices=("float32", "bfloat16")),
+            batch_size=f.int("batch_size", 1, 1 << 20),
+            resolution=f.int("resolution", 1, MAX_IMG_SIZE),
+            torch=f.str("torch"),
+            profile_sha256=check_sha256(f.str("profile_sha256"), f"{where}.profile_sha256"),
+            dense_ms=f.float("dense_ms", 0.0, MAX_LATENCY_MS, open_lo=True),
+            predicted_ms=f.float("predicted_ms", 0.0, MAX_LATENCY_MS, open_lo=True),
+        )
+        f.done()
+        return record
+
+
+@dataclass(frozen=True)
 class Budget:
-    """A budget as asked: keep a fraction of FLOPs or params (``target``, with ``head_offset``), or remove fractions
-    of MLP neurons and heads (``kind="ratios"``, the paper's convention)."""
+    """A budget as asked: keep a fraction of FLOPs or params (``target``, with ``head_offset``), remove fractions
+    of MLP neurons and heads (``kind="ratios"``, the paper's convention), or run ``target`` times faster than dense
+    (``speedup``) or in ``target`` milliseconds per batch (``latency``) as a measured profile predicts
+    (``latency`` then records that profile)."""
 
     kind: str
     target: float | None = None
@@ -49,19 +121,23 @@ class Budget:
     mlp: float | None = None
     heads: float | None = None
     round_to: int = 1  # every block's kept MLP width a multiple of this (slice --round-to); 1 = exact counts
+    latency: LatencyBasis | None = None  # speedup / latency budgets only
 
     def label(self) -> str:
-        """The budget for people, the same in tables, plots and model cards: ``flops 0.5``, ``mlp 0.35 heads 0.2``."""
+        """The budget for people, the same in tables, plots and model cards: ``flops 0.5``, ``mlp 0.35 heads 0.2``,
+        ``speedup 2``, ``latency 12.5 ms``."""
         rounded = f" round-to {self.round_to}" if self.round_to != 1 else ""
         if self.kind == "ratios":
             return f"mlp {self.mlp or 0:g} heads {self.heads or 0:g}{rounded}"
-        return f"{self.kind} {self.target:g}{rounded}"
+        unit = " ms" if self.kind == "latency" else ""
+        return f"{self.kind} {self.target:g}{unit}{rounded}"
 
     def to_json(self) -> dict[str, Any]:
         rounded = {"round_to": self.round_to} if self.round_to != 1 else {}  # absent: files stay as they were
         if self.kind == "ratios":
             return {"kind": "ratios", "mlp": self.mlp, "heads": self.heads, **rounded}
-        return {"kind": self.kind, "target": self.target, "head_offset": self.head_offset, **rounded}
+        timed = {"latency": self.latency.to_json()} if self.latency is not None else {}
+        return {"kind": self.kind, "target": self.target, "head_offset": self.head_offset, **rounded, **timed}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "budget") -> Budget:
@@ -78,6 +154,15 @@ class Budget:
             budget = cls(kind, mlp=f.float("mlp", 0.0, 1.0), heads=f.float("heads", 0.0, 1.0), round_to=round_to)
             if budget.mlp >= 1.0 or budget.heads >= 1.0:
                 raise BundleError(f"{where}: removed fractions must lie in [0, 1)")
+        elif kind in LATENCY_KINDS:
+            target = (
+                f.float("target", 1.0, MAX_SPEEDUP)
+                if kind == "speedup"
+                else f.float("target", 0.0, MAX_LATENCY_MS, open_lo=True)
+            )
+            head_offset = f.float("head_offset", 0.0, 1.0)
+            latency = LatencyBasis.from_json(f.obj("latency").data, f"{where}.latency")
+            budget = cls(kind, target=target, head_offset=head_offset, round_to=round_to, latency=latency)
         else:
             target = f.float("target", 0.0, 1.0, open_lo=True)
             head_offset = f.float("head_offset", 0.0, 1.0, None)

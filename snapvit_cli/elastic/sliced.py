@@ -30,7 +30,7 @@ from snapvit_cli.elastic.records import (
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.surgery import build_model
-from snapvit_cli.elastic.tensor_checks import check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import check_computed, check_finite, check_same_tensors, precheck_size
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.models.loading import build_architecture
@@ -139,6 +139,7 @@ def _skeletons(config: SlicedConfig) -> tuple[nn.Module, nn.Module, Widths]:
     """The dense architecture on the meta device, and a copy resized to the config's widths: the shapes the file
     must have."""
     skeleton = build_architecture(config.source(), device="meta")
+    check_computed(skeleton)
     adapter = get_adapter(skeleton)
     if adapter.structure() != config.structure:
         raise BundleError("config.json's structure does not describe the architecture it names")

@@ -7,7 +7,6 @@ the kept units. :func:`build_model` then turns a sliced state dict into a module
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter, Widths, get_adapter
 from snapvit_cli.adapters.base import UnitTensor, take_units
+from snapvit_cli.hashing import state_sha256
 
 
 def _unit_args(
@@ -108,17 +108,6 @@ def _read_units(part: Any, spec: UnitTensor, count: int) -> torch.Tensor:
     lead = (slice(None),) * axis
     pieces = [part[(*lead, slice(g * group, g * group + keep))] for g in range(spec.groups)]
     return torch.cat(pieces, dim=axis) if len(pieces) > 1 else pieces[0].contiguous()
-
-
-def state_sha256(items: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """Content hash of ``(name, tensor)`` pairs given in sorted name order: names, dtypes, shapes and bytes,
-    independent of the file format (``ModelSource.weights_sha256``)."""
-    digest = hashlib.sha256()
-    for key, tensor in items:
-        tensor = tensor.detach().contiguous().cpu()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
-    return digest.hexdigest()
 
 
 def unpermuted_sha256(file: Any, adapter: ModelAdapter, orders: dict[str, torch.Tensor], prefix: str = "") -> str:

@@ -8,11 +8,14 @@ any values.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import torch
+from torch import nn
 
+from snapvit_cli.adapters.vit import MAX_TOKENS
 from snapvit_cli.errors import BundleError
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -63,3 +66,25 @@ def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise BundleError(f"{what}: tensor {name} contains NaN or infinity")
+
+
+MAX_COMPUTED_BYTES = 256 << 20  # buffers computed at load, not stored (RoPE tables): kB for every real model
+
+
+def check_computed(skeleton: nn.Module) -> None:
+    """What the model would compute rather than read is bounded, checked on the meta-device skeleton before any
+    weight is loaded: the patch tokens of one image (attention and RoPE scale with them, and nothing in the file
+    pays for them) and the bytes of the non-persistent buffers loading recomputes."""
+    grid = getattr(getattr(skeleton, "patch_embed", None), "grid_size", None)
+    if grid is not None and math.prod(grid) > MAX_TOKENS:
+        raise BundleError(
+            f"img_size / patch_size give {math.prod(grid)} patch tokens per image ({grid[0]} x {grid[1]}); "
+            f"snapvit builds models of at most {MAX_TOKENS}"
+        )
+    stored = set(skeleton.state_dict())
+    computed = sum(b.numel() * b.element_size() for name, b in skeleton.named_buffers() if name not in stored)
+    if computed > MAX_COMPUTED_BYTES:
+        raise BundleError(
+            f"the architecture would compute {computed / 2**20:.0f} MiB of buffers at load; at most "
+            f"{MAX_COMPUTED_BYTES >> 20} MiB"
+        )

@@ -7,7 +7,7 @@ split. The linear probe selects its checkpoint on a validation split carved from
 split is only ever scored, never used for selection.
 
 The report is an :class:`~snapvit_cli.evaluation.report.EvalReport` (its JSON is ``snapvit eval --json``, schema in
-the README); ``snapvit push --eval-results`` puts its rows into a model card.
+docs/evaluation.md); ``snapvit push --eval-results`` puts its rows into a model card.
 """
 
 from __future__ import annotations

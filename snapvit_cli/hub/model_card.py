@@ -282,7 +282,15 @@ def _budget_line(budget: Budget, mlp_ratio: float, head_ratio: float) -> str:
     if budget.head_offset is not None:
         asked += f" (head offset {budget.head_offset:g})"
     removed = f"{_pct(mlp_ratio)} of the MLP neurons and {_pct(head_ratio)} of the attention heads"
-    return f"- **Budget:** {asked}; removed {removed}"
+    line = f"- **Budget:** {asked}; removed {removed}"
+    if budget.latency is not None:  # a budget in measured time: say on what, and that it is a prediction
+        basis = budget.latency
+        line += (
+            f"\n- **Latency profile:** measured on {basis.describe()} (profile sha256 `{basis.profile_sha256[:12]}`); "
+            f"it predicts {basis.predicted_ms:.4g} ms per batch against {basis.dense_ms:.4g} ms dense "
+            f"({basis.speedup:.2f}× faster). Other devices, batch sizes or dtypes run at other speeds."
+        )
+    return line
 
 
 def _cost_table(cost: Cost) -> str:

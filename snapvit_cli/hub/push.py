@@ -14,7 +14,9 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from snapvit_cli._version import __version__
 from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError
 from snapvit_cli.fileio import atomic_dir, check_output
-from snapvit_cli.hub.client import (
+from snapvit_cli.hub.eval_results import matching_results
+from snapvit_cli.hub.model_card import Record, model_source, render_model_card, weights_origin
+from snapvit_cli.hub_client import (
     BUNDLE_FILENAME,
     CARD_FILENAME,
     HF_PREFIX,
@@ -25,8 +27,6 @@ from snapvit_cli.hub.client import (
     hub_errors,
     require_hub,
 )
-from snapvit_cli.hub.eval_results import matching_results
-from snapvit_cli.hub.model_card import Record, model_source, render_model_card, weights_origin
 
 if TYPE_CHECKING:
     from snapvit_cli.evaluation.report import EvalReport

@@ -1,4 +1,4 @@
-"""The model families snapvit supports: one registry behind `snapvit models`, the README table, the refusal
+"""The model families snapvit supports: one registry behind `snapvit models`, the docs/models.md table, the refusal
 message for unsupported models, and the per-family defaults applied when a model is loaded.
 
 A family is recognised by its timm name (``arch.tag``); what is pruned is decided by the structural adapters
@@ -140,7 +140,7 @@ def supported_models() -> list[ModelRow]:
 
 
 def supported_models_markdown() -> str:
-    """The README's supported-models table (generated; a test keeps the README in sync)."""
+    """The supported-models table of docs/models.md (generated; a test keeps the page in sync)."""
     lines = [
         "| family | timm name | aliases | heads pruned | MLP pruned | notes |",
         "|---|---|---|---|---|---|",

@@ -19,20 +19,14 @@ from torch import nn
 
 from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
 from snapvit_cli.fileio import sha256_file
-from snapvit_cli.hub.client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
+from snapvit_cli.hashing import state_dict_sha256
+from snapvit_cli.hub_client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
 from snapvit_cli.models.families import corrected_preprocessing, default_model_args, supported_summary
 from snapvit_cli.models.source import ModelSource, Provenance
 
 # Pretrained-config keys a bundle keeps: what preprocessing and cost reporting need.
 _CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
-def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """Content hash of a state dict, independent of file format: names, dtypes, shapes and bytes in key order."""
-    from snapvit_cli.elastic.surgery import state_sha256
-
-    return state_sha256((key, state_dict[key]) for key in sorted(state_dict))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -233,7 +227,7 @@ def _create(timm_name: str, pretrained: bool, revision: str | None, model_args: 
 @contextlib.contextmanager
 def _hub_access(timm_name: str) -> Iterator[None]:
     """Around a download of ``timm_name``'s weights or config: when the Hub does not answer within
-    :data:`~snapvit_cli.hub.client.HUB_TIMEOUT_S`, use the cached copy (offline mode) or fail now in one line,
+    :data:`~snapvit_cli.hub_client.HUB_TIMEOUT_S`, use the cached copy (offline mode) or fail now in one line,
     instead of huggingface_hub's minute of retries."""
     if _hub_repo_id(timm_name) is None:  # weights hosted elsewhere (a URL), not on the Hub
         yield

@@ -27,7 +27,7 @@ from snapvit_cli.reference.scores import (
     read_reference_scores,
     timm_name_for,
 )
-from snapvit_cli.scoring.scoreset import ScoreSet
+from snapvit_cli.scoreset import ScoreSet
 
 IMPORTED_METHOD = "imported"
 

@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
 
         return score_model
     if name == "ScoreSet":
-        from snapvit_cli.scoring.scoreset import ScoreSet
+        from snapvit_cli.scoreset import ScoreSet
 
         return ScoreSet
     raise AttributeError(f"module 'snapvit_cli.scoring' has no attribute {name!r}")

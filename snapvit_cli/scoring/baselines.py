@@ -13,8 +13,8 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import unit_view
+from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring.gradient import UnitGradients, per_unit, scores_from_gradients
-from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
 

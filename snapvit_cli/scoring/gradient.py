@@ -32,11 +32,11 @@ from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.data import ImageSet, describe
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.errors import DataError, SnapvitError
+from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring import distributed
 from snapvit_cli.scoring.calibration import InputConfig, autocast, calibration_images, input_config, scoring_mode
 from snapvit_cli.scoring.crops import MultiCrop
 from snapvit_cli.scoring.dino_loss import dino_self_distillation_loss
-from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
 # Per kind, per block: one entry per score tensor of that block.

@@ -12,7 +12,7 @@ from torch import nn
 
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
 from snapvit_cli.adapters.base import unit_rows
-from snapvit_cli.scoring.scoreset import ScoreSet
+from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
 

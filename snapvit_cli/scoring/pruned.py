@@ -1,11 +1,11 @@
 """The pruned model of one search candidate, physically sliced, so that evaluating it costs its kept FLOPs.
 
-The search (method doc §5.3) measures the model without a candidate's removed units. Masking them runs the dense
-model at full cost; slicing them away runs a model whose matmuls are as small as what is kept. The sliced model is
-built from a meta-device copy of the dense model's structure (no weight copied or initialised), resized by the
-adapter, then loaded with ``assign=True``: every tensor that loses no unit *is* the dense model's tensor, and only
-the kept units of the pruned blocks are gathered into new tensors. Removing a unit this way equals zeroing its
-consumer slice (§2.3), so both evaluations agree to float rounding.
+The search (docs/method.md §5.3, ``ga_evaluation="sliced"``) measures the model without a candidate's removed units.
+Masking them runs the dense model at full cost; slicing them away runs a model whose matmuls are as small as what is
+kept. The sliced model is built from a meta-device copy of the dense model's structure (no weight copied or
+initialised), resized by the adapter, then loaded with ``assign=True``: every tensor that loses no unit *is* the dense
+model's tensor, and only the kept units of the pruned blocks are gathered into new tensors. Removing a
+unit this way equals zeroing its consumer slice (§2.3), so both evaluations agree to float rounding.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from snapvit_cli.adapters import ModelAdapter
-    from snapvit_cli.scoring.scoreset import ScoreSet
+    from snapvit_cli.scoreset import ScoreSet
     from snapvit_cli.scoring.settings import ScoreSettings
 
     Scorer = Callable[[nn.Module, ModelAdapter, ScoreSettings], ScoreSet]

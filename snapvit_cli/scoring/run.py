@@ -8,8 +8,8 @@ from typing import Any
 from torch import nn
 
 from snapvit_cli.adapters import get_adapter
+from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring.registry import REGISTRY
-from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.settings import ScoreSettings
 
 

@@ -13,10 +13,10 @@ from torch import nn
 from snapvit_cli.adapters import HEADS, MLP, ModelAdapter
 from snapvit_cli.data import describe
 from snapvit_cli.devices import resolve_device
+from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
 from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
 from snapvit_cli.scoring.heap import release_freed_memory
-from snapvit_cli.scoring.scoreset import ScoreSet
 from snapvit_cli.scoring.search import (
     FeatureFitness,
     check_evaluations,

@@ -1,4 +1,7 @@
-"""What every scoring method returns, and what a bundle is written from."""
+"""What every scoring method returns, and what a bundle is written from.
+
+A leaf (torch only): the elastic format writes it and the scoring methods produce it, so it belongs to neither.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-from snapvit_cli.adapters.base import MLP
 
 
 @dataclass
@@ -22,4 +23,7 @@ class ScoreSet:
     timings: dict[str, float] = field(default_factory=dict)
 
     def of(self, kind: str) -> torch.Tensor:
-        return self.mlp if kind == MLP else self.heads
+        """The scores of unit ``kind`` (``"mlp"`` or ``"heads"``, the adapters' unit kinds)."""
+        if kind not in ("mlp", "heads"):
+            raise ValueError(f"unknown unit kind {kind!r}")
+        return self.mlp if kind == "mlp" else self.heads

@@ -1,0 +1,244 @@
+"""Measure a :class:`~snapvit_cli.latency.model.LatencyModel`: time blocks of several widths on the device.
+
+Only single blocks (and the model without its blocks) are built, with random weights: timings do not depend on the
+values, and a block costs a fraction of the model, so a whole profile takes about as long as a few dozen dense
+forward passes. Every item is timed once per round, the rounds interleave all items (a load spike on a shared
+machine hits them alike), and each time is the median over rounds after one untimed warm-up round. Block times
+along each grid are then made non-decreasing in the width (isotonic least squares): removing units never makes a
+block slower in the model, so noise on a loaded machine cannot send the chooser after a lucky measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from snapvit_cli.adapters import get_adapter
+from snapvit_cli.elastic.budget import block_floor
+from snapvit_cli.latency.model import LatencyModel, ProfileKey
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: A rounding "pays" when the aligned width runs this much faster than its unaligned neighbour.
+ROUNDING_TOLERANCE = 0.05
+#: Points of the MLP-width grid between the floor and the dense width (plus both ends).
+MLP_POINTS = 8
+#: Head counts up to this are all measured; above it, a grid of about this many.
+HEAD_POINTS = 8
+
+
+def device_name(device: torch.device) -> str:
+    """The processor or GPU model, as part of a profile's key."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine() or "unknown cpu"
+    return device.type
+
+
+def profile_key(
+    skeleton: nn.Module, device: torch.device, dtype: str, batch_size: int, resolution: int | None
+) -> ProfileKey:
+    """The key of a profile of ``skeleton``'s architecture on this machine (no timing)."""
+    adapter = get_adapter(skeleton)
+    resolution = adapter.check_resolution(resolution)
+    structure = adapter.structure()
+    architecture = {k: structure[k] for k in ("family", "num_blocks", "embed_dim", "num_heads", "head_dim")}
+    architecture.update(mlp_hidden=structure["mlp_hidden"], mlp_type=structure["mlp_type"])
+    architecture["tokens"] = adapter.tokens(resolution)[1]
+    return ProfileKey(
+        device=str(device),
+        device_name=device_name(device),
+        threads=torch.get_num_threads(),
+        dtype=dtype,
+        batch_size=batch_size,
+        resolution=resolution,
+        torch=torch.__version__,
+        architecture=architecture,
+    )
+
+
+def mlp_grid(width: int, floor: int) -> list[int]:
+    """The block floor, ``MLP_POINTS`` evenly spaced widths (multiples of 8 where the width allows), the width."""
+    step = 8 if width >= 8 * MLP_POINTS else 1
+    points = {floor, width}
+    points.update(max(floor, round(width * k / MLP_POINTS / step) * step) for k in range(1, MLP_POINTS))
+    return sorted(points)
+
+
+def head_grid(heads: int) -> list[int]:
+    """Every head count when there are few; else about ``HEAD_POINTS`` of them, 1 and the dense count included."""
+    if heads <= HEAD_POINTS:
+        return list(range(1, heads + 1))
+    return sorted({1, heads, *(max(1, round(heads * k / HEAD_POINTS)) for k in range(1, HEAD_POINTS))})
+
+
+def rounding_probes(width: int) -> dict[str, int]:
+    """Widths whose times tell whether multiples of 64 or 8 pay: a 64-aligned width near half and neighbours."""
+    aligned = width // 2 // 64 * 64
+    if aligned < 64:
+        return {}
+    return {"a": aligned, "a-1": aligned - 1, "a-8": aligned - 8, "a-9": aligned - 9}
+
+
+def measure_profile(
+    skeleton: nn.Module,
+    *,
+    min_keep_mlp: float,
+    device: torch.device | str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 1,
+    resolution: int | None = None,
+    repeats: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> LatencyModel:
+    """Profile the architecture of ``skeleton`` (a dense model, e.g. on the meta device; it is not changed)."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    key = profile_key(skeleton, device, dtype, batch_size, resolution)
+    arch = key.architecture
+    width, heads = arch["mlp_hidden"], arch["num_heads"]
+    widths = mlp_grid(width, block_floor(width, min_keep_mlp))
+    counts = head_grid(heads)
+    probes = rounding_probes(width)
+    configs = sorted({*((m, heads) for m in (*widths, *probes.values())), *((width, h) for h in counts)})
+    x = torch.randn(batch_size, arch["tokens"], arch["embed_dim"], generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    images = torch.randn(batch_size, 3, key.resolution, key.resolution, generator=torch.Generator().manual_seed(1))
+    images = images.to(device)
+    items: dict[object, Callable[[], object]] = {}
+    for m, h in configs:
+        block = _block(skeleton, m, h, device)
+        items[(m, h)] = lambda block=block: block(x)
+    stem = _stem(skeleton, key.resolution, device)
+    items["fixed"] = lambda: stem(images)
+    dense = _materialized(copy.deepcopy(skeleton), device, key.resolution)
+    items["dense"] = lambda: dense(images)
+    times = _rounds(items, device, dtype, repeats, progress)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    spread = statistics.median((max(t) - min(t)) / max(statistics.median(t), 1e-12) for t in times.values())
+    rounding = {}
+    if probes:
+        at = {name: medians[(m, heads)] for name, m in probes.items()}
+        rounding = {"64_vs_8": at["a-8"] / at["a"], "8_vs_1": at["a-9"] / at["a-8"], "1_unit": at["a-1"] / at["a"]}
+    snap = 1
+    if rounding.get("64_vs_8", 0) > 1 + ROUNDING_TOLERANCE:
+        snap = 64
+    elif min(rounding.get("8_vs_1", 0), rounding.get("1_unit", 0)) > 1 + ROUNDING_TOLERANCE:
+        snap = 8
+    mlp_fit = isotonic([medians[(m, heads)] for m in widths])
+    head_fit = isotonic([medians[(width, h)] for h in counts])
+    dense_block = max(mlp_fit[-1], head_fit[-1])  # both grids end at the dense block: one value, still monotone
+    mlp_fit[-1] = head_fit[-1] = dense_block
+    return LatencyModel(
+        key=key,
+        fixed_ms=medians["fixed"],
+        mlp_widths=tuple(widths),
+        mlp_ms=tuple(mlp_fit),
+        heads=tuple(counts),
+        heads_ms=tuple(head_fit),
+        dense_ms_measured=medians["dense"],
+        rounding={k: round(v, 4) for k, v in rounding.items()},
+        snap=snap,
+        repeats=repeats,
+        spread=round(spread, 4),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def isotonic(values: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(n)]
+
+
+def _rounds(
+    items: dict[object, Callable[[], object]],
+    device: torch.device,
+    dtype: str,
+    repeats: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[object, list[float]]:
+    """Milliseconds of every item in each of ``repeats`` rounds, after one untimed warm-up round."""
+    times: dict[object, list[float]] = {name: [] for name in items}
+    total, done = (repeats + 1) * len(items), 0
+    with _inference(device, dtype):
+        for round_ in range(repeats + 1):
+            for name, run in items.items():
+                _synchronize(device)
+                start = time.perf_counter()
+                run()
+                _synchronize(device)
+                if round_:
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    return times
+
+
+@contextmanager
+def _inference(device: torch.device, dtype: str) -> Iterator[None]:
+    """No autograd, and autocast for bfloat16: how ``snapvit eval`` runs a model."""
+    with torch.inference_mode():
+        if dtype == "float32":
+            yield
+        else:
+            with torch.autocast(device.type, dtype=DTYPES[dtype]):
+                yield
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _block(skeleton: nn.Module, mlp: int, heads: int, device: torch.device) -> nn.Module:
+    """Block 0 of ``skeleton`` resized to ``mlp`` neurons and ``heads`` heads, with random weights on ``device``."""
+    shell = copy.copy(skeleton)  # a shallow copy whose blocks are one fresh copy of block 0
+    shell._modules = dict(skeleton._modules)
+    shell.blocks = nn.Sequential(copy.deepcopy(skeleton.blocks[0]))
+    get_adapter(shell).resize_block(0, mlp, heads)
+    return _materialized(shell.blocks[0], device)
+
+
+def _stem(skeleton: nn.Module, resolution: int, device: torch.device) -> nn.Module:
+    """The model without its blocks: patch embedding, position embedding, final norm, pooling and classifier."""
+    stem = copy.copy(skeleton)
+    stem._modules = {k: copy.deepcopy(v) for k, v in skeleton._modules.items() if k != "blocks"}
+    stem._parameters = {k: copy.deepcopy(v) for k, v in skeleton._parameters.items()}
+    stem._buffers = {k: copy.deepcopy(v) for k, v in skeleton._buffers.items()}
+    stem.blocks = nn.Sequential()
+    return _materialized(stem, device, resolution)
+
+
+def _materialized(module: nn.Module, device: torch.device, resolution: int | None = None) -> nn.Module:
+    """``module`` allocated on ``device`` with small random values (timings do not depend on them)."""
+    module = module.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.is_floating_point():
+                tensor.normal_(0.0, 0.02, generator=generator)
+    resized = resolution is not None and hasattr(module, "set_input_size")
+    if resized and max(module.patch_embed.img_size) != resolution:
+        module.set_input_size(img_size=(resolution, resolution))
+    return module.eval()
