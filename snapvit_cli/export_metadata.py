@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from snapvit_cli._version import __version__
-from snapvit_cli.elastic.records import SlicedConfig
 from snapvit_cli.errors import BundleError
 from snapvit_cli.schema import parse_json, sorted_json
 
@@ -37,9 +36,10 @@ def output_name(num_classes: int) -> str:
     return "logits" if num_classes > 0 else "features"
 
 
-def export_metadata(config: SlicedConfig | None, height: int, width: int, num_classes: int) -> dict[str, Any]:
-    """The record an exported file carries; ``config`` is the sliced model's (``None`` for a model snapvit did not
-    cut, which then records only its input and output)."""
+def export_metadata(config: Any, height: int, width: int, num_classes: int) -> dict[str, Any]:
+    """The record an exported file carries; ``config`` is the sliced model's ``SlicedConfig`` (read by attribute:
+    this rank sits below the format's), or ``None`` for a model snapvit did not cut, which then records only its
+    input and output."""
     output = output_name(num_classes)
     record: dict[str, Any] = {
         "format": EXPORT_FORMAT,

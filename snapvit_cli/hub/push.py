@@ -15,7 +15,7 @@ from snapvit_cli._version import __version__
 from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError
 from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.hub.eval_results import matching_results
-from snapvit_cli.hub.model_card import Record, model_source, render_model_card, weights_origin
+from snapvit_cli.hub.model_card import Record, check_license, model_source, render_model_card, weights_origin
 from snapvit_cli.hub_client import (
     BUNDLE_FILENAME,
     CARD_FILENAME,
@@ -77,6 +77,8 @@ def push(
     allow_random: bool = False,
     base_model: str | None = None,
     license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
     follow_links: bool = False,
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
@@ -88,13 +90,18 @@ def push(
 
     Models scored from random weights are refused unless ``allow_random`` (their card then says so first);
     ``eval_results`` must describe this very model (:func:`~snapvit_cli.hub.eval_results.matching_results`).
-    ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights.
+    ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights; ``license``
+    must be a Hub licence identifier, and ``other`` comes with ``license_name`` and ``license_link``.
     Nothing is sent unless the whole upload is known to be sound: a folder holding symbolic links is refused
     (``follow_links`` uploads the targets of those that point inside the folder, refusing the rest), and a
     folder's ``model.safetensors`` must load and match its ``config.json``.
     """
     path = Path(path)
     check_repo_id(repo_id)
+    try:
+        license = check_license(license, license_name, license_link)
+    except ValueError as exc:
+        raise HubError(str(exc), param="license") from None
     if create_pr and revision is not None:
         raise HubError(
             "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
@@ -124,6 +131,8 @@ def push(
             examples=examples,
             base_model=base_model,
             license=license,
+            license_name=license_name,
+            license_link=license_link,
         )
         if card_generated
         else None
