@@ -120,7 +120,7 @@ def export_model(
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
     config = getattr(model, "snapvit_config", None)
     record = export_metadata(config, height, width, int(getattr(model, "num_classes", 0) or 0))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         start = time.perf_counter()
         write = _write_onnx if fmt == "onnx" else _write_pt2
         opset = write(model, example, tmp, record)

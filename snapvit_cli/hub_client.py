@@ -8,6 +8,7 @@ Everything goes through ``huggingface_hub`` (its cache, revisions, token lookup 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,16 +93,32 @@ def forget_reachability() -> None:
     _unreachable.clear()
 
 
+_offline_lock = threading.Lock()
+_offline_blocks = 0  # offline_mode() blocks now running, in any thread
+_offline_before = False  # HF_HUB_OFFLINE as it was before the first of them
+
+
 @contextlib.contextmanager
 def offline_mode() -> Iterator[None]:
     """huggingface_hub's offline mode (``HF_HUB_OFFLINE=1``) for the block: requests fail at once and files
-    come from the cache."""
-    previous = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
+    come from the cache.
+
+    huggingface_hub reads one process-wide flag, so while any such block runs every thread's Hub calls are offline;
+    blocks may overlap across threads in any order, and the flag returns to its earlier value when the last ends.
+    """
+    global _offline_blocks, _offline_before
+    with _offline_lock:
+        if _offline_blocks == 0:
+            _offline_before = constants.HF_HUB_OFFLINE
+            constants.HF_HUB_OFFLINE = True
+        _offline_blocks += 1
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = previous
+        with _offline_lock:
+            _offline_blocks -= 1
+            if _offline_blocks == 0:
+                constants.HF_HUB_OFFLINE = _offline_before
 
 
 def require_hub() -> None:

@@ -75,6 +75,14 @@ def test_slice_switches_budget_and_roundtrips(tmp_path, written):
     assert sum(p.numel() for p in reloaded.parameters()) == small.params
 
 
+def test_slice_refuses_a_plan_together_with_a_budget(written):
+    _, path = written
+    bundle = load_bundle(path)
+    with pytest.raises(TypeError, match=r"give a plan or a budget, not both \(got a plan and flops\)"):
+        bundle.slice(bundle.plan(flops=0.9), flops=0.5)  # was: the 0.9 plan, the 0.5 silently ignored
+    assert get_adapter(bundle.slice(flops=0.5)).widths() == bundle.plan(flops=0.5).widths
+
+
 def test_sliced_model_does_not_alias_bundle(written):
     _, path = written
     bundle = load_bundle(path)

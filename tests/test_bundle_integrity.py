@@ -17,11 +17,11 @@ from snapvit_cli.cli.app import app
 from snapvit_cli.elastic import bundle as bundle_module
 from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
 from snapvit_cli.errors import BundleError
-from snapvit_cli.hashing import state_dict_sha256
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
 
 V1 = Path(__file__).parent / "data" / "v1-bundle.safetensors"
+V1_OUTPUTS = Path(__file__).parent / "data" / "v1-bundle-dense-outputs.json"
 V1_ARGS = {"img_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 10}
 
 
@@ -37,7 +37,12 @@ def folder_hashes(folder: Path) -> dict[str, str]:
 
 
 def test_v1_bundle_from_the_previous_writer_still_loads_and_slices(tmp_path):
-    """tests/data/v1-bundle.safetensors was written by snapvit 0.1.0's writer (timings in the file, unsorted keys)."""
+    """tests/data/v1-bundle.safetensors was written by snapvit 0.1.0's writer (timings in the file, unsorted keys).
+
+    Its dense model must give the outputs stored in tests/data/v1-bundle-dense-outputs.json: those of a plain timm
+    model loaded with the bundle's weights put back in their original unit order (whose hash is the recorded
+    ``weights_sha256``), computed once when the fixture's source model could no longer be rebuilt from timm's init.
+    """
     bundle = ElasticBundle.open(V1)
     assert bundle.metadata.scoring.method == "magnitude" and bundle.source.model_args == V1_ARGS
     bundle.verify_weights()  # its weights, un-permuted, are the recorded source weights
@@ -45,13 +50,12 @@ def test_v1_bundle_from_the_previous_writer_still_loads_and_slices(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["bundle_sha256"] == sha(V1) and "timings_s" not in config["scoring"]
 
-    torch.manual_seed(0)  # how the fixture's model was made
-    original = timm.create_model("vit_tiny_patch16_224", pretrained=False, **V1_ARGS).eval()
-    if state_dict_sha256(original.state_dict()) != bundle.source.weights_sha256:
-        pytest.skip("this timm initialises differently; the hash check above already covers the weights")
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    stored = json.loads(V1_OUTPUTS.read_text())
+    x = torch.linspace(-2, 2, 2 * 3 * 64 * 64).reshape(2, 3, 64, 64).sin()
+    assert stored["input"] == "torch.linspace(-2, 2, 2 * 3 * 64 * 64).reshape(2, 3, 64, 64).sin()"
     with torch.no_grad():
-        assert torch.allclose(bundle.dense_model()(x), original(x), atol=1e-5)
+        dense = bundle.dense_model()(x)
+    assert torch.allclose(dense, torch.tensor(stored["outputs"]), atol=1e-5), dense
 
 
 # -- one open file, one version ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.numpy import save_file
 
 from snapvit_cli import hub_client as hub
-from snapvit_cli.errors import BundleError, OutputExistsError
+from snapvit_cli.errors import BundleError, OutputError, OutputExistsError
 from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.hub.push import push
 from snapvit_cli.hub_client import HubError
@@ -245,9 +245,11 @@ def test_dry_run_writes_the_folder_and_sends_nothing(fake_hub, sliced_dir, tmp_p
 
     with pytest.raises(OutputExistsError):
         push(sliced_dir, REPO, dry_run_dir=out)
+    push(sliced_dir, REPO, dry_run_dir=out, force=True)  # an earlier dry run is replaced...
     (out / "stale.txt").write_text("x")
-    push(sliced_dir, REPO, dry_run_dir=out, force=True)
-    assert not (out / "stale.txt").exists()
+    with pytest.raises(OutputError, match="stale.txt, which snapvit did not write there"):
+        push(sliced_dir, REPO, dry_run_dir=out, force=True)  # ...a folder with someone's other files is not
+    assert (out / "stale.txt").exists()
     assert fake_hub.requests == []
 
 
@@ -409,3 +411,18 @@ def test_resolve_rejects_a_repository_without_snapvit_files(fake_hub):
     api.upload_file(path_or_fileobj=b"hello", path_in_repo="notes.txt", repo_id=REPO)
     with pytest.raises(HubError, match="holds neither bundle.safetensors nor config.json"):
         hub.resolve_hub_artifact(f"hf-hub:{REPO}")
+
+
+def test_offline_mode_blocks_overlap_across_threads():
+    """Two overlapping offline blocks (as two threads loading models would run them) that end in either order: the
+    Hub stays offline until the last ends, then the flag is what it was before."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    first, second = hub.offline_mode(), hub.offline_mode()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first: the second still needs the cache only
+    assert constants.HF_HUB_OFFLINE is True
+    second.__exit__(None, None, None)
+    assert before == constants.HF_HUB_OFFLINE

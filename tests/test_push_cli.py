@@ -523,3 +523,26 @@ def test_no_card_suggests_an_install_that_fails(server, artifacts):
         assert "pip install snapvit-cli" not in text and "pip install 'snapvit-cli" not in text
         for line in re.findall(r"pip install [^`\n]*", text):
             assert line in ("pip install timm safetensors", "pip install -e ."), line
+
+
+def test_license_must_be_a_hub_identifier(server, tmp_path):
+    """Issue 24: `--license mit-typo` was published silently as `other`; now it is a usage error (exit 2, one line),
+    and `other` needs a name and a link, which the card then carries (validated by the loopback Hub)."""
+    bundle, sliced_dir = bundle_with_source(tmp_path, checkpoint="ft.pth", checkpoint_sha256="c" * 64)
+    for extra, message in (
+        (("--license", "mit-typo"), "not a Hub licence identifier (did you mean mit"),
+        (("--license", "other"), "needs --license-name"),
+        (("--license", "other", "--license-name", "my-licence"), "needs --license-link"),
+    ):
+        result = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, *extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert SLICED_REPO not in server.repos
+    push(sliced_dir, SLICED_REPO, "--license", "other", "--license-name", "my-licence", "--license-link",
+         "https://example.org/licence")  # fmt: skip
+    text = server.files(SLICED_REPO)["README.md"].decode()
+    meta = card_meta(text)
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other", "my-licence", "https://example.org/licence"
+    )
+    ModelCard(text).validate()

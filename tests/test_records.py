@@ -130,7 +130,9 @@ def test_base_model_provenance_is_checked_and_older_configs_still_load(tmp_path)
     written = json.loads((bundle.save_slice(tmp_path / "s", bundle.plan(flops=0.5)) / "config.json").read_text())
     assert written["base_model"]["origin"] == "random" and "pretrained" not in written["base_model"]
     assert not {"hf_hub_id", "license", "checkpoint", "checkpoint_sha256"} & set(written["base_model"])
-    assert SlicedConfig.from_json(written).source().pretrained is False
+    config = SlicedConfig.from_json(written)
+    assert config.source.pretrained is False  # a field-like property, as BundleMetadata.source is a field
+    assert config.source.architecture == bundle.metadata.source.architecture == config.architecture
 
     older = copy.deepcopy(written)
     del older["base_model"]["origin"]

@@ -53,6 +53,9 @@ def umask_022():
 # -- the interrupt matrix ---------------------------------------------------------------------------------------
 
 
+PARTS = ("part0.txt", "part1.txt", "part2.txt")  # what tests/_writer.py writes into a folder
+
+
 def make_output(target: Path, content: str, kind: str) -> None:
     if kind == "dir":
         target.mkdir()
@@ -188,7 +191,7 @@ def test_folder_swap_uses_renameat2_exchange_on_linux(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "_renameat2", lambda src, dst, flags: calls.append(flags) or real(src, dst, flags))
     target = tmp_path / "out"
     make_output(target, "old", "dir")
-    with fileio.atomic_dir(target) as tmp:
+    with fileio.atomic_dir(target, force=True, owned=PARTS) as tmp:
         for i in range(3):
             (tmp / f"part{i}.txt").write_text(f"new {i}\n")
     assert read_output(target, "dir") == "new" and listing(tmp_path) == ["out"]
@@ -200,7 +203,7 @@ def test_fallback_without_renameat2_replaces_and_restores_after_a_kill(tmp_path,
     monkeypatch.setattr(fileio, "_renameat2", lambda src, dst, flags: False)
     target = tmp_path / "out"
     make_output(target, "old", "dir")
-    with fileio.atomic_dir(target) as tmp:
+    with fileio.atomic_dir(target, force=True, owned=PARTS) as tmp:
         for i in range(3):
             (tmp / f"part{i}.txt").write_text(f"new {i}\n")
     assert read_output(target, "dir") == "new" and listing(tmp_path) == ["out"]
@@ -257,7 +260,7 @@ def test_a_failed_write_keeps_the_old_output_and_is_one_line(tmp_path):
     target = tmp_path / "out"
     make_output(target, "old", "dir")
     message = "cannot write .*out: No space left on device; the existing output was"
-    with pytest.raises(OutputError, match=message), fileio.atomic_dir(target) as tmp:
+    with pytest.raises(OutputError, match=message), fileio.atomic_dir(target, force=True, owned=PARTS) as tmp:
         (tmp / "part0.txt").write_text("new 0\n")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert read_output(target, "dir") == "old" and listing(tmp_path) == ["out"]
@@ -359,3 +362,29 @@ def test_read_only_output_directory(tmp_path, built):
         assert listing(ro) == []
     finally:
         subprocess.run(undo, check=True)
+
+
+def test_write_log_records_one_command_in_its_own_thread_only(tmp_path):
+    """The interrupt report covers the writes of the command it wraps: not a library caller's earlier writes (which
+    are recorded nowhere), not another thread's."""
+    import threading
+
+    with fileio.atomic_path(tmp_path / "library.txt") as tmp:  # outside any log: recorded nowhere
+        tmp.write_text("x")
+    theirs: list = []
+
+    def other_command() -> None:
+        with fileio.write_log() as log, fileio.atomic_path(tmp_path / "thread.txt") as tmp:
+            tmp.write_text("y")
+        theirs.extend(log)
+
+    with fileio.write_log() as mine:
+        worker = threading.Thread(target=other_command)
+        worker.start()
+        worker.join()
+        with fileio.atomic_path(tmp_path / "main.txt") as tmp:
+            tmp.write_text("z")
+    assert [record.path.name for record in mine] == ["main.txt"]
+    assert [record.path.name for record in theirs] == ["thread.txt"]
+    assert fileio.interrupt_message(mine) == f"{tmp_path / 'main.txt'} was written (the new output is complete)"
+    assert fileio.interrupt_message([]) == "nothing was written"

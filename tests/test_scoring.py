@@ -188,6 +188,19 @@ def test_random_scores_follow_the_seed():
     assert torch.equal(a.mlp, score_model(model, "random", seed=1).mlp) and not torch.equal(a.mlp, b.mlp)
 
 
+def test_score_model_takes_a_settings_object():
+    """The settings the CLI already validated go in as they are; keywords replace fields of it."""
+    model = make_small_model("dino")
+    settings = ScoreSettings(seed=3)
+    by_object = score_model(model, "random", settings)
+    assert torch.equal(by_object.mlp, score_model(model, "random", seed=3).mlp)
+    assert not torch.equal(by_object.mlp, score_model(model, "random").mlp)
+    replaced = score_model(model, "random", settings, seed=4)
+    assert torch.equal(replaced.mlp, score_model(model, "random", seed=4).mlp) and settings.seed == 3
+    with pytest.raises(TypeError):
+        score_model(model, "random", settings, no_such_setting=1)
+
+
 def test_snapvit_bundle_extras_explain_the_scores(data):
     model = make_small_model("deit3-layerscale")
     scores = score_model(model, "snapvit", data=data, **FAST)

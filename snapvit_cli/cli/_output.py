@@ -97,23 +97,23 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
     def wrapper(*args, **kwargs):
         from snapvit_cli import fileio
 
-        fileio.reset_write_log()
-        try:
-            with warnings.catch_warnings(), _terminate_as_interrupt():
-                warnings.simplefilter("always", SnapvitWarning)
-                warnings.showwarning = _one_line_warning
-                return func(*args, **kwargs)
-        except SnapvitError as exc:
-            report(exc, flags)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated)
-            err.print(
-                f"{'terminated' if terminated else 'interrupted'}; {escape(fileio.interrupt_message())}",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(143 if terminated else 130) from None
+        with fileio.write_log() as written:
+            try:
+                with warnings.catch_warnings(), _terminate_as_interrupt():
+                    warnings.simplefilter("always", SnapvitWarning)
+                    warnings.showwarning = _one_line_warning
+                    return func(*args, **kwargs)
+            except SnapvitError as exc:
+                report(exc, flags)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt as exc:
+                terminated = isinstance(exc, Terminated)
+                err.print(
+                    f"{'terminated' if terminated else 'interrupted'}; {escape(fileio.interrupt_message(written))}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
 

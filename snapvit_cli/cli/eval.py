@@ -217,7 +217,7 @@ def eval_(
     if plot is not None:
         from snapvit_cli.evaluation.plot import plot_accuracy_vs_gmacs
 
-        plot_accuracy_vs_gmacs(report, plot)
+        plot_accuracy_vs_gmacs(report, plot, force=force)
     if json_output:
         emit_json(report.to_json())
         return

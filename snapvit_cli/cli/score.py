@@ -310,7 +310,7 @@ def score(
                 )
             detail = lambda best: f"best fitness {best:.5f}"  # noqa: E731
             with progress_bars(primary and not quiet and method in DATA_METHODS, STAGES, detail) as progress:
-                scores = score_model(dense, method, preprocessing=source.pretrained_cfg, progress=progress, **settings)
+                scores = score_model(dense, method, config, preprocessing=source.pretrained_cfg, progress=progress)
         finally:
             distributed.stop()
     if not primary:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,9 +92,7 @@ class InputStatistics:
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed this accumulator every input ``linear`` sees; call ``.remove()`` on the handle when done."""
-        if linear.in_features != self.d_in:
-            raise ValueError(f"layer has {linear.in_features} input features, accumulator expects {self.d_in}")
-        return linear.register_forward_pre_hook(lambda _module, args: self.update(args[0]))
+        return _feed(linear, self.d_in, self.update)
 
 
 @dataclass(frozen=True)
@@ -364,9 +363,14 @@ class TokenStatistics:
 
     def register(self, linear: nn.Linear) -> RemovableHandle:
         """Feed these statistics every input ``linear`` sees; call ``.remove()`` on the handle when done."""
-        if linear.in_features != self.readout.d_in:
-            raise ValueError(f"layer has {linear.in_features} input features, accumulator expects {self.readout.d_in}")
-        return linear.register_forward_pre_hook(lambda _module, args: self.update(args[0]))
+        return _feed(linear, self.readout.d_in, self.update)
+
+
+def _feed(linear: nn.Linear, d_in: int, update: Callable[[Tensor], None]) -> RemovableHandle:
+    """A forward pre-hook that hands every input of ``linear`` to ``update``, after checking its width."""
+    if linear.in_features != d_in:
+        raise ValueError(f"layer has {linear.in_features} input features, accumulator expects {d_in}")
+    return linear.register_forward_pre_hook(lambda _module, args: update(args[0]))
 
 
 @dataclass(frozen=True)

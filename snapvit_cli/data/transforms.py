@@ -12,6 +12,7 @@ from torchvision.transforms import InterpolationMode
 
 from snapvit_cli.data.imageset import to_rgb
 from snapvit_cli.errors import DataError
+from snapvit_cli.models.source import MIN_CROP_PCT
 
 # Interpolations torchvision can apply to tensors (timm configs name them the same way).
 _INTERPOLATIONS = {
@@ -35,8 +36,8 @@ def preprocess(cfg: dict, resolution: int | None = None, *, crop_pct: float | No
     if name not in _INTERPOLATIONS:
         known = ", ".join(sorted(_INTERPOLATIONS))
         raise DataError(f"unsupported interpolation '{name}' in the model config (known: {known})")
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        raise DataError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    if crop_pct is not None and not MIN_CROP_PCT <= crop_pct <= 1:
+        raise DataError(f"crop_pct must be in [{MIN_CROP_PCT:g}, 1], got {crop_pct}")
     return EvalTransform(size, _INTERPOLATIONS[name], list(cfg["mean"]), list(cfg["std"]), crop_pct)
 
 

@@ -84,11 +84,15 @@ def safetensors_kind(path: Path) -> str | None:
     Reads only the header (its length is bounded by safetensors), never a tensor; a file that is not readable
     safetensors at all is a one-line :class:`BundleError`.
     """
-    from safetensors import safe_open
+    from snapvit_cli.elastic.safetensors_io import OpenFile
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        file = OpenFile(path)  # a FIFO or device is refused before it can block
+        with file.safe_open() as f:
             header = f.metadata() or {}
+        file.close()
+    except SnapvitError:
+        raise
     except Exception as exc:  # noqa: BLE001 - safetensors reports corruption with several exception types
         raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
     try:

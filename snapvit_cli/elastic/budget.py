@@ -144,10 +144,7 @@ def plan_slice(
             )
         if not 0.0 <= head_offset <= 1.0:
             raise BudgetError(f"head_offset must lie in [0, 1], got {head_offset}", param="head_offset")
-        if kind == "flops":
-            base, per_m, per_h = dense_macs, cost.macs_per_neuron, cost.macs_per_head
-        else:
-            base, per_m, per_h = cost.params(dense), cost.params_per_neuron, cost.params_per_head
+        base, per_m, per_h = _cost_basis(kind, cost, dense)
         n_m, n_h = _solve_counts(base * (1.0 - fraction), per_m, per_h, total_m, total_h, max_m, max_h, head_offset)
         achieved = (base - n_m * per_m - n_h * per_h) / base
         if abs(achieved - fraction) > 0.01 * fraction:
@@ -213,10 +210,7 @@ def _check_rounded(budget: Budget, cost: CostTerms, dense: Widths, n_m: int, n_h
         target, achieved = budget.mlp, n_m / total_m
         what = "the MLP removal ratio"
     else:
-        if budget.kind == "flops":
-            base, per_m, per_h = cost.macs(dense), cost.macs_per_neuron, cost.macs_per_head
-        else:
-            base, per_m, per_h = cost.params(dense), cost.params_per_neuron, cost.params_per_head
+        base, per_m, per_h = _cost_basis(budget.kind, cost, dense)
         target, achieved = budget.target, (base - n_m * per_m - n_h * per_h) / base
         what = f"the --{budget.kind} budget"
     if abs(achieved - target) > 0.01 * max(target, 1e-12):
@@ -224,6 +218,13 @@ def _check_rounded(budget: Budget, cost: CostTerms, dense: Widths, n_m: int, n_h
             f"--round-to {multiple} misses {what} by more than 1 % ({achieved:.4f} instead of {target:.4f}): "
             f"the blocks are too narrow for chunks of {multiple}"
         )
+
+
+def _cost_basis(kind: str, cost: CostTerms, dense: Widths) -> tuple[int, int, int]:
+    """``(dense total, cost per MLP neuron, cost per head)`` of a ``flops`` (MACs) or ``params`` budget."""
+    if kind == "flops":
+        return cost.macs(dense), cost.macs_per_neuron, cost.macs_per_head
+    return cost.params(dense), cost.params_per_neuron, cost.params_per_head
 
 
 def _sorted(scores: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,15 @@ from snapvit_cli.elastic.surgery import (
     unaliased,
     unpermuted_sha256,
 )
-from snapvit_cli.elastic.tensor_checks import check_computed, check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import (
+    EXTRA_DTYPES,
+    check_computed,
+    check_dtypes,
+    check_finite,
+    check_same_tensors,
+    dtype_name,
+    precheck_size,
+)
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.fileio import atomic_path, check_output
 from snapvit_cli.models.loading import ModelSource, build_architecture
@@ -103,6 +111,8 @@ def write_bundle(
     for name, tensor in permute(state, adapter, orders).items():
         tensors[WEIGHT_PREFIX + name] = tensor.contiguous()
     for name, tensor in scores.extras.items():
+        if dtype_name(tensor.dtype) not in EXTRA_DTYPES:  # the reader would refuse the file
+            raise ValueError(f"extra tensor {name} has dtype {tensor.dtype}, not a plain real dtype")
         tensors[name] = tensor.detach().cpu().contiguous()
     if correction_stats is not None:
         tensors.update(to_tensors(correction_stats, adapter, orders))
@@ -117,7 +127,7 @@ def write_bundle(
         correction_stats=None if correction_stats is None else correction_stats.record,
     )
     text = sorted_json(metadata.to_json())
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: text})
     return path
 
@@ -161,12 +171,14 @@ class ElasticBundle:
                 header = f.metadata() or {}
                 keys = set(f.keys())
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+                dtypes = {k: f.get_slice(k).get_dtype() for k in keys}
                 metadata = _parse_metadata(header)
                 _precheck(metadata, shapes)
                 skeleton = _skeleton(metadata.source)
                 check_computed(skeleton)
                 adapter = get_adapter(skeleton)
                 _check_tensors(metadata, shapes, skeleton, adapter)
+                check_dtypes(_expected_dtypes(metadata, skeleton, adapter), dtypes, set(metadata.extras))
                 raw = {k: f.get_tensor(k) for k in (*SCORE_KEYS.values(), *ORDER_KEYS.values())}
         except BundleError as exc:
             message = str(exc)
@@ -256,7 +268,7 @@ class ElasticBundle:
         self._file.check_unchanged()
         tensors.update(to_tensors(statistics, self._adapter, None))
         metadata = replace(self.metadata, correction_stats=statistics.record)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, force=force) as tmp:
             save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
         return path
 
@@ -332,7 +344,9 @@ class ElasticBundle:
         return save_sliced(out_dir, state, config, force=force, inputs=(self.path,))
 
     def slice(self, plan: SlicePlan | None = None, **budget: Any) -> nn.Module:
-        """A dense, physically smaller timm model for ``plan`` (or for a budget given as keywords)."""
+        """A dense, physically smaller timm model for ``plan``, or for a budget given as keywords (not both)."""
+        if plan is not None and budget:
+            raise TypeError(f"give a plan or a budget, not both (got a plan and {', '.join(sorted(budget))})")
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
         model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg, self.source.license)
@@ -398,3 +412,14 @@ def _check_tensors(metadata: BundleMetadata, shapes: dict, skeleton: nn.Module, 
     if not listed <= set(shapes):
         raise BundleError(f"extra tensors {sorted(listed - set(shapes))[:3]} listed in the metadata are missing")
     check_same_tensors(expected, shapes, listed)
+
+
+def _expected_dtypes(metadata: BundleMetadata, skeleton: nn.Module, adapter: ModelAdapter) -> dict[str, str]:
+    """The dtype of every tensor the metadata implies: the skeleton's for weights, as :func:`write_bundle` stores
+    scores (float64), orders (int64) and correction statistics (float64)."""
+    expected = {WEIGHT_PREFIX + k: dtype_name(v.dtype) for k, v in skeleton.state_dict().items()}
+    expected.update({key: "F64" for key in SCORE_KEYS.values()})
+    expected.update({key: "I64" for key in ORDER_KEYS.values()})
+    if metadata.correction_stats is not None:
+        expected.update({key: "F64" for key in expected_shapes(adapter)})
+    return expected

@@ -59,6 +59,7 @@ class LatencyBasis:
     dense_ms: float
     predicted_ms: float
     profile_version: int = LATENCY_PROFILE_VERSION
+    clock: str = "wall"  # how the profile timed: wall time, or the calling thread's CPU time
 
     @property
     def speedup(self) -> float:
@@ -68,14 +69,16 @@ class LatencyBasis:
     def describe(self) -> str:
         """``cpu (Intel Xeon), 2 threads, float32, batch 32, 224 px, torch 2.4.0``."""
         threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.device == "cpu" else ""
+        clock = ", CPU time" if self.clock == "cpu" else ""
         return (
             f"{self.device} ({self.device_name}){threads}, {self.dtype}, batch {self.batch_size}, "
-            f"{self.resolution} px, torch {self.torch}"
+            f"{self.resolution} px, torch {self.torch}{clock}"
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "profile_version": self.profile_version,
+            "clock": self.clock,
             "device": self.device,
             "device_name": self.device_name,
             "threads": self.threads,
@@ -103,6 +106,7 @@ class LatencyBasis:
             profile_sha256=check_sha256(f.str("profile_sha256"), f"{where}.profile_sha256"),
             dense_ms=f.float("dense_ms", 0.0, MAX_LATENCY_MS, open_lo=True),
             predicted_ms=f.float("predicted_ms", 0.0, MAX_LATENCY_MS, open_lo=True),
+            clock=f.str("clock", choices=("wall", "cpu")),
         )
         f.done()
         return record
@@ -456,9 +460,10 @@ class SlicedConfig:
     def head_dim(self) -> int:
         return self.structure["head_dim"]
 
+    @property
     def source(self) -> ModelSource:
-        """The base model as a :class:`ModelSource`: to rebuild the (dense) architecture, and to say where the
-        scored weights came from (model cards)."""
+        """The base model as a :class:`ModelSource`, like :attr:`BundleMetadata.source`: to rebuild the (dense)
+        architecture, and to say where the scored weights came from (model cards)."""
         base = self.base_model
         return ModelSource(
             model_id=base.get("model_id") or "",

@@ -30,12 +30,21 @@ from snapvit_cli.elastic.records import (
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.surgery import build_model
-from snapvit_cli.elastic.tensor_checks import check_computed, check_finite, check_same_tensors, precheck_size
+from snapvit_cli.elastic.tensor_checks import (
+    check_computed,
+    check_dtypes,
+    check_finite,
+    check_same_tensors,
+    dtype_name,
+    precheck_size,
+)
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_dir, check_output
+from snapvit_cli.fileio import atomic_dir, check_output, open_regular
 from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
+
+SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything save_sliced writes: what --force may replace
 
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
@@ -69,10 +78,11 @@ def save_sliced(
     inputs: tuple[object, ...] = (),
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing); an
-    existing folder is replaced only with ``force``, and never when it is or contains one of ``inputs``."""
-    out_dir = check_output(out_dir, force, directory=True, inputs=inputs)
+    existing folder is replaced only with ``force``, only when it holds nothing but those two files (a folder
+    snapvit wrote), and never when it is or contains one of ``inputs``."""
+    out_dir = check_output(out_dir, force, directory=True, inputs=inputs, owned=SLICED_FILES)
     text = json.dumps(config.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force, owned=SLICED_FILES) as tmp:
         save_canonical(
             {k: v.contiguous() for k, v in state.items()},
             tmp / WEIGHTS_NAME,
@@ -89,7 +99,7 @@ def read_config(folder: str | os.PathLike) -> SlicedConfig:
     if not path.is_file():
         raise BundleError(f"{folder} is not a sliced model: {CONFIG_NAME} not found")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(MAX_JSON_CHARS + 1)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -114,7 +124,10 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             precheck_size(config.structure, config.model_args, shapes, "")
             skeleton, resized, widths = _skeletons(config)
-            check_same_tensors({k: tuple(v.shape) for k, v in resized.state_dict().items()}, shapes)
+            expected = resized.state_dict()
+            check_same_tensors({k: tuple(v.shape) for k, v in expected.items()}, shapes)
+            dtypes = {k: f.get_slice(k).get_dtype() for k in shapes}
+            check_dtypes({k: dtype_name(v.dtype) for k, v in expected.items()}, dtypes)
             state = {k: f.get_tensor(k) for k in shapes}
         weights.check_unchanged()
         check_finite(state, str(weights.path))
@@ -130,7 +143,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None
     finally:
         weights.close()
-    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg, config.source().license)
+    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg, config.source.license)
     model.snapvit_config = config
     return model
 
@@ -138,7 +151,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
 def _skeletons(config: SlicedConfig) -> tuple[nn.Module, nn.Module, Widths]:
     """The dense architecture on the meta device, and a copy resized to the config's widths: the shapes the file
     must have."""
-    skeleton = build_architecture(config.source(), device="meta")
+    skeleton = build_architecture(config.source, device="meta")
     check_computed(skeleton)
     adapter = get_adapter(skeleton)
     if adapter.structure() != config.structure:

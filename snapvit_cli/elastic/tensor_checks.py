@@ -88,3 +88,36 @@ def check_computed(skeleton: nn.Module) -> None:
             f"the architecture would compute {computed / 2**20:.0f} MiB of buffers at load; at most "
             f"{MAX_COMPUTED_BYTES >> 20} MiB"
         )
+
+
+# safetensors' names of the torch dtypes snapvit stores. What a file holds must be what the architecture built on
+# the meta device holds (float32 weights, float64 scores, int64 orders); anything else (fp16, bf16, fp8, float64
+# weights, complex) is refused before a value is read, instead of failing deep inside slicing or a forward pass.
+DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+EXTRA_DTYPES = frozenset(DTYPE_NAMES.values())  # method extras (raw scores, search traces): any plain real dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """safetensors' name of ``dtype`` (``F32``), or torch's for one snapvit never stores."""
+    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def check_dtypes(expected: dict[str, str], dtypes: dict[str, str], allowed_extra: set[str] = frozenset()) -> None:
+    """Every tensor named in ``expected`` has that safetensors dtype; those in ``allowed_extra`` a plain real one."""
+    for name, want in expected.items():
+        if name in dtypes and dtypes[name] != want:
+            raise BundleError(f"tensor {name} is stored as {dtypes[name]}; snapvit reads it only as {want}")
+    for name in sorted(allowed_extra & set(dtypes)):
+        if dtypes[name] not in EXTRA_DTYPES:
+            raise BundleError(f"tensor {name} is stored as {dtypes[name]}, not a plain real dtype")

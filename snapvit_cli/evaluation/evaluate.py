@@ -136,7 +136,7 @@ def _sliced_target(spec: str, folder: Path, name: str) -> Target:
     model = load_sliced(folder)  # checked against its config (names, shapes, finite values) before any data is read
     config = model.snapvit_config
     candidate = Candidate(name, config.budget, lambda: model)
-    dense = build_architecture(config.source(), device="meta")  # cost fractions and "dense" flags
+    dense = build_architecture(config.source, device="meta")  # cost fractions and "dense" flags
     evaluated = EvaluatedSource("sliced", sha256=sha256_file(folder / WEIGHTS_NAME), bundle_sha256=config.bundle_sha256)
     return Target(spec, "sliced", config.pretrained_cfg, dense, [candidate], evaluated)
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from snapvit_cli.elastic.records import Budget
 from snapvit_cli.errors import BundleError, DataError
-from snapvit_cli.models.source import CROP_MODES, INTERPOLATIONS, MAX_IMG_SIZE
+from snapvit_cli.fileio import open_regular
+from snapvit_cli.models.source import CROP_MODES, INTERPOLATIONS, MAX_IMG_SIZE, MIN_CROP_PCT
 from snapvit_cli.schema import MAX_JSON_CHARS, Fields, optional_sha256, parse_json
 
 REPORT_FORMAT = "snapvit-eval"
@@ -64,7 +65,7 @@ def check_transform(data: Any, where: str = "transform") -> dict[str, Any]:
         "std": f.floats("std", 1e-6, 1e3, length=3),
     }
     if f.has("crop_pct"):
-        out["crop_pct"] = f.float("crop_pct", 0.0, 4.0, open_lo=True)
+        out["crop_pct"] = f.float("crop_pct", MIN_CROP_PCT, 1.0)
     if f.has("crop_mode"):
         out["crop_mode"] = f.str("crop_mode", choices=CROP_MODES)
     f.done()
@@ -248,7 +249,7 @@ def read_report(path: str | os.PathLike) -> EvalReport:
     """An :class:`EvalReport` from a ``snapvit eval --json`` file, validated; errors are one line."""
     path = Path(path)
     try:
-        with open(path, "rb") as file:
+        with open_regular(path) as file:
             text = file.read(MAX_JSON_CHARS + 1).decode("utf-8")
         return EvalReport.from_json(parse_json(text, str(path)), str(path))
     except (OSError, UnicodeDecodeError) as exc:

@@ -140,8 +140,8 @@ def push(
     files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
 
     if dry_run_dir is not None:
-        out = _prepare_dry_run_dir(Path(dry_run_dir), force, path)
-        with atomic_dir(out) as staging:
+        out = _prepare_dry_run_dir(Path(dry_run_dir), force, path, files)
+        with atomic_dir(out, force=True, owned=files) as staging:
             _stage(sources, card, staging, link=False)
         return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
 
@@ -275,10 +275,12 @@ def folder_files(root: Path, *, follow_links: bool = False) -> dict[str, Path]:
     return files
 
 
-def _prepare_dry_run_dir(out: Path, force: bool, source: Path) -> Path:
+def _prepare_dry_run_dir(out: Path, force: bool, source: Path, files: tuple[str, ...]) -> Path:
+    """An empty folder is replaced; with ``force`` so is a folder holding only files this push stages (an earlier
+    dry run of it), never one with other files."""
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out} is not empty; pass --force to replace it")
-    return check_output(out, True, directory=True, inputs=(source,))
+    return check_output(out, True, directory=True, inputs=(source,), owned=files)
 
 
 def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
-from snapvit_cli.fileio import sha256_file
+from snapvit_cli.fileio import descriptor_path, open_regular, sha256_file
 from snapvit_cli.hashing import state_dict_sha256
 from snapvit_cli.hub_client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
@@ -38,9 +38,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            with open_regular(path) as f:  # a FIFO or device is refused before it can block
+                state = load_file(descriptor_path(f, path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path) as f:  # a FIFO or device is refused before it can block
+                state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
         raise ModelLoadError(f"cannot read checkpoint {path}: {exc}") from None
     for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers

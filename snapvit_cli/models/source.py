@@ -35,6 +35,9 @@ MAX_IMG_SIZE = 4096
 MAX_PATCH_SIZE = 1024
 MAX_CLASSES = 1_000_000
 MAX_REG_TOKENS = 64
+# timm's eval transform resizes to size / crop_pct, then crops the centre: crop_pct is a fraction of the image.
+# timm's models use 0.875 to 1; below 1/4 every image would be enlarged more than 4x per side before the crop.
+MIN_CROP_PCT = 0.25
 GLOBAL_POOLS = ("", "token", "avg", "avgmax", "max", "map")
 
 
@@ -55,6 +58,13 @@ def _optional_bool(value: Any, name: str) -> bool | None:
     return None if value is None else _bool(value, name)
 
 
+def _in_chans(value: Any, name: str) -> int:
+    """Every image snapvit feeds (calibration, eval, export) is RGB: a model of other channels could not be fed."""
+    if check_int(value, name, 1, 16) != 3:
+        raise BundleError(f"{name} is {value}; snapvit feeds RGB images, so only 3 input channels are supported")
+    return value
+
+
 def _init_values(value: Any, name: str) -> float | None:
     return None if value is None else check_float(value, name, 0.0, 1e3)
 
@@ -63,7 +73,7 @@ Check = Callable[[Any, str], Any]
 _COMMON: dict[str, Check] = {
     "img_size": lambda v, n: _size(v, n, MAX_IMG_SIZE),
     "patch_size": lambda v, n: _size(v, n, MAX_PATCH_SIZE),
-    "in_chans": lambda v, n: check_int(v, n, 1, 16),
+    "in_chans": _in_chans,
     "embed_dim": lambda v, n: check_int(v, n, 1, MAX_EMBED_DIM),
     "depth": lambda v, n: check_int(v, n, 1, MAX_DEPTH),
     "num_heads": lambda v, n: check_int(v, n, 1, MAX_HEADS),
@@ -150,7 +160,7 @@ def check_pretrained_cfg(data: Any, where: str) -> dict[str, Any]:
         if f.has(key):
             out[key] = f.floats(key, 0.0 if key == "mean" else 1e-6, 1e3, length=3)
     if f.has("crop_pct"):
-        out["crop_pct"] = f.float("crop_pct", 0.0, 4.0, open_lo=True)
+        out["crop_pct"] = f.float("crop_pct", MIN_CROP_PCT, 1.0)
     if f.has("crop_mode"):
         out["crop_mode"] = f.str("crop_mode", choices=CROP_MODES)
     for key in ("license", "hf_hub_id"):  # written by snapvit <= 0.1: provenance now lives in one record only

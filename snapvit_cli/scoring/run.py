@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -13,14 +14,21 @@ from snapvit_cli.scoring.registry import REGISTRY
 from snapvit_cli.scoring.settings import ScoreSettings
 
 
-def score_model(model: nn.Module, method: str = "magnitude", **settings: Any) -> ScoreSet:
-    """Score every unit of ``model`` with ``method``; ``settings`` are the fields of :class:`ScoreSettings`.
+def score_model(
+    model: nn.Module, method: str = "magnitude", settings: ScoreSettings | None = None, **kwargs: Any
+) -> ScoreSet:
+    """Score every unit of ``model`` with ``method``.
 
-    The data-driven methods (``snapvit``, ``gradient``, ``snip``) read calibration images from ``data`` (a
-    ``--data`` string or an :class:`~snapvit_cli.data.ImageSet`), which they require: a model is never scored on
-    images it was not given. The model is left as it was: same device, mode, weights and ``requires_grad`` flags.
+    ``settings`` is a :class:`ScoreSettings`, or ``kwargs`` are its fields (presets and ``ga_pairs`` strings parsed
+    as :meth:`ScoreSettings.from_kwargs` does); with both, ``kwargs`` replace those fields of ``settings``. The
+    data-driven methods (``snapvit``, ``gradient``, ``snip``) read calibration images from ``data`` (a ``--data``
+    string or an :class:`~snapvit_cli.data.ImageSet`), which they require: a model is never scored on images it was
+    not given. The model is left as it was: same device, mode, weights and ``requires_grad`` flags.
     """
-    config = ScoreSettings.from_kwargs(settings)
+    if settings is None:
+        config = ScoreSettings.from_kwargs(kwargs)
+    else:
+        config = replace(settings, **kwargs) if kwargs else settings
     config.check_method(method)
     adapter = get_adapter(model)
     start = time.perf_counter()

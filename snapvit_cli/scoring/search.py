@@ -340,5 +340,5 @@ def search_multipliers(
         trace=torch.as_tensor(result.trace, dtype=torch.float64),
         evaluations=result.evaluations,
         updates=result.updates,
-        population=settings.ga_population or default_population_size(blocks * (1 + heads)),
+        population=result.population_size,
     )

@@ -176,6 +176,7 @@ class XNESResult:
     updates: int  # completed generations (distribution updates)
     trace: np.ndarray  # fitness of every evaluation, in evaluation order
     mean: np.ndarray  # final distribution mean
+    population_size: int  # λ used
 
 
 def minimize(
@@ -227,4 +228,5 @@ def minimize(
         updates=optimizer.generations,
         trace=np.array(trace),
         mean=optimizer.mean,
+        population_size=optimizer.population_size,
     )
