@@ -115,6 +115,16 @@ def push(
             help="With --license other: an https link to the licence text.", metavar="URL", rich_help_panel=HUB
         ),
     ] = None,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also upload the sliced model as model.onnx and/or model.pt2 (onnx, pt2 or onnx,pt2), each checked "
+            "against PyTorch, with a card section that runs them without snapvit.",
+            metavar="FORMATS",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", "-f", help="Replace a non-empty --dry-run folder.", rich_help_panel=OUTPUT)
     ] = False,
@@ -137,6 +147,13 @@ def push(
         check_license(license_id, license_name, license_link)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    formats = tuple(f.strip() for f in export.split(",")) if export is not None else ()
+    if any(f not in ("onnx", "pt2") for f in formats):
+        raise typer.BadParameter(f"--export takes onnx, pt2 or onnx,pt2, not {export!r}")
+    if "onnx" in formats:
+        from snapvit_cli.export import require_onnx
+
+        require_onnx()
     results = _read_eval_results(eval_results) if eval_results is not None else None
     if dry_run is not None:
         action = status(not quiet, f"writing {dry_run}")
@@ -160,6 +177,7 @@ def push(
             license_name=license_name,
             license_link=license_link,
             follow_links=follow_links,
+            export=formats,
         )
     if json_output:
         emit_json(

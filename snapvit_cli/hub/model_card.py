@@ -67,6 +67,7 @@ def render_model_card(
     license: str | None = None,
     license_name: str | None = None,
     license_link: str | None = None,
+    exports: dict[str, Any] | None = None,
 ) -> str:
     """The ``README.md`` for a sliced model or an elastic bundle.
 
@@ -75,7 +76,8 @@ def render_model_card(
     bundle's card; ``eval_results`` is the report of ``snapvit eval`` (already checked to belong to this model,
     :mod:`snapvit_cli.hub.eval_results`); ``revision`` is the branch pushed to, so the usage snippet loads what this
     card describes. ``base_model`` and ``license`` are what the uploader states about weights snapvit cannot trace
-    to the Hub (a ``--checkpoint``); an explicit ``license`` always wins.
+    to the Hub (a ``--checkpoint``); an explicit ``license`` always wins. ``exports`` maps the exported files
+    uploaded beside the weights (``model.onnx``...) to their :class:`~snapvit_cli.export.ExportResult`.
     """
     if kind not in ("sliced", "bundle") or isinstance(config, SlicedConfig) != (kind == "sliced"):
         raise ValueError(f"kind must be 'sliced' for a SlicedConfig or 'bundle' for BundleMetadata, not {kind!r}")
@@ -89,6 +91,7 @@ def render_model_card(
         _weights_section(source, base_model),
         _eval_section(eval_results),
         _usage(kind, hf_id, config, eval_results.transform if eval_results is not None else None),
+        _exports_section(exports or {}, hf_id),
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
     ]
     body = "\n\n".join(s for s in sections if s)
@@ -753,6 +756,56 @@ def _usage(kind: Kind, hf_id: str, config: Record, transform: dict[str, Any] | N
         "Slice a model at half the FLOPs of the dense one:\n\n"
         f"```python\n{code}\n\n{preprocessing}\n```\n\nor from the command line:\n\n```bash\n{cli}\n```"
     )
+
+
+def _exports_section(exports: dict[str, Any], hf_id: str) -> str:
+    """How to run the exported files uploaded beside the weights, with onnxruntime or torch alone."""
+    if not exports:
+        return ""
+    repo = hf_id.removeprefix("hf-hub:").split("@")[0]
+    revision = hf_id.partition("@")[2]
+    at = f', revision="{revision}"' if revision else ""
+    checks = "; ".join(
+        f"`{name}`: max |difference| {r.max_abs_diff:.1e} at batch sizes {' and '.join(map(str, r.checked_batches))}"
+        for name, r in exports.items()
+    )
+    output = next(iter(exports.values())).output_name
+    parts = [
+        "## Run the exported files (no snapvit, no timm)\n\n"
+        f"Exported with `snapvit export` and checked against the PyTorch model ({checks}). Each file records its "
+        "preprocessing, budget, widths and provenance in its metadata (`snapvit` in the ONNX metadata, "
+        f"`snapvit.json` in the `.pt2` archive). The input is `pixel_values` (float32, NCHW), the output `{output}`."
+    ]
+    image = (
+        "pre = meta[\"preprocessing\"]\n"
+        "size = tuple(pre[\"input_size\"][:0:-1])  # (width, height)\n"
+        "# PIL's bicubic resize approximates the antialiased torchvision resize that snapvit measured with\n"
+        "image = Image.open(\"image.jpg\").convert(\"RGB\").resize(size, Image.BICUBIC)\n"
+        "x = (np.asarray(image, dtype=np.float32) / 255 - pre[\"mean\"]) / pre[\"std\"]\n"
+        "x = x.transpose(2, 0, 1)[None].astype(np.float32)\n"
+    )
+    if "model.onnx" in exports:
+        parts.append(
+            "With onnxruntime (`pip install onnxruntime numpy pillow huggingface_hub`):\n\n```python\n"
+            "import json\n\nimport numpy as np\nimport onnxruntime as ort\n"
+            "from huggingface_hub import hf_hub_download\nfrom PIL import Image\n\n"
+            f'session = ort.InferenceSession(hf_hub_download("{repo}", "model.onnx"{at}))\n'
+            'meta = json.loads(session.get_modelmeta().custom_metadata_map["snapvit"])\n'
+            f"{image}"
+            f'({output},) = session.run(None, {{"pixel_values": x}})\n```'
+        )
+    if "model.pt2" in exports:
+        parts.append(
+            "With `torch.export` (`pip install torch numpy pillow huggingface_hub`):\n\n```python\n"
+            "import json\n\nimport numpy as np\nimport torch\n"
+            "from huggingface_hub import hf_hub_download\nfrom PIL import Image\n\n"
+            'extra = {"snapvit.json": ""}\n'
+            f'model = torch.export.load(hf_hub_download("{repo}", "model.pt2"{at}), extra_files=extra).module()\n'
+            'meta = json.loads(extra["snapvit.json"])\n'
+            f"{image}"
+            f"with torch.no_grad():\n    {output} = model(torch.from_numpy(x))\n```"
+        )
+    return "\n\n".join(parts)
 
 
 def _pct(fraction: float | None) -> str:

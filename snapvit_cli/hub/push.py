@@ -80,6 +80,7 @@ def push(
     license_name: str | None = None,
     license_link: str | None = None,
     follow_links: bool = False,
+    export: tuple[str, ...] = (),
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
 
@@ -95,6 +96,10 @@ def push(
     Nothing is sent unless the whole upload is known to be sound: a folder holding symbolic links is refused
     (``follow_links`` uploads the targets of those that point inside the folder, refusing the rest), and a
     folder's ``model.safetensors`` must load and match its ``config.json``.
+
+    ``export`` (``("onnx",)``, ``("onnx", "pt2")``) adds the sliced model as ``model.onnx`` / ``model.pt2``, each
+    written by :func:`~snapvit_cli.export.export_model` (checked against PyTorch, carrying its metadata), and a card
+    section that runs them with onnxruntime / ``torch.export.load`` alone.
     """
     path = Path(path)
     check_repo_id(repo_id)
@@ -117,52 +122,87 @@ def push(
         raise HubError("--base-model states where --checkpoint weights come from; this model's source is known")
     if base_model is not None:
         check_repo_id(base_model)
-    card_generated = CARD_FILENAME not in sources
-    if eval_results is not None and card_generated:  # a user's own README.md is uploaded as it is
-        weights = sources[BUNDLE_FILENAME if kind == "bundle" else "model.safetensors"]
-        eval_results = matching_results(eval_results, weights, config)
-    card = (
-        render_model_card(
-            config,
-            kind=kind,
-            repo_id=repo_id,
-            revision=revision,
-            eval_results=eval_results,
-            examples=examples,
-            base_model=base_model,
-            license=license,
-            license_name=license_name,
-            license_link=license_link,
+    exports_dir = tempfile.TemporaryDirectory(prefix="snapvit-export-") if export else None
+    try:
+        card_generated = CARD_FILENAME not in sources
+        if eval_results is not None and card_generated:  # a user's own README.md is uploaded as it is
+            weights = sources[BUNDLE_FILENAME if kind == "bundle" else "model.safetensors"]
+            eval_results = matching_results(eval_results, weights, config)
+        exported = _export(path, kind, sources, export, exports_dir.name) if exports_dir else {}
+        card = (
+            render_model_card(
+                config,
+                kind=kind,
+                repo_id=repo_id,
+                revision=revision,
+                eval_results=eval_results,
+                examples=examples,
+                base_model=base_model,
+                license=license,
+                license_name=license_name,
+                license_link=license_link,
+                exports=exported,
+            )
+            if card_generated
+            else None
         )
-        if card_generated
-        else None
-    )
-    files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
+        files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
 
-    if dry_run_dir is not None:
-        out = _prepare_dry_run_dir(Path(dry_run_dir), force, path, files)
-        with atomic_dir(out, force=True, owned=files) as staging:
-            _stage(sources, card, staging, link=False)
-        return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
+        if dry_run_dir is not None:
+            out = _prepare_dry_run_dir(Path(dry_run_dir), force, path, files)
+            with atomic_dir(out, force=True, owned=files) as staging:
+                _stage(sources, card, staging, link=False)
+            return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
 
-    token = token or get_token()
-    if not token:
-        raise _no_token_error()
-    with tempfile.TemporaryDirectory(prefix="snapvit-push-") as tmp:
-        staging = Path(tmp)
-        _stage(sources, card, staging, link=True)
-        with hub_errors(repo_id, token):
-            require_hub()
-            commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
-    return PushResult(
-        repo_id,
-        kind,
-        files,
-        card_generated,
-        revision=commit.pr_revision if create_pr else revision,
-        commit_url=commit.commit_url,
-        pr_url=commit.pr_url,
-    )
+        token = token or get_token()
+        if not token:
+            raise _no_token_error()
+        with tempfile.TemporaryDirectory(prefix="snapvit-push-") as tmp:
+            staging = Path(tmp)
+            _stage(sources, card, staging, link=True)
+            with hub_errors(repo_id, token):
+                require_hub()
+                commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
+        return PushResult(
+            repo_id,
+            kind,
+            files,
+            card_generated,
+            revision=commit.pr_revision if create_pr else revision,
+            commit_url=commit.commit_url,
+            pr_url=commit.pr_url,
+        )
+    finally:
+        if exports_dir is not None:
+            exports_dir.cleanup()
+
+
+def _export(path: Path, kind: Kind, sources: dict[str, Path], formats: tuple[str, ...], folder: str) -> dict:
+    """Export the sliced model at ``path`` in each of ``formats`` into ``folder``; add the files to ``sources`` as
+    ``model.<format>``; return ``{file name: ExportResult}`` for the card."""
+    from snapvit_cli.elastic.sliced import load_sliced
+    from snapvit_cli.export import FORMATS, export_model
+
+    if kind != "sliced":
+        raise HubError("--export applies to a sliced model folder; slice the bundle first", param="export")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise HubError(f"--export takes {' and/or '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}")
+    names = {fmt: f"model.{fmt}" for fmt in dict.fromkeys(formats)}
+    clash = sorted(set(names.values()) & set(sources))
+    if clash:
+        raise HubError(f"{path} already holds {', '.join(clash)}; remove it or push without --export")
+    model = load_sliced(artifact_folder(path))
+    results = {}
+    for fmt, name in names.items():
+        results[name] = export_model(model, Path(folder) / name, fmt)
+        sources[name] = Path(folder) / name
+    return results
+
+
+def artifact_folder(path: Path) -> Path:
+    """The sliced-model folder ``path`` names (the folder, or its ``config.json`` / ``model.safetensors``)."""
+    return path if path.is_dir() else path.parent
 
 
 def _upload(
