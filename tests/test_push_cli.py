@@ -270,16 +270,18 @@ def test_eval_results_go_into_the_card_and_model_index(server, artifacts, tmp_pa
     results.write_text(json.dumps(eval_report(sliced_dir)))
     push(sliced_dir, SLICED_REPO, "--eval-results", str(results))
     card = server.files(SLICED_REPO)["README.md"].decode()
-    assert "## Evaluation" in card and "| half | flops 0.5 | 0.7125 | 0.75 |" in card
+    assert "## Evaluation" in card and "| half | flops 0.5 | 71.25% | 75.00% |" in card
+    assert "No dense reference was evaluated" in card
     assert "500 train images" in card and "100 test images" in card and "k = 20, majority vote" in card
     assert "whole image resized to the input size" in card
     ModelCard(card).validate()  # the loopback Hub's /api/validate-yaml
     parsed = ModelCard(card).data
-    assert parsed.model_name and [(r.metric_name, r.metric_value, r.dataset_split) for r in parsed.eval_results] == [
-        ("kNN top-1 (k=20)", 0.7125, "test"),
-        ("linear-probe top-1", 0.75, "test"),
+    assert parsed.model_name == SLICED_REPO
+    assert [(r.metric_name, r.metric_value, r.dataset_split) for r in parsed.eval_results] == [
+        ("kNN top-1 (k=20), flops 0.5", 0.7125, "test"),
+        ("linear-probe top-1, flops 0.5", 0.75, "test"),
     ]
-    assert {r.dataset_name for r in parsed.eval_results} == {"cifar10"}
+    assert {r.dataset_type for r in parsed.eval_results} == {"custom:cifar10"}  # a local set, not the Hub's
 
     bad_reports = [
         "[1, 2]",
