@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from snapvit_cli import fileio
 from snapvit_cli.cli._output import user_errors
 from snapvit_cli.fileio import atomic_dir, atomic_path, check_output
 
@@ -25,4 +26,5 @@ def write(target: Path, content: str, kind: str = "dir", force: bool = False) ->
 
 
 if __name__ == "__main__":
+    fileio.pause_hook_enabled = True  # the test hook: off outside the test suite
     typer.run(write)

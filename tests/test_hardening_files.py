@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -212,3 +213,65 @@ def test_valid_archives_still_read_the_same(tmp_path):
         for i in range(6):
             assert np.array_equal(data[i][0].numpy(), x[i].transpose(2, 0, 1))
     assert load_images(str(tmp_path / "packed.npz")).class_names == list("abcdef")
+
+
+# -- item 5: a bundle truncated in place while it is sliced ------------------------------------------------------
+
+TRUNCATE_BETWEEN_SLICES = """
+import os, shutil, sys
+from snapvit_cli.api import load_bundle
+from snapvit_cli.errors import SnapvitError
+bundle = load_bundle(sys.argv[1])
+bundle.slice(flops=0.9)
+os.truncate(sys.argv[1], 4096)  # `cp other.safetensors` over it: same inode, shorter
+try:
+    model = bundle.slice(flops=0.5)
+    print("sliced", sum(p.numel() for p in model.parameters()))
+except SnapvitError as exc:
+    print("error:", exc)
+"""
+
+
+def test_slicing_again_after_the_bundle_was_truncated_in_place(built, tmp_path):
+    """ElasticBundle keeps the weights it read; they were memory-mapped, so the second slice touched pages past the
+    new end of the file and the process died of SIGBUS (exit 135, no message)."""
+    bundle, _ = built
+    mine = tmp_path / "bundle.safetensors"
+    shutil.copy(bundle, mine)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-c", TRUNCATE_BETWEEN_SLICES, str(mine)]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.startswith("sliced "), result.stdout
+
+
+def test_a_multi_budget_slice_survives_the_bundle_truncated_mid_run(built, tmp_path):
+    """`slice --flops 0.5,0.7`: the bundle is truncated in place while the first folder is being written (the test
+    hook holds the write). The weights were read and verified before: both folders are written from them, exactly
+    as an undisturbed run writes them."""
+    from snapvit_cli import fileio
+
+    bundle, _ = built
+    mine, marker = tmp_path / "bundle.safetensors", tmp_path / "marker"
+    shutil.copy(bundle, mine)
+    reference = snapvit("slice", mine, "--flops", "0.5,0.7", "-o", tmp_path / "reference", timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT), fileio.PAUSE_ENV: f"staged:{marker}"}
+    paused = str(ROOT / "tests" / "_paused.py")  # `snapvit` with the test hook on
+    args = [sys.executable, paused, "slice", str(mine), "--flops", "0.5,0.7", "-o", str(tmp_path / "out")]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    os.truncate(mine, 4096)
+    marker.unlink()  # releases the first write; the second one pauses (30 s at most) unless released too
+    while process.poll() is None:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        time.sleep(0.01)
+    _, stderr = process.communicate()
+    assert process.returncode == 0, (process.returncode, stderr)
+    for tag in ("flops0.5", "flops0.7"):
+        for name in ("config.json", "model.safetensors"):
+            assert (tmp_path / "out" / tag / name).read_bytes() == (tmp_path / "reference" / tag / name).read_bytes()

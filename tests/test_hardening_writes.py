@@ -91,7 +91,7 @@ def test_two_slices_to_one_folder_without_force(tmp_path, built):
     """The issue's repro: `slice --flops 0.5 -o D` and `--flops 0.7 -o D` both ended with exit 0."""
     bundle, _ = built
     out, marker = tmp_path / "D", tmp_path / "marker"
-    args = [sys.executable, "-m", "snapvit_cli", "slice", str(bundle), "-o", str(out)]
+    args = [sys.executable, str(ROOT / "tests" / "_paused.py"), "slice", str(bundle), "-o", str(out)]  # hook on
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     first = subprocess.Popen([*args, "--flops", "0.5"], env=env_with("synced", marker), **pipes)
     wait_for(marker, first)

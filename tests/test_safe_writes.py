@@ -28,6 +28,7 @@ from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_writer.py")
+PAUSED = Path(__file__).with_name("_paused.py")  # `snapvit` with the write-pause test hook on
 runner = CliRunner()
 
 
@@ -154,7 +155,7 @@ def test_first_write_interrupted_says_nothing_was_written(tmp_path):
 
 def slice_subprocess(bundle: Path, out: Path, flops: float, pause: str, marker: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), fileio.PAUSE_ENV: f"{pause}:{marker}"}
-    args = [sys.executable, "-m", "snapvit_cli", "slice", str(bundle), "--flops", str(flops), "-o", str(out)]
+    args = [sys.executable, str(PAUSED), "slice", str(bundle), "--flops", str(flops), "-o", str(out)]
     return subprocess.Popen([*args, "--force"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

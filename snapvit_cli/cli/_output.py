@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from snapvit_cli.errors import SnapvitError, SnapvitWarning
+from snapvit_cli.launcher import launched, launched_quietly
 
 out = Console()
 err = Console(stderr=True)
@@ -139,17 +139,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def launched() -> bool:
-    """Started by torchrun with more than one process (see snapvit_cli.scoring.distributed; read here without torch)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def report(exc: SnapvitError, flags: dict[str, str] | None = None) -> None:
     """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
     (sent when another rank failed) is ignored, so that a failure ends with one line."""
-    if launched():
+    launched, rank = launched_quietly()  # a bad WORLD_SIZE is itself the error being reported
+    if launched:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if not launched() or int(os.environ.get("RANK", "0")) == 0:
+    if not launched or rank == 0:
         err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
 
 

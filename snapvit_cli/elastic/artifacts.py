@@ -84,17 +84,18 @@ def safetensors_kind(path: Path) -> str | None:
     Reads only the header (its length is bounded by safetensors), never a tensor; a file that is not readable
     safetensors at all is a one-line :class:`BundleError`.
     """
+    from safetensors import safe_open
+
     from snapvit_cli.elastic.safetensors_io import OpenFile
 
+    file = OpenFile(path)  # a FIFO or device is refused before it can block
     try:
-        file = OpenFile(path)  # a FIFO or device is refused before it can block
-        with file.safe_open() as f:
+        with safe_open(file.view, framework="pt", backend="pread") as f:
             header = f.metadata() or {}
-        file.close()
-    except SnapvitError:
-        raise
     except Exception as exc:  # noqa: BLE001 - safetensors reports corruption with several exception types
         raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    finally:
+        file.close()
     try:
         record = json.loads(header.get(HEADER_KEY, "{}"))
     except (ValueError, RecursionError):

@@ -34,6 +34,7 @@ LATENCY_KINDS = ("speedup", "latency")  # budgets in measured time (snapvit_cli.
 BUDGET_KINDS = ("flops", "params", "ratios", *LATENCY_KINDS)
 LATENCY_PROFILE_VERSION = 1  # the latency profile format a speedup/latency budget was resolved with
 MAX_SPEEDUP = 1000.0
+MAX_ROUND_TO = 1 << 16  # slice --round-to: far above any MLP width (ViT-7B: 8192 after SwiGLU packing)
 MAX_LATENCY_MS = 1e9
 MAX_MLP_HIDDEN = int(MAX_EMBED_DIM * MAX_MLP_RATIO)
 BASE_MODEL_KEYS = ("model_id", "timm_name", "weights_sha256")  # plus the Provenance fields
@@ -153,7 +154,7 @@ class Budget:
     def _read(cls, data: Any, where: str) -> tuple[Budget, Fields]:
         f = Fields(data, where)
         kind = f.str("kind", choices=BUDGET_KINDS)
-        round_to = f.int("round_to", 1, 1 << 16, 1)
+        round_to = f.int("round_to", 1, MAX_ROUND_TO, 1)
         if kind == "ratios":
             budget = cls(kind, mlp=f.float("mlp", 0.0, 1.0), heads=f.float("heads", 0.0, 1.0), round_to=round_to)
             if budget.mlp >= 1.0 or budget.heads >= 1.0:

@@ -55,9 +55,18 @@ class OpenFile:
         fd_path = _PROC_FD / str(self._file.fileno())
         self._view = str(fd_path) if _PROC_FD.is_dir() and fd_path.exists() else str(self.path)
 
+    @property
+    def view(self) -> str:
+        """A path that opens this very version of the file (``/proc/self/fd/N``; the path itself without /proc)."""
+        return self._view
+
     def safe_open(self, **kwargs: Any):
-        """``safetensors.safe_open`` on this version of the file (``framework="pt"`` unless given)."""
+        """``safetensors.safe_open`` on this version of the file (``framework="pt"`` unless given).
+
+        Tensors are read with ``pread``, never memory-mapped: a file truncated in place (``cp`` or ``curl -o`` over
+        it) then gives a read error, where touching a mapped page past the new end kills the process (SIGBUS)."""
         kwargs.setdefault("framework", "pt")
+        kwargs.setdefault("backend", "pread")
         with self.reading():
             return safe_open(self._view, **kwargs)
 
