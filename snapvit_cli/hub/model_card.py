@@ -637,9 +637,10 @@ def model_args(config: dict) -> dict:
 
 
 def load_sliced(folder: str) -> torch.nn.Module:
-    \"\"\"A snapvit sliced model from timm + safetensors alone. The architecture is built on the meta device (no
-    memory), every linear layer is resized to the weight the file holds, and the file's tensors become the
-    parameters: config.json can name only a timm ViT, and cannot make this allocate what the file does not hold.\"\"\"
+    \"\"\"A snapvit sliced model from timm + safetensors alone, refusing what config.json may not ask.\"\"\"
+    # The architecture is built on the meta device (no memory), every linear layer is resized to the weight the file
+    # holds, and the file's tensors become the parameters: config.json can name only a timm ViT, and cannot make
+    # this allocate what the file does not hold.
     config = json.load(open(f"{folder}/config.json"))
     arch = config["architecture"]
     if not timm.is_model(arch) or timm.models.model_entrypoint(arch).__module__ not in VIT_MODULES:
