@@ -93,13 +93,12 @@ def push(
     ``eval_results`` must describe this very model (:func:`~snapvit_cli.hub.eval_results.matching_results`).
     ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights; ``license``
     must be a Hub licence identifier, and ``other`` comes with ``license_name`` and ``license_link``.
+    ``export`` (``("onnx",)``, ``("onnx", "pt2")``) adds the sliced model as ``model.onnx`` / ``model.pt2``, each
+    written from the validated staged weights by :func:`~snapvit_cli.export.export_model` (checked against PyTorch,
+    carrying its metadata), and a card section that runs them with onnxruntime / ``torch.export.load`` alone.
     Nothing is sent unless the whole upload is known to be sound: a folder holding symbolic links is refused
     (``follow_links`` uploads the targets of those that point inside the folder, refusing the rest), and a
     folder's ``model.safetensors`` must load and match its ``config.json``.
-
-    ``export`` (``("onnx",)``, ``("onnx", "pt2")``) adds the sliced model as ``model.onnx`` / ``model.pt2``, each
-    written by :func:`~snapvit_cli.export.export_model` (checked against PyTorch, carrying its metadata), and a card
-    section that runs them with onnxruntime / ``torch.export.load`` alone.
     """
     path = Path(path)
     check_repo_id(repo_id)
@@ -111,7 +110,77 @@ def push(
         raise HubError(
             "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
         )
-    kind, sources, config, examples = _collect(path, follow_links)
+    kind, sources = _collect(path, follow_links)
+    exports = _export_names(path, kind, sources, export)
+    card_generated = CARD_FILENAME not in sources
+    files = tuple(sorted([*sources, *exports.values(), *([CARD_FILENAME] if card_generated else [])]))
+    card_options = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "eval_results": eval_results,
+        "base_model": base_model,
+        "license": license,
+        "license_name": license_name,
+        "license_link": license_link,
+        "allow_random": allow_random,
+        "exports": exports,
+    }
+
+    if dry_run_dir is not None:
+        out = _prepare_dry_run_dir(Path(dry_run_dir), force, path, files)
+        with atomic_dir(out, force=True, owned=files) as staging:
+            _stage(sources, staging, link=False)
+            _validate_and_card(kind, staging, path, card_generated, **card_options)
+        return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
+
+    token = token or get_token()
+    if not token:
+        raise _no_token_error()
+    with tempfile.TemporaryDirectory(prefix="snapvit-push-") as tmp:
+        staging = Path(tmp)
+        _stage(sources, staging, link=True)
+        stamps = _validate_and_card(kind, staging, path, card_generated, **card_options)
+        _check_unchanged(staging, stamps, path)
+        with hub_errors(repo_id, token):
+            require_hub()
+            commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
+    return PushResult(
+        repo_id,
+        kind,
+        files,
+        card_generated,
+        revision=commit.pr_revision if create_pr else revision,
+        commit_url=commit.commit_url,
+        pr_url=commit.pr_url,
+    )
+
+
+def _validate_and_card(
+    kind: Kind,
+    staging: Path,
+    path: Path,
+    card_generated: bool,
+    *,
+    repo_id: str,
+    revision: str | None,
+    eval_results: EvalReport | None,
+    base_model: str | None,
+    license: str | None,
+    license_name: str | None,
+    license_link: str | None,
+    allow_random: bool,
+    exports: dict[str, str],
+) -> dict[str, tuple[int, int, int]]:
+    """Validate the staged files (not the user's, which a concurrent ``slice --force`` may replace meanwhile) and
+    write the card from what was validated; return the staged files' stamps, taken before validation, so that
+    an in-place change of a hard-linked file is caught before anything is sent."""
+    stamps = _stamps(staging)
+    try:
+        config, examples = _validate(kind, staging)
+    except BundleError as exc:  # name the user's files, not their staged copies
+        staged = str(staging / BUNDLE_FILENAME) if kind == "bundle" else str(staging)
+        raise BundleError(str(exc).replace(staged, str(path))) from None
+    _check_unchanged(staging, stamps, path)
     origin = weights_origin(model_source(config))
     if origin == "random" and not allow_random:
         raise HubError(
@@ -122,87 +191,74 @@ def push(
         raise HubError("--base-model states where --checkpoint weights come from; this model's source is known")
     if base_model is not None:
         check_repo_id(base_model)
-    exports_dir = tempfile.TemporaryDirectory(prefix="snapvit-export-") if export else None
-    try:
-        card_generated = CARD_FILENAME not in sources
-        if eval_results is not None and card_generated:  # a user's own README.md is uploaded as it is
-            weights = sources[BUNDLE_FILENAME if kind == "bundle" else "model.safetensors"]
-            eval_results = matching_results(eval_results, weights, config)
-        exported = _export(path, kind, sources, export, exports_dir.name) if exports_dir else {}
-        card = (
-            render_model_card(
-                config,
-                kind=kind,
-                repo_id=repo_id,
-                revision=revision,
-                eval_results=eval_results,
-                examples=examples,
-                base_model=base_model,
-                license=license,
-                license_name=license_name,
-                license_link=license_link,
-                exports=exported,
-            )
-            if card_generated
-            else None
-        )
-        files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
-
-        if dry_run_dir is not None:
-            out = _prepare_dry_run_dir(Path(dry_run_dir), force, path, files)
-            with atomic_dir(out, force=True, owned=files) as staging:
-                _stage(sources, card, staging, link=False)
-            return PushResult(repo_id, kind, files, card_generated, revision=revision, dry_run_dir=out)
-
-        token = token or get_token()
-        if not token:
-            raise _no_token_error()
-        with tempfile.TemporaryDirectory(prefix="snapvit-push-") as tmp:
-            staging = Path(tmp)
-            _stage(sources, card, staging, link=True)
-            with hub_errors(repo_id, token):
-                require_hub()
-                commit = _upload(staging, repo_id, token, private, revision, create_pr, commit_message)
-        return PushResult(
-            repo_id,
-            kind,
-            files,
-            card_generated,
-            revision=commit.pr_revision if create_pr else revision,
-            commit_url=commit.commit_url,
-            pr_url=commit.pr_url,
-        )
-    finally:
-        if exports_dir is not None:
-            exports_dir.cleanup()
+    exported = _export(staging, exports)
+    if not card_generated:  # a user's own README.md is uploaded as it is
+        return stamps
+    if eval_results is not None:
+        weights = staging / (BUNDLE_FILENAME if kind == "bundle" else "model.safetensors")
+        eval_results = matching_results(eval_results, weights, config)
+    card = render_model_card(
+        config,
+        kind=kind,
+        repo_id=repo_id,
+        revision=revision,
+        eval_results=eval_results,
+        examples=examples,
+        base_model=base_model,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        exports=exported,
+    )
+    (staging / CARD_FILENAME).write_text(card, encoding="utf-8")
+    return stamps
 
 
-def _export(path: Path, kind: Kind, sources: dict[str, Path], formats: tuple[str, ...], folder: str) -> dict:
-    """Export the sliced model at ``path`` in each of ``formats`` into ``folder``; add the files to ``sources`` as
-    ``model.<format>``; return ``{file name: ExportResult}`` for the card."""
-    from snapvit_cli.elastic.sliced import load_sliced
-    from snapvit_cli.export import FORMATS, export_model
+def _export_names(path: Path, kind: Kind, sources: dict[str, Path], formats: tuple[str, ...]) -> dict[str, str]:
+    """``{format: file name in the repository}`` for ``push --export``, checked before anything is staged."""
+    from snapvit_cli.export import FORMATS
 
+    if not formats:
+        return {}
     if kind != "sliced":
         raise HubError("--export applies to a sliced model folder; slice the bundle first", param="export")
     unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise HubError(f"--export takes {' and/or '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}")
+    if unknown:
+        raise HubError(f"--export takes {' and/or '.join(FORMATS)}, not {', '.join(unknown)}", param="export")
     names = {fmt: f"model.{fmt}" for fmt in dict.fromkeys(formats)}
     clash = sorted(set(names.values()) & set(sources))
     if clash:
         raise HubError(f"{path} already holds {', '.join(clash)}; remove it or push without --export")
-    model = load_sliced(artifact_folder(path))
-    results = {}
-    for fmt, name in names.items():
-        results[name] = export_model(model, Path(folder) / name, fmt)
-        sources[name] = Path(folder) / name
-    return results
+    return names
 
 
-def artifact_folder(path: Path) -> Path:
-    """The sliced-model folder ``path`` names (the folder, or its ``config.json`` / ``model.safetensors``)."""
-    return path if path.is_dir() else path.parent
+def _export(staging: Path, exports: dict[str, str]) -> dict[str, Any]:
+    """Export the validated, staged sliced model into ``staging`` (``{format: file name}``); return
+    ``{file name: ExportResult}`` for the card."""
+    if not exports:
+        return {}
+    from snapvit_cli.elastic.sliced import load_sliced
+    from snapvit_cli.export import export_model
+
+    model = load_sliced(staging, device="cpu")
+    return {name: export_model(model, staging / name, fmt) for fmt, name in exports.items()}
+
+
+def _stamps(staging: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, modification time) of every staged file."""
+    stamps = {}
+    for root, _, names in os.walk(staging):
+        for name in names:
+            info = os.stat(os.path.join(root, name))
+            stamps[os.path.relpath(os.path.join(root, name), staging)] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return stamps
+
+
+def _check_unchanged(staging: Path, stamps: dict[str, tuple[int, int, int]], path: Path) -> None:
+    now = {name: stamp for name, stamp in _stamps(staging).items() if name in stamps}
+    if now != stamps:
+        changed = sorted(name for name in stamps if now.get(name) != stamps[name])
+        raise BundleError(f"{path} changed while the push was prepared ({', '.join(changed)}); not pushed, try again")
 
 
 def _upload(
@@ -229,30 +285,34 @@ def _upload(
     )
 
 
-def _collect(path: Path, follow_links: bool) -> tuple[Kind, dict[str, Path], Record, list[dict[str, Any]]]:
-    """What to upload from ``path``: its kind, ``{name in repo: local file}``, and what the card needs
-    (the sliced config or the bundle metadata record, plus example budgets for a bundle).
-
-    Both kinds are validated with the same readers that load them, so nothing unloadable is pushed.
-    """
-    # Imported here: they pull in torch and timm, which the rest of this module does not need.
+def _collect(path: Path, follow_links: bool) -> tuple[Kind, dict[str, Path]]:
+    """What to upload from ``path``: its kind and ``{name in repo: local file}``. Nothing is validated here: that
+    is done on the staged copies (:func:`_validate`), so that what is sent is exactly what was validated."""
     from snapvit_cli.elastic.artifacts import CONFIG_NAME, WEIGHTS_NAME, resolve_artifact
-    from snapvit_cli.elastic.bundle import ElasticBundle
-    from snapvit_cli.elastic.sliced import load_sliced
 
     artifact = resolve_artifact(path)
     if artifact.kind == "bundle":
-        bundle = ElasticBundle.open(artifact.path)
-        return "bundle", {BUNDLE_FILENAME: artifact.path}, bundle.metadata, _example_plans(bundle)
+        return "bundle", {BUNDLE_FILENAME: artifact.path}
     folder = artifact.path
     sources = folder_files(folder, follow_links=follow_links)
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if name not in sources]
     if missing:
         raise BundleError(f"{folder} is not a sliced model folder: missing {', '.join(missing)}")
-    model = load_sliced(folder, device="cpu")  # the weights must load and match config.json
-    config = model.snapvit_config
-    del model
-    return "sliced", sources, config, []
+    return "sliced", sources
+
+
+def _validate(kind: Kind, staging: Path) -> tuple[Record, list[dict[str, Any]]]:
+    """What the card needs (the sliced config or the bundle metadata record, plus example budgets for a bundle),
+    read from the staged files with the same readers that load them, so nothing unloadable is pushed."""
+    # Imported here: they pull in torch and timm, which the rest of this module does not need.
+    from snapvit_cli.elastic.bundle import ElasticBundle
+    from snapvit_cli.elastic.sliced import load_sliced
+
+    if kind == "bundle":
+        bundle = ElasticBundle.open(staging / BUNDLE_FILENAME)
+        return bundle.metadata, _example_plans(bundle)
+    model = load_sliced(staging, device="cpu")  # the weights must load and match config.json
+    return model.snapvit_config, []
 
 
 def _example_plans(bundle) -> list[dict[str, Any]]:
@@ -323,8 +383,8 @@ def _prepare_dry_run_dir(out: Path, force: bool, source: Path, files: tuple[str,
     return check_output(out, True, directory=True, inputs=(source,), owned=files)
 
 
-def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool) -> None:
-    """Lay out the repository in ``dest``: hard links (falling back to copies) or copies, plus the card."""
+def _stage(sources: dict[str, Path], dest: Path, *, link: bool) -> None:
+    """Lay out the repository in ``dest``: hard links (falling back to copies) or copies."""
     for name, src in sources.items():
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -339,5 +399,3 @@ def _stage(sources: dict[str, Path], card: str | None, dest: Path, *, link: bool
             shutil.copy2(src, target, follow_symlinks=False)
         if not target.is_file() or target.is_symlink():  # src was replaced by a link after it was checked
             raise BundleError(f"{src} changed into a symbolic link while the push was prepared; not pushed")
-    if card is not None:
-        (dest / CARD_FILENAME).write_text(card, encoding="utf-8")
