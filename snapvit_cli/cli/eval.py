@@ -293,7 +293,8 @@ def _print_eval(report: EvalReport) -> None:
     settings, train, test = report.settings, report.dataset["train"], report.dataset["test"]
     vote = settings["vote"] + (f", T = {settings['temperature']:g}" if "temperature" in settings else "")
     lines = [
-        f"data: {train['source']} ({train['n']} train / {test['n']} test images, {test['num_classes']} classes), "
+        f"data: {train.get('source') or train['name']} ({train['n']} train / {test['n']} test images, "
+        f"{test['num_classes']} classes), "
         f"{report.resolution} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
     ]
     if report.transform is not None:

@@ -25,6 +25,7 @@ from snapvit_cli.elastic.records import (
     BundleMetadata,
     Cost,
     SlicedConfig,
+    base_model_record,
     environment,
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
@@ -51,17 +52,7 @@ def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: s
         architecture=source.architecture,
         model_args=source.model_args,
         pretrained_cfg=source.pretrained_cfg,
-        base_model={
-            "model_id": source.model_id,
-            "timm_name": source.timm_name,
-            "hf_hub_id": source.hf_hub_id,
-            "revision": source.revision,
-            "weights_sha256": source.weights_sha256,
-            "license": source.license,
-            "checkpoint": source.checkpoint,
-            "checkpoint_sha256": source.checkpoint_sha256,
-            "pretrained": source.pretrained,
-        },
+        base_model=base_model_record(source),
         structure=metadata.structure,
         widths=plan.widths.to_json(),
         budget=plan.budget,
@@ -150,7 +141,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None
     finally:
         weights.close()
-    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg)
+    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg, config.source.license)
     model.snapvit_config = config
     return model
 
