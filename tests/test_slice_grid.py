@@ -55,8 +55,8 @@ def test_many_budgets_equal_one_budget_slices(bundle, tmp_path, options, names):
     parent = tmp_path / "grid"
     result = runner.invoke(app, ["slice", str(bundle), *options, "-o", str(parent), "--json"])
     assert result.exit_code == 0, result.output
-    records = json.loads(result.stdout)
-    assert [r["output"] for r in records] == [str(parent / n) for n in names]
+    records = json.loads(result.stdout)["results"]
+    assert [r["path"] for r in records] == [str(parent / n) for n in names]
     assert sorted(p.name for p in parent.iterdir()) == sorted(names)
     values = [option.split(",") for option in options[1::2]]
     for i, name in enumerate(names):
@@ -64,7 +64,7 @@ def test_many_budgets_equal_one_budget_slices(bundle, tmp_path, options, names):
         one = [x for flag, vals in zip(options[::2], values, strict=True) for x in (flag, vals[i])]
         done = runner.invoke(app, ["slice", str(bundle), *one, "-o", str(single), "--json"])
         assert done.exit_code == 0, done.output
-        assert json.loads(done.stdout)["widths"] == records[i]["widths"]
+        assert json.loads(done.stdout)["results"][0]["widths"] == records[i]["widths"]
         assert files_under(parent / name) == files_under(single), name  # byte for byte
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import signal
+import struct
 import sys
 import threading
 import warnings
@@ -159,8 +161,40 @@ def stopped_by_launcher(_signum, _frame) -> None:
     raise SnapvitError("stopped: another rank of the torchrun job failed; no bundle was written")
 
 
+#: The version of the JSON every writing command prints (docs/json.md); raised when a key changes meaning.
+SCHEMA = "snapvit/1"
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    """``data`` as indented JSON on stdout, every float32 value in its shortest form (0.605, not 0.6050000190734863)."""
+    sys.stdout.write(json.dumps(_without_float32_noise(data), indent=2) + "\n")
+
+
+def emit_result(command: str, written: Sequence[Any], results: Sequence[dict[str, Any]]) -> None:
+    """The one shape of ``--json`` for the commands that write (score, import-scores, slice, export, push):
+    ``{"schema", "command", "written": [paths], "results": [one record per output]}``."""
+    emit_json(
+        {"schema": SCHEMA, "command": command, "written": [str(p) for p in written], "results": list(results)}
+    )
+
+
+def _without_float32_noise(data: Any) -> Any:
+    """Floats that are exactly a float32 (read from a tensor) become the shortest decimal of that float32; other
+    floats and values are unchanged, so nothing computed in float64 loses precision."""
+    if isinstance(data, float) and math.isfinite(data):
+        as32 = struct.pack("f", data) if abs(data) < 3.4e38 else None
+        if as32 is None or struct.unpack("f", as32)[0] != data:
+            return data
+        for digits in range(1, 10):
+            short = float(f"{data:.{digits}g}")
+            if struct.pack("f", short) == as32:
+                return short
+        return data
+    if isinstance(data, dict):
+        return {k: _without_float32_noise(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_without_float32_noise(v) for v in data]
+    return data
 
 
 @contextlib.contextmanager
