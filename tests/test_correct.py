@@ -276,7 +276,7 @@ def test_cli_slice_without_correct_writes_no_correction_record(small_bundle, tmp
         (["--data", "demo"], 2, "--data is for --correct"),
         (["--correct", "--data", "demo", "--damping", "median:1"], 1, "bad damping"),
         (["--correct", "--data", "no/such/folder"], 1, "not found"),
-        (["--correct", "--data", "demo", "--correct-tokens", "patch"], 1, "--correct-tokens must be one of"),
+        (["--correct", "--data", "demo", "--correct-tokens", "patch"], 2, "'patch' is not one of"),
         (["--correct", "--data", "demo", "--correct-samples", "3"], 1, "too few calibration images"),
     ],
 )

@@ -30,7 +30,7 @@ runner = CliRunner()
 def small_bundle(directory, name):
     model = make_small_model(name)
     path = directory / f"{name}.safetensors"
-    write_bundle(path, model, small_model_source(name, model), score_model(model))
+    write_bundle(path, model, small_model_source(name, model), score_model(model, "magnitude"))
     return path
 
 

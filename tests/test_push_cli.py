@@ -465,7 +465,7 @@ def bundle_with_source(folder: Path, **changes) -> tuple[Path, Path]:
     model = make_small_model("dino")
     # origin "" derives the provenance from the fields given, as records of snapvit <= 0.1 were read
     source = dataclasses.replace(small_model_source("dino", model), origin="", **changes)
-    bundle = write_bundle(folder / "b.safetensors", model, source, score_model(model))
+    bundle = write_bundle(folder / "b.safetensors", model, source, score_model(model, "magnitude"))
     elastic = load_bundle(bundle)
     return bundle, elastic.save_slice(folder / "half", elastic.plan(flops=SLICE_FLOPS))
 

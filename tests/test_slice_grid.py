@@ -40,7 +40,7 @@ def test_budget_grid():
 def bundle(tmp_path_factory):
     model = make_small_model("deit-distilled")
     path = tmp_path_factory.mktemp("grid") / "deit.safetensors"
-    return write_bundle(path, model, small_model_source("deit-distilled", model), score_model(model))
+    return write_bundle(path, model, small_model_source("deit-distilled", model), score_model(model, "magnitude"))
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_real_vit_tiny_three_budgets_in_one_process(shared_data, tmp_path):
     model, source = load_model(
         "vit_tiny_patch16_224", checkpoint=shared_data / "vit_tiny_patch16_224.tinyimagenet.safetensors"
     )
-    path = write_bundle(tmp_path / "tiny.safetensors", model, source, score_model(model))
+    path = write_bundle(tmp_path / "tiny.safetensors", model, source, score_model(model, "magnitude"))
     elastic = load_bundle(path)
     fractions = (0.25, 0.5, 0.75)
     plans = plan_grid(elastic, budget_grid(flops=list(fractions)))

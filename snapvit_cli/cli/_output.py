@@ -9,6 +9,7 @@ Rich honours ``NO_COLOR`` and ``TERM=dumb`` itself.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import math
@@ -31,11 +32,15 @@ from snapvit_cli.launcher import launched, launched_quietly
 
 out = Console()
 err = Console(stderr=True)
+# --quiet: results stay off stdout too (tables, "wrote ..."); errors, warnings and --json still print.
+_quiet: contextvars.ContextVar[bool] = contextvars.ContextVar("snapvit_quiet", default=False)
 
 
 def say(message: str, *, markup: bool = True) -> None:
     """One message on stdout: rich on a terminal, one plain unwrapped line elsewhere (control characters from file
     contents or paths shown as escapes, as in every message here)."""
+    if _quiet.get():
+        return
     message = printable(message)
     if out.is_terminal:
         out.print(message, markup=markup, highlight=False)
@@ -51,6 +56,8 @@ def note(message: str) -> None:
 def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
     """``columns`` as (header, justify) pairs. A rich table on a terminal; elsewhere a header line and one
     tab-separated line per row, never wrapped or truncated."""
+    if _quiet.get():
+        return
     rows = [[printable(cell) for cell in row] for row in rows]
     if not out.is_terminal:
         for row in ([name for name, _ in columns], *rows):
@@ -81,7 +88,7 @@ FLAGS = {"k": "--knn-k", "score": "--score", "ga_bounds": "--ga-bounds/--no-ga-b
 def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
     """``exc``'s message with the library parameter it names replaced by the command's flag: the one place where
     library names become CLI names (``flags`` overrides :data:`FLAGS` for one command)."""
-    message = str(exc)
+    message = str(exc).replace("force=True", "--force")  # the library's keyword is the command's flag
     if exc.param is None or not message.startswith(exc.param):
         return message
     flag = {**FLAGS, **(flags or {})}.get(exc.param, "--" + exc.param.replace("_", "-"))
@@ -102,6 +109,7 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
     def wrapper(*args, **kwargs):
         from snapvit_cli import fileio
 
+        quiet = _quiet.set(bool(kwargs.get("quiet")))
         with fileio.write_log() as written:
             try:
                 with warnings.catch_warnings(), _terminate_as_interrupt():
@@ -120,6 +128,8 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
                     soft_wrap=True,
                 )
                 raise typer.Exit(143 if terminated else 130) from None
+            finally:
+                _quiet.reset(quiet)
 
     return wrapper
 
