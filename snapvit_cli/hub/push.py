@@ -15,7 +15,7 @@ from snapvit_cli._version import __version__
 from snapvit_cli.errors import BudgetError, BundleError, OutputExistsError
 from snapvit_cli.fileio import atomic_dir, check_output
 from snapvit_cli.hub.eval_results import matching_results
-from snapvit_cli.hub.model_card import Record, model_source, render_model_card, weights_origin
+from snapvit_cli.hub.model_card import Record, check_license, model_source, render_model_card, weights_origin
 from snapvit_cli.hub_client import (
     BUNDLE_FILENAME,
     CARD_FILENAME,
@@ -77,7 +77,10 @@ def push(
     allow_random: bool = False,
     base_model: str | None = None,
     license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
     follow_links: bool = False,
+    export: tuple[str, ...] = (),
 ) -> PushResult:
     """Upload a sliced model folder or an elastic bundle to ``repo_id``, with a generated model card.
 
@@ -88,27 +91,39 @@ def push(
 
     Models scored from random weights are refused unless ``allow_random`` (their card then says so first);
     ``eval_results`` must describe this very model (:func:`~snapvit_cli.hub.eval_results.matching_results`).
-    ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights.
+    ``base_model`` and ``license`` state what snapvit cannot know about a ``--checkpoint``'s weights; ``license``
+    must be a Hub licence identifier, and ``other`` comes with ``license_name`` and ``license_link``.
+    ``export`` (``("onnx",)``, ``("onnx", "pt2")``) adds the sliced model as ``model.onnx`` / ``model.pt2``, each
+    written from the validated staged weights by :func:`~snapvit_cli.export.export_model` (checked against PyTorch,
+    carrying its metadata), and a card section that runs them with onnxruntime / ``torch.export.load`` alone.
     Nothing is sent unless the whole upload is known to be sound: a folder holding symbolic links is refused
     (``follow_links`` uploads the targets of those that point inside the folder, refusing the rest), and a
     folder's ``model.safetensors`` must load and match its ``config.json``.
     """
     path = Path(path)
     check_repo_id(repo_id)
+    try:
+        license = check_license(license, license_name, license_link)
+    except ValueError as exc:
+        raise HubError(str(exc), param="license") from None
     if create_pr and revision is not None:
         raise HubError(
             "create_pr opens a pull request against the default branch; do not also pass a revision", param="create_pr"
         )
     kind, sources = _collect(path, follow_links)
+    exports = _export_names(path, kind, sources, export)
     card_generated = CARD_FILENAME not in sources
-    files = tuple(sorted([*sources, *([CARD_FILENAME] if card_generated else [])]))
+    files = tuple(sorted([*sources, *exports.values(), *([CARD_FILENAME] if card_generated else [])]))
     card_options = {
         "repo_id": repo_id,
         "revision": revision,
         "eval_results": eval_results,
         "base_model": base_model,
         "license": license,
+        "license_name": license_name,
+        "license_link": license_link,
         "allow_random": allow_random,
+        "exports": exports,
     }
 
     if dry_run_dir is not None:
@@ -151,7 +166,10 @@ def _validate_and_card(
     eval_results: EvalReport | None,
     base_model: str | None,
     license: str | None,
+    license_name: str | None,
+    license_link: str | None,
     allow_random: bool,
+    exports: dict[str, str],
 ) -> dict[str, tuple[int, int, int]]:
     """Validate the staged files (not the user's, which a concurrent ``slice --force`` may replace meanwhile) and
     write the card from what was validated; return the staged files' stamps, taken before validation, so that
@@ -173,6 +191,7 @@ def _validate_and_card(
         raise HubError("--base-model states where --checkpoint weights come from; this model's source is known")
     if base_model is not None:
         check_repo_id(base_model)
+    exported = _export(staging, exports)
     if not card_generated:  # a user's own README.md is uploaded as it is
         return stamps
     if eval_results is not None:
@@ -187,9 +206,42 @@ def _validate_and_card(
         examples=examples,
         base_model=base_model,
         license=license,
+        license_name=license_name,
+        license_link=license_link,
+        exports=exported,
     )
     (staging / CARD_FILENAME).write_text(card, encoding="utf-8")
     return stamps
+
+
+def _export_names(path: Path, kind: Kind, sources: dict[str, Path], formats: tuple[str, ...]) -> dict[str, str]:
+    """``{format: file name in the repository}`` for ``push --export``, checked before anything is staged."""
+    from snapvit_cli.export import FORMATS
+
+    if not formats:
+        return {}
+    if kind != "sliced":
+        raise HubError("--export applies to a sliced model folder; slice the bundle first", param="export")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise HubError(f"--export takes {' and/or '.join(FORMATS)}, not {', '.join(unknown)}", param="export")
+    names = {fmt: f"model.{fmt}" for fmt in dict.fromkeys(formats)}
+    clash = sorted(set(names.values()) & set(sources))
+    if clash:
+        raise HubError(f"{path} already holds {', '.join(clash)}; remove it or push without --export")
+    return names
+
+
+def _export(staging: Path, exports: dict[str, str]) -> dict[str, Any]:
+    """Export the validated, staged sliced model into ``staging`` (``{format: file name}``); return
+    ``{file name: ExportResult}`` for the card."""
+    if not exports:
+        return {}
+    from snapvit_cli.elastic.sliced import load_sliced
+    from snapvit_cli.export import export_model
+
+    model = load_sliced(staging, device="cpu")
+    return {name: export_model(model, staging / name, fmt) for fmt, name in exports.items()}
 
 
 def _stamps(staging: Path) -> dict[str, tuple[int, int, int]]:
