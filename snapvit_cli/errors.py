@@ -7,6 +7,26 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import unicodedata
+
+# Characters a terminal acts on rather than shows: C0/C1 controls (ESC starts colour, cursor and screen-clearing
+# sequences; CR and NL break the one-line rule), DEL, and the Unicode bidi/line-separator controls that reorder or
+# split what is shown. Messages quote file contents (keys, names, paths), so these are shown as escapes instead.
+_BIDI = "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as a visible escape (ESC -> ``\\x1b``): safe to print on
+    a terminal and always one line. Text without such characters comes back unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) == "Cc" or c in _BIDI else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
 
 class SnapvitError(Exception):
     """Base class for errors caused by user input or the environment, reported as one line.
@@ -18,7 +38,7 @@ class SnapvitError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(printable(str(message)))  # messages quote file contents: never a terminal escape
         self.param = param
 
 

@@ -12,6 +12,15 @@ is replaced by two renames: the old one to ``.NAME.old-PID``, the new one onto t
 both. Only a SIGKILL or a power cut between the two leaves no target; the next run that writes the same target then
 puts the old folder back before doing anything else. Temporaries left by killed runs (whose process no longer
 exists) are removed by the next run that writes the same target.
+
+Without ``force`` nothing is ever replaced, even an output that appears while this one is written (a second run on
+the same target): the commit is a no-replace rename (``renameat2(RENAME_NOREPLACE)``, else ``link`` + ``unlink``
+for a file and ``mkdir`` + ``rename`` for a folder) and fails with "D appeared while writing; nothing replaced".
+With ``force`` a folder is replaced only when everything in it is a file this writer would write there
+(``owned``): ``--force`` replaces snapvit's own outputs, never a folder holding someone's other files.
+
+Reading: :func:`open_regular` is how every reader opens a file a user names; it refuses FIFOs, devices and
+sockets before they can block or stream forever.
 """
 
 from __future__ import annotations
@@ -26,19 +35,23 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from snapvit_cli.errors import OutputError, OutputExistsError
 
 # Test hook: SNAPVIT_TEST_PAUSE=POINT:MARKER makes a write touch MARKER and wait at POINT (one of PAUSE_POINTS), so
-# that tests can interrupt it at a known moment. It only ever delays; it never changes what is written.
+# that tests can interrupt it at a known moment. It only ever delays; it never changes what is written. Inert unless
+# the test suite's own launcher (tests/_paused.py) sets pause_hook_enabled: the environment alone does nothing.
 PAUSE_ENV = "SNAPVIT_TEST_PAUSE"
+pause_hook_enabled = False
 PAUSE_POINTS = ("staged", "written", "synced", "committed", "cleanup")
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -90,13 +103,20 @@ def interrupt_message(records: list[WriteRecord]) -> str:
 
 
 def check_output(
-    path: str | os.PathLike, force: bool, *, directory: bool = False, inputs: Iterable[object] = ()
+    path: str | os.PathLike,
+    force: bool,
+    *,
+    directory: bool = False,
+    inputs: Iterable[object] = (),
+    owned: Collection[str] = (),
 ) -> Path:
     """Refuse an output that cannot or must not be written, before any work; return it as a :class:`Path`.
 
     Refused: an existing output without ``force``; a folder where a file is written or the reverse; the current
-    directory or one of its parents; and any output that is one of ``inputs`` or a folder containing one, which
-    ``--force`` would delete (entries of ``inputs`` that are not local paths, such as ``hf-hub:`` ids, are skipped).
+    directory or one of its parents; any output that is one of ``inputs`` or a folder containing one, which
+    ``--force`` would delete (entries of ``inputs`` that are not local paths, such as ``hf-hub:`` ids, are skipped);
+    and, even with ``force``, an existing folder holding anything but the files ``owned`` (relative paths) that
+    this writer puts there: ``--force`` replaces snapvit's own outputs, never someone's other files.
     """
     path = Path(path)
     _check_not_an_input(path, inputs)
@@ -111,7 +131,42 @@ def check_output(
             raise OutputError(f"{path} exists and is not a folder; give a folder path for the output")
         if not force:
             raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
+        if directory:
+            check_owned(path, owned)
     return path
+
+
+def check_owned(folder: Path, owned: Collection[str]) -> None:
+    """Raise unless everything in ``folder`` is one of the files ``owned`` (what the writer puts there)."""
+    foreign = _foreign_entries(folder, owned)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(
+            f"refusing to replace {folder}: it holds {shown}, which snapvit did not write there; "
+            "move those away or choose another output"
+        )
+
+
+def _foreign_entries(folder: Path, owned: Collection[str]) -> list[str]:
+    """Entries of ``folder`` (relative paths, sorted) that are not files in ``owned`` or folders leading to one."""
+    if folder.is_symlink() or not folder.is_dir():  # a link is replaced itself, never what it points to
+        return []
+    names = {os.path.normpath(name) for name in owned}
+    parents = {os.path.normpath(os.path.join(*Path(n).parts[:i])) for n in names for i in range(1, len(Path(n).parts))}
+    foreign: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        for name in sorted(dirs):
+            entry = os.path.normpath(os.path.join(rel, name))
+            if entry not in parents or os.path.islink(os.path.join(root, name)):
+                foreign.append(entry)
+        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel, d)) not in foreign]
+        for name in sorted(files):
+            entry = os.path.normpath(os.path.join(rel, name))
+            full = os.path.join(root, name)
+            if entry not in names or os.path.islink(full) or not os.path.isfile(full):
+                foreign.append(entry)
+    return sorted(foreign)
 
 
 def _check_not_an_input(path: Path, inputs: Iterable[object]) -> None:
@@ -133,22 +188,24 @@ def _check_not_an_input(path: Path, inputs: Iterable[object]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path next to ``path``; it replaces ``path`` only once the block has completed."""
-    with _atomic(Path(path), directory=False) as tmp:
+def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; it is put in place only once the block has completed, and
+    replaces an existing ``path`` only with ``force`` (else: "appeared while writing; nothing replaced")."""
+    with _atomic(Path(path), directory=False, force=force, owned=()) as tmp:
         yield tmp
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; it replaces ``path`` (a folder or nothing) only once the block
-    has completed, by an atomic exchange where the system has one."""
-    with _atomic(Path(path), directory=True) as tmp:
+def atomic_dir(path: str | os.PathLike, *, force: bool = False, owned: Collection[str] = ()) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; it is put in place only once the block has completed, by an
+    atomic exchange where the system has one. An existing ``path`` is replaced only with ``force``, and only when
+    it holds nothing but the files ``owned`` (checked again at the commit)."""
+    with _atomic(Path(path), directory=True, force=force, owned=owned) as tmp:
         yield tmp
 
 
 @contextlib.contextmanager
-def _atomic(path: Path, *, directory: bool) -> Iterator[Path]:
+def _atomic(path: Path, *, directory: bool, force: bool, owned: Collection[str]) -> Iterator[Path]:
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -179,8 +236,10 @@ def _atomic(path: Path, *, directory: bool) -> Iterator[Path]:
             _finish(tmp, directory)
             _pause("synced")
             with deferred_signals():
-                leftover = _commit(tmp, path, directory, record)
+                leftover = _commit(tmp, path, directory, record, force=force, owned=owned)
                 _pause("committed")
+        except FileExistsError:
+            raise OutputExistsError(f"{path} appeared while writing; nothing replaced") from None
         except OSError as exc:
             raise _io_error(path, exc, record.existed) from None
         _pause("cleanup")
@@ -189,10 +248,25 @@ def _atomic(path: Path, *, directory: bool) -> Iterator[Path]:
             _remove(leftover)
 
 
-def _io_error(path: Path, exc: OSError, existed: bool) -> OutputError:
-    reason = exc.strerror or str(exc)
-    kept = "the existing output was left as it was" if existed else "nothing was written"
-    return OutputError(f"cannot write {path}: {reason}; {kept}")
+class WriteError(OutputError):
+    """The system refused to write ``path`` (disk full, no permission...); the output is as it was."""
+
+    def __init__(self, path: Path, reason: str, existed: bool) -> None:
+        kept = "the existing output was left as it was" if existed else "nothing was written"
+        super().__init__(f"cannot write {path}: {reason}; {kept}")
+        self.path, self.reason, self.existed = path, reason, existed
+
+    def among(self, done: Sequence[tuple[Path, bool]], pending: Sequence[Path]) -> OutputError:
+        """This failure in a command writing several outputs: one line saying, per output, what is on disk (like
+        :func:`interrupt_message`): ``done`` (path, existed before) were written, ``pending`` never started."""
+        records = [WriteRecord(path, existed, "done") for path, existed in done]
+        records += [WriteRecord(self.path, self.existed)]
+        records += [WriteRecord(Path(path), os.path.lexists(path)) for path in pending]
+        return OutputError(f"cannot write {self.path}: {self.reason}; " + "; ".join(r.describe() for r in records))
+
+
+def _io_error(path: Path, exc: OSError, existed: bool) -> WriteError:
+    return WriteError(path, exc.strerror or str(exc), existed)
 
 
 def _finish(tmp: Path, directory: bool) -> None:
@@ -216,22 +290,30 @@ def _finish(tmp: Path, directory: bool) -> None:
     os.chmod(tmp, 0o777 & ~mask)
 
 
-def _commit(tmp: Path, path: Path, directory: bool, record: WriteRecord) -> Path | None:
-    """Put ``tmp`` in place of ``path``; return what is left to delete (the old output), if anything."""
+def _commit(
+    tmp: Path, path: Path, directory: bool, record: WriteRecord, *, force: bool, owned: Collection[str]
+) -> Path | None:
+    """Put ``tmp`` in place of ``path``; return what is left to delete (the old output), if anything.
+
+    Without ``force`` (or when nothing is there) the rename never replaces anything: an output that appeared
+    meanwhile raises :class:`FileExistsError`. With ``force`` a folder holding files it does not ``own`` raises
+    :class:`OutputError`, checked before the exchange and again on what the exchange took out (then swapped back).
+    """
+    if not force or not os.path.lexists(path):
+        _rename_noreplace(tmp, path, directory)
+        record.state = "done"
+        _fsync_dir(path.parent)
+        return None
     if not directory:
         os.replace(tmp, path)
         record.state = "done"
         _fsync_dir(path.parent)
         return None
-    if not os.path.lexists(path):
-        if not _renameat2(tmp, path, RENAME_NOREPLACE):
-            if os.path.lexists(path):  # no atomic no-replace rename here: check, then rename
-                raise FileExistsError(errno.EEXIST, "the output appeared while it was being written")
-            os.rename(tmp, path)
-        record.state = "done"
-        _fsync_dir(path.parent)
-        return None
+    check_owned(path, owned)
     if path.is_dir() and not path.is_symlink() and _renameat2(tmp, path, RENAME_EXCHANGE):
+        if _foreign_entries(tmp, owned):  # written into between the check and the exchange: put it back
+            _renameat2(tmp, path, RENAME_EXCHANGE)
+            check_owned(path, owned)
         record.state = "done"  # the old folder now lives at the temporary name
         _fsync_dir(path.parent)
         return tmp
@@ -242,6 +324,35 @@ def _commit(tmp: Path, path: Path, directory: bool, record: WriteRecord) -> Path
     record.state = "done"
     _fsync_dir(path.parent)
     return old
+
+
+def _rename_noreplace(tmp: Path, path: Path, directory: bool) -> None:
+    """Rename ``tmp`` to ``path`` unless ``path`` exists (:class:`FileExistsError`), atomically: ``renameat2``'s
+    ``RENAME_NOREPLACE``, else a hard link (which never replaces) for a file, or for a folder an empty folder
+    created first (``mkdir`` never replaces) that the rename then takes the place of."""
+    if _renameat2(tmp, path, RENAME_NOREPLACE):
+        return
+    if not directory:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: check, then rename
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
+            os.rename(tmp, path)
+            return
+        os.unlink(tmp)
+        return
+    os.mkdir(path)
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:  # something was put into the folder meanwhile: that is someone else's output
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
+        raise
 
 
 # -- renameat2 --------------------------------------------------------------------------------------------------
@@ -415,8 +526,9 @@ def _umask() -> int:
 
 
 def _pause(point: str) -> None:
-    """The test hook (see ``PAUSE_ENV``): touch the marker and wait up to 30 s, less once a signal was held."""
-    spec = os.environ.get(PAUSE_ENV)
+    """The test hook (see ``PAUSE_ENV``): touch the marker and wait up to 30 s, less once a signal was held or the
+    test removed the marker (which lets a second writer run while this one waits)."""
+    spec = os.environ.get(PAUSE_ENV) if pause_hook_enabled else None
     if not spec:
         return
     wanted, _, marker = spec.partition(":")
@@ -424,7 +536,7 @@ def _pause(point: str) -> None:
         return
     Path(marker).write_text(point)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not _held:
+    while time.monotonic() < deadline and not _held and os.path.exists(marker):
         time.sleep(0.02)
 
 
@@ -443,10 +555,56 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
         raise OSError(int(found.group(2)), found.group(1), str(path)) from None
 
 
+class NotRegularFileError(OSError):
+    """A path a reader was given names a FIFO, device, socket or folder: reading it could block or never end."""
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a file a user named for reading, refusing anything but a regular file before it can block.
+
+    A FIFO named ``model.safetensors`` would make a plain ``open`` wait forever for a writer, and a device
+    (``/dev/zero``) never ends; so the path is checked first, then opened non-blocking (a FIFO swapped in after
+    the check opens at once) and checked again on the descriptor, which is what is read. Raises
+    :class:`NotRegularFileError` (an :class:`OSError`) for anything else, and the usual ``OSError`` otherwise.
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_regular(path, info.st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, info.st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def descriptor_path(file: BinaryIO, path: str | os.PathLike) -> str:
+    """A path that opens the very file ``file`` holds open (``/proc/self/fd/N`` on Linux), for libraries that take
+    a path (safetensors); elsewhere ``path`` itself."""
+    view = f"/proc/self/fd/{file.fileno()}"
+    return view if os.path.exists(view) else os.fspath(path)
+
+
+def _not_regular(path: str | os.PathLike, mode: int) -> NotRegularFileError:
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket"}
+    kinds.update({stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"})
+    kind = next((name for test, name in kinds.items() if test(mode)), "something else")
+    return NotRegularFileError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so that multi-GB checkpoints do not need to fit in memory."""
+    with open_regular(path) as f:
+        return sha256_stream(f, chunk_size)
+
+
+def sha256_stream(file: BinaryIO, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of what is left to read in an open binary file, in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: file.read(chunk_size), b""):
+        digest.update(chunk)
     return digest.hexdigest()

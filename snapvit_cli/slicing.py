@@ -20,7 +20,8 @@ from snapvit_cli.correction.walk import Progress
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.bundle import ElasticBundle
 from snapvit_cli.elastic.grid import save_slices as save_uncorrected
-from snapvit_cli.elastic.sliced import save_sliced, sliced_config
+from snapvit_cli.elastic.grid import write_each
+from snapvit_cli.elastic.sliced import SLICED_FILES, save_sliced, sliced_config
 from snapvit_cli.elastic.tensor_checks import check_finite
 from snapvit_cli.fileio import check_output
 
@@ -57,14 +58,20 @@ def save_slices(
         require_statistics(bundle)  # before the outputs are checked or the bundle hashed
     data = None if correction is None else correction.data
     for out in outputs:
-        check_output(out, force, directory=True, inputs=(bundle.path, data))
+        check_output(out, force, directory=True, inputs=(bundle.path, data), owned=SLICED_FILES)
     if correction is None and len(plans) == 1:
         return [SavedSlice(ElasticBundle.save_slice(bundle, outputs[0], plans[0], force=force), plans[0])]
     if correction is None:
         paths = save_uncorrected(bundle, plans, outputs, force=force)
         return [SavedSlice(path, plan) for path, plan in zip(paths, plans, strict=True)]
-    pairs = zip(plans, outputs, strict=True)
-    return [_save_corrected(bundle, plan, out, correction, force, progress) for plan, out in pairs]
+    saved: list[SavedSlice] = []
+
+    def write(i: int) -> Path:
+        saved.append(_save_corrected(bundle, plans[i], outputs[i], correction, force, progress))
+        return saved[-1].path
+
+    write_each(outputs, write)  # a disk that fills says which folders were written
+    return saved
 
 
 def save_slice(

@@ -91,8 +91,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # feature (scoring, correction, evaluation, publishing) built on it.
 RANKS: list[set[str]] = [
     {"_version", "errors"},
-    {"fileio", "schema", "devices", "hashing", "scoreset", "hub_client"},  # leaves
-    {"models"},  # resolving and loading the dense source model
+    {"fileio", "schema", "devices", "hashing", "scoreset", "hub_client", "launcher", "seeds"},  # leaves
+    {"models", "export_metadata"},  # resolving and loading the dense source model; what exported files say
     {"adapters", "data", "export"},  # model families' unit layout; images; export of a built model
     {"elastic"},  # the bundle and sliced-model formats: cut, read, write
     {"scoring", "correction", "evaluation", "reference", "latency"},  # features built on the format

@@ -137,8 +137,9 @@ def test_model_card_renders_the_report(bundle_report, demo_bundle):
     )
     dense, half = report["results"]
     assert "## Evaluation" in card and "flops 0.5 |" in card
-    assert f"| {dense['accuracy']['knn']:.4g} | {dense['accuracy']['probe']:.4g} | {dense['gmacs']:.4g} |" in card
-    assert f"| {half['accuracy']['knn']:.4g} |" in card
+    knn, probe = dense["accuracy"]["knn"], dense["accuracy"]["probe"]
+    assert f"| {100 * knn:.2f}% | {100 * probe:.2f}% | {dense['gmacs']:.4g} |" in card
+    assert f"| {100 * half['accuracy']['knn']:.2f}% (dense {100 * knn:.2f}%, " in card
     assert "Throughput measured with batch_size 4, device cpu, dtype float32" in card
 
 

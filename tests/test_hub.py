@@ -11,7 +11,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.numpy import save_file
 
 from snapvit_cli import hub_client as hub
-from snapvit_cli.errors import BundleError, OutputExistsError
+from snapvit_cli.errors import BundleError, OutputError, OutputExistsError
 from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.hub.push import push
 from snapvit_cli.hub_client import HubError
@@ -245,9 +245,11 @@ def test_dry_run_writes_the_folder_and_sends_nothing(fake_hub, sliced_dir, tmp_p
 
     with pytest.raises(OutputExistsError):
         push(sliced_dir, REPO, dry_run_dir=out)
+    push(sliced_dir, REPO, dry_run_dir=out, force=True)  # an earlier dry run is replaced...
     (out / "stale.txt").write_text("x")
-    push(sliced_dir, REPO, dry_run_dir=out, force=True)
-    assert not (out / "stale.txt").exists()
+    with pytest.raises(OutputError, match="stale.txt, which snapvit did not write there"):
+        push(sliced_dir, REPO, dry_run_dir=out, force=True)  # ...a folder with someone's other files is not
+    assert (out / "stale.txt").exists()
     assert fake_hub.requests == []
 
 

@@ -165,3 +165,21 @@ def test_isotonic_fit_is_the_closest_non_decreasing_sequence():
     assert isotonic([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
     assert isotonic([68.0, 53.0, 60.0, 79.0]) == pytest.approx([181 / 3] * 3 + [79.0])
     assert isotonic([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+
+
+def test_cpu_clock_profile_is_its_own_key_and_is_recorded(tmp_path, monkeypatch):
+    from snapvit_cli.latency.profile import measure_profile
+
+    monkeypatch.setenv("SNAPVIT_CACHE_DIR", str(tmp_path))
+    skeleton = make_small_model("dino").to("meta")
+    wall = load_or_measure(skeleton, min_keep_mlp=0.05, batch_size=2, repeats=1)
+    cpu = load_or_measure(skeleton, min_keep_mlp=0.05, batch_size=2, repeats=1, clock="cpu")
+    assert not cpu.cached and cpu.path != wall.path and cpu.profile.key.clock == "cpu"
+    assert cpu.profile.key.describe().endswith(", CPU time") and "CPU time" not in wall.profile.key.describe()
+    with pytest.raises(LatencyError, match="clock must be one of wall, cpu"):
+        measure_profile(skeleton, min_keep_mlp=0.05, clock="sundial")
+    profile = linear(2, 8, 2)
+    timed = LatencyModel(**{**profile.__dict__, "key": ProfileKey(**{**profile.key.__dict__, "clock": "cpu"})})
+    budget = plan_latency(scores(2, 8), scores(2, 2), COST, timed, speedup=1.2, head_offset=1.0).budget
+    assert budget.latency.clock == "cpu" and budget.latency.describe().endswith("CPU time")
+    assert Budget.from_json(json.loads(json.dumps(budget.to_json()))) == budget

@@ -38,7 +38,8 @@ def test_checkpoint_loads_without_download(tmp_path, suffix, monkeypatch):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert source.timm_name == "deit_tiny_patch16_224.fb_in1k" and source.pretrained is False
+    assert source.timm_name == "deit_tiny_patch16_224.fb_in1k" and source.origin == "checkpoint"
+    assert source.hf_hub_id is None and source.license is None  # timm's Hub id is not where these came from
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):

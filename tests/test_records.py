@@ -123,8 +123,8 @@ def test_records_refuse_unknown_keys_and_accept_what_the_writer_wrote(tmp_path):
 
 
 def test_base_model_provenance_is_checked_and_older_configs_still_load(tmp_path):
-    """config.json's base_model carries the checkpoint's sha256 and whether the weights were pretrained; both are
-    validated, and a config written before them loads as pretrained weights with no checkpoint hash."""
+    """config.json's base_model carries an explicit origin (random weights here: no Hub id, no licence), validated;
+    a config written before it (``pretrained``, no checkpoint hash) loads as Hub weights."""
     from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
     from snapvit_cli.scoring import score_model
 
@@ -133,21 +133,24 @@ def test_base_model_provenance_is_checked_and_older_configs_still_load(tmp_path)
     path = write_bundle(tmp_path / "b.safetensors", model, source, score_model(model))
     bundle = ElasticBundle.open(path)
     written = json.loads((bundle.save_slice(tmp_path / "s", bundle.plan(flops=0.5)) / "config.json").read_text())
-    assert written["base_model"]["pretrained"] is False and written["base_model"]["checkpoint_sha256"] is None
+    assert written["base_model"]["origin"] == "random" and "pretrained" not in written["base_model"]
+    assert not {"hf_hub_id", "license", "checkpoint", "checkpoint_sha256"} & set(written["base_model"])
     config = SlicedConfig.from_json(written)
     assert config.source.pretrained is False  # a field-like property, as BundleMetadata.source is a field
     assert config.source.architecture == bundle.metadata.source.architecture == config.architecture
 
     older = copy.deepcopy(written)
-    for key in ("pretrained", "checkpoint_sha256"):
-        del older["base_model"][key]
+    del older["base_model"]["origin"]
+    older["base_model"].update(pretrained=True, hf_hub_id="timm/x", license="mit", revision=None)
     config = SlicedConfig.from_json(older)
-    assert config.base_model["pretrained"] is True and config.base_model["checkpoint_sha256"] is None
+    assert config.base_model["origin"] == "hub" and config.base_model["hf_hub_id"] == "timm/x"
 
     for key, value, message in (
         ("checkpoint_sha256", "abc", "not a hex sha256"),
         ("checkpoint_sha256", 7, "must be a string"),
-        ("pretrained", "yes", "must be true or false"),
+        ("origin", "yes", "must be one of"),
+        ("pretrained", True, "unknown key pretrained"),
+        ("hf_hub_id", "timm/x", "random weights may not set hf_hub_id"),
     ):
         bad = copy.deepcopy(written)
         bad["base_model"][key] = value

@@ -28,6 +28,7 @@ from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_writer.py")
+PAUSED = Path(__file__).with_name("_paused.py")  # `snapvit` with the write-pause test hook on
 runner = CliRunner()
 
 
@@ -51,6 +52,9 @@ def umask_022():
 
 
 # -- the interrupt matrix ---------------------------------------------------------------------------------------
+
+
+PARTS = ("part0.txt", "part1.txt", "part2.txt")  # what tests/_writer.py writes into a folder
 
 
 def make_output(target: Path, content: str, kind: str) -> None:
@@ -151,7 +155,7 @@ def test_first_write_interrupted_says_nothing_was_written(tmp_path):
 
 def slice_subprocess(bundle: Path, out: Path, flops: float, pause: str, marker: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), fileio.PAUSE_ENV: f"{pause}:{marker}"}
-    args = [sys.executable, "-m", "snapvit_cli", "slice", str(bundle), "--flops", str(flops), "-o", str(out)]
+    args = [sys.executable, str(PAUSED), "slice", str(bundle), "--flops", str(flops), "-o", str(out)]
     return subprocess.Popen([*args, "--force"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -188,7 +192,7 @@ def test_folder_swap_uses_renameat2_exchange_on_linux(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "_renameat2", lambda src, dst, flags: calls.append(flags) or real(src, dst, flags))
     target = tmp_path / "out"
     make_output(target, "old", "dir")
-    with fileio.atomic_dir(target) as tmp:
+    with fileio.atomic_dir(target, force=True, owned=PARTS) as tmp:
         for i in range(3):
             (tmp / f"part{i}.txt").write_text(f"new {i}\n")
     assert read_output(target, "dir") == "new" and listing(tmp_path) == ["out"]
@@ -200,7 +204,7 @@ def test_fallback_without_renameat2_replaces_and_restores_after_a_kill(tmp_path,
     monkeypatch.setattr(fileio, "_renameat2", lambda src, dst, flags: False)
     target = tmp_path / "out"
     make_output(target, "old", "dir")
-    with fileio.atomic_dir(target) as tmp:
+    with fileio.atomic_dir(target, force=True, owned=PARTS) as tmp:
         for i in range(3):
             (tmp / f"part{i}.txt").write_text(f"new {i}\n")
     assert read_output(target, "dir") == "new" and listing(tmp_path) == ["out"]
@@ -257,7 +261,7 @@ def test_a_failed_write_keeps_the_old_output_and_is_one_line(tmp_path):
     target = tmp_path / "out"
     make_output(target, "old", "dir")
     message = "cannot write .*out: No space left on device; the existing output was"
-    with pytest.raises(OutputError, match=message), fileio.atomic_dir(target) as tmp:
+    with pytest.raises(OutputError, match=message), fileio.atomic_dir(target, force=True, owned=PARTS) as tmp:
         (tmp / "part0.txt").write_text("new 0\n")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert read_output(target, "dir") == "old" and listing(tmp_path) == ["out"]

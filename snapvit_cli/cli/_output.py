@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import signal
 import sys
 import threading
@@ -25,14 +24,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from snapvit_cli.errors import SnapvitError, SnapvitWarning
+from snapvit_cli.errors import SnapvitError, SnapvitWarning, printable
+from snapvit_cli.launcher import launched, launched_quietly
 
 out = Console()
 err = Console(stderr=True)
 
 
 def say(message: str, *, markup: bool = True) -> None:
-    """One message on stdout: rich on a terminal, one plain unwrapped line elsewhere."""
+    """One message on stdout: rich on a terminal, one plain unwrapped line elsewhere (control characters from file
+    contents or paths shown as escapes, as in every message here)."""
+    message = printable(message)
     if out.is_terminal:
         out.print(message, markup=markup, highlight=False)
     else:
@@ -41,12 +43,13 @@ def say(message: str, *, markup: bool = True) -> None:
 
 def note(message: str) -> None:
     """One plain line on stderr, never wrapped (progress summaries, warnings)."""
-    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    err.print(printable(message), markup=False, highlight=False, soft_wrap=True)
 
 
 def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
     """``columns`` as (header, justify) pairs. A rich table on a terminal; elsewhere a header line and one
     tab-separated line per row, never wrapped or truncated."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     if not out.is_terminal:
         for row in ([name for name, _ in columns], *rows):
             sys.stdout.write("\t".join(row) + "\n")
@@ -108,8 +111,9 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:
                 terminated = isinstance(exc, Terminated)
+                what = escape(printable(fileio.interrupt_message(written)))
                 err.print(
-                    f"{'terminated' if terminated else 'interrupted'}; {escape(fileio.interrupt_message(written))}",
+                    f"{'terminated' if terminated else 'interrupted'}; {what}",
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -139,18 +143,15 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def launched() -> bool:
-    """Started by torchrun with more than one process (see snapvit_cli.scoring.distributed; read here without torch)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def report(exc: SnapvitError, flags: dict[str, str] | None = None) -> None:
     """The one line of a user error. Under torchrun rank 0 alone speaks, and once it does, the launcher's SIGTERM
     (sent when another rank failed) is ignored, so that a failure ends with one line."""
-    if launched():
+    launched, rank = launched_quietly()  # a bad WORLD_SIZE is itself the error being reported
+    if launched:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if not launched() or int(os.environ.get("RANK", "0")) == 0:
-        err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags))}", highlight=False, soft_wrap=True)
+    if not launched or rank == 0:
+        message = escape(printable(flag_message(exc, flags)))
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def stopped_by_launcher(_signum, _frame) -> None:

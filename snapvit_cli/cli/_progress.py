@@ -25,6 +25,7 @@ from rich.progress import (
 )
 
 from snapvit_cli.cli._output import err, note
+from snapvit_cli.errors import printable
 
 # A plain line at least every PLAIN_STEP of a stage's total and at most every PLAIN_INTERVAL_S seconds apart
 # otherwise (both bounded: ~10 lines per stage, ~2 per minute while a step is slow).
@@ -103,6 +104,7 @@ def progress_bars(
 @contextlib.contextmanager
 def status(enabled: bool, message: str) -> Iterator[None]:
     """A spinner with ``message`` on a terminal; one timestamped line elsewhere; nothing when not ``enabled``."""
+    message = printable(message)  # names paths and models: never a terminal escape
     if not enabled:
         yield
     elif err.is_interactive:

@@ -62,11 +62,11 @@ app.command("profile", epilog=profile_command.EPILOG)(profile_command.profile)
 
 def main() -> None:
     """Console-script entry point."""
-    if launched():  # by torchrun (see snapvit_cli.scoring.distributed)
-        signal.signal(signal.SIGTERM, stopped_by_launcher)
     try:
+        if launched():  # by torchrun (see snapvit_cli.scoring.distributed)
+            signal.signal(signal.SIGTERM, stopped_by_launcher)
         app()
-    except SnapvitError as exc:  # the launcher's SIGTERM outside a command
+    except SnapvitError as exc:  # the launcher's SIGTERM outside a command, or its environment unreadable
         report(exc)
         sys.exit(exc.exit_code)
     finally:

@@ -217,7 +217,7 @@ def eval_(
     if plot is not None:
         from snapvit_cli.evaluation.plot import plot_accuracy_vs_gmacs
 
-        plot_accuracy_vs_gmacs(report, plot)
+        plot_accuracy_vs_gmacs(report, plot, force=force)
     if json_output:
         emit_json(report.to_json())
         return
@@ -226,7 +226,23 @@ def eval_(
         say(f"wrote [bold]{escape(str(plot))}[/]")
 
 
+def _speed_up_cells(up) -> list[str]:
+    """Measured speed-ups (with their range), the ideal, and measured / ideal at both batch sizes."""
+
+    def measured(value: float, spread: tuple[float, float] | None) -> str:
+        return f"{value:.2f}×" + ("" if spread is None else f" [{spread[0]:.2f}–{spread[1]:.2f}]")
+
+    return [
+        measured(up.at_batch, up.at_batch_range),
+        measured(up.at_one, up.at_one_range),
+        f"{up.ideal:.2f}×",
+        f"{up.at_batch / up.ideal:.0%} / {up.at_one / up.ideal:.0%}",
+    ]
+
+
 def _print_eval(report: EvalReport) -> None:
+    from snapvit_cli.evaluation.report import speed_ups
+
     results = report.results
     has_probe = any(r.probe is not None for r in results)
     has_speed = any(r.throughput is not None for r in results)
@@ -234,10 +250,16 @@ def _print_eval(report: EvalReport) -> None:
     columns.append(("kNN top-1", "right"))
     if has_probe:
         columns.append(("probe top-1", "right"))
+    ups = speed_ups(results)
+    has_ups = any(u is not None for u in ups)
     if has_speed:
         columns += [("img/s", "right"), ("latency (ms)", "right")]
+    if has_ups:
+        batch = next(u.batch_size for u in ups if u is not None)
+        columns += [(f"speed-up b{batch}", "right"), ("speed-up b1", "right"), ("ideal", "right"),
+                    (f"of ideal b{batch} / b1", "right")]  # fmt: skip
     rows = []
-    for r in results:
+    for r, up in zip(results, ups, strict=True):
         row = [
             r.label() + (" (dense)" if r.dense and r.budget is not None else ""),
             f"{r.gmacs:.3f}",
@@ -249,12 +271,15 @@ def _print_eval(report: EvalReport) -> None:
             row.append(f"{r.probe:.4f}")
         if has_speed:
             row += [f"{r.throughput.images_per_s:.1f}", f"{r.latency_ms:.1f}"]
+        if has_ups:
+            row += ["", "", "", ""] if up is None else _speed_up_cells(up)
         rows.append(row)
     print_table(columns, rows, title=f"snapvit eval {report.target}")
     settings, train, test = report.settings, report.dataset["train"], report.dataset["test"]
     vote = settings["vote"] + (f", T = {settings['temperature']:g}" if "temperature" in settings else "")
     lines = [
-        f"data: {train['source']} ({train['n']} train / {test['n']} test images, {test['num_classes']} classes), "
+        f"data: {train.get('source') or train['name']} ({train['n']} train / {test['n']} test images, "
+        f"{test['num_classes']} classes), "
         f"{report.resolution} px; kNN: k = {settings['k']}, {vote} vote on L2-normalised features",
     ]
     if report.transform is not None:
@@ -270,6 +295,17 @@ def _print_eval(report: EvalReport) -> None:
             f"speed: {speed.device}, {speed.dtype}, {speed.threads} threads, batch {speed.batch_size} "
             f"(latency at batch 1), median of {speed.repeats} runs after {speed.warmup} warm-up"
         )
+    if has_ups:
+        lines.append(
+            "speed-up: against the dense row, measured separately (not interleaved); [range]: from the quartiles of "
+            "both measurements; ideal: dense GMACs / GMACs"
+        )
+        for r, up in zip(results, ups, strict=True):
+            if up is not None and up.slower:
+                lines.append(
+                    f"SLOWER THAN DENSE: {r.name} ({r.label()}) measures {up.at_batch:.2f}× at batch "
+                    f"{up.batch_size} and {up.at_one:.2f}× at batch 1 against the dense model"
+                )
     lines.append(f"wall time: {report.wall_s['total']:.1f} s")
     for line in lines:
         say(line, markup=False)

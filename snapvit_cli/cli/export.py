@@ -125,7 +125,6 @@ def _resolve(source: str, quiet: bool):
 def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset: float):
     """``(model, budget as JSON, output)`` for each file to write; a bundle is opened once for every budget. The
     budget is written as the eval report writes it (:meth:`Budget.to_json`, ``"dense"`` for a dense model)."""
-    from snapvit_cli.elastic.grid import plan_grid
     from snapvit_cli.elastic.sliced import load_sliced
 
     if kind == "sliced":
@@ -133,10 +132,21 @@ def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset
         yield model, model.snapvit_config.budget.to_json(), outputs[0]
         return
     from snapvit_cli.elastic.bundle import ElasticBundle
+    from snapvit_cli.elastic.grid import plan_grid
 
     bundle = ElasticBundle.open(path)
     if not specs:
-        yield bundle.dense_model(), "dense", outputs[0]
+        yield _labelled(bundle, bundle.plan(mlp=0.0, heads=0.0)), "dense", outputs[0]
         return
     for plan, target in zip(plan_grid(bundle, specs, head_offset=head_offset), outputs, strict=True):
-        yield bundle.slice(plan), plan.budget.to_json(), target
+        yield _labelled(bundle, plan), plan.budget.to_json(), target
+
+
+def _labelled(bundle, plan):
+    """``bundle`` sliced to ``plan``, carrying the ``config.json`` record a saved slice would have (the exported
+    file's metadata comes from it)."""
+    from snapvit_cli.elastic.sliced import sliced_config
+
+    model = bundle.slice(plan)
+    model.snapvit_config = sliced_config(bundle.metadata, plan, bundle_sha256=bundle.sha256())
+    return model

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from snapvit_cli.cli._options import BUDGET, OUTPUT, Device, Dtype, JsonOpt, QuietOpt, examples
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
+
+Clock = Literal["wall", "cpu"]  # how a latency profile times (snapvit_cli.latency.model.CLOCKS)
 
 EPILOG = examples(
     "snapvit profile tiny.safetensors --device cpu --batch-size 32",
@@ -37,6 +39,13 @@ def profile(
         int,
         typer.Option(help="Timed rounds (each item's time is their median).", metavar="N", rich_help_panel=BUDGET),
     ] = 5,
+    clock: Annotated[
+        Clock,
+        typer.Option(
+            help="wall time, or cpu: the calling thread's CPU time (a CPU shared with other processes; 1 thread).",
+            rich_help_panel=BUDGET,
+        ),
+    ] = "wall",
     remeasure: Annotated[
         bool, typer.Option(help="Measure again even when a cached profile fits.", rich_help_panel=OUTPUT)
     ] = False,
@@ -59,6 +68,7 @@ def profile(
             resolution=resolution,
             repeats=repeats,
             remeasure=remeasure,
+            clock=clock,
             progress=None if progress is None else lambda done, total: progress("profile", done, total),
         )
     result = lookup.profile

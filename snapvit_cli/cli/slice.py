@@ -29,6 +29,7 @@ from snapvit_cli.cli._options import (
 )
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
+from snapvit_cli.cli.profile import Clock
 from snapvit_cli.correction.settings import CorrectionSettings
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
 
@@ -79,6 +80,14 @@ def slice_(
         Dtype,
         typer.Option(help="With --speedup/--latency: the dtype the model will run in.", rich_help_panel=BUDGET),
     ] = "float32",
+    clock: Annotated[
+        Clock,
+        typer.Option(
+            help="With --speedup/--latency: time the profile in wall time, or cpu: the calling thread's CPU time "
+            "(a CPU shared with other processes; 1 thread).",
+            rich_help_panel=BUDGET,
+        ),
+    ] = "wall",
     head_offset: Annotated[
         float,
         typer.Option(
@@ -199,6 +208,7 @@ def slice_(
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
     from snapvit_cli.api import load_bundle
     from snapvit_cli.elastic.grid import output_paths, plan_grid
+    from snapvit_cli.elastic.sliced import SLICED_FILES
     from snapvit_cli.fileio import check_output
 
     specs = budget_specs(flops, params, mlp, heads, speedup, latency)
@@ -223,7 +233,7 @@ def slice_(
         )
     if not dry_run:  # before the download
         for path in outputs:
-            check_output(path, force, directory=True, inputs=(bundle, data))
+            check_output(path, force, directory=True, inputs=(bundle, data), owned=SLICED_FILES)
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
     if correct and data is None:
@@ -233,7 +243,9 @@ def slice_(
     if specs[0].timed:
         from snapvit_cli.latency.chooser import plan_bundle
 
-        lookup = _latency_profile(elastic, device, dtype, 1 if batch_size is None else batch_size, resolution, quiet)
+        lookup = _latency_profile(
+            elastic, device, dtype, 1 if batch_size is None else batch_size, resolution, clock, quiet
+        )
         budget = {"head_offset": head_offset, "round_to": round_to}
         plans = [plan_bundle(elastic, lookup.profile, **spec.kwargs(), **budget) for spec in specs]
         if not quiet:
@@ -281,7 +293,9 @@ def _note_correction(record: dict[str, Any], quiet: bool) -> None:
         note(record["notice"])
 
 
-def _latency_profile(elastic, device: str, dtype: str, batch_size: int, resolution: int | None, quiet: bool):
+def _latency_profile(
+    elastic, device: str, dtype: str, batch_size: int, resolution: int | None, clock: str, quiet: bool
+):
     """The cached latency profile of the bundle's architecture on ``device``, measured now if there is none."""
     from snapvit_cli.latency.cache import load_or_measure
 
@@ -293,6 +307,7 @@ def _latency_profile(elastic, device: str, dtype: str, batch_size: int, resoluti
             dtype=dtype,
             batch_size=batch_size,
             resolution=resolution,
+            clock=clock,
             progress=None if progress is None else lambda done, total: progress("profile", done, total),
         )
     return lookup

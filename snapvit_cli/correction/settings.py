@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from snapvit_cli.devices import DEVICES
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.seeds import check_seed
 
 #: How the rows of a layer's input are weighted in the correction's statistics (``--correct-tokens``):
 #: class token and the other tokens half each, the class token only, or every token alike (the reference).
@@ -40,6 +41,7 @@ class CorrectionSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise SnapvitError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)

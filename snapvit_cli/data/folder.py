@@ -20,6 +20,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from snapvit_cli.data.imageset import SPLIT_ALIASES, ImageSet, resolve_split
 from snapvit_cli.errors import DataError
+from snapvit_cli.fileio import open_regular
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -96,7 +97,7 @@ class FolderReader:
                 # Our limit is checked below, before decoding; Pillow's own (global) one still raises above 2x its
                 # threshold, caught here.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
+                with open_regular(path) as file, Image.open(file) as image:
                     pixels = image.width * image.height
                     if pixels > self.max_pixels:
                         raise DataError(

@@ -86,11 +86,16 @@ def safetensors_kind(path: Path) -> str | None:
     """
     from safetensors import safe_open
 
+    from snapvit_cli.elastic.safetensors_io import OpenFile
+
+    file = OpenFile(path)  # a FIFO or device is refused before it can block
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(file.view, framework="pt", backend="pread") as f:
             header = f.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - safetensors reports corruption with several exception types
         raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    finally:
+        file.close()
     try:
         record = json.loads(header.get(HEADER_KEY, "{}"))
     except (ValueError, RecursionError):

@@ -18,7 +18,7 @@ import torch
 from snapvit_cli.adapters import Widths
 from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP
-from snapvit_cli.elastic.records import Budget
+from snapvit_cli.elastic.records import MAX_ROUND_TO, Budget
 from snapvit_cli.errors import BudgetError
 
 
@@ -107,6 +107,8 @@ def plan_slice(
     ``round_to``: every block's kept MLP width becomes a multiple of it (or stays whole) by :func:`round_widths`;
     the budget must still be met within 1 % (1 = the method's exact counts).
     """
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or not 1 <= round_to <= MAX_ROUND_TO:
+        raise BudgetError(f"round_to must lie in [1, {MAX_ROUND_TO}], got {round_to!r}", param="round_to")
     min_keep = {**DEFAULT_MIN_KEEP, **(min_keep or {})}
     blocks, width = mlp_scores.shape
     n_heads = head_scores.shape[1]

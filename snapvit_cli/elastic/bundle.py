@@ -126,14 +126,14 @@ def write_bundle(
         environment=environment(),
         correction_stats=None if correction_stats is None else correction_stats.record,
     )
-    text = sorted_json(metadata.to_json())
-    with atomic_path(path) as tmp:
+    text = readable_metadata(metadata, path)
+    with atomic_path(path, force=force) as tmp:
         save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: text})
     return path
 
 
 class ElasticBundle:
-    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are memory-mapped once and kept, so
+    """A validated bundle. ``slice(...)`` cuts a model of any budget; weights are read once and kept, so
     switching budget at run time costs a prefix copy, not a reload. ``read_state_dict`` serves one-off cuts.
 
     Every read goes through the file handle opened by :meth:`open`, so the bundle stays the version that was
@@ -226,10 +226,10 @@ class ElasticBundle:
             return {name: f.get_tensor(name) for name in names}
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The permuted dense state dict, memory-mapped on first use and kept (pages are read when first touched;
-        the mapping is copy-on-write, so nothing ever writes to the file)."""
+        """The permuted dense state dict, read on first use and kept in memory. It is read with ``pread`` into fresh
+        tensors, not memory-mapped: a bundle truncated in place later must not kill the process (SIGBUS)."""
         if self._weights is None:
-            with self._file.reading(), self._file.safe_open(backend="mmap") as f:
+            with self._file.reading(), self._file.safe_open() as f:
                 self._weights = {
                     k[len(WEIGHT_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(WEIGHT_PREFIX)
                 }
@@ -268,8 +268,8 @@ class ElasticBundle:
         self._file.check_unchanged()
         tensors.update(to_tensors(statistics, self._adapter, None))
         metadata = replace(self.metadata, correction_stats=statistics.record)
-        with atomic_path(path) as tmp:
-            save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: sorted_json(metadata.to_json())})
+        with atomic_path(path, force=force) as tmp:
+            save_canonical(tensors, tmp, {"format": "pt", METADATA_KEY: readable_metadata(metadata, path)})
         return path
 
     # --- slicing -------------------------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ class ElasticBundle:
             raise TypeError(f"give a plan or a budget, not both (got a plan and {', '.join(sorted(budget))})")
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
-        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg)
+        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg, self.source.license)
         return model
 
     def dense_model(self) -> nn.Module:
@@ -365,6 +365,18 @@ class ElasticBundle:
 def load_bundle(path: str | os.PathLike) -> ElasticBundle:
     """Open an elastic bundle (validated) for slicing to any budget."""
     return ElasticBundle.open(path)
+
+
+def readable_metadata(metadata: BundleMetadata, path: Path) -> str:
+    """The metadata text to write, after reading it back as :meth:`ElasticBundle.open` will: a bundle that its own
+    reader would refuse (metadata too large, too deep, out of bounds) is never written."""
+    try:
+        text = sorted_json(metadata.to_json())
+        _parse_metadata({METADATA_KEY: text})
+    except (BundleError, ValueError, TypeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"refusing to write {path}: snapvit could not read its metadata back ({reason})") from None
+    return text
 
 
 def _parse_metadata(header: dict[str, str]) -> BundleMetadata:

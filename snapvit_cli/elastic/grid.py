@@ -8,7 +8,7 @@ byte-identical to the one ``snapvit slice`` writes for that budget alone.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.records import MAX_LATENCY_MS, MAX_SPEEDUP
 from snapvit_cli.errors import BudgetError
+from snapvit_cli.fileio import WriteError
 
 
 @dataclass(frozen=True)
@@ -132,20 +133,37 @@ def save_slices(
     ``weights_sha256``, the file's sha256, the file unchanged since it was opened, so that what was kept is what
     was verified), and every folder is cut from the kept weights: what :meth:`ElasticBundle.save_slice` writes.
     """
-    from snapvit_cli.elastic.sliced import save_sliced, sliced_config
+    from snapvit_cli.elastic.sliced import SLICED_FILES, save_sliced, sliced_config
     from snapvit_cli.elastic.tensor_checks import check_finite
     from snapvit_cli.fileio import check_output
 
     if len(plans) != len(outputs):
         raise ValueError("one output per plan")
     for out in outputs:
-        check_output(out, force, directory=True, inputs=(bundle.path,))
+        check_output(out, force, directory=True, inputs=(bundle.path,), owned=SLICED_FILES)
     bundle.weights()
     digest = bundle.verified_sha256()
-    written = []
-    for plan, out in zip(plans, outputs, strict=True):
-        state = bundle.state_dict(plan.widths)
+
+    def write(i: int) -> Path:
+        state = bundle.state_dict(plans[i].widths)
         check_finite(state, f"{bundle.path}: the sliced weights")
-        config = sliced_config(bundle.metadata, plan, bundle_sha256=digest)
-        written.append(save_sliced(out, state, config, force=force, inputs=(bundle.path,)))
+        config = sliced_config(bundle.metadata, plans[i], bundle_sha256=digest)
+        return save_sliced(outputs[i], state, config, force=force, inputs=(bundle.path,))
+
+    return write_each(outputs, write)
+
+
+def write_each(outputs: Sequence[str | os.PathLike], write: Callable[[int], Path]) -> list[Path]:
+    """``write(i)`` for every output in order. When the system refuses one (disk full), the one-line error says
+    per output what is on disk: those before it were written, it and those after it were not."""
+    written: list[Path] = []
+    existed = [os.path.lexists(out) for out in outputs]
+    for i in range(len(outputs)):
+        try:
+            written.append(write(i))
+        except WriteError as exc:
+            if len(outputs) == 1:
+                raise
+            done = [(Path(outputs[j]), existed[j]) for j in range(i)]
+            raise exc.among(done, [Path(out) for out in outputs[i + 1 :]]) from None
     return written

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import save_safetensors
+from snapvit_cli.fileio import NotRegularFileError, open_regular, save_safetensors
 
 _PROC_FD = Path("/proc/self/fd")
 CHUNK = 1 << 22
@@ -43,23 +42,31 @@ class OpenFile:
         if self.path.is_dir():
             raise BundleError(f"{self.path} is a directory, not a {what}")
         try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - held open on purpose: one version for all reads
+            self._file = open_regular(self.path)  # held open on purpose: one version for all reads
         except FileNotFoundError:
             raise BundleError(f"{what} {self.path} does not exist") from None
+        except NotRegularFileError as exc:  # a FIFO would block forever, a device never end
+            raise BundleError(f"{self.path} is {exc.strerror}") from None
         except OSError as exc:
             raise BundleError(f"cannot open {what} {self.path}: {exc.strerror or exc}") from None
         info = os.fstat(self._file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            self._file.close()
-            raise BundleError(f"{self.path} is not a regular file")
         self.size = info.st_size
         self._stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
         fd_path = _PROC_FD / str(self._file.fileno())
         self._view = str(fd_path) if _PROC_FD.is_dir() and fd_path.exists() else str(self.path)
 
+    @property
+    def view(self) -> str:
+        """A path that opens this very version of the file (``/proc/self/fd/N``; the path itself without /proc)."""
+        return self._view
+
     def safe_open(self, **kwargs: Any):
-        """``safetensors.safe_open`` on this version of the file (``framework="pt"`` unless given)."""
+        """``safetensors.safe_open`` on this version of the file (``framework="pt"`` unless given).
+
+        Tensors are read with ``pread``, never memory-mapped: a file truncated in place (``cp`` or ``curl -o`` over
+        it) then gives a read error, where touching a mapped page past the new end kills the process (SIGBUS)."""
         kwargs.setdefault("framework", "pt")
+        kwargs.setdefault("backend", "pread")
         with self.reading():
             return safe_open(self._view, **kwargs)
 

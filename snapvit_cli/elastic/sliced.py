@@ -25,6 +25,7 @@ from snapvit_cli.elastic.records import (
     BundleMetadata,
     Cost,
     SlicedConfig,
+    base_model_record,
     environment,
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
@@ -38,10 +39,12 @@ from snapvit_cli.elastic.tensor_checks import (
     precheck_size,
 )
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.fileio import atomic_dir, check_output
+from snapvit_cli.fileio import atomic_dir, check_output, open_regular
 from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
+
+SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything save_sliced writes: what --force may replace
 
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
@@ -51,17 +54,7 @@ def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: s
         architecture=source.architecture,
         model_args=source.model_args,
         pretrained_cfg=source.pretrained_cfg,
-        base_model={
-            "model_id": source.model_id,
-            "timm_name": source.timm_name,
-            "hf_hub_id": source.hf_hub_id,
-            "revision": source.revision,
-            "weights_sha256": source.weights_sha256,
-            "license": source.license,
-            "checkpoint": source.checkpoint,
-            "checkpoint_sha256": source.checkpoint_sha256,
-            "pretrained": source.pretrained,
-        },
+        base_model=base_model_record(source),
         structure=metadata.structure,
         widths=plan.widths.to_json(),
         budget=plan.budget,
@@ -85,10 +78,11 @@ def save_sliced(
     inputs: tuple[object, ...] = (),
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (whole folder or nothing); an
-    existing folder is replaced only with ``force``, and never when it is or contains one of ``inputs``."""
-    out_dir = check_output(out_dir, force, directory=True, inputs=inputs)
+    existing folder is replaced only with ``force``, only when it holds nothing but those two files (a folder
+    snapvit wrote), and never when it is or contains one of ``inputs``."""
+    out_dir = check_output(out_dir, force, directory=True, inputs=inputs, owned=SLICED_FILES)
     text = json.dumps(config.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force, owned=SLICED_FILES) as tmp:
         save_canonical(
             {k: v.contiguous() for k, v in state.items()},
             tmp / WEIGHTS_NAME,
@@ -105,7 +99,7 @@ def read_config(folder: str | os.PathLike) -> SlicedConfig:
     if not path.is_file():
         raise BundleError(f"{folder} is not a sliced model: {CONFIG_NAME} not found")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(MAX_JSON_CHARS + 1)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -149,7 +143,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None
     finally:
         weights.close()
-    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg)
+    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg, config.source.license)
     model.snapvit_config = config
     return model
 

@@ -70,7 +70,7 @@ def keep_prefix(state: dict[str, torch.Tensor], adapter: ModelAdapter, widths: W
 
 def unaliased(sliced: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``sliced`` with every tensor that shares memory with its namesake in ``source`` copied (e.g. a tensor kept
-    whole by :func:`keep_prefix` from a bundle's memory-mapped weights), so the result never aliases ``source``."""
+    whole by :func:`keep_prefix` from a bundle's kept weights), so the result never aliases ``source``."""
     return {
         k: v.clone() if k in source and v.untyped_storage().data_ptr() == source[k].untyped_storage().data_ptr() else v
         for k, v in sliced.items()

@@ -77,6 +77,8 @@ class Speed:
     threads: int
     warmup: int
     repeats: int
+    batch_ms_quartiles: tuple[float, float, float] | None = None  # ms per batch: first quartile, median, third
+    single_ms_quartiles: tuple[float, float, float] | None = None  # the same at batch 1
 
 
 # -- targets ---------------------------------------------------------------------------------------------
@@ -239,21 +241,31 @@ def measure_speed(
     def report(first: int):
         return None if progress is None else lambda done: progress(first + done, 2 * passes)
 
-    per_batch = _median_seconds(model, batch, device, dtype, warmup, repeats, report(0))
-    per_image = _median_seconds(model, batch[:1], device, dtype, warmup, repeats, report(passes))
+    per_batch = _seconds(model, batch, device, dtype, warmup, repeats, report(0))
+    per_image = _seconds(model, batch[:1], device, dtype, warmup, repeats, report(passes))
     return Speed(
-        images_per_s=batch_size / per_batch,
+        images_per_s=batch_size / statistics.median(per_batch),
         batch_size=batch_size,
-        latency_ms=per_image * 1000.0,
+        latency_ms=statistics.median(per_image) * 1000.0,
         device=_device_name(device),
         dtype=dtype,
         threads=torch.get_num_threads(),
         warmup=warmup,
         repeats=repeats,
+        batch_ms_quartiles=_quartiles_ms(per_batch),
+        single_ms_quartiles=_quartiles_ms(per_image),
     )
 
 
-def _median_seconds(
+def _quartiles_ms(seconds: list[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile of ``seconds``, in milliseconds (the spread over repeats)."""
+    if len(seconds) == 1:
+        return (seconds[0] * 1000.0,) * 3
+    q1, median, q3 = statistics.quantiles(seconds, n=4, method="inclusive")
+    return q1 * 1000.0, median * 1000.0, q3 * 1000.0
+
+
+def _seconds(
     model: nn.Module,
     x: Tensor,
     device: torch.device,
@@ -261,7 +273,7 @@ def _median_seconds(
     warmup: int,
     repeats: int,
     on_pass: Callable[[int], None] | None = None,
-) -> float:
+) -> list[float]:
     times = []
     with _inference(device, dtype):
         for i in range(warmup + repeats):
@@ -273,7 +285,7 @@ def _median_seconds(
                 times.append(time.perf_counter() - start)
             if on_pass is not None:
                 on_pass(i + 1)
-    return statistics.median(times)
+    return times
 
 
 def _synchronize(device: torch.device) -> None:
@@ -323,6 +335,12 @@ class EvalData:
         return {"train": describe(self.train), "test": describe(self.test)}
 
 
+def public_name(spec: str) -> str:
+    """What a report records of what was evaluated: a model name or ``hf-hub:`` id as given, a local file or folder
+    by its name only (reports get published; a path would say where the user keeps their files)."""
+    return spec if spec.startswith("hf-hub:") else Path(spec).name or spec
+
+
 def evaluate_target(
     spec: str,
     data_source: str,
@@ -367,7 +385,7 @@ def evaluate(
     )
     return EvalReport(
         snapvit_version=__version__,
-        target=target.spec,
+        target=public_name(target.spec),
         target_kind=target.kind,
         dataset=data.describe(),
         resolution=resolution,

@@ -26,8 +26,9 @@ def require_matplotlib() -> None:
         raise SnapvitError("plotting needs matplotlib: pip install matplotlib (the 'plot' extra)") from None
 
 
-def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike) -> Path:
-    """Write a PNG of top-1 accuracy (kNN, and the probe when evaluated) against GMACs from an eval report."""
+def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write a PNG of top-1 accuracy (kNN, and the probe when evaluated) against GMACs from an eval report
+    (an existing file is replaced only with ``force``)."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -69,6 +70,6 @@ def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike) -> Path:
     axes.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=force) as tmp:
         figure.savefig(tmp, format="png")
     return path

@@ -15,6 +15,7 @@ from typing import Any
 
 from snapvit_cli.elastic.records import Budget
 from snapvit_cli.errors import BundleError, DataError
+from snapvit_cli.fileio import open_regular
 from snapvit_cli.models.source import CROP_MODES, INTERPOLATIONS, MAX_IMG_SIZE, MIN_CROP_PCT
 from snapvit_cli.schema import MAX_JSON_CHARS, Fields, optional_sha256, parse_json
 
@@ -82,9 +83,17 @@ class Throughput:
     threads: int
     warmup: int
     repeats: int
+    batch_ms_quartiles: tuple[float, float, float] | None = None  # spread over repeats (absent in older reports)
+    single_ms_quartiles: tuple[float, float, float] | None = None  # the same at batch 1
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        for key in ("batch_ms_quartiles", "single_ms_quartiles"):
+            if data[key] is None:
+                del data[key]
+            else:
+                data[key] = list(data[key])
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Throughput:
@@ -97,9 +106,81 @@ class Throughput:
             threads=f.int("threads", 1, 1 << 16),
             warmup=f.int("warmup", 0, 1 << 20),
             repeats=f.int("repeats", 1, 1 << 20),
+            batch_ms_quartiles=_quartiles(f, "batch_ms_quartiles"),
+            single_ms_quartiles=_quartiles(f, "single_ms_quartiles"),
         )
         f.done()
         return record
+
+
+def _quartiles(f: Fields, key: str) -> tuple[float, float, float] | None:
+    values = f.floats(key, 0.0, 1e12, 3, None)
+    if values is not None and not values[0] <= values[1] <= values[2]:
+        raise BundleError(f"{f.where}.{key} must be in increasing order")
+    return None if values is None else tuple(values)
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """A model's measured speed against the dense model of the same report, and against the ideal 1 / (FLOPs
+    fraction): at the throughput batch size and at batch 1, each with the range the quartiles of both
+    measurements allow (dense Q1 / model Q3 to dense Q3 / model Q1)."""
+
+    ideal: float
+    batch_size: int
+    at_batch: float
+    at_batch_range: tuple[float, float] | None
+    at_one: float
+    at_one_range: tuple[float, float] | None
+
+    @property
+    def slower(self) -> bool:
+        """Measured slower than the dense model at either batch size."""
+        return self.at_batch < 1.0 or self.at_one < 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ideal": self.ideal,
+            "batch_size": self.batch_size,
+            "measured": self.at_batch,
+            "measured_range": None if self.at_batch_range is None else list(self.at_batch_range),
+            "of_ideal": self.at_batch / self.ideal,
+            "measured_batch_1": self.at_one,
+            "measured_batch_1_range": None if self.at_one_range is None else list(self.at_one_range),
+            "of_ideal_batch_1": self.at_one / self.ideal,
+            "slower_than_dense": self.slower,
+        }
+
+
+def speed_ups(results: tuple[EvalRow, ...] | list[EvalRow]) -> list[SpeedUp | None]:
+    """Each row's :class:`SpeedUp` against the report's first dense row with a speed measurement (None for rows
+    without one, and for all rows when no dense row was timed)."""
+    dense = next((r for r in results if r.dense and r.throughput is not None and r.latency_ms), None)
+    if dense is None:
+        return [None] * len(results)
+    out: list[SpeedUp | None] = []
+    for row in results:
+        if row.throughput is None or not row.latency_ms or not row.flops_fraction:
+            out.append(None)
+            continue
+        base, own = dense.throughput, row.throughput
+        out.append(
+            SpeedUp(
+                ideal=dense.gmacs / row.gmacs if row.gmacs else 0.0,
+                batch_size=own.batch_size,
+                at_batch=own.images_per_s / base.images_per_s,
+                at_batch_range=_ratio_range(base.batch_ms_quartiles, own.batch_ms_quartiles),
+                at_one=dense.latency_ms / row.latency_ms,
+                at_one_range=_ratio_range(base.single_ms_quartiles, own.single_ms_quartiles),
+            )
+        )
+    return out
+
+
+def _ratio_range(dense: tuple | None, own: tuple | None) -> tuple[float, float] | None:
+    if dense is None or own is None or not own[0] or not own[2]:
+        return None
+    return dense[0] / own[2], dense[2] / own[0]
 
 
 @dataclass(frozen=True)
@@ -216,6 +297,7 @@ class EvalReport:
             "transform": None if self.transform is None else dict(self.transform),
             "settings": self.settings,
             "results": [row.to_json() for row in self.results],
+            "speed_ups": [None if s is None else s.to_json() for s in speed_ups(self.results)],
             "wall_s": dict(self.wall_s),
         }
 
@@ -240,6 +322,7 @@ class EvalReport:
             source=_optional(f, "source", EvaluatedSource.from_json),
             transform=_optional(f, "transform", check_transform),
         )
+        f.data_of("speed_ups", None)  # derived from the rows; recomputed rather than trusted
         f.done()
         return report
 
@@ -248,7 +331,7 @@ def read_report(path: str | os.PathLike) -> EvalReport:
     """An :class:`EvalReport` from a ``snapvit eval --json`` file, validated; errors are one line."""
     path = Path(path)
     try:
-        with open(path, "rb") as file:
+        with open_regular(path) as file:
             text = file.read(MAX_JSON_CHARS + 1).decode("utf-8")
         return EvalReport.from_json(parse_json(text, str(path)), str(path))
     except (OSError, UnicodeDecodeError) as exc:

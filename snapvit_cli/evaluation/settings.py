@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from snapvit_cli.devices import DEVICES
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.seeds import check_seed
 
 DEFAULT_BUDGETS = (1.0, 0.9, 0.75, 0.5)  # FLOPs fractions evaluated for a bundle
 VOTES: tuple[str, ...] = ("majority", "weighted")  # kNN votes: uniform (the paper's protocol) or DINO's weighted
@@ -40,6 +41,7 @@ class EvalSettings:
     transform: str = "resize"  # "resize": whole image (the method's kNN protocol); "timm": timm's eval transform
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.vote not in VOTES:
             raise SnapvitError(f"vote must be one of {', '.join(VOTES)}, got '{self.vote}'", param="vote")
         if self.dtype not in DTYPES:

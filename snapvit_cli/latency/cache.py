@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from snapvit_cli.fileio import atomic_path
+from snapvit_cli.fileio import atomic_path, open_regular
 from snapvit_cli.latency.model import LatencyError, LatencyModel, ProfileKey
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
 
@@ -44,9 +44,11 @@ def read_profile(path: str | os.PathLike) -> LatencyModel:
     """Read and validate a profile file."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_JSON_CHARS:
+        with open_regular(path) as file:  # a FIFO in the cache would block
+            raw = file.read(MAX_JSON_CHARS + 1)
+        if len(raw) > MAX_JSON_CHARS:
             raise LatencyError(f"{path} is too large to be a latency profile")
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise LatencyError(f"cannot read the latency profile {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -73,7 +75,7 @@ def write_profile(profile: LatencyModel, path: str | os.PathLike | None = None) 
     path = Path(path) if path is not None else profile_path(profile.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(profile.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force=True) as tmp:  # a cache: the newer measurement replaces the older one
         tmp.write_text(text, encoding="utf-8")
     return path
 
@@ -99,6 +101,7 @@ def load_or_measure(
     resolution: int | None = None,
     repeats: int = 5,
     remeasure: bool = False,
+    clock: str = "wall",
     progress: Callable[[int, int], None] | None = None,
 ) -> Lookup:
     """The cached profile of ``skeleton``'s architecture for this device, dtype, batch and resolution; measured
@@ -111,7 +114,7 @@ def load_or_measure(
     if repeats < 1:
         raise LatencyError(f"repeats must be at least 1, got {repeats}", param="repeats")
     torch_device = resolve_device(device)
-    key = profile_key(skeleton, torch_device, dtype, batch_size, resolution)
+    key = profile_key(skeleton, torch_device, dtype, batch_size, resolution, clock)
     path = profile_path(key)
     stale = None
     if path.is_file() and not remeasure:
@@ -131,6 +134,7 @@ def load_or_measure(
         batch_size=batch_size,
         resolution=key.resolution,
         repeats=repeats,
+        clock=clock,
         progress=progress,
     )
     return Lookup(profile, write_profile(profile, path), cached=False, stale=stale)

@@ -153,6 +153,7 @@ def plan_latency(
         profile_sha256=profile_sha256(profile),
         dense_ms=dense_ms,
         predicted_ms=predicted,
+        clock=key.clock,
     )
     kind, target = ("speedup", speedup) if speedup is not None else ("latency", latency)
     budget = Budget(kind, target=target, head_offset=head_offset, round_to=round_to, latency=basis)

@@ -18,6 +18,7 @@ from snapvit_cli.errors import SnapvitError
 from snapvit_cli.schema import Fields
 
 PROFILE_VERSION = 1
+CLOCKS = ("wall", "cpu")
 MAX_MS = 1e9
 MAX_UNITS = 1 << 20
 
@@ -38,6 +39,7 @@ class ProfileKey:
     resolution: int
     torch: str
     architecture: dict[str, Any] = field(default_factory=dict)  # the dense structure and tokens per block
+    clock: str = "wall"  # "wall", or "cpu": CPU time of the calling thread (a loaded CPU machine, one thread)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class ProfileKey:
             "resolution": self.resolution,
             "torch": self.torch,
             "architecture": dict(self.architecture),
+            "clock": self.clock,
         }
 
     @classmethod
@@ -63,6 +66,7 @@ class ProfileKey:
             resolution=f.int("resolution", 1, 1 << 16),
             torch=f.str("torch"),
             architecture=_architecture(f.obj("architecture").data, f"{where}.architecture"),
+            clock=f.str("clock", choices=CLOCKS),
         )
         f.done()
         return key
@@ -70,9 +74,10 @@ class ProfileKey:
     def describe(self) -> str:
         """One line for people: ``cpu (Intel Xeon…), 2 threads, float32, batch 32, 224 px, torch 2.4.0``."""
         threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.device == "cpu" else ""
+        clock = ", CPU time" if self.clock == "cpu" else ""
         return (
             f"{self.device} ({self.device_name}){threads}, {self.dtype}, batch {self.batch_size}, "
-            f"{self.resolution} px, torch {self.torch}"
+            f"{self.resolution} px, torch {self.torch}{clock}"
         )
 
 

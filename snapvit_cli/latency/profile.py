@@ -11,6 +11,7 @@ block slower in the model, so noise on a loaded machine cannot send the chooser 
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import statistics
 import time
@@ -22,11 +23,14 @@ from torch import nn
 
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.elastic.budget import block_floor
-from snapvit_cli.latency.model import LatencyModel, ProfileKey
+from snapvit_cli.latency.model import CLOCKS, LatencyError, LatencyModel, ProfileKey
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: A rounding "pays" when the aligned width runs this much faster than its unaligned neighbour.
 ROUNDING_TOLERANCE = 0.05
+#: A timing sample lasts at least this long: faster items are run several times per sample (at most MAX_CALLS).
+MIN_SAMPLE_S = 0.05
+MAX_CALLS = 200
 #: Points of the MLP-width grid between the floor and the dense width (plus both ends).
 MLP_POINTS = 8
 #: Head counts up to this are all measured; above it, a grid of about this many.
@@ -50,7 +54,12 @@ def device_name(device: torch.device) -> str:
 
 
 def profile_key(
-    skeleton: nn.Module, device: torch.device, dtype: str, batch_size: int, resolution: int | None
+    skeleton: nn.Module,
+    device: torch.device,
+    dtype: str,
+    batch_size: int,
+    resolution: int | None,
+    clock: str = "wall",
 ) -> ProfileKey:
     """The key of a profile of ``skeleton``'s architecture on this machine (no timing)."""
     adapter = get_adapter(skeleton)
@@ -68,6 +77,7 @@ def profile_key(
         resolution=resolution,
         torch=torch.__version__,
         architecture=architecture,
+        clock=clock,
     )
 
 
@@ -103,12 +113,20 @@ def measure_profile(
     batch_size: int = 1,
     resolution: int | None = None,
     repeats: int = 5,
+    clock: str = "wall",
     progress: Callable[[int, int], None] | None = None,
 ) -> LatencyModel:
-    """Profile the architecture of ``skeleton`` (a dense model, e.g. on the meta device; it is not changed)."""
+    """Profile the architecture of ``skeleton`` (a dense model, e.g. on the meta device; it is not changed).
+
+    ``clock="cpu"`` times with the calling thread's CPU time instead of wall time (CPU devices only): on a
+    machine shared with other processes, with one thread, the work of a pass without the time others took."""
     started = time.perf_counter()
     device = torch.device(device)
-    key = profile_key(skeleton, device, dtype, batch_size, resolution)
+    if clock not in CLOCKS:
+        raise LatencyError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}", param="clock")
+    if clock == "cpu" and device.type != "cpu":
+        raise LatencyError(f"the cpu clock times CPU devices only, not {device}", param="clock")
+    key = profile_key(skeleton, device, dtype, batch_size, resolution, clock)
     arch = key.architecture
     width, heads = arch["mlp_hidden"], arch["num_heads"]
     widths = mlp_grid(width, block_floor(width, min_keep_mlp))
@@ -127,7 +145,8 @@ def measure_profile(
     items["fixed"] = lambda: stem(images)
     dense = _materialized(copy.deepcopy(skeleton), device, key.resolution)
     items["dense"] = lambda: dense(images)
-    times = _rounds(items, device, dtype, repeats, progress)
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
+    times = _rounds(items, device, dtype, repeats, progress, timer)
     medians = {name: statistics.median(t) for name, t in times.items()}
     spread = statistics.median((max(t) - min(t)) / max(statistics.median(t), 1e-12) for t in times.values())
     rounding = {}
@@ -176,19 +195,29 @@ def _rounds(
     dtype: str,
     repeats: int,
     progress: Callable[[int, int], None] | None,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> dict[object, list[float]]:
-    """Milliseconds of every item in each of ``repeats`` rounds, after one untimed warm-up round."""
+    """Milliseconds of every item in each of ``repeats`` rounds, after one untimed warm-up round.
+
+    An item faster than ``MIN_SAMPLE_S`` is run several times per sample (as many as the warm-up pass says fill
+    it) and the sample is their mean: a pass of a few milliseconds is otherwise at the mercy of one scheduler
+    time slice on a busy machine."""
     times: dict[object, list[float]] = {name: [] for name in items}
+    calls = dict.fromkeys(items, 1)
     total, done = (repeats + 1) * len(items), 0
     with _inference(device, dtype):
         for round_ in range(repeats + 1):
             for name, run in items.items():
                 _synchronize(device)
-                start = time.perf_counter()
-                run()
+                start = timer()
+                for _ in range(calls[name]):
+                    run()
                 _synchronize(device)
+                seconds = (timer() - start) / calls[name]
                 if round_:
-                    times[name].append((time.perf_counter() - start) * 1000.0)
+                    times[name].append(seconds * 1000.0)
+                else:
+                    calls[name] = min(MAX_CALLS, max(1, math.ceil(MIN_SAMPLE_S / max(seconds, 1e-9))))
                 done += 1
                 if progress is not None:
                     progress(done, total)

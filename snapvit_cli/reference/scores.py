@@ -17,13 +17,14 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from snapvit_cli.errors import SnapvitError
-from snapvit_cli.fileio import sha256_file
+from snapvit_cli.errors import BundleError, SnapvitError
+from snapvit_cli.fileio import NotRegularFileError, open_regular, sha256_stream
 from snapvit_cli.models.aliases import ALIASES
+from snapvit_cli.schema import MAX_NESTING, check_data
 
 
 class ScoreFileError(SnapvitError):
@@ -111,11 +112,26 @@ class ReferenceScores:
 
 
 def read_reference_scores(path: str | os.PathLike) -> ReferenceScores:
-    """Read and validate a published ``importance-scores.pt`` without executing anything from it."""
+    """Read and validate a published ``importance-scores.pt`` without executing anything from it.
+
+    The file is read through one handle (a FIFO or device is refused before it can block); its zip directory is
+    checked before anything is unpickled (stored members only, together no larger than the file), and its metadata
+    is walked iteratively under node and depth budgets, so no file makes this hang, recurse or allocate more than
+    the file holds.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ScoreFileError(f"score file {path} does not exist or is not a file")
-    raw = _unpickle(path)
+    try:
+        file = open_regular(path)
+    except FileNotFoundError:
+        raise ScoreFileError(f"score file {path} does not exist") from None
+    except NotRegularFileError as exc:  # a FIFO would block forever
+        raise ScoreFileError(f"score file {path} is {exc.strerror}") from None
+    except OSError as exc:
+        raise ScoreFileError(f"score file {path} cannot be read: {exc.strerror or exc}") from None
+    with file:
+        raw = _unpickle(file, path)
+        file.seek(0)
+        digest = sha256_stream(file)
     if not isinstance(raw, dict):
         raise ScoreFileError(f"score file {path.name} holds a {type(raw).__name__}, not a dict of scores")
     missing = [key for key in _REQUIRED_KEYS if key not in raw]
@@ -143,20 +159,23 @@ def read_reference_scores(path: str | os.PathLike) -> ReferenceScores:
         min_head_keep=_ratio(raw, "min_head_keep_ratio", path.name),
         metadata=_metadata(raw["metadata"], path.name),
         file_name=path.name,
-        sha256=sha256_file(path),
+        sha256=digest,
     )
 
 
-def _unpickle(path: Path) -> object:
+def _unpickle(file: BinaryIO, path: Path) -> object:
     """Unpickle with torch's ``weights_only`` unpickler: only tensors, plain data and the two enums."""
     with torch.serialization.safe_globals(_ENUM_GLOBALS):
         try:
-            if not zipfile.is_zipfile(path):
+            if not zipfile.is_zipfile(file):
                 raise ScoreFileError(f"score file {path.name} is not a torch.save archive, or it is truncated")
+            _check_members(file, path)
             # A static scan first, so that a refusal names what the file asks for.
-            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            file.seek(0)
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(file)
             if not foreign:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                file.seek(0)
+                return torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ScoreFileError(
                 f"refusing to load score file {path.name}: its pickle needs more than tensors, plain data "
@@ -168,6 +187,27 @@ def _unpickle(path: Path) -> object:
         f"refusing to load score file {path.name}: it refers to {', '.join(sorted(foreign))}; "
         "a score file needs only tensors, plain data and the SnapViT enums"
     )
+
+
+def _check_members(file: BinaryIO, path: Path) -> None:
+    """Refuse an archive that could expand beyond its own size when loaded: ``torch.save`` stores every record
+    uncompressed, so a compressed member (a 500 MB tensor deflated to 2 MB) or members that together claim more
+    bytes than the file has (overlapping entries) are refused before anything is read."""
+    size = os.fstat(file.fileno()).st_size
+    file.seek(0)
+    with zipfile.ZipFile(file) as archive:
+        members = archive.infolist()
+    compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise ScoreFileError(
+            f"score file {path.name} has compressed members ({', '.join(compressed[:3])}); torch.save stores "
+            "records uncompressed, and snapvit does not inflate them"
+        )
+    claimed = sum(m.file_size for m in members)
+    if claimed > size:
+        raise ScoreFileError(
+            f"score file {path.name}: its members claim {claimed} bytes, more than the file's {size}"
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -212,29 +252,75 @@ def _ratio(raw: dict, key: str, file_name: str) -> float:
     return float(value)
 
 
+# Budgets of the metadata walk: the published files' metadata holds a few dozen values. A pickle can share one
+# list many times (2^40 paths through 40 lists of two references each) or nest it 50,000 levels deep in a few KB;
+# counting every value visited, repeats included, stops both.
+MAX_METADATA_NODES = 100_000
+
+
 def _metadata(value: object, file_name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ScoreFileError(f"score file {file_name}: metadata must be a dict, got {type(value).__name__}")
-    return _to_json(value, file_name, "metadata")
+    data = _to_json(value, file_name, "metadata")
+    try:  # what the bundle's reader accepts: depth, sizes, strings
+        check_data(data, f"score file {file_name}: metadata")
+    except BundleError as exc:
+        raise ScoreFileError(str(exc)) from None
+    return data
 
 
 def _to_json(value: Any, file_name: str, where: str) -> Any:
-    """Turn unpickled metadata into JSON-ready values (tuples and tensors become lists)."""
-    if value is None or type(value) in (bool, int, str):
-        return value
-    if type(value) is float:
-        if not math.isfinite(value):
-            raise ScoreFileError(f"score file {file_name}: {where} is {value}, which JSON cannot hold")
-        return value
-    if isinstance(value, torch.Tensor):
-        return _to_json(value.tolist(), file_name, where)
-    if isinstance(value, (list, tuple)):
-        return [_to_json(item, file_name, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        if not all(type(key) is str for key in value):
-            raise ScoreFileError(f"score file {file_name}: {where} has non-string keys")
-        return {key: _to_json(item, file_name, f"{where}.{key}") for key, item in value.items()}
-    raise ScoreFileError(f"score file {file_name}: {where} holds a {type(value).__name__}, which is not plain data")
+    """Turn unpickled metadata into JSON-ready values (tuples and tensors become lists), iteratively: at most
+    :data:`MAX_METADATA_NODES` values (tensor elements included, shared ones counted each time they are reached)
+    and :data:`MAX_NESTING` levels, so that neither a shared-reference bomb nor deep nesting can hang or recurse."""
+    budget = MAX_METADATA_NODES
+    root: list[Any] = [None]
+    stack: list[tuple[Any, list | dict, Any, str, int]] = [(value, root, 0, where, 0)]
+    while stack:
+        item, parent, key, at, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise _too_many(file_name)
+        if depth > MAX_NESTING:
+            raise ScoreFileError(f"score file {file_name}: {at} nests deeper than {MAX_NESTING} levels")
+        if item is None or type(item) in (bool, int, str):
+            parent[key] = item
+        elif type(item) is float:
+            if not math.isfinite(item):
+                raise ScoreFileError(f"score file {file_name}: {at} is {item}, which JSON cannot hold")
+            parent[key] = item
+        elif isinstance(item, torch.Tensor):
+            budget -= item.numel()
+            if budget < 0:
+                raise _too_many(file_name)
+            if item.is_floating_point() and not bool(torch.isfinite(item).all()):
+                raise ScoreFileError(f"score file {file_name}: {at} contains NaN or infinity, which JSON cannot hold")
+            parent[key] = item.tolist()
+        elif isinstance(item, (list, tuple)):
+            if len(item) > budget:
+                raise _too_many(file_name)
+            out: list[Any] = [None] * len(item)
+            parent[key] = out
+            stack.extend((child, out, i, f"{at}[{i}]", depth + 1) for i, child in enumerate(item))
+        elif isinstance(item, dict):
+            if not all(type(k) is str for k in item):
+                raise ScoreFileError(f"score file {file_name}: {at} has non-string keys")
+            if len(item) > budget:
+                raise _too_many(file_name)
+            mapping: dict[str, Any] = dict.fromkeys(item)
+            parent[key] = mapping
+            stack.extend((child, mapping, k, f"{at}.{k}", depth + 1) for k, child in item.items())
+        else:
+            raise ScoreFileError(
+                f"score file {file_name}: {at} holds a {type(item).__name__}, which is not plain data"
+            )
+    return root[0]
+
+
+def _too_many(file_name: str) -> ScoreFileError:
+    return ScoreFileError(
+        f"score file {file_name}: metadata holds more than {MAX_METADATA_NODES} values; refusing to read it"
+    )
 
 
 def check_matches(

@@ -15,6 +15,8 @@ Without a process group every helper here is the identity, and a single process 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import math
 import os
 from collections.abc import Iterator
 
@@ -22,6 +24,12 @@ import torch
 import torch.distributed as dist
 
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.launcher import launched, local_rank, rank, world_size
+
+# A rank waits this long for the others at any collective (and at the rendezvous), then the job ends in one line.
+# Ranks do the same work between collectives, so a healthy job waits seconds; a download on one rank may take longer.
+TIMEOUT_ENV = "SNAPVIT_COLLECTIVE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 def active() -> bool:
@@ -81,14 +89,9 @@ def gather_rows(part: torch.Tensor, total: int) -> torch.Tensor:
     return torch.cat([piece[:n] for piece, n in zip(pieces, rows, strict=True)]).to(part.device)
 
 
-def launched() -> bool:
-    """Whether this process was started by ``torchrun`` (or another launcher setting ``WORLD_SIZE``) with N > 1."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def is_secondary() -> bool:
     """A launched process other than rank 0: it computes its share but writes and prints nothing."""
-    return launched() and int(os.environ.get("RANK", "0")) != 0
+    return launched() and rank() != 0
 
 
 def start(device: str) -> None:
@@ -97,10 +100,33 @@ def start(device: str) -> None:
         return
     if not dist.is_available():
         raise SnapvitError("this torch build has no torch.distributed; run snapvit score without torchrun")
+    timeout = collective_timeout()
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+        torch.cuda.set_device(local_rank())
+    try:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    except (ValueError, RuntimeError) as exc:  # no rendezvous (MASTER_ADDR unset), or no peer within the timeout
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
+        raise SnapvitError(
+            f"cannot join the torchrun process group of {world_size()} ranks ({reason}); start snapvit with "
+            "torchrun, or unset WORLD_SIZE to run one process"
+        ) from None
+
+
+def collective_timeout() -> float:
+    """Seconds a rank waits for the others at a collective (:data:`TIMEOUT_ENV`, default
+    :data:`DEFAULT_TIMEOUT_S`): a stopped or hung rank then ends the job with one line instead of stalling it."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= 86_400:
+        raise SnapvitError(f"{TIMEOUT_ENV}={raw[:30]!r} must be a number of seconds in [1, 86400]")
+    return value
 
 
 def stop() -> None:
@@ -119,8 +145,18 @@ def failures_end_all_ranks() -> Iterator[None]:
     except RuntimeError as exc:
         if not (active() or launched()) or not _is_collective_failure(exc):
             raise
+        if _is_timeout(exc):
+            raise SnapvitError(
+                f"another rank of the torchrun job did not answer within {collective_timeout():g} s (stopped or "
+                f"hung?; {TIMEOUT_ENV} sets the wait); no bundle was written"
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SnapvitError(f"another rank of the torchrun job failed ({reason}); no bundle was written") from None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def _is_collective_failure(exc: BaseException) -> bool:

@@ -15,6 +15,7 @@ from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
 from snapvit_cli.errors import SnapvitError
 from snapvit_cli.models.aliases import DEMO_MODEL
 from snapvit_cli.scoring.registry import DATA_METHODS, METHODS
+from snapvit_cli.seeds import check_seed
 
 # The four (MLP, head) removal ratios the released bundles were searched with (§12).
 PAPER_GA_PAIRS: tuple[tuple[float, float], ...] = ((0.15, 0.0), (0.35, 0.2), (0.55, 0.4), (0.65, 0.5))
@@ -90,6 +91,7 @@ class ScoreSettings:
     progress: Progress | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         _check_choice("crops", self.crops, CROP_MODES)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("score", self.score, SCORE_FORMULAS)
