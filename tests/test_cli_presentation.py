@@ -115,7 +115,7 @@ def test_help_has_examples_and_panels():
     assert result.exit_code == 0
     for heading in ("Examples", "Model", "Data", "Scoring", "Search", "Output"):
         assert heading in result.stdout, heading
-    assert "<snapvit|gradient|magnitude|random|snip|lamp>" in result.stdout
+    assert "Choices: snapvit, gradient, magnitude, random, snip, lamp." in result.stdout
     assert result.stdout.count("$ snapvit score") >= 2
 
 
@@ -148,6 +148,12 @@ def test_choices_match_the_library():
     assert get_args(_options.Crops) == CROP_MODES and get_args(_options.Loss) == LOSSES
     assert get_args(_options.ScoreFormula) == SCORE_FORMULAS and get_args(_options.Preset) == tuple(PRESETS)
     assert get_args(_options.Vote) == VOTES and get_args(_options.Dtype) == DTYPES
+    from snapvit_cli.correction.settings import TOKEN_MODES
+    from snapvit_cli.evaluation.settings import TRANSFORMS
+    from snapvit_cli.export import FORMATS
+
+    assert get_args(_options.Transform) == TRANSFORMS and get_args(_options.Tokens) == TOKEN_MODES
+    assert get_args(_options.ExportFormat) == FORMATS
 
 
 @pytest.mark.parametrize(

@@ -103,11 +103,12 @@ def test_a_file_outside_the_tolerance_is_not_written(exported, tmp_path):
         export_model(model, folder / "augreg-classifier.pt2", "pt2")
 
 
-def test_missing_export_extra_is_one_line(monkeypatch):
+def test_missing_export_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ExportError, match=r"needs onnxruntime: pip install onnx onnxruntime onnxscript"):
         require_onnx()
-    result = runner.invoke(app, ["export", "nowhere", "--format", "onnx"])
+    bundle = small_bundle(tmp_path, "dino")  # a real input: a missing one is refused first, before torch
+    result = runner.invoke(app, ["export", str(bundle), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1 and "pip install onnx onnxruntime onnxscript" in result.stderr
     assert "Traceback" not in result.output
 
