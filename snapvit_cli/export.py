@@ -168,9 +168,12 @@ def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path, record: dict
             for node in module.graph.nodes:
                 node.meta.pop("stack_trace", None)
     # Through a file object: given a path, torch names the archive's inner folder after the (temporary) file name,
-    # and the bytes would differ from run to run.
+    # and the bytes would differ from run to run. Into memory first: torch's archive writer aborts the process
+    # (std::terminate) when the disk fills under it, where a plain write raises OSError, reported in one line.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={PT2_EXTRA: metadata_text(record)})
     with open(path, "wb") as f:
-        torch.export.save(program, f, extra_files={PT2_EXTRA: metadata_text(record)})
+        f.write(buffer.getbuffer())
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> int:
@@ -197,6 +200,8 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dic
                 optimize=True,
                 verify=False,
             )
+    except OSError:  # the disk (full, no permission): atomic_path reports it, with what was written
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"ONNX export failed: {_first_line(exc)}") from None
     _label_onnx(path, record)
