@@ -37,6 +37,7 @@ from benchmarks.common import REAL_CHECKPOINT, features, log, machine, shared_da
 from snapvit_cli.adapters import Widths
 from snapvit_cli.data import load_images, preprocess
 from snapvit_cli.elastic.bundle import ElasticBundle, load_bundle, write_bundle
+from snapvit_cli.errors import BudgetError
 from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.latency.cache import load_or_measure
 from snapvit_cli.latency.chooser import plan_bundle
@@ -120,8 +121,14 @@ def run_case(name: str, bundle: ElasticBundle, threads: int, batch_size: int, ar
     log(f"{name} {threads}t b{batch_size}: profile {profile.seconds:.1f} s, dense {profile.dense_ms():.1f} ms "
         f"predicted / {profile.dense_ms_measured:.1f} ms measured, spread {profile.spread:.1%}")  # fmt: skip
     rows = [{"label": "dense", "plan": bundle.plan(flops=1.0), "target": None}]
+    unreachable = {}
     for target in args.targets:
-        plan = plan_bundle(bundle, profile, speedup=target, head_offset=args.head_offset)
+        try:
+            plan = plan_bundle(bundle, profile, speedup=target, head_offset=args.head_offset)
+        except BudgetError as exc:  # the profile says no slice is that fast: recorded, not timed
+            unreachable[target] = str(exc)
+            log(f"  speedup {target:g}: {exc}")
+            continue
         rows.append({"label": f"speedup {target:g}", "plan": plan, "target": target})
         matched = flops_matched(bundle, profile, plan.budget.latency.predicted_ms, args.head_offset)
         rows.append({"label": f"flops {matched.flops_fraction:.3f} (same predicted time)", "plan": matched,
@@ -172,7 +179,7 @@ def run_case(name: str, bundle: ElasticBundle, threads: int, batch_size: int, ar
         "profile": {"seconds": profile.seconds, "repeats": profile.repeats, "spread": profile.spread,
                     "dense_predicted_ms": profile.dense_ms(), "dense_measured_ms": profile.dense_ms_measured,
                     "rounding": profile.rounding, "snap": profile.snap},
-        "rows": out,
+        "rows": out, "unreachable": unreachable,
     }  # fmt: skip
 
 
@@ -214,6 +221,13 @@ def render(cases: list[dict], accuracy: dict[str, float], args) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
+        for target, reason in case.get("unreachable", {}).items():
+            lines.append(
+                f"| {case['model']} | {case['threads']} | {case['batch_size']} | "
+                f"{case['load_before'][0]:.1f}→{case['load_after'][0]:.1f} | {case['profile']['seconds']:.1f} | "
+                f"speedup {float(target):g} | — | — | out of reach: {reason.split(': ', 1)[-1]} | not timed | — "
+                "| ✗ | — |"
+            )
         for row in case["rows"]:
             if row["label"] == "dense":
                 continue
@@ -248,12 +262,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64, help="ViT-Tiny scoring images (gradient method)")
     parser.add_argument("--tiny-bundle", type=Path, default=None, help="use this ViT-Tiny bundle instead of scoring")
     parser.add_argument("--knn", action="store_true", help="kNN of every ViT-Tiny slice (the full benchmark)")
-    parser.add_argument("--knn-cases", default="2:32", help="THREADS:BATCH cases whose slices get kNN")
+    parser.add_argument("--knn-cases", default="1:32", help="THREADS:BATCH cases whose slices get kNN")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="how the latency profile times")
     parser.add_argument("--judge", choices=("wall", "cpu"), default="cpu", help="the clock the ±7 %% verdict uses")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--render", type=Path, nargs="+", default=None,
+                        help="print the table of these --json files (of runs made with this --clock/--judge)")
     args = parser.parse_args()
     args.command = "python -m benchmarks.latency " + " ".join(sys.argv[1:])
+    if args.render:
+        runs = [json.loads(path.read_text()) for path in args.render]
+        cases = [case for run in runs for case in run["cases"]]
+        print(render(cases, {k: v for run in runs for k, v in run["knn"].items()}, args))
+        return
     args.targets = [float(t) for t in args.targets.split(",")]
     if not (shared_data() / REAL_CHECKPOINT).is_file():
         sys.exit(f"{shared_data() / REAL_CHECKPOINT} not found: set SNAPVIT_SHARED_DATA to the shared data folder")

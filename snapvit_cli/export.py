@@ -6,6 +6,10 @@ timm's Eva attention (DINOv3) while the dynamo one handles every supported famil
 image size is fixed to the model's (ViT position embeddings are). Every file is checked before it is put in place:
 it is loaded back (onnxruntime / ``torch.export.load``) and run at two batch sizes against the PyTorch model, and
 a difference above the tolerance leaves no file behind.
+
+Every file carries its :mod:`snapvit_cli.export_metadata` record (preprocessing, budget, widths, provenance, bundle
+hash; :func:`~snapvit_cli.export_metadata.read_export_metadata` reads it back), names its output ``features`` or
+``logits``, and holds no Python stack traces (they name files on the exporting machine).
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import SnapvitError
+from snapvit_cli.export_metadata import (
+    INPUT_NAME,
+    METADATA_KEY,
+    PT2_EXTRA,
+    export_metadata,
+    metadata_text,
+    strip_onnx_stack_traces,
+)
 from snapvit_cli.fileio import atomic_path, check_output
 
 Format = Literal["onnx", "pt2"]
 FORMATS: tuple[str, ...] = ("onnx", "pt2")
 ONNX_OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "pixel_values", "output"
 CHECK_BATCHES = (1, 7)  # the batch sizes every written file is run at
 DEFAULT_TOLERANCE = 1e-4  # max |exported - PyTorch| allowed in float32
 ONNX_MAX_BYTES = 2**31 - 1  # protobuf's limit for a single-file ONNX model
@@ -55,6 +66,7 @@ class ExportResult:
     max_abs_diff: float
     checked_batches: list[int]
     tolerance: float
+    output_name: str  # "features" or "logits"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +107,8 @@ def export_model(
     """Write ``model`` (float32, CPU, eval mode) as ``fmt`` to ``path``, verified at batch sizes 1 and 7.
 
     The file is written next to ``path`` under a temporary name, loaded back and compared with ``model`` on seeded
-    random images; only a file within ``tolerance`` is renamed onto ``path``.
+    random images; only a file within ``tolerance`` is renamed onto ``path``. A model with a ``snapvit_config`` (a
+    sliced model) records it in the file's metadata.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -108,9 +121,12 @@ def export_model(
     with torch.no_grad():
         if not torch.isfinite(model(example)).all():  # before the slow export: no file could be checked against it
             raise ExportError("the PyTorch model's output is not finite (NaN or infinity); nothing was written")
+    config = getattr(model, "snapvit_config", None)
+    record = export_metadata(config, height, width, int(getattr(model, "num_classes", 0) or 0))
     with atomic_path(path, force=force) as tmp:
         start = time.perf_counter()
-        opset = _write_onnx(model, example, tmp) if fmt == "onnx" else _write_pt2(model, example, tmp)
+        write = _write_onnx if fmt == "onnx" else _write_pt2
+        opset = write(model, example, tmp, record)
         export_s = time.perf_counter() - start
         start = time.perf_counter()
         diff = _check(fmt, tmp, model, height, width, seed)
@@ -132,6 +148,7 @@ def export_model(
         max_abs_diff=diff,
         checked_batches=list(CHECK_BATCHES),
         tolerance=tolerance,
+        output_name=record["output"]["name"],
     )
 
 
@@ -147,15 +164,19 @@ def _exported_program(model: nn.Module, example: torch.Tensor) -> torch.export.E
         raise ExportError(f"torch.export cannot capture this model: {_first_line(exc)}") from None
 
 
-def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> None:
     program = _exported_program(model, example)
+    for module in program.graph_module.modules():  # stack traces name files on this machine
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)
     # Through a file object: given a path, torch names the archive's inner folder after the (temporary) file name,
     # and the bytes would differ from run to run.
     with open(path, "wb") as f:
-        torch.export.save(program, f)
+        torch.export.save(program, f, extra_files={PT2_EXTRA: metadata_text(record)})
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> int:
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> int:
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if weights >= ONNX_MAX_BYTES:
         raise ExportError(
@@ -174,14 +195,26 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> int:
                 dynamic_shapes=({0: _batch_dim()},),  # the model itself, not a program: keeps the axis name "batch"
                 opset_version=ONNX_OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[record["output"]["name"]],
                 external_data=False,
                 optimize=True,
                 verify=False,
             )
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"ONNX export failed: {_first_line(exc)}") from None
+    _label_onnx(path, record)
     return ONNX_OPSET
+
+
+def _label_onnx(path: Path, record: dict[str, Any]) -> None:
+    """Add the metadata record to the written ONNX file and drop the exporter's stack traces, in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    strip_onnx_stack_traces(proto)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata_text(record)
+    onnx.save(proto, str(path))
 
 
 @contextlib.contextmanager

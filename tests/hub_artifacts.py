@@ -57,7 +57,7 @@ def build_artifacts(folder: Path) -> tuple[Path, Path]:
     model = make_small_model(SMALL)
     # stands for timm's pretrained Hub weights (pretrained=True), which is what a card may name as base model
     source = dataclasses.replace(
-        small_model_source(SMALL, model), hf_hub_id=BASE_HUB_ID, license=BASE_LICENSE, pretrained=True
+        small_model_source(SMALL, model), hf_hub_id=BASE_HUB_ID, license=BASE_LICENSE, origin="hub"
     )
     bundle_path = write_bundle(folder / "small.safetensors", model, source, score_model(model))
     bundle = ElasticBundle.open(bundle_path)

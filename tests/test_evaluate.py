@@ -137,8 +137,9 @@ def test_model_card_renders_the_report(bundle_report, demo_bundle):
     )
     dense, half = report["results"]
     assert "## Evaluation" in card and "flops 0.5 |" in card
-    assert f"| {dense['accuracy']['knn']:.4g} | {dense['accuracy']['probe']:.4g} | {dense['gmacs']:.4g} |" in card
-    assert f"| {half['accuracy']['knn']:.4g} |" in card
+    knn, probe = dense["accuracy"]["knn"], dense["accuracy"]["probe"]
+    assert f"| {100 * knn:.2f}% | {100 * probe:.2f}% | {dense['gmacs']:.4g} |" in card
+    assert f"| {100 * half['accuracy']['knn']:.2f}% (dense {100 * knn:.2f}%, " in card
     assert "Throughput measured with batch_size 4, device cpu, dtype float32" in card
 
 
@@ -290,7 +291,8 @@ def test_features_are_extracted_once_per_model_and_split(demo_bundle, monkeypatc
 @pytest.mark.slow
 def test_real_vit_tiny_on_a_cifar10_subset(shared_data):
     """The pretrained ViT-Tiny separates CIFAR-10 far above chance (0.1) and above its random init (~0.27 on the
-    full subset); a 500/100 subset is enough to show it; the full 5000/1000 split gives 0.683 (benchmarks/README.md)."""
+    full subset). On this 500/100 subset (seed 0, k = 20) it scores 0.590 (measured with this command, torch 2.14.1,
+    CPU); the full 5000/1000 split gives 0.683 (benchmarks/README.md). Two test images either way are allowed."""
     checkpoint = shared_data / "vit_tiny_patch16_224.tinyimagenet.safetensors"
     data = shared_data / "cifar10_subset.npz"
     result = run(
@@ -299,7 +301,7 @@ def test_real_vit_tiny_on_a_cifar10_subset(shared_data):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)["results"]
-    assert row["accuracy"]["knn"] > 0.45
+    assert row["accuracy"]["knn"] == pytest.approx(0.59, abs=0.021)
     assert row["gmacs"] == pytest.approx(1.2535296) and row["params"] == 5_563_016
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from snapvit_cli.api import load_bundle
 from snapvit_cli.cli.app import app
 from snapvit_cli.elastic.bundle import write_bundle
+from snapvit_cli.errors import OutputExistsError
 from snapvit_cli.export import ExportError, export_model, require_onnx
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
@@ -98,15 +99,16 @@ def test_a_file_outside_the_tolerance_is_not_written(exported, tmp_path):
     with pytest.raises(ExportError, match="nothing was written"):
         export_model(model, tmp_path / "m.pt2", "pt2", tolerance=-1.0)  # no file can pass
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(OutputExistsError, match=r"augreg-classifier\.pt2 already exists"):
         export_model(model, folder / "augreg-classifier.pt2", "pt2")
 
 
-def test_missing_export_extra_is_one_line(monkeypatch):
+def test_missing_export_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ExportError, match=r"needs onnxruntime: pip install onnx onnxruntime onnxscript"):
         require_onnx()
-    result = runner.invoke(app, ["export", "nowhere", "--format", "onnx"])
+    bundle = small_bundle(tmp_path, "dino")  # a real input: a missing one is refused first, before torch
+    result = runner.invoke(app, ["export", str(bundle), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1 and "pip install onnx onnxruntime onnxscript" in result.stderr
     assert "Traceback" not in result.output
 
@@ -131,3 +133,52 @@ def test_cli_exports_several_budgets_from_a_bundle(tmp_path):
     single = runner.invoke(app, ["export", str(sliced), "--format", "pt2", "-o", str(tmp_path / "h.pt2"), "--json"])
     assert single.exit_code == 0, single.output
     assert (tmp_path / "h.pt2").read_bytes() == (out / "flops0.5.pt2").read_bytes()  # deterministic bytes
+
+
+def test_exported_files_carry_their_metadata_and_name_their_output(tmp_path):
+    """Whoever holds only the file can read its preprocessing, budget, widths, provenance and bundle hash, and the
+    output is named for what it is (issue 24); no stack trace names a file of the exporting machine."""
+    from snapvit_cli.elastic.sliced import read_config
+    from snapvit_cli.export_metadata import read_export_metadata
+
+    for name, output in (("dino", "features"), ("augreg-classifier", "logits")):
+        bundle = small_bundle(tmp_path, name)
+        sliced = tmp_path / f"{name}-half"
+        assert runner.invoke(app, ["slice", str(bundle), "--flops", "0.5", "-o", str(sliced)]).exit_code == 0
+        config = read_config(sliced)
+        for fmt in ("onnx", "pt2"):
+            target = tmp_path / f"{name}.{fmt}"
+            result = runner.invoke(app, ["export", str(bundle), "--flops", "0.5", "--format", fmt, "-o", str(target)])
+            assert result.exit_code == 0, result.output
+            record = read_export_metadata(target)
+            assert record["output"]["name"] == output and record["input"]["name"] == "pixel_values"
+            assert record["preprocessing"]["mean"] == config.pretrained_cfg["mean"]
+            assert record["preprocessing"]["std"] == config.pretrained_cfg["std"]
+            assert record["preprocessing"]["interpolation"] == config.pretrained_cfg["interpolation"]
+            assert record["preprocessing"]["input_size"] == config.pretrained_cfg["input_size"]
+            assert record["budget"] == config.budget.to_json() and record["widths"] == config.widths
+            assert record["source"] == config.base_model and record["bundle_sha256"] == config.bundle_sha256
+            data = target.read_bytes()
+            assert b"stack_trace" not in data
+            assert b"site-packages" not in data and str(tmp_path).encode() not in data
+        # read by onnxruntime and torch.export alone, as a user of the bare file would
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()] == [output]
+        assert json.loads(session.get_modelmeta().custom_metadata_map["snapvit"]) == read_export_metadata(
+            tmp_path / f"{name}.onnx"
+        )
+        extra = {"snapvit.json": ""}
+        torch.export.load(str(tmp_path / f"{name}.pt2"), extra_files=extra)
+        assert json.loads(extra["snapvit.json"]) == read_export_metadata(tmp_path / f"{name}.pt2")
+
+
+def test_reading_metadata_of_a_file_without_it_is_one_line(tmp_path):
+    from snapvit_cli.errors import BundleError
+    from snapvit_cli.export_metadata import read_export_metadata
+
+    (tmp_path / "x.onnx").write_bytes(b"\x00not onnx")
+    for path in (tmp_path / "x.onnx", tmp_path / "missing.pt2"):
+        with pytest.raises(BundleError):
+            read_export_metadata(path)

@@ -204,3 +204,37 @@ def test_disk_full_in_a_multi_budget_run_says_which_outputs_were_written(tmp_pat
         f"{second} was not written; {third} was not written"
     )
     assert sorted(p.name for p in out.iterdir()) == ["flops0.5"]
+
+
+# -- item 12: push sends exactly what it validated ----------------------------------------------------------------
+
+
+def test_push_stages_the_validated_files_even_if_a_slice_force_replaces_them(built, tmp_path, monkeypatch):
+    """A `slice --force` that replaces the folder right after push validated it (simulated by swapping the folder
+    for a 0.75 slice the moment validation returns) must not put the 0.75 model beside a card and config of 0.5."""
+    from snapvit_cli.elastic import sliced as sliced_module
+    from snapvit_cli.hub.push import push
+
+    bundle, sliced = built
+    model, other = tmp_path / "model", tmp_path / "other"
+    assert run("slice", bundle, "--flops", "0.5", "-o", model).exit_code == 0
+    assert run("slice", bundle, "--flops", "0.75", "-o", other).exit_code == 0
+    validated = {p.name: p.read_bytes() for p in model.iterdir()}
+    real_load = sliced_module.load_sliced
+    swapped = []
+
+    def load_then_replace(folder, **kwargs):
+        loaded = real_load(folder, **kwargs)
+        if not swapped:  # what `slice --force` does: the new folder takes the old one's place
+            model.rename(tmp_path / "model.old")
+            other.rename(model)
+            swapped.append(folder)
+        return loaded
+
+    monkeypatch.setattr(sliced_module, "load_sliced", load_then_replace)
+    preview = tmp_path / "preview"
+    push(model, "owner/model", dry_run_dir=preview, allow_random=True)
+    assert swapped, "validation never ran"
+    staged = {p.name: p.read_bytes() for p in preview.iterdir() if p.name != "README.md"}
+    assert staged == validated  # the card was rendered from these: model, config and card agree
+    assert json.loads(staged["config.json"])["budget"]["target"] == 0.5

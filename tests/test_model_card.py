@@ -319,11 +319,101 @@ def test_usage_names_the_pushed_revision():
 def test_eval_table_labels_every_budget_and_dashes_what_was_not_measured():
     text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=EVAL)
     assert table_rows(text, "| Model |") == [
-        ["dense", "dense", "0.761", "0.782", "17.5", "85.8", "1234.5", "3.2"],
-        ["half", "flops 0.5", "0.713", "—", "8.7", "43", "—", "—"],
-        ["ratios", "mlp 0.35 heads 0.2", "0.7", "—", "8.7", "43", "—", "—"],  # was "ratios —"
+        ["dense (dense reference)", "dense", "76.10%", "78.20%", "17.5", "85.8", "1234.5", "3.2"],
+        ["half", "flops 0.5", "71.30% (dense 76.10%, 93.7% retained)", "—", "8.7", "43", "—", "—"],
+        ["ratios", "mlp 0.35 heads 0.2", "70.00% (dense 76.10%, 92.0% retained)", "—", "8.7", "43", "—", "—"],
     ]
     assert "batch_size 64, device cuda, dtype float16" in text
+
+
+def test_every_reported_number_has_its_dense_reference_and_the_index_names_the_repo():
+    """Issue 24: model-index name = repo id, values rounded, a dense reference beside each number, a real (hf:) or
+    clearly custom data set type."""
+    report = copy.deepcopy(EVAL)
+    report["settings"]["k"] = 5
+    report["results"][1]["accuracy"]["knn"] = 0.71299999952316284  # float32 noise
+    report["dataset"]["test"] = {"n": 5, "name": "pets", "kind": "npz", "split": "test"}
+    meta = metadata_of(render_model_card(SLICED, kind="sliced", repo_id="me/vitb-half", eval_results=report))
+    index = meta["model-index"]
+    assert [entry["name"] for entry in index] == ["me/vitb-half"]
+    first = index[0]["results"][0]
+    assert first["dataset"]["type"] == "custom:pets" and "not on the Hub" in first["dataset"]["name"]
+    assert [(m["name"], m["value"]) for m in first["metrics"]] == [  # the pruned rows; the dense one beside them
+        ("kNN top-1 (k=5), flops 0.5; dense reference 0.7610, 93.7% retained", 0.713),
+        ("kNN top-1 (k=5), mlp 0.35 heads 0.2; dense reference 0.7610, 92.0% retained", 0.7),
+    ]
+    report["dataset"]["test"] = {"n": 5, "name": "cifar10", "source": "hf:uoft-cs/cifar10:plain_text"}
+    meta = metadata_of(render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=report))
+    dataset = meta["model-index"][0]["results"][0]["dataset"]
+    assert dataset["type"] == "uoft-cs/cifar10" and dataset["config"] == "plain_text"
+    without = {**report, "results": report["results"][1:]}  # a sliced model evaluated alone
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=without)
+    assert "No dense reference was evaluated" in text and "--reference BUNDLE" in text
+
+
+@pytest.mark.parametrize("kind", ["sliced", "bundle"])
+def test_first_sentence_reads_well(kind):
+    text = render_model_card(SLICED if kind == "sliced" else BUNDLE, kind=kind, repo_id="me/x")
+    sentence = next(line for line in text.splitlines() if line.startswith("This repository holds"))
+    assert "pruned a" not in sentence and " a a " not in sentence
+    if kind == "sliced":
+        assert sentence.startswith(
+            "This repository holds a version of [`vit_base_patch16_224.dino`]"
+            "(https://huggingface.co/timm/vit_base_patch16_224.dino) pruned with SnapViT"
+        )
+
+
+def test_settings_table_is_whole_and_readable():
+    config = copy.deepcopy(SLICED)
+    config["scoring"]["settings"] = {
+        "ga_sample_fraction": 1 / 3,
+        "data": {"kind": "npz", "name": "a-long-calibration-set-name-" * 5, "n": 16, "identity": {"sha256": "c" * 64}},
+    }
+    details = render_model_card(config, kind="sliced", repo_id="me/x").split("<details>", 1)[1]
+    assert "| `ga_sample_fraction` | 0.333333 |" in details and "0.3333333333333333" not in details
+    assert "a-long-calibration-set-name-" * 5 in details and "c" * 64 in details and "..." not in details
+
+
+def test_usage_shows_the_transform_that_produced_the_numbers():
+    """The default report transform is the whole-image resize; the card's snippet builds exactly it."""
+    import torch
+
+    from snapvit_cli.data.transforms import preprocess
+
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=EVAL)
+    code = text.split("## Use with snapvit", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = code.split("# The preprocessing behind", 1)[1].split("\n", 1)[1]
+    assert "T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC" in snippet
+    namespace: dict = {}
+    exec(snippet, namespace)
+    image = torch.randint(0, 256, (3, 97, 131), dtype=torch.uint8)
+    expected = preprocess(SLICED["pretrained_cfg"])(image)
+    assert torch.allclose(namespace["transform"](image), expected, atol=1e-6)
+    crop = {"name": "timm", "description": "timm eval transform", "input_size": [3, 224, 224], "crop_pct": 0.9,
+            "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3, "crop_mode": "center"}  # fmt: skip
+    timm_report = {**EVAL, "transform": crop}
+    text = render_model_card(SLICED, kind="sliced", repo_id="me/x", eval_results=timm_report)
+    assert "timm.data.create_transform(input_size=(3, 224, 224), interpolation='bicubic'" in text
+    assert "crop_pct=0.9" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("mit-typo",), "is not a Hub licence identifier (did you mean mit"),
+        (("other",), "needs --license-name"),
+        (("other", "my-licence"), "needs --license-link"),
+        (("other", "my-licence", "ftp://x"), "needs --license-link"),
+        (("mit", "my-licence"), "go with --license other only"),
+    ],
+)
+def test_license_is_validated_against_the_hub_identifiers(args, message):
+    from snapvit_cli.hub.model_card import check_license
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_license(*args)
+    assert check_license("Apache-2.0") == "apache-2.0"
+    assert check_license("other", "my-licence", "https://example.org/licence") == "other"
 
 
 @pytest.mark.parametrize("eval_results", [None, {**EVAL, "results": []}])
@@ -396,8 +486,8 @@ def test_long_scoring_settings_are_collapsed_not_inline():
     config["scoring"]["settings"] = {"ga_pairs": [[0.15 + i / 100, i / 100] for i in range(60)], "samples": 1000}
     text = render_model_card(config, kind="sliced", repo_id="me/x")
     details = text.split("<details>", 1)[1].split("</details>", 1)[0]
-    assert "| `samples` | 1000 |" in details and "| `ga_pairs` | [[0.15, 0.0]" in details
-    assert max(len(line) for line in details.splitlines()) < 200  # long values are cut, not 1,500 characters
+    assert "| `samples` | 1000 |" in details and "| `ga_pairs` | [[0.15, 0], [0.16, 0.01]" in details
+    assert "[0.74, 0.59]]" in details and "..." not in details  # whole, not cut
     assert "ga_pairs" not in text.split("<details>", 1)[0]  # the bullet list only names the method
 
 

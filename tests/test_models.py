@@ -38,14 +38,15 @@ def test_checkpoint_loads_without_download(tmp_path, suffix, monkeypatch):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert source.timm_name == "deit_tiny_patch16_224.fb_in1k" and source.pretrained is False
+    assert source.timm_name == "deit_tiny_patch16_224.fb_in1k" and source.origin == "checkpoint"
+    assert source.hf_hub_id is None and source.license is None  # timm's Hub id is not where these came from
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2)
     path = tmp_path / "w.safetensors"
     save_file(model.state_dict(), str(path))
-    with pytest.raises(ModelLoadError, match="does not fit"):
+    with pytest.raises(ModelLoadError, match="has 2 blocks; deit_tiny_patch16_224.fb_in1k expects 12"):
         load_model("deit_tiny", checkpoint=path)
 
 

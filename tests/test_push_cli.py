@@ -270,16 +270,18 @@ def test_eval_results_go_into_the_card_and_model_index(server, artifacts, tmp_pa
     results.write_text(json.dumps(eval_report(sliced_dir)))
     push(sliced_dir, SLICED_REPO, "--eval-results", str(results))
     card = server.files(SLICED_REPO)["README.md"].decode()
-    assert "## Evaluation" in card and "| half | flops 0.5 | 0.7125 | 0.75 |" in card
+    assert "## Evaluation" in card and "| half | flops 0.5 | 71.25% | 75.00% |" in card
+    assert "No dense reference was evaluated" in card
     assert "500 train images" in card and "100 test images" in card and "k = 20, majority vote" in card
     assert "whole image resized to the input size" in card
     ModelCard(card).validate()  # the loopback Hub's /api/validate-yaml
     parsed = ModelCard(card).data
-    assert parsed.model_name and [(r.metric_name, r.metric_value, r.dataset_split) for r in parsed.eval_results] == [
-        ("kNN top-1 (k=20)", 0.7125, "test"),
-        ("linear-probe top-1", 0.75, "test"),
+    assert parsed.model_name == SLICED_REPO
+    assert [(r.metric_name, r.metric_value, r.dataset_split) for r in parsed.eval_results] == [
+        ("kNN top-1 (k=20), flops 0.5", 0.7125, "test"),
+        ("linear-probe top-1, flops 0.5", 0.75, "test"),
     ]
-    assert {r.dataset_name for r in parsed.eval_results} == {"cifar10"}
+    assert {r.dataset_type for r in parsed.eval_results} == {"custom:cifar10"}  # a local set, not the Hub's
 
     bad_reports = [
         "[1, 2]",
@@ -461,7 +463,8 @@ def bundle_with_source(folder: Path, **changes) -> tuple[Path, Path]:
     from tests.conftest import make_small_model, small_model_source
 
     model = make_small_model("dino")
-    source = dataclasses.replace(small_model_source("dino", model), **changes)
+    # origin "" derives the provenance from the fields given, as records of snapvit <= 0.1 were read
+    source = dataclasses.replace(small_model_source("dino", model), origin="", **changes)
     bundle = write_bundle(folder / "b.safetensors", model, source, score_model(model))
     elastic = load_bundle(bundle)
     return bundle, elastic.save_slice(folder / "half", elastic.plan(flops=SLICE_FLOPS))
@@ -522,3 +525,75 @@ def test_no_card_suggests_an_install_that_fails(server, artifacts):
         assert "pip install snapvit-cli" not in text and "pip install 'snapvit-cli" not in text
         for line in re.findall(r"pip install [^`\n]*", text):
             assert line in ("pip install timm safetensors", "pip install -e ."), line
+
+
+def test_license_must_be_a_hub_identifier(server, tmp_path):
+    """Issue 24: `--license mit-typo` was published silently as `other`; now it is a usage error (exit 2, one line),
+    and `other` needs a name and a link, which the card then carries (validated by the loopback Hub)."""
+    bundle, sliced_dir = bundle_with_source(tmp_path, checkpoint="ft.pth", checkpoint_sha256="c" * 64)
+    for extra, message in (
+        (("--license", "mit-typo"), "not a Hub licence identifier (did you mean mit"),
+        (("--license", "other"), "needs --license-name"),
+        (("--license", "other", "--license-name", "my-licence"), "needs --license-link"),
+    ):
+        result = run("push", sliced_dir, "--repo", SLICED_REPO, "--token", TOKEN, *extra)
+        words = " ".join(result.output.replace("│", " ").split())  # the usage error's box wraps lines
+        assert result.exit_code == 2 and message in words, result.output
+        assert "Traceback" not in result.output
+    assert SLICED_REPO not in server.repos
+    push(sliced_dir, SLICED_REPO, "--license", "other", "--license-name", "my-licence", "--license-link",
+         "https://example.org/licence")  # fmt: skip
+    text = server.files(SLICED_REPO)["README.md"].decode()
+    meta = card_meta(text)
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other", "my-licence", "https://example.org/licence"
+    )
+    ModelCard(text).validate()
+
+
+def test_push_export_uploads_verified_files_that_run_without_snapvit_or_timm(server, artifacts):
+    """Issue 24: `push --export onnx,pt2` stages the exported, parity-checked files beside model.safetensors with a
+    card section that runs them; the staged ONNX runs with onnxruntime in a process that cannot import snapvit,
+    timm or torch, and gives snapvit's outputs."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from snapvit_cli.export_metadata import read_export_metadata
+    from tests.isolated import run_without
+
+    bundle, sliced_dir = artifacts
+    refused = run("push", bundle, "--repo", BUNDLE_REPO, "--dry-run", "b-staged", "--export", "onnx")
+    assert refused.exit_code == 1 and "--export applies to a sliced model folder" in refused.stderr
+    assert run("push", sliced_dir, "--repo", SLICED_REPO, "--export", "tflite").exit_code == 2
+    dry = run("push", sliced_dir, "--repo", SLICED_REPO, "--dry-run", "staged", "--export", "onnx,pt2")
+    assert dry.exit_code == 0, dry.output
+    staged = Path("staged")
+    assert {"model.onnx", "model.pt2", "model.safetensors", "config.json", "README.md"} == set(files_under(staged))
+    card = (staged / "README.md").read_text()
+    assert "## Run the exported files (no snapvit, no timm)" in card
+    assert f'hf_hub_download("{SLICED_REPO}", "model.onnx")' in card and "torch.export.load(" in card
+    config = json.loads((staged / "config.json").read_text())
+    assert read_export_metadata(staged / "model.onnx")["source"] == config["base_model"]
+
+    model = load(sliced_dir)
+    x = image_batch(model, n=3)
+    np.save(staged / "x.npy", x.numpy())
+    code = """
+    import json
+    import numpy as np, onnxruntime as ort
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["snapvit"])
+    assert meta["input"]["name"] == session.get_inputs()[0].name == "pixel_values"
+    np.save("onnx.npy", session.run(None, {"pixel_values": np.load("x.npy")})[0])
+    print(session.get_outputs()[0].name)
+    """
+    output_name = run_without({"snapvit_cli", "timm", "torch"}, code, staged).strip()
+    assert output_name == "features"  # the small test model has no classifier
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(np.load(staged / "onnx.npy") - expected).max() <= 1e-4
+
+    push(sliced_dir, SLICED_REPO, "--export", "onnx")
+    uploaded = server.files(SLICED_REPO)
+    assert uploaded["model.onnx"] == (staged / "model.onnx").read_bytes()  # same inputs, same bytes
+    ModelCard(uploaded["README.md"].decode()).validate()

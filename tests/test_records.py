@@ -30,19 +30,19 @@ def test_one_label_and_a_round_trip(budget, label):
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "message"),
     [
-        {"kind": "ratios", "mlp": 1.0, "heads": 0.0},
-        {"kind": "flops", "target": 0.0},
-        {"kind": "flops", "target": 0.5, "head_offset": 2},
-        {"kind": "flops", "target": "0.5"},
-        {"kind": "energy", "target": 0.5},
-        {"kind": "flops", "target": 0.5, "extra": 1},
-        ["flops", 0.5],
+        ({"kind": "ratios", "mlp": 1.0, "heads": 0.0}, r"budget: removed fractions must lie in \[0, 1\)"),
+        ({"kind": "flops", "target": 0.0}, r"budget.target must lie in \(0, 1\], got 0.0"),
+        ({"kind": "flops", "target": 0.5, "head_offset": 2}, r"budget.head_offset must lie in \[0, 1\], got 2.0"),
+        ({"kind": "flops", "target": "0.5"}, "budget.target must be a number, not a string"),
+        ({"kind": "energy", "target": 0.5}, "budget.kind must be one of .*, got 'energy'"),
+        ({"kind": "flops", "target": 0.5, "extra": 1}, "budget has unknown key extra"),
+        (["flops", 0.5], "budget must be a JSON object, not a list"),
     ],
 )
-def test_bad_budgets_are_refused(data):
-    with pytest.raises(BundleError):
+def test_bad_budgets_are_refused(data, message):
+    with pytest.raises(BundleError, match=f"^{message}$"):
         Budget.from_json(data)
 
 
@@ -90,13 +90,18 @@ def test_architectures_no_family_knows_are_refused(architecture):
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["[" * 100_000 + "]" * 100_000, "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), '{"a": NaN}', "[1e999]"],
+    ("text", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, f"metadata nests deeper than {MAX_NESTING} levels"),
+        ("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), f"metadata nests deeper than {MAX_NESTING} levels"),
+        ('{"a": NaN}', "metadata is not valid JSON (NaN is not a number snapvit accepts)"),
+        ("[1e999]", "metadata is not valid JSON (1e999 overflows a float)"),
+    ],
 )
-def test_hostile_json_is_one_line_never_a_recursion_error(text):
+def test_hostile_json_is_one_line_never_a_recursion_error(text, message):
     with pytest.raises(BundleError) as info:
         parse_json(text, "metadata")
-    assert "\n" not in str(info.value)
+    assert str(info.value) == message
 
 
 def test_records_refuse_unknown_keys_and_accept_what_the_writer_wrote(tmp_path):
@@ -118,8 +123,8 @@ def test_records_refuse_unknown_keys_and_accept_what_the_writer_wrote(tmp_path):
 
 
 def test_base_model_provenance_is_checked_and_older_configs_still_load(tmp_path):
-    """config.json's base_model carries the checkpoint's sha256 and whether the weights were pretrained; both are
-    validated, and a config written before them loads as pretrained weights with no checkpoint hash."""
+    """config.json's base_model carries an explicit origin (random weights here: no Hub id, no licence), validated;
+    a config written before it (``pretrained``, no checkpoint hash) loads as Hub weights."""
     from snapvit_cli.elastic.bundle import ElasticBundle, write_bundle
     from snapvit_cli.scoring import score_model
 
@@ -128,21 +133,24 @@ def test_base_model_provenance_is_checked_and_older_configs_still_load(tmp_path)
     path = write_bundle(tmp_path / "b.safetensors", model, source, score_model(model))
     bundle = ElasticBundle.open(path)
     written = json.loads((bundle.save_slice(tmp_path / "s", bundle.plan(flops=0.5)) / "config.json").read_text())
-    assert written["base_model"]["pretrained"] is False and written["base_model"]["checkpoint_sha256"] is None
+    assert written["base_model"]["origin"] == "random" and "pretrained" not in written["base_model"]
+    assert not {"hf_hub_id", "license", "checkpoint", "checkpoint_sha256"} & set(written["base_model"])
     config = SlicedConfig.from_json(written)
     assert config.source.pretrained is False  # a field-like property, as BundleMetadata.source is a field
     assert config.source.architecture == bundle.metadata.source.architecture == config.architecture
 
     older = copy.deepcopy(written)
-    for key in ("pretrained", "checkpoint_sha256"):
-        del older["base_model"][key]
+    del older["base_model"]["origin"]
+    older["base_model"].update(pretrained=True, hf_hub_id="timm/x", license="mit", revision=None)
     config = SlicedConfig.from_json(older)
-    assert config.base_model["pretrained"] is True and config.base_model["checkpoint_sha256"] is None
+    assert config.base_model["origin"] == "hub" and config.base_model["hf_hub_id"] == "timm/x"
 
     for key, value, message in (
         ("checkpoint_sha256", "abc", "not a hex sha256"),
         ("checkpoint_sha256", 7, "must be a string"),
-        ("pretrained", "yes", "must be true or false"),
+        ("origin", "yes", "must be one of"),
+        ("pretrained", True, "unknown key pretrained"),
+        ("hf_hub_id", "timm/x", "random weights may not set hf_hub_id"),
     ):
         bad = copy.deepcopy(written)
         bad["base_model"][key] = value
@@ -180,7 +188,7 @@ def test_eval_report_source_and_transform_are_checked_and_older_reports_still_lo
     }
     record = EvalReport.from_json(report)
     assert record.source == EvaluatedSource("sliced", sha256="a" * 64, bundle_sha256="b" * 64)
-    assert record.transform == transform and record.to_json() == report
+    assert record.transform == transform and record.to_json() == {**report, "speed_ups": []}  # derived, recomputed
     older = {k: v for k, v in report.items() if k not in ("source", "transform")}
     assert EvalReport.from_json(older).source is None and EvalReport.from_json(older).transform is None
     for change, message in (

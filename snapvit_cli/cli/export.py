@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,7 @@ from rich.markup import escape
 from snapvit_cli.cli._options import (
     BUDGET,
     OUTPUT,
+    ExportFormat,
     FlopsOpt,
     ForceOpt,
     HeadsOpt,
@@ -20,6 +21,7 @@ from snapvit_cli.cli._options import (
     QuietOpt,
     budget_specs,
     examples,
+    require_local,
 )
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import status
@@ -42,13 +44,14 @@ def export(
         ),
     ],
     fmt: Annotated[
-        str,
+        ExportFormat | None,
         typer.Option(
             "--format",
-            help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save).",
+            help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save); default: the extension of "
+            "-o, else onnx.",
             rich_help_panel=OUTPUT,
         ),
-    ] = "onnx",
+    ] = None,
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
     mlp: MlpOpt = None,
@@ -82,11 +85,14 @@ def export(
 ) -> None:
     """Write a deployable file (ONNX or .pt2) with a dynamic batch axis, checked against PyTorch at batch 1 and 7."""
     from snapvit_cli.elastic.grid import output_paths
-    from snapvit_cli.export import FORMATS, export_model, require_onnx
     from snapvit_cli.fileio import check_output
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    fmt = _format(fmt, output)
+    require_local(source)  # the trivial refusals come before torch is imported
+    if output is not None and not (flops or params or mlp or heads):
+        check_output(output, force)
+    from snapvit_cli.export import export_model, require_onnx
+
     if fmt == "onnx":
         require_onnx()
     specs = budget_specs(flops, params, mlp, heads)
@@ -114,6 +120,17 @@ def export(
         emit_json(results[0] if len(results) == 1 else results)
 
 
+def _format(fmt: str | None, output: Path | None) -> str:
+    """The format -o's extension names (refusing a --format that contradicts it), else --format, else onnx."""
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    if suffix in get_args(ExportFormat):
+        if fmt is not None and fmt != suffix:
+            message = f"--format {fmt} contradicts -o {output} (a .{suffix} file)"
+            raise typer.BadParameter(message, param_hint="--format")
+        return suffix
+    return fmt or "onnx"
+
+
 def _resolve(source: str, quiet: bool):
     """The artifact ``source`` names (a bundle file or a sliced-model folder, local or ``hf-hub:``)."""
     from snapvit_cli.elastic.artifacts import resolve_artifact
@@ -125,7 +142,6 @@ def _resolve(source: str, quiet: bool):
 def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset: float):
     """``(model, budget as JSON, output)`` for each file to write; a bundle is opened once for every budget. The
     budget is written as the eval report writes it (:meth:`Budget.to_json`, ``"dense"`` for a dense model)."""
-    from snapvit_cli.elastic.grid import plan_grid
     from snapvit_cli.elastic.sliced import load_sliced
 
     if kind == "sliced":
@@ -133,10 +149,21 @@ def _models(kind: str, path: Path, specs: list, outputs: list[Path], head_offset
         yield model, model.snapvit_config.budget.to_json(), outputs[0]
         return
     from snapvit_cli.elastic.bundle import ElasticBundle
+    from snapvit_cli.elastic.grid import plan_grid
 
     bundle = ElasticBundle.open(path)
     if not specs:
-        yield bundle.dense_model(), "dense", outputs[0]
+        yield _labelled(bundle, bundle.plan(mlp=0.0, heads=0.0)), "dense", outputs[0]
         return
     for plan, target in zip(plan_grid(bundle, specs, head_offset=head_offset), outputs, strict=True):
-        yield bundle.slice(plan), plan.budget.to_json(), target
+        yield _labelled(bundle, plan), plan.budget.to_json(), target
+
+
+def _labelled(bundle, plan):
+    """``bundle`` sliced to ``plan``, carrying the ``config.json`` record a saved slice would have (the exported
+    file's metadata comes from it)."""
+    from snapvit_cli.elastic.sliced import sliced_config
+
+    model = bundle.slice(plan)
+    model.snapvit_config = sliced_config(bundle.metadata, plan, bundle_sha256=bundle.sha256())
+    return model

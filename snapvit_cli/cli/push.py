@@ -97,9 +97,32 @@ def push(
         str | None,
         typer.Option(
             "--license",
-            help="Licence of the weights (a Hub licence id); needed for --checkpoint weights, else 'other'.",
+            help="Licence of the weights: a Hub licence id (apache-2.0, mit, cc-by-4.0...), or 'other' with "
+            "--license-name and --license-link; for --checkpoint weights (else the card says 'other').",
             metavar="ID",
             rich_help_panel=HUB,
+        ),
+    ] = None,
+    license_name: Annotated[
+        str | None,
+        typer.Option(
+            help="With --license other: a short lowercase name of the licence.", metavar="NAME", rich_help_panel=HUB
+        ),
+    ] = None,
+    license_link: Annotated[
+        str | None,
+        typer.Option(
+            help="With --license other: an https link to the licence text.", metavar="URL", rich_help_panel=HUB
+        ),
+    ] = None,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also upload the sliced model as model.onnx and/or model.pt2 (onnx, pt2 or onnx,pt2), each checked "
+            "against PyTorch, with a card section that runs them without snapvit.",
+            metavar="FORMATS",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
     force: Annotated[
@@ -117,8 +140,20 @@ def push(
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a sliced model or an elastic bundle to the Hugging Face Hub, with a generated model card."""
+    from snapvit_cli.hub.model_card import check_license
     from snapvit_cli.hub.push import push as push_to_hub
 
+    try:
+        check_license(license_id, license_name, license_link)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    formats = tuple(f.strip() for f in export.split(",")) if export is not None else ()
+    if any(f not in ("onnx", "pt2") for f in formats):
+        raise typer.BadParameter(f"--export takes onnx, pt2 or onnx,pt2, not {export!r}")
+    if "onnx" in formats:
+        from snapvit_cli.export import require_onnx
+
+        require_onnx()
     results = _read_eval_results(eval_results) if eval_results is not None else None
     if dry_run is not None:
         action = status(not quiet, f"writing {dry_run}")
@@ -139,7 +174,10 @@ def push(
             allow_random=allow_random,
             base_model=base_model,
             license=license_id,
+            license_name=license_name,
+            license_link=license_link,
             follow_links=follow_links,
+            export=formats,
         )
     if json_output:
         emit_json(

@@ -23,6 +23,7 @@ __all__ = [
     "EvalTransform",
     "ImageSet",
     "demo_images",
+    "data_kind",
     "describe",
     "load_images",
     "make_loader",
@@ -63,10 +64,23 @@ def _open(source: str, split: str) -> ImageSet:
     raise DataError(f"data source '{source}' not found: expected {SOURCE_HELP}")
 
 
+def data_kind(source: str) -> str:
+    """What kind of source ``source`` names: ``demo``, ``hf``, ``npz`` or ``folder``."""
+    if source == "demo" or source.startswith("demo:"):
+        return "demo"
+    if source.startswith("hf:"):
+        return "hf"
+    return "npz" if source.lower().endswith(".npz") else "folder"
+
+
 def describe(dataset: ImageSet) -> dict:
-    """A JSON-serialisable record of what was read, for the metadata of bundles and evaluation reports."""
+    """A JSON-serialisable record of what was read, for the metadata of bundles and evaluation reports: kind, name,
+    counts and content hash (``identity``). A local file or folder is recorded by its name, never its path (files
+    snapvit writes get published); an ``hf:`` id or ``demo`` spec is recorded as given, as ``source``."""
+    kind = data_kind(dataset.source)
     info = {
-        "source": dataset.source,
+        **({"source": dataset.source} if kind in ("demo", "hf") else {}),
+        "kind": kind,
         "name": dataset.name,
         "split": dataset.split,
         "n": len(dataset),

@@ -349,7 +349,7 @@ class ElasticBundle:
             raise TypeError(f"give a plan or a budget, not both (got a plan and {', '.join(sorted(budget))})")
         plan = plan or self.plan(**budget)
         model = build_model(self.skeleton(), plan.widths, self.state_dict(plan.widths))
-        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg)
+        model.pretrained_cfg = honest_pretrained_cfg(model, self.source.pretrained_cfg, self.source.license)
         return model
 
     def dense_model(self) -> nn.Module:

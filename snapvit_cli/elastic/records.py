@@ -23,10 +23,11 @@ from snapvit_cli.models.source import (
     MAX_PATCH_SIZE,
     MAX_REG_TOKENS,
     ModelSource,
+    Provenance,
     check_model_args,
     check_pretrained_cfg,
 )
-from snapvit_cli.schema import Fields, as_data, check_sha256, check_str, optional_sha256, optional_str
+from snapvit_cli.schema import Fields, as_data, check_sha256, check_str, optional_str
 
 FORMAT_VERSION = 1
 LATENCY_KINDS = ("speedup", "latency")  # budgets in measured time (snapvit_cli.latency)
@@ -36,8 +37,7 @@ MAX_SPEEDUP = 1000.0
 MAX_ROUND_TO = 1 << 16  # slice --round-to: far above any MLP width (ViT-7B: 8192 after SwiGLU packing)
 MAX_LATENCY_MS = 1e9
 MAX_MLP_HIDDEN = int(MAX_EMBED_DIM * MAX_MLP_RATIO)
-BASE_MODEL_KEYS = ("model_id", "timm_name", "hf_hub_id", "revision", "weights_sha256", "license", "checkpoint")
-BASE_MODEL_HASHES = ("checkpoint_sha256",)  # the checkpoint file's sha256 (absent in config.json of snapvit <= 0.1)
+BASE_MODEL_KEYS = ("model_id", "timm_name", "weights_sha256")  # plus the Provenance fields
 
 
 # -- budget ---------------------------------------------------------------------------------------------------
@@ -473,12 +473,7 @@ class SlicedConfig:
             model_args=self.model_args,
             pretrained_cfg=self.pretrained_cfg,
             weights_sha256=base.get("weights_sha256") or "",
-            pretrained=base.get("pretrained", True),
-            hf_hub_id=base.get("hf_hub_id"),
-            revision=base.get("revision"),
-            checkpoint=base.get("checkpoint"),
-            checkpoint_sha256=base.get("checkpoint_sha256"),
-            license=base.get("license"),
+            **Provenance.read(Fields(dict(base), "base_model")).__dict__,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -546,13 +541,19 @@ class SlicedConfig:
         return record
 
 
+def base_model_record(source: ModelSource) -> dict[str, Any]:
+    """``config.json``'s ``base_model``: the source model's name and weights hash, and its :class:`Provenance`."""
+    return {key: getattr(source, key) for key in BASE_MODEL_KEYS} | source.provenance.to_json()
+
+
 def _base_model(data: Any, where: str) -> dict[str, Any]:
-    """Where the dense model came from; ``pretrained`` (false: random weights) is true when absent, as in
-    :class:`ModelSource`, and ``checkpoint_sha256`` null, for config.json written by snapvit <= 0.1."""
+    """Where the dense model came from, in the explicit shape; config.json of snapvit <= 0.1 (``pretrained``, a
+    Hub id and licence even for weights not from the Hub) is read into it, keeping only what was true."""
     f = Fields(data, where)
     out: dict[str, Any] = {key: optional_str(f, key) for key in BASE_MODEL_KEYS}
-    out.update({key: optional_sha256(f, key) for key in BASE_MODEL_HASHES})
-    out["pretrained"] = f.bool("pretrained", True)
+    if out["weights_sha256"]:
+        check_sha256(out["weights_sha256"], f"{where}.weights_sha256")
+    out.update(Provenance.read(f).to_json())
     f.done()
     return out
 

@@ -19,12 +19,13 @@ from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
-from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_KIND, WEIGHTS_NAME
+from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_FILES, SLICED_KIND, WEIGHTS_NAME
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.records import (
     BundleMetadata,
     Cost,
     SlicedConfig,
+    base_model_record,
     environment,
 )
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
@@ -43,8 +44,6 @@ from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
 
-SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything save_sliced writes: what --force may replace
-
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
     """The ``config.json`` record of a model cut from a bundle with ``metadata`` according to ``plan``."""
@@ -53,17 +52,7 @@ def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: s
         architecture=source.architecture,
         model_args=source.model_args,
         pretrained_cfg=source.pretrained_cfg,
-        base_model={
-            "model_id": source.model_id,
-            "timm_name": source.timm_name,
-            "hf_hub_id": source.hf_hub_id,
-            "revision": source.revision,
-            "weights_sha256": source.weights_sha256,
-            "license": source.license,
-            "checkpoint": source.checkpoint,
-            "checkpoint_sha256": source.checkpoint_sha256,
-            "pretrained": source.pretrained,
-        },
+        base_model=base_model_record(source),
         structure=metadata.structure,
         widths=plan.widths.to_json(),
         budget=plan.budget,
@@ -152,7 +141,7 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None
     finally:
         weights.close()
-    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg)
+    model.pretrained_cfg = honest_pretrained_cfg(model, config.pretrained_cfg, config.source.license)
     model.snapvit_config = config
     return model
 

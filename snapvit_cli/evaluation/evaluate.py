@@ -335,6 +335,12 @@ class EvalData:
         return {"train": describe(self.train), "test": describe(self.test)}
 
 
+def public_name(spec: str) -> str:
+    """What a report records of what was evaluated: a model name or ``hf-hub:`` id as given, a local file or folder
+    by its name only (reports get published; a path would say where the user keeps their files)."""
+    return spec if spec.startswith("hf-hub:") else Path(spec).name or spec
+
+
 def evaluate_target(
     spec: str,
     data_source: str,
@@ -379,7 +385,7 @@ def evaluate(
     )
     return EvalReport(
         snapvit_version=__version__,
-        target=target.spec,
+        target=public_name(target.spec),
         target_kind=target.kind,
         dataset=data.describe(),
         resolution=resolution,

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def matching_results(report: EvalReport, weights: Path, config: SlicedConfig | BundleMetadata) -> EvalReport:
     """``report`` reduced to the rows that describe the pushed model (``weights``: the bundle file, or the sliced
-    model's ``model.safetensors``); :class:`DataError` when it describes another model."""
+    model's ``model.safetensors``) and its dense reference (the bundle's dense model, which ``eval --reference``
+    checks is the one the model was cut from); :class:`DataError` when it describes another model."""
     if report.source is None or report.source.sha256 is None:
         raise DataError(
             "--eval-results: the report does not name the file it evaluated (run `snapvit eval --json` again with "
@@ -43,6 +44,7 @@ def matching_results(report: EvalReport, weights: Path, config: SlicedConfig | B
         rows = [r for r in report.results if r.widths == config.widths]
         if not rows:
             raise DataError("--eval-results: no result in the report has this model's widths")
+        rows = [r for r in report.results if r.dense and r not in rows] + rows  # the dense reference first
         resolution = config.cost.resolution
     wrong = [r.resolution for r in rows if r.resolution != resolution]
     if wrong:

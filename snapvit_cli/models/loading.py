@@ -7,6 +7,7 @@ Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,39 +19,16 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
-from snapvit_cli.fileio import descriptor_path, open_regular, sha256_file
+from snapvit_cli.fileio import sha256_file
 from snapvit_cli.hashing import state_dict_sha256
 from snapvit_cli.hub_client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
+from snapvit_cli.models.checkpoint import check_fits, read_checkpoint
 from snapvit_cli.models.families import corrected_preprocessing, default_model_args, supported_summary
-from snapvit_cli.models.source import ModelSource
+from snapvit_cli.models.source import ModelSource, Provenance
 
 # Pretrained-config keys a bundle keeps: what preprocessing and cost reporting need.
-_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "license", "hf_hub_id")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a local state dict: ``.safetensors``, or a torch file loaded with ``weights_only=True`` (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            with open_regular(path) as f:  # a FIFO or device is refused before it can block
-                state = load_file(descriptor_path(f, path))
-        else:
-            with open_regular(path) as f:  # a FIFO or device is refused before it can block
-                state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc}") from None
-    for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 def load_model(
@@ -83,13 +61,8 @@ def load_model(
         model_args = {**_hub_model_args(timm_name, revision), **model_args}
     model = _create(timm_name, use_pretrained, revision, model_args)
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"checkpoint {checkpoint} does not fit {timm_name}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
+        check_fits(state, model, checkpoint, timm_name)
+        model.load_state_dict(state, strict=False)
     model.eval()
     # A pretrained tag can set the classifier width (`.dino` has none); record it, because build_architecture
     # rebuilds from the untagged architecture name and would otherwise get timm's default 1000 classes.
@@ -103,12 +76,7 @@ def load_model(
         model_args=model_args,
         pretrained_cfg=cfg,
         weights_sha256=state_dict_sha256(model.state_dict()),
-        pretrained=use_pretrained,
-        hf_hub_id=cfg.get("hf_hub_id") or (timm_name.removeprefix("hf-hub:") if "hf-hub:" in timm_name else None),
-        revision=revision,
-        checkpoint=Path(checkpoint).name if checkpoint is not None else None,
-        checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
-        license=cfg.get("license"),
+        **_provenance(model, timm_name, checkpoint, use_pretrained, revision).__dict__,
     )
     try:  # the record must pass the reader's schema, or a bundle written from it would not load
         source.to_json()
@@ -116,6 +84,40 @@ def load_model(
         message = f"{name} is not a supported model: {exc}; snapvit prunes: {supported_summary()}"
         raise UnsupportedModelError(message) from None
     return model, source
+
+
+def _provenance(
+    model: nn.Module, timm_name: str, checkpoint: str | os.PathLike | None, downloaded: bool, revision: str | None
+) -> Provenance:
+    """Where ``model``'s weights came from: a local file (name and sha256, never its path), the Hub repository
+    timm downloaded them from (at the commit the cache holds, when the user named no revision; with the licence
+    timm's config states), or random initialisation."""
+    if checkpoint is not None:
+        return Provenance("checkpoint", checkpoint=Path(checkpoint).name, checkpoint_sha256=sha256_file(checkpoint))
+    if not downloaded:
+        return Provenance("random")
+    hub_id = _hub_repo_id(timm_name)
+    if hub_id is None:  # weights from a URL outside the Hub: snapvit cannot name them
+        return Provenance("unknown")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    license_id = cfg.get("license") if isinstance(cfg.get("license"), str) else None
+    at = revision or (timm_name.partition("@")[2] if timm_name.startswith("hf-hub:") else "") or None
+    return Provenance("hub", hf_hub_id=hub_id, revision=at or _cached_commit(hub_id, cfg), license=license_id)
+
+
+def _cached_commit(hub_id: str, cfg: dict[str, Any]) -> str | None:
+    """The commit of ``hub_id`` whose weights timm just read from the local Hub cache, if the cache says."""
+    from huggingface_hub import try_to_load_from_cache
+
+    names = [cfg.get("hf_hub_filename"), "model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"]
+    for filename in (n for n in names if isinstance(n, str)):
+        try:
+            path = try_to_load_from_cache(hub_id, filename)
+        except Exception:  # noqa: BLE001 - a cache that cannot be read says nothing
+            return None
+        if isinstance(path, str) and Path(path).parent.parent.name == "snapshots":
+            return Path(path).parent.name
+    return None
 
 
 def meta_architecture(name: str) -> nn.Module:
@@ -162,8 +164,7 @@ def _demo_model() -> tuple[nn.Module, ModelSource]:
         model_args=dict(DEMO_ARGS),
         pretrained_cfg=cfg,
         weights_sha256=state_dict_sha256(model.state_dict()),
-        pretrained=False,
-        license="apache-2.0",
+        origin="random",
         extra={"note": f"random init, torch seed {DEMO_SEED}"},
     )
     return model, source
@@ -247,9 +248,22 @@ def _download_message(timm_name: str, reason: str) -> str:
     return f"cannot download pretrained weights for {timm_name}: {reason}; or pass --checkpoint FILE with local weights"
 
 
+def _similar_names(name: str, limit: int = 3) -> list[str]:
+    """Aliases and timm architectures close to a mistyped ``name`` (also when it is a prefix: ``vit_tinny``)."""
+    base = name.split(".")[0].lower()
+
+    def closeness(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, base, candidate).ratio()
+        return max(whole, difflib.SequenceMatcher(None, base, candidate[: len(base)]).ratio())
+
+    candidates = {*ALIASES, *timm.list_models()}
+    scored = sorted(((closeness(c), c) for c in candidates), key=lambda s: (-s[0], len(s[1]), s[1]))
+    return [candidate for score, candidate in scored[:limit] if score >= 0.8]
+
+
 def _unknown_model_message(name: str) -> str:
-    close = [a for a in ALIASES if name.split(".")[0] in a or a in name][:5]
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    close = _similar_names(name)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
     return f"unknown model '{name}': not a snapvit alias, timm model name or hf-hub: id.{hint} See `snapvit models`."
 
 

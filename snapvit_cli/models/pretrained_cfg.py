@@ -19,9 +19,12 @@ _STRUCTURAL = ("architecture", "first_conv", "classifier", "fixed_input_size")
 _PREPROCESSING = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
-def honest_pretrained_cfg(model: nn.Module, preprocessing: dict[str, Any]) -> dict[str, Any]:
+def honest_pretrained_cfg(
+    model: nn.Module, preprocessing: dict[str, Any], license: str | None = None
+) -> dict[str, Any]:
     """``model``'s new ``pretrained_cfg``: structural keys of timm's default, the recorded preprocessing, the real
-    classifier width; no ``url``, ``hf_hub_id``, ``file``, ``tag``, ``license`` or label names of other weights."""
+    classifier width, and ``license`` only when the provenance record knows it (Hub weights); no ``url``,
+    ``hf_hub_id``, ``file``, ``tag`` or label names of weights the model does not hold."""
     default = getattr(model, "pretrained_cfg", None) or {}
     cfg = {key: default[key] for key in _STRUCTURAL if default.get(key) is not None}
     for key in _PREPROCESSING:
@@ -29,4 +32,6 @@ def honest_pretrained_cfg(model: nn.Module, preprocessing: dict[str, Any]) -> di
         if value is not None:
             cfg[key] = tuple(value) if isinstance(value, list) else value
     cfg["num_classes"] = int(getattr(model, "num_classes", 0))
+    if license:
+        cfg["license"] = license
     return cfg

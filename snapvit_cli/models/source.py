@@ -163,11 +163,96 @@ def check_pretrained_cfg(data: Any, where: str) -> dict[str, Any]:
         out["crop_pct"] = f.float("crop_pct", MIN_CROP_PCT, 1.0)
     if f.has("crop_mode"):
         out["crop_mode"] = f.str("crop_mode", choices=CROP_MODES)
-    for key in ("license", "hf_hub_id"):
+    for key in ("license", "hf_hub_id"):  # written by snapvit <= 0.1: provenance now lives in one record only
         if f.has(key):
-            out[key] = f.str(key)
+            f.str(key)
     f.done()
     return out
+
+
+# -- provenance -----------------------------------------------------------------------------------------------
+
+ORIGINS = ("hub", "checkpoint", "random", "unknown")
+_HUB_ONLY = ("hf_hub_id", "revision", "license")
+_CHECKPOINT_ONLY = ("checkpoint", "checkpoint_sha256")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the scored dense weights came from: the one record that a bundle's ``source``, a sliced model's
+    ``config.json`` (``base_model``), the loaded model's ``pretrained_cfg`` and the model card all read.
+
+    ``origin`` is explicit: ``hub`` (published weights, ``hf_hub_id`` and the ``revision`` they were read at),
+    ``checkpoint`` (a local file: its name, never its path, and its sha256), ``random`` (random initialisation), or
+    ``unknown`` (an old record that said neither). A licence is recorded only where it is known: the Hub's, for Hub
+    weights; snapvit cannot know the licence of a local file or give one to random weights.
+    """
+
+    origin: str
+    hf_hub_id: str | None = None
+    revision: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    license: str | None = None
+
+    def __post_init__(self) -> None:
+        check_str(self.origin, "origin", choices=ORIGINS)
+        if self.origin == "hub" and not self.hf_hub_id:
+            raise BundleError("provenance: Hub weights need their hf_hub_id")
+        stray = [k for k in _HUB_ONLY if self.origin != "hub" and getattr(self, k) is not None]
+        stray += [k for k in _CHECKPOINT_ONLY if self.origin != "checkpoint" and getattr(self, k) is not None]
+        if stray:
+            raise BundleError(f"provenance of {self.origin} weights may not set {', '.join(stray)}")
+        if self.checkpoint is not None and ("/" in self.checkpoint or "\\" in self.checkpoint):
+            raise BundleError("provenance: checkpoint is a file name, not a path")
+
+    @classmethod
+    def legacy(
+        cls,
+        *,
+        pretrained: bool = True,
+        hf_hub_id: str | None = None,
+        revision: str | None = None,
+        checkpoint: str | None = None,
+        checkpoint_sha256: str | None = None,
+        license: str | None = None,
+    ) -> Provenance:
+        """The record of snapvit <= 0.1's fields (``pretrained`` false for random *and* checkpoint weights, a Hub id
+        and licence copied even where they were not true), keeping only what was true."""
+        if checkpoint:
+            return cls("checkpoint", checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256)
+        if not pretrained:
+            return cls("random")
+        if hf_hub_id:
+            return cls("hub", hf_hub_id=hf_hub_id, revision=revision, license=license)
+        return cls("unknown")
+
+    def to_json(self) -> dict[str, Any]:
+        """``origin`` and the fields that origin has (absent, not null, for the others)."""
+        data = {"origin": self.origin}
+        data.update({k: v for k in (*_HUB_ONLY, *_CHECKPOINT_ONLY) if (v := getattr(self, k)) is not None})
+        return data
+
+    @classmethod
+    def read(cls, f: Fields) -> Provenance:
+        """The provenance fields of a stored record (``f`` a bundle's ``source`` or ``config.json``'s
+        ``base_model``): the explicit shape (``origin``), or the shape of snapvit <= 0.1 (``pretrained``)."""
+        if not f.has("origin"):
+            return cls.legacy(
+                pretrained=f.bool("pretrained", True),
+                hf_hub_id=optional_str(f, "hf_hub_id"),
+                revision=optional_str(f, "revision"),
+                checkpoint=optional_str(f, "checkpoint"),
+                checkpoint_sha256=optional_sha256(f, "checkpoint_sha256"),
+                license=optional_str(f, "license"),
+            )
+        origin = f.str("origin", choices=ORIGINS)
+        values = {k: optional_str(f, k) for k in (*_HUB_ONLY, "checkpoint")}
+        values["checkpoint_sha256"] = optional_sha256(f, "checkpoint_sha256")
+        try:
+            return cls(origin, **values)
+        except BundleError as exc:
+            raise BundleError(f"{f.where}: {exc}") from None
 
 
 # -- the record -----------------------------------------------------------------------------------------------
@@ -175,7 +260,11 @@ def check_pretrained_cfg(data: Any, where: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a dense model came from, and how to rebuild its architecture offline (stored in bundles)."""
+    """Where a dense model came from, and how to rebuild its architecture offline (stored in bundles).
+
+    Its provenance (:class:`Provenance`) is given by ``origin`` or, for callers written before it existed, by the
+    fields ``pretrained``, ``hf_hub_id``, ``checkpoint``...; either way the fields are made to agree with it.
+    """
 
     model_id: str
     timm_name: str
@@ -190,6 +279,22 @@ class ModelSource:
     checkpoint_sha256: str | None = None
     license: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # "" derives it from the fields above (see Provenance.legacy)
+
+    def __post_init__(self) -> None:
+        fields = {k: getattr(self, k) for k in (*_HUB_ONLY, *_CHECKPOINT_ONLY)}
+        if self.origin:
+            provenance = Provenance(self.origin, **{k: v for k, v in fields.items() if v is not None})
+        else:
+            provenance = Provenance.legacy(pretrained=self.pretrained, **fields)
+        for key, value in {**provenance.__dict__, "pretrained": provenance.origin != "random"}.items():
+            object.__setattr__(self, key, value)
+        cfg = {k: v for k, v in self.pretrained_cfg.items() if k not in ("license", "hf_hub_id")}
+        object.__setattr__(self, "pretrained_cfg", cfg)  # preprocessing only: provenance is in one place
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance(**{k: getattr(self, k) for k in ("origin", *_HUB_ONLY, *_CHECKPOINT_ONLY)})
 
     def to_json(self) -> dict[str, Any]:
         """The JSON record; validated first, so a writer never produces a file its reader refuses."""
@@ -200,12 +305,7 @@ class ModelSource:
             "model_args": dict(self.model_args),
             "pretrained_cfg": dict(self.pretrained_cfg),
             "weights_sha256": self.weights_sha256,
-            "pretrained": self.pretrained,
-            "hf_hub_id": self.hf_hub_id,
-            "revision": self.revision,
-            "checkpoint": self.checkpoint,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "license": self.license,
+            **self.provenance.to_json(),
             "extra": dict(self.extra),
         }
         ModelSource.from_json(data)
@@ -223,13 +323,8 @@ class ModelSource:
             model_args=check_model_args(architecture, f.obj("model_args").data, f"{where}.model_args"),
             pretrained_cfg=check_pretrained_cfg(f.obj("pretrained_cfg").data, f"{where}.pretrained_cfg"),
             weights_sha256=check_sha256(f.str("weights_sha256"), f"{where}.weights_sha256", empty=True),
-            pretrained=f.bool("pretrained", True),
-            hf_hub_id=optional_str(f, "hf_hub_id"),
-            revision=optional_str(f, "revision"),
-            checkpoint=optional_str(f, "checkpoint"),
-            checkpoint_sha256=optional_sha256(f, "checkpoint_sha256"),
-            license=optional_str(f, "license"),
             extra=_strings(f.obj("extra").data if f.has("extra") else {}, f"{where}.extra"),
+            **Provenance.read(f).__dict__,
         )
         f.done()
         return source
