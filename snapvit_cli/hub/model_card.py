@@ -145,7 +145,7 @@ def card_metadata(
 
 def model_source(config: Record) -> ModelSource:
     """The dense model a record was made from: a bundle's ``source``, a sliced config's ``base_model``."""
-    return config.source if isinstance(config, SlicedConfig) else config.source
+    return config.source
 
 
 def weights_origin(source: ModelSource) -> str:
