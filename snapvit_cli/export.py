@@ -118,6 +118,9 @@ def export_model(
     model = model.float().cpu().eval()
     height, width = input_size(model)
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        if not torch.isfinite(model(example)).all():  # before the slow export: no file could be checked against it
+            raise ExportError("the PyTorch model's output is not finite (NaN or infinity); nothing was written")
     config = getattr(model, "snapvit_config", None)
     record = export_metadata(config, height, width, int(getattr(model, "num_classes", 0) or 0))
     with atomic_path(path, force=force) as tmp:
