@@ -36,19 +36,23 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _origin(source: dict[str, Any]) -> str:
-    """Where the dense weights came from, in words (``origin`` of :class:`~snapvit_cli.models.source.Provenance`;
-    records of snapvit <= 0.1 said ``pretrained`` instead)."""
-    origin = source.get("origin")
-    if origin is None:
-        origin = "checkpoint" if source.get("checkpoint") else "hub" if source.get("pretrained", True) else "random"
-    if origin == "checkpoint":
-        return f"checkpoint {source.get('checkpoint')} (sha256 {source.get('checkpoint_sha256')})"
-    if origin == "random":
+    provenance = _provenance(source)
+    if provenance.origin == "checkpoint":
+        return f"checkpoint {provenance.checkpoint} (sha256 {provenance.checkpoint_sha256})"
+    if provenance.origin == "random":
         return "random weights (not pretrained)"
-    if origin == "hub":
-        revision = f"@{source['revision']}" if source.get("revision") else ""
-        return f"Hub weights {source.get('hf_hub_id') or 'of timm'}{revision}"
-    return "unknown (not recorded)"
+    if provenance.origin == "hub":
+        at = f" at revision {provenance.revision}" if provenance.revision else ""
+        return f"pretrained weights from {provenance.hf_hub_id}{at}"
+    return "unknown (the record does not say)"
+
+
+def _provenance(source: dict[str, Any]):
+    """The record's :class:`~snapvit_cli.models.source.Provenance` (explicit ``origin``, or the older shape)."""
+    from snapvit_cli.models.source import Provenance
+    from snapvit_cli.schema import Fields
+
+    return Provenance.read(Fields(dict(source), "source"))
 
 
 def _model(source: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +60,7 @@ def _model(source: dict[str, Any]) -> dict[str, Any]:
         "id": source.get("model_id"),
         "timm_name": source.get("timm_name"),
         "origin": _origin(source),
-        "license": source.get("license"),
+        "license": _provenance(source).license,
         "weights_sha256": source.get("weights_sha256"),
     }
 

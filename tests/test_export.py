@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from snapvit_cli.api import load_bundle
 from snapvit_cli.cli.app import app
 from snapvit_cli.elastic.bundle import write_bundle
+from snapvit_cli.errors import OutputExistsError
 from snapvit_cli.export import ExportError, export_model, require_onnx
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
@@ -98,7 +99,7 @@ def test_a_file_outside_the_tolerance_is_not_written(exported, tmp_path):
     with pytest.raises(ExportError, match="nothing was written"):
         export_model(model, tmp_path / "m.pt2", "pt2", tolerance=-1.0)  # no file can pass
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(OutputExistsError, match=r"augreg-classifier\.pt2 already exists"):
         export_model(model, folder / "augreg-classifier.pt2", "pt2")
 
 
