@@ -1,6 +1,6 @@
-"""Runs snapvit CLI commands in this process, one after another, and measures each: exit code, stderr, wall time
-and peak-RSS growth. Used by ``test_hostile_artifacts.py`` in a subprocess, so that memory is measured on a process
-of its own, after torch and timm are imported and warmed up (their import is not what is being measured).
+"""Runs snapvit CLI commands in this process, one after another, and measures each: exit code, stderr, stdout, wall
+time and peak-RSS growth. Used by ``test_hostile_artifacts.py`` in a subprocess, so that memory is measured on a
+process of its own, after torch and timm are imported and warmed up (their import is not what is being measured).
 
 Usage: ``python tests/hostile_runner.py CASES.json RESULTS.json WARMUP_BUNDLE``; CASES is ``[[name, [args...]], ...]``.
 """
@@ -40,24 +40,26 @@ def main() -> None:
     ElasticBundle.open(warmup).plan(flops=0.8)  # timm's registry and lazy imports, paid once
     results = []
     for name, args in cases:
-        captured, real = io.StringIO(), sys.stderr
+        captured, printed, real = io.StringIO(), io.StringIO(), (sys.stderr, sys.stdout)
         before = _reset_peak()
         start = time.perf_counter()
-        sys.stderr = captured
+        sys.stderr, sys.stdout = captured, printed
         try:
-            code = app(args, standalone_mode=False)
+            code = app(args, standalone_mode=False)  # click returns a command's exit code, or None on success
+            code = 0 if code is None else code
         except SystemExit as exc:
             code = exc.code
         except Exception as exc:  # noqa: BLE001 - a traceback is a failure the test reports
             code = f"uncaught {type(exc).__name__}: {exc}"
         finally:
-            sys.stderr = real
+            sys.stderr, sys.stdout = real
         seconds = time.perf_counter() - start
         results.append(
             {
                 "name": name,
                 "code": code,
                 "stderr": captured.getvalue(),
+                "stdout": printed.getvalue(),
                 "seconds": seconds,
                 "rss_mb": _peak_mb() - before,
             }

@@ -15,7 +15,7 @@ Endpoints (``{repo}`` is ``OWNER/NAME``, revisions are URL-quoted as the client 
 - ``POST /api/models/{repo}/preupload/{rev}``
 - ``POST /api/models/{repo}/commit/{rev}`` (ndjson; ``?create_pr=1``)
 - ``POST /api/models/{repo}/discussions`` and ``GET /api/models/{repo}/discussions/{num}`` (pull requests)
-- ``POST /api/validate-yaml`` (accepts a card whose YAML block parses to a mapping)
+- ``POST /api/validate-yaml`` (refuses what :func:`card_errors` finds, with ``huggingface_hub``'s own card parsers)
 - ``POST /{repo}.git/info/lfs/objects/batch``, ``PUT /lfs-upload/{oid}``,
   ``POST /{repo}.git/info/lfs/objects/verify``
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``
@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import yaml
-
 
 def git_blob_sha1(data: bytes) -> str:
     """The git object id of a blob, which the Hub uses as ETag and oid for regular (non-LFS) files."""
@@ -53,6 +51,17 @@ class StoredFile:
         """The id the Hub reports: sha256 for LFS files, git sha1 for regular ones."""
         return hashlib.sha256(self.data).hexdigest() if self.lfs else git_blob_sha1(self.data)
 
+
+
+def card_errors(content: str) -> list[str]:
+    """Why the Hub would refuse a model card, using ``huggingface_hub``'s parsers; empty when it is valid."""
+    from huggingface_hub import ModelCard
+
+    try:
+        ModelCard(content, ignore_metadata_errors=False)  # a YAML mapping; model-index parsed into EvalResults
+    except ValueError as err:
+        return [str(err).split(". ")[0]]
+    return []
 
 @dataclass
 class Repo:
@@ -317,10 +326,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": initial})
 
     def _validate_yaml(self, payload: dict) -> None:
-        match = re.match(r"^\s*---\r?\n([\s\S]*?)\r?\n---", payload["content"])
-        metadata = yaml.safe_load(match.group(1)) if match else {}
-        if not isinstance(metadata, dict):
-            raise HubError(400, "metadata is not a mapping")
+        """What the Hub checks, with ``huggingface_hub``'s own parsers: the card's YAML block is a mapping
+        (``ModelCard``) and its ``model-index`` parses into ``EvalResult`` records. An invalid card gets 400 and the
+        reason, as the Hub answers."""
+        errors = card_errors(payload["content"])
+        if errors:
+            raise HubError(400, "; ".join(errors))
         self._send_json(200, {"errors": [], "warnings": []})
 
     def _repo_info(self, repo: Repo, revision: str) -> None:

@@ -95,7 +95,7 @@ RANKS: list[set[str]] = [
     {"models", "export_metadata"},  # resolving and loading the dense source model; what exported files say
     {"adapters", "data", "export"},  # model families' unit layout; images; export of a built model
     {"elastic"},  # the bundle and sliced-model formats: cut, read, write
-    {"scoring", "correction", "evaluation", "reference", "latency"},  # features built on the format
+    {"scoring", "correction", "evaluation", "reference", "latency", "info"},  # features built on the format
     {"slicing", "hub"},  # compositions: corrected slicing; publishing
     {"api"},  # the public loaders and evaluation
     {"cli"},  # commands: parse -> one library call -> present

@@ -22,7 +22,7 @@ def test_removes_exactly_the_globally_lowest():
     assert select_widths(scores, 3, 0.25) == (2, 3)
     assert select_widths(scores, 0, 0.25) == (4, 4)
     assert select_widths(scores, 6, 0.25) == (1, 1)
-    with pytest.raises(BudgetError):
+    with pytest.raises(BudgetError, match="cannot remove 7 of 8 units: at most 6 may go"):
         select_widths(scores, 7, 0.25)
 
 
@@ -85,25 +85,30 @@ def test_paper_ratio_totals_vit_b():
     assert [sum(w.heads) for w in kept] == [144, 130, 116, 101, 87, 72]
 
 
+KEEP = r"must lie in \(0, 1\] \(the fraction of the dense model to keep\), got "
+REMOVE = r"is the fraction of units to remove and must lie in \[0, 1\), got "
+ONE = "give exactly one budget: flops, params, or mlp/heads ratios"
+
+
 @pytest.mark.parametrize(
-    "budget",
+    ("budget", "message"),
     [
-        {"flops": 0.0},
-        {"flops": 1.2},
-        {"flops": -0.5},
-        {"params": 1.01},
-        {"mlp": 1.0},
-        {"heads": -0.1},
-        {"mlp": 0.99},
-        {},
-        {"flops": 0.5, "mlp": 0.2},
-        {"flops": 0.01},
+        ({"flops": 0.0}, "flops " + KEEP + "0.0"),
+        ({"flops": 1.2}, "flops " + KEEP + "1.2"),
+        ({"flops": -0.5}, "flops " + KEEP + "-0.5"),
+        ({"params": 1.01}, "params " + KEEP + "1.01"),
+        ({"mlp": 1.0}, "mlp " + REMOVE + "1.0"),
+        ({"heads": -0.1}, "heads " + REMOVE + "-0.1"),
+        ({"mlp": 0.99}, r"mlp 0.99 removes more than the minimum keep allows \(at most 0.9583\)"),
+        ({}, ONE),
+        ({"flops": 0.5, "mlp": 0.2}, ONE),
+        ({"flops": 0.01}, r"flops 0.01 is out of reach with min-keep ratios .* the smallest model keeps 0.261"),
     ],
 )
-def test_bad_budgets_are_clear_errors(budget):
+def test_bad_budgets_are_clear_errors(budget, message):
     model = make_small_model("dino")
     cost = get_adapter(model).cost_terms()
-    with pytest.raises(BudgetError):
+    with pytest.raises(BudgetError, match=f"^{message}$"):
         plan_slice(_sorted_random(3, 96), _sorted_random(3, 4), cost, **budget)
 
 

@@ -115,7 +115,7 @@ def test_help_has_examples_and_panels():
     assert result.exit_code == 0
     for heading in ("Examples", "Model", "Data", "Scoring", "Search", "Output"):
         assert heading in result.stdout, heading
-    assert "<snapvit|gradient|magnitude|random|snip|lamp>" in result.stdout
+    assert "Choices: snapvit, gradient, magnitude, random, snip, lamp." in result.stdout
     assert result.stdout.count("$ snapvit score") >= 2
 
 
@@ -148,6 +148,12 @@ def test_choices_match_the_library():
     assert get_args(_options.Crops) == CROP_MODES and get_args(_options.Loss) == LOSSES
     assert get_args(_options.ScoreFormula) == SCORE_FORMULAS and get_args(_options.Preset) == tuple(PRESETS)
     assert get_args(_options.Vote) == VOTES and get_args(_options.Dtype) == DTYPES
+    from snapvit_cli.correction.settings import TOKEN_MODES
+    from snapvit_cli.evaluation.settings import TRANSFORMS
+    from snapvit_cli.export import FORMATS
+
+    assert get_args(_options.Transform) == TRANSFORMS and get_args(_options.Tokens) == TOKEN_MODES
+    assert get_args(_options.ExportFormat) == FORMATS
 
 
 @pytest.mark.parametrize(
@@ -170,14 +176,27 @@ def test_device_errors_are_one_short_line(demo_bundle, tmp_path):
     from snapvit_cli.devices import resolve_device
     from snapvit_cli.errors import SnapvitError
 
-    for name in ("xyz", "cuda:7", "mps"):
+    for name in ("xyz", "cuda:7", "mps"):  # no machine has all of these: each must be refused
         try:
             resolve_device(name)
         except SnapvitError as exc:
             assert len(str(exc)) < 120 and "\n" not in str(exc) and "privateuseone" not in str(exc)
+            assert str(exc).startswith(f"device {name} is not ")
+        else:
+            if not present(name):
+                pytest.fail(f"resolve_device({name!r}) accepted a device this machine does not have")
     result = runner.invoke(app, ["slice", str(demo_bundle), "--flops", "0.5", "--correct", "-d", "demo",
                                  "--device", "tpu", "-o", str(tmp_path / "x")])  # fmt: skip
     assert result.exit_code == 2 and "tpu" in result.output
+
+
+def present(name: str) -> bool:
+    """Whether this machine really has device ``name`` (``cuda:N`` or ``mps``; anything else: no)."""
+    import torch
+
+    if name.startswith("cuda:"):
+        return torch.cuda.is_available() and int(name.split(":")[1]) < torch.cuda.device_count()
+    return name == "mps" and torch.backends.mps.is_available()
 
 
 def test_json_is_unchanged_off_a_terminal(tmp_path):

@@ -291,7 +291,8 @@ def test_features_are_extracted_once_per_model_and_split(demo_bundle, monkeypatc
 @pytest.mark.slow
 def test_real_vit_tiny_on_a_cifar10_subset(shared_data):
     """The pretrained ViT-Tiny separates CIFAR-10 far above chance (0.1) and above its random init (~0.27 on the
-    full subset); a 500/100 subset is enough to show it; the full 5000/1000 split gives 0.683 (benchmarks/README.md)."""
+    full subset). On this 500/100 subset (seed 0, k = 20) it scores 0.590 (measured with this command, torch 2.14.1,
+    CPU); the full 5000/1000 split gives 0.683 (benchmarks/README.md). Two test images either way are allowed."""
     checkpoint = shared_data / "vit_tiny_patch16_224.tinyimagenet.safetensors"
     data = shared_data / "cifar10_subset.npz"
     result = run(
@@ -300,7 +301,7 @@ def test_real_vit_tiny_on_a_cifar10_subset(shared_data):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)["results"]
-    assert row["accuracy"]["knn"] > 0.45
+    assert row["accuracy"]["knn"] == pytest.approx(0.59, abs=0.021)
     assert row["gmacs"] == pytest.approx(1.2535296) and row["params"] == 5_563_016
 
 

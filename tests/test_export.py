@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from snapvit_cli.api import load_bundle
 from snapvit_cli.cli.app import app
 from snapvit_cli.elastic.bundle import write_bundle
+from snapvit_cli.errors import OutputExistsError
 from snapvit_cli.export import ExportError, export_model, require_onnx
 from snapvit_cli.scoring import score_model
 from tests.conftest import make_small_model, small_model_source
@@ -98,15 +99,16 @@ def test_a_file_outside_the_tolerance_is_not_written(exported, tmp_path):
     with pytest.raises(ExportError, match="nothing was written"):
         export_model(model, tmp_path / "m.pt2", "pt2", tolerance=-1.0)  # no file can pass
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(OutputExistsError, match=r"augreg-classifier\.pt2 already exists"):
         export_model(model, folder / "augreg-classifier.pt2", "pt2")
 
 
-def test_missing_export_extra_is_one_line(monkeypatch):
+def test_missing_export_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ExportError, match=r"needs onnxruntime: pip install onnx onnxruntime onnxscript"):
         require_onnx()
-    result = runner.invoke(app, ["export", "nowhere", "--format", "onnx"])
+    bundle = small_bundle(tmp_path, "dino")  # a real input: a missing one is refused first, before torch
+    result = runner.invoke(app, ["export", str(bundle), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1 and "pip install onnx onnxruntime onnxscript" in result.stderr
     assert "Traceback" not in result.output
 

@@ -200,6 +200,33 @@ def test_npy_data_shorter_or_longer_than_its_header_and_object_arrays(tmp_path):
         load_images(str(objects))
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("version", 255, "zip file version"),  # found by fuzzing: zipfile's NotImplementedError
+        ("method", 99, "compression"),
+        ("flags", 1, "encrypted"),
+    ],
+)
+def test_zip_features_the_reader_lacks_are_one_line(tmp_path, field, value, message):
+    """A central-directory entry edited to need a zip version, compression method or password zipfile lacks."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((2, 4, 4, 3), np.uint8))
+    blob = bytearray(buffer.getvalue())
+    offset = {"version": 6, "flags": 8, "method": 10}[field]  # in the central directory's file header
+    for start in (i for i in range(len(blob)) if blob[i : i + 4] == b"PK\x01\x02"):
+        blob[start + offset : start + offset + 2] = value.to_bytes(2, "little")
+        if field != "version":  # the local header repeats flags and method, 2 bytes earlier
+            local = int.from_bytes(blob[start + 42 : start + 46], "little")
+            blob[local + offset - 2 : local + offset] = value.to_bytes(2, "little")
+    path = tmp_path / "odd.npz"
+    path.write_bytes(bytes(blob))
+    result = run("eval", "demo", "--data", path, "--no-speed")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert len(lines) == 1 and "as an .npz archive" in lines[0] and message in lines[0].lower(), result.stderr
+
+
 def test_valid_archives_still_read_the_same(tmp_path):
     """Stored, compressed and Fortran-ordered arrays give the pixels numpy itself reads."""
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -426,3 +427,29 @@ def test_offline_mode_blocks_overlap_across_threads():
     assert constants.HF_HUB_OFFLINE is True
     second.__exit__(None, None, None)
     assert before == constants.HF_HUB_OFFLINE
+
+
+def test_the_loopback_hub_validates_cards_as_the_hub_does(fake_hub):
+    """Through huggingface_hub's own ``ModelCard.validate()``: a valid card passes; a YAML list and a model-index
+    that does not parse into evaluation results are refused with the reason. The refused texts are sent as written
+    (the client would check some of them itself first)."""
+    from huggingface_hub import ModelCard
+
+    class AsWritten(ModelCard):
+        def __init__(self, text: str):
+            super().__init__("---\nlicense: mit\n---\n")
+            self.text = text
+
+        def __str__(self) -> str:
+            return self.text
+
+    ModelCard("---\nlicense: apache-2.0\ntags:\n- snapvit\n---\n# ok\n").validate()
+    bad = {
+        "---\nmodel-index:\n- name: x\n  results:\n  - task: {}\n    metrics: []\n---\n# x\n": "Invalid `model_index`",
+        "---\nmodel-index:\n- name: x\n  results:\n  - task: {type: t}\n    dataset: {type: d}\n---\n": "Invalid",
+        "---\n- a list\n---\n# x\n": "repo card metadata block should be a dict",
+    }
+    for text, reason in bad.items():
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            AsWritten(text).validate()
+    assert [r for r in fake_hub.requests if r.path == "/api/validate-yaml"]

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from snapvit_cli.cli.app import app
+from snapvit_cli.errors import BundleError
 from snapvit_cli.hub.push import folder_files
 from tests.hub_artifacts import TOKEN, copy_artifacts, point_client_at, restore_client
 from tests.hub_server import FakeHub
@@ -81,7 +82,7 @@ def test_follow_links_uploads_targets_inside_the_folder(hub, sliced):
 def test_a_link_loop_is_refused(sliced):
     (sliced / "docs").mkdir()
     (sliced / "docs" / "up").symlink_to("..", target_is_directory=True)
-    with pytest.raises(Exception, match="docs/up makes a loop"):
+    with pytest.raises(BundleError, match="the symbolic link docs/up makes a loop; remove it to push"):
         folder_files(sliced, follow_links=True)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import torch
 from typer.testing import CliRunner
 
+from snapvit_cli.adapters import get_adapter
 from snapvit_cli.api import load, load_bundle
 from snapvit_cli.cli.app import app
 
@@ -30,8 +32,19 @@ def test_readme_quickstart_searches_with_two_updates(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     bundle = load_bundle(Path(score[score.index("-o") + 1]))
     search = bundle.metadata.scoring.settings["xnes"]
-    assert search["updates"] >= 2 and search["best_fitness"] <= search["initial_fitness"]
-    assert "in 2 updates" in result.stdout or f"in {search['updates']} updates" in result.stdout
+    trace = bundle.read_tensor("ga.fitness_trace")  # every evaluation's fitness, μ₀ first
+    assert search["evaluations"] == len(trace) == int(score[score.index("--ga-evals") + 1])
+    assert trace[0].item() == search["initial_fitness"] and trace.min().item() == search["best_fitness"]
+    assert search["updates"] >= 2 and search["best_fitness"] < search["initial_fitness"]  # the search found better
+    assert f"in {search['updates']} updates" in result.stdout
     result = runner.invoke(app, slice_)
     assert result.exit_code == 0, result.output
-    assert load(Path(slice_[slice_.index("-o") + 1])) is not None
+    folder = Path(slice_[slice_.index("-o") + 1])
+    model = load(folder)
+    fraction = float(slice_[slice_.index("--flops") + 1])
+    plan = bundle.plan(flops=fraction)
+    assert get_adapter(model).widths() == plan.widths and abs(plan.flops_fraction - fraction) < 0.01 * fraction
+    assert sum(p.numel() for p in model.parameters()) == plan.params
+    x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), bundle.slice(plan)(x))  # the folder holds the bundle's slice, as loaded

@@ -176,6 +176,55 @@ def test_cross_entropy_needs_a_classifier_and_labels(data):
         score_model(classifier, "gradient", data=image_set(classes=12), **{**FAST, "loss": "ce", "samples": 12})
 
 
+def test_magnitude_is_the_l2_norm_of_every_weight_into_and_out_of_the_unit():
+    """By hand on a small ViT: a neuron's fc1 row and fc2 column, a head's q, k and v rows and proj columns (no bias),
+    as one L2 norm."""
+    model = make_small_model("dino")
+    scores = score_model(model, "magnitude")
+    for i, block in enumerate(model.blocks):
+        fc1, fc2 = block.mlp.fc1.weight.double(), block.mlp.fc2.weight.double()
+        for j in range(fc1.shape[0]):
+            expected = (fc1[j].square().sum() + fc2[:, j].square().sum()).sqrt()
+            assert torch.isclose(scores.mlp[i, j], expected, rtol=1e-12), (i, j)
+        qkv, proj = block.attn.qkv.weight.double(), block.attn.proj.weight.double()
+        dim, hd = proj.shape[0], block.attn.head_dim
+        for h in range(block.attn.num_heads):
+            rows = [qkv[g * dim + h * hd : g * dim + (h + 1) * hd] for g in range(3)]  # its q, k and v rows
+            total = sum(r.square().sum() for r in rows) + proj[:, h * hd : (h + 1) * hd].square().sum()
+            assert torch.isclose(scores.heads[i, h], total.sqrt(), rtol=1e-12), (i, h)
+
+
+def test_snip_is_the_mean_of_grad_times_weight_plus_alpha_weight_squared(monkeypatch, data):
+    """By hand from the accumulated gradient G of the fc1 rows and of the v rows of qkv, and the model's own weights:
+    the mean over the unit's weights of |G·W| + α·W² (the same for neurons and heads, §13.7)."""
+    captured = {}
+    real = gradient_module.accumulate_gradients
+
+    def keep(*args, **kwargs):
+        captured["grads"] = real(*args, **kwargs)
+        return captured["grads"]
+
+    monkeypatch.setattr(gradient_module, "accumulate_gradients", keep)
+    model = make_small_model("dino")
+    alpha = 0.25
+    scores = score_model(model, "snip", data=data, snip_alpha=alpha, **FAST)
+    summed = captured["grads"].summed
+    for i, block in enumerate(model.blocks):
+        fc1 = block.mlp.fc1.weight.detach().double()
+        for j in range(fc1.shape[0]):
+            g, w = summed[MLP][i][0][0, j].reshape(-1), fc1[j]  # the gradient of fc1's row j
+            expected = ((g * w).abs() + alpha * w.square()).mean()
+            assert torch.isclose(scores.mlp[i, j], expected, rtol=1e-10), (i, j)
+        qkv, hd = block.attn.qkv.weight.detach().double(), block.attn.head_dim
+        dim = qkv.shape[1]
+        for h in range(block.attn.num_heads):
+            w = qkv[2 * dim + h * hd : 2 * dim + (h + 1) * hd].reshape(-1)  # head h's v rows
+            g = summed[HEADS][i][0][0, h].reshape(-1)
+            expected = ((g * w).abs() + alpha * w.square()).mean()
+            assert torch.isclose(scores.heads[i, h], expected, rtol=1e-10), (i, h)
+    assert float(summed[MLP][0][0].abs().sum()) > 0  # a real gradient, not zeros
+
+
 def test_lamp_element_scores_by_hand():
     # |w| ascending: 1, 2, 3 -> w² / (sum of this and larger w²): 1/14, 4/13, 9/9
     scores = lamp_element_scores(torch.tensor([[3.0, -1.0, 2.0]]))

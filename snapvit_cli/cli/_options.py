@@ -32,6 +32,9 @@ ScoreFormula = Literal["sqgrad", "fisher", "taylor"]
 Preset = Literal["default", "paper"]
 Vote = Literal["majority", "weighted"]
 Dtype = Literal["float32", "bfloat16"]
+Transform = Literal["resize", "timm"]
+Tokens = Literal["weighted", "cls", "all"]
+ExportFormat = Literal["onnx", "pt2"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT)]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.", rich_help_panel=OUTPUT)]
@@ -137,3 +140,23 @@ def examples(*lines: str) -> str:
     """A command's epilog: an Examples heading and one command per line (rich markup mode keeps the breaks)."""
     body = "\n\n".join(f"  [cyan]$ {escape(line)}[/]" for line in lines)
     return f"[bold]Examples[/]\n\n{body}"
+
+
+def require_local(spec: str, kind: str | None = None) -> None:
+    """The one-line refusal of a local input that is missing or not snapvit's (or not a ``kind``: "bundle" or
+    "sliced"), given before torch is imported; ``hf-hub:`` ids are resolved later, by the library."""
+    from snapvit_cli.elastic.artifacts import is_hf_id, require_kind, resolve_artifact
+
+    if not is_hf_id(spec):
+        artifact = resolve_artifact(spec)
+        if kind is not None:
+            require_kind(artifact, kind)
+
+
+def require_file(path: Path | None, what: str) -> None:
+    """``what PATH does not exist`` as one line, before torch is imported."""
+    from snapvit_cli.errors import SnapvitError
+
+    if path is not None and not Path(path).expanduser().is_file():
+        problem = "is not a file" if Path(path).expanduser().exists() else "does not exist"
+        raise SnapvitError(f"{what} {path} {problem}")

@@ -17,9 +17,10 @@ import typer
 from snapvit_cli._version import __version__
 from snapvit_cli.cli import eval as eval_command
 from snapvit_cli.cli import export as export_command
-from snapvit_cli.cli import import_scores, models, push, score
+from snapvit_cli.cli import import_scores, info, models, push, score
 from snapvit_cli.cli import profile as profile_command
 from snapvit_cli.cli import slice as slice_command
+from snapvit_cli.cli._help import SnapvitCommand, SnapvitGroup
 from snapvit_cli.cli._output import launched, report, say, stopped_by_launcher
 from snapvit_cli.errors import SnapvitError
 
@@ -27,8 +28,8 @@ app = typer.Typer(
     name="snapvit",
     help="Elastic Vision Transformers from pretrained models without retraining (SnapViT): "
     "score once, slice to any budget.",
+    cls=SnapvitGroup,
     no_args_is_help=True,
-    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
@@ -44,20 +45,21 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+        bool, typer.Option("--version", "-V", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Elastic ViTs: `snapvit score` once, then `snapvit slice` to any budget."""
 
 
-app.command("score", epilog=score.EPILOG)(score.score)
-app.command("slice", epilog=slice_command.EPILOG)(slice_command.slice_)
-app.command("import-scores", epilog=import_scores.EPILOG)(import_scores.import_scores)
-app.command("push", epilog=push.EPILOG)(push.push)
-app.command("eval", epilog=eval_command.EPILOG)(eval_command.eval_)
-app.command("export", epilog=export_command.EPILOG)(export_command.export)
-app.command("models", epilog=models.EPILOG)(models.models)
-app.command("profile", epilog=profile_command.EPILOG)(profile_command.profile)
+app.command("score", cls=SnapvitCommand, epilog=score.EPILOG)(score.score)
+app.command("slice", cls=SnapvitCommand, epilog=slice_command.EPILOG)(slice_command.slice_)
+app.command("import-scores", cls=SnapvitCommand, epilog=import_scores.EPILOG)(import_scores.import_scores)
+app.command("push", cls=SnapvitCommand, epilog=push.EPILOG)(push.push)
+app.command("eval", cls=SnapvitCommand, epilog=eval_command.EPILOG)(eval_command.eval_)
+app.command("export", cls=SnapvitCommand, epilog=export_command.EPILOG)(export_command.export)
+app.command("models", cls=SnapvitCommand, epilog=models.EPILOG)(models.models)
+app.command("info", cls=SnapvitCommand, epilog=info.EPILOG)(info.info)
+app.command("profile", cls=SnapvitCommand, epilog=profile_command.EPILOG)(profile_command.profile)
 
 
 def main() -> None:

@@ -19,9 +19,12 @@ from snapvit_cli.cli._options import (
     ForceOpt,
     JsonOpt,
     QuietOpt,
+    Transform,
     Vote,
     examples,
     parse_fractions,
+    require_file,
+    require_local,
 )
 from snapvit_cli.cli._output import emit_json, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from snapvit_cli.evaluation.report import EvalReport
 
 
-@user_errors
+@user_errors(flags={"flops": "--budgets"})  # eval's budgets are FLOPs fractions
 def eval_(
     target: Annotated[
         str,
@@ -122,7 +125,7 @@ def eval_(
         float, typer.Option(help="Linear-probe SGD learning rate.", metavar="LR", rich_help_panel=EVALUATION)
     ] = 1e-3,
     transform: Annotated[
-        str,
+        Transform,
         typer.Option(
             help="resize: the whole image resized to the input size (the method's kNN protocol, default); "
             "timm: timm's resolve_data_config + create_transform (crop_pct honoured).",
@@ -157,7 +160,7 @@ def eval_(
     plot: Annotated[
         Path | None,
         typer.Option(
-            help="Write a PNG of accuracy against GMACs (needs matplotlib: the plot extra).",
+            help="Write a chart of accuracy against GMACs: .png, .svg or .pdf (needs matplotlib: the plot extra).",
             metavar="FILE.png",
             rich_help_panel=OUTPUT,
         ),
@@ -167,6 +170,7 @@ def eval_(
         typer.Option(
             help="Sliced models only: the bundle they were cut from; its dense model is evaluated too (and plotted).",
             metavar="BUNDLE",
+            rich_help_panel=MODEL,
         ),
     ] = None,
     force: ForceOpt = False,
@@ -174,8 +178,20 @@ def eval_(
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy (kNN, linear probe), GMACs, params and measured speed of a dense model and its sliced budgets."""
-    from snapvit_cli.evaluation.evaluate import EvalSettings, evaluate_target
+    from snapvit_cli.elastic.artifacts import looks_like_path
     from snapvit_cli.fileio import check_output
+
+    if looks_like_path(target):  # the trivial refusals come before torch is imported
+        require_local(target)
+    require_file(checkpoint, "checkpoint")
+    if reference is not None:
+        require_local(reference, "bundle")
+    if plot is not None:
+        from snapvit_cli.evaluation.plot import plot_format
+
+        plot_format(plot)
+        check_output(plot, force, inputs=(target, data, checkpoint))
+    from snapvit_cli.evaluation.evaluate import EvalSettings, evaluate_target
 
     settings = EvalSettings(
         k=knn_k,
@@ -201,7 +217,6 @@ def eval_(
         from snapvit_cli.evaluation.plot import require_matplotlib
 
         require_matplotlib()
-        check_output(plot, force, inputs=(target, data, checkpoint))  # fail before the expensive part
     hub = transfer(not quiet and target.startswith("hf-hub:"), f"downloading {target}")
     with hub, quiet_hub(quiet), progress_bars(not quiet, transient=True) as progress:
         report = evaluate_target(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,7 @@ from rich.markup import escape
 from snapvit_cli.cli._options import (
     BUDGET,
     OUTPUT,
+    ExportFormat,
     FlopsOpt,
     ForceOpt,
     HeadsOpt,
@@ -20,6 +21,7 @@ from snapvit_cli.cli._options import (
     QuietOpt,
     budget_specs,
     examples,
+    require_local,
 )
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import status
@@ -42,13 +44,14 @@ def export(
         ),
     ],
     fmt: Annotated[
-        str,
+        ExportFormat | None,
         typer.Option(
             "--format",
-            help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save).",
+            help="onnx (opset 18, needs the export extra) or pt2 (torch.export.save); default: the extension of "
+            "-o, else onnx.",
             rich_help_panel=OUTPUT,
         ),
-    ] = "onnx",
+    ] = None,
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
     mlp: MlpOpt = None,
@@ -81,12 +84,15 @@ def export(
     json_output: JsonOpt = False,
 ) -> None:
     """Write a deployable file (ONNX or .pt2) with a dynamic batch axis, checked against PyTorch at batch 1 and 7."""
-    from snapvit_cli.elastic.grid import output_paths
-    from snapvit_cli.export import FORMATS, export_model, require_onnx
+    from snapvit_cli.elastic.grid import output_paths, write_each
     from snapvit_cli.fileio import check_output
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    fmt = _format(fmt, output)
+    require_local(source)  # the trivial refusals come before torch is imported
+    if output is not None and not (flops or params or mlp or heads):
+        check_output(output, force)
+    from snapvit_cli.export import export_model, require_onnx
+
     if fmt == "onnx":
         require_onnx()
     specs = budget_specs(flops, params, mlp, heads)
@@ -99,7 +105,10 @@ def export(
     for target in outputs:
         check_output(target, force)
     results = []
-    for model, budget, target in _models(kind, path, specs, outputs, head_offset):
+    models = _models(kind, path, specs, outputs, head_offset)
+
+    def write(_: int) -> Path:  # the files in order; a disk that fills says which were written (write_each)
+        model, budget, target = next(models)
         with status(not quiet, f"exporting {target}"):
             result = export_model(model, target, fmt, force=force, tolerance=tolerance)
         results.append({**result.to_json(), "budget": budget})
@@ -110,8 +119,22 @@ def export(
                 f"{result.bytes / 2**20:.1f} MiB) in {result.export_s:.1f} s; max |diff| vs PyTorch at batch "
                 f"{' and '.join(map(str, result.checked_batches))}: {result.max_abs_diff:.2e}"
             )
+        return target
+
+    write_each(outputs, write)
     if json_output:
         emit_json(results[0] if len(results) == 1 else results)
+
+
+def _format(fmt: str | None, output: Path | None) -> str:
+    """The format -o's extension names (refusing a --format that contradicts it), else --format, else onnx."""
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    if suffix in get_args(ExportFormat):
+        if fmt is not None and fmt != suffix:
+            message = f"--format {fmt} contradicts -o {output} (a .{suffix} file)"
+            raise typer.BadParameter(message, param_hint="--format")
+        return suffix
+    return fmt or "onnx"
 
 
 def _resolve(source: str, quiet: bool):

@@ -18,6 +18,7 @@ from snapvit_cli.cli._options import (
     QuietOpt,
     RevisionOpt,
     examples,
+    require_file,
 )
 from snapvit_cli.cli._output import emit_json, note, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import status
@@ -68,10 +69,13 @@ def import_scores(
     The file is read with a restricted unpickler (nothing in it can run) and must fit the model's structure.
     """
     from snapvit_cli.fileio import check_output
+
+    require_file(ref, "score file")  # the trivial refusals come before torch is imported
+    require_file(checkpoint, "checkpoint")
+    output = output or Path(f"{ref.stem}.bundle.safetensors")
+    check_output(output, force, inputs=(ref, checkpoint))
     from snapvit_cli.reference.importing import import_reference_scores, write_imported_bundle
 
-    output = output or Path(f"{ref.stem}.bundle.safetensors")
-    check_output(output, force, inputs=(ref, checkpoint))  # fail before loading the model
     with status(not quiet, f"importing {ref.name}"), quiet_hub(quiet):
         imported = import_reference_scores(
             ref, model, checkpoint=checkpoint, revision=revision, pretrained=None if pretrained else False

@@ -29,6 +29,7 @@ from snapvit_cli.cli._options import (
     RevisionOpt,
     ScoreFormula,
     examples,
+    require_file,
 )
 from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, status
@@ -208,6 +209,7 @@ def score(
     cka_init: Annotated[
         bool,
         typer.Option(
+            "--cka-init",
             help="Start xNES with a covariance from the CKA similarity of units' activations.", rich_help_panel=SEARCH
         ),
     ] = DEFAULTS.cka_init,
@@ -243,6 +245,7 @@ def score(
     dry_run: Annotated[
         bool,
         typer.Option(
+            "--dry-run",
             help="Print the images, passes and estimated memory and time of every stage on this device, without "
             "reading weights or scoring.",
             rich_help_panel=OUTPUT,
@@ -251,9 +254,14 @@ def score(
     json_output: JsonOpt = False,
 ) -> None:
     """Score every MLP neuron and attention head once and write an elastic bundle."""
+    from snapvit_cli.fileio import check_output
+
+    require_file(checkpoint, "checkpoint")  # the trivial refusals come before torch is imported
+    if not dry_run:
+        output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
+        check_output(output, force, inputs=(data, checkpoint, model))
     from snapvit_cli.devices import resolve_device
     from snapvit_cli.elastic.bundle import write_bundle
-    from snapvit_cli.fileio import check_output
     from snapvit_cli.models.loading import load_model
     from snapvit_cli.scoring import DATA_METHODS, default_data, distributed, score_model
 
@@ -298,8 +306,6 @@ def score(
     if dry_run:
         _print_estimate(model, method, config, json_output)
         return
-    output = output or Path(f"{model.replace('/', '_').replace(':', '_')}.bundle.safetensors")
-    check_output(output, force, inputs=(data, checkpoint, model))  # fail before the expensive part
     primary = not distributed.is_secondary()  # under torchrun, rank 0 alone shows progress, writes and prints
     with distributed.failures_end_all_ranks():
         distributed.start(device)

@@ -24,8 +24,10 @@ from snapvit_cli.cli._options import (
     MlpOpt,
     ParamsOpt,
     QuietOpt,
+    Tokens,
     budget_specs,
     examples,
+    require_local,
 )
 from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
@@ -148,7 +150,7 @@ def slice_(
         ),
     ] = CORRECT_DEFAULTS.damping,
     correct_tokens: Annotated[
-        str,
+        Tokens,
         typer.Option(
             help="With --correct: which tokens the fit weighs: weighted (class token and patch tokens half each), "
             "cls (the class token only) or all (every token alike, the reference).",
@@ -199,16 +201,16 @@ def slice_(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option(help="Report widths and cost without writing anything.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option("--dry-run", help="Report widths and cost without writing anything.", rich_help_panel=OUTPUT),
     ] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a bundle to one or several budgets and write dense, smaller models (model.safetensors + config.json)."""
-    from snapvit_cli.api import load_bundle
-    from snapvit_cli.elastic.grid import output_paths, plan_grid
-    from snapvit_cli.elastic.sliced import SLICED_FILES
+    from snapvit_cli.elastic.artifacts import SLICED_FILES
+    from snapvit_cli.elastic.grid import output_paths
     from snapvit_cli.fileio import check_output
 
     specs = budget_specs(flops, params, mlp, heads, speedup, latency)
@@ -218,6 +220,7 @@ def slice_(
         )
     if data is not None and not correct:
         raise typer.BadParameter("--data is for --correct: --correct --data FOLDER|FILE.npz|hf:NAME|demo")
+    require_local(bundle, "bundle")  # "not a bundle" before "the output exists", and before torch is imported
     outputs = output_paths(specs, output, _bundle_stem(bundle))
     settings = None
     if correct:
@@ -234,6 +237,9 @@ def slice_(
     if not dry_run:  # before the download
         for path in outputs:
             check_output(path, force, directory=True, inputs=(bundle, data), owned=SLICED_FILES)
+    from snapvit_cli.api import load_bundle
+    from snapvit_cli.elastic.grid import plan_grid
+
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)  # opened and validated once, whatever the number of budgets
     if correct and data is None:
@@ -325,10 +331,12 @@ def _profile_note(lookup) -> str:
 
 def _bundle_stem(bundle: str) -> str:
     """A folder-name stem for a bundle path, or ``NAME[-REV]`` for ``hf-hub:OWNER/NAME[@REV]``."""
-    from snapvit_cli.hub_client import is_hf_id, parse_hf_id
+    from snapvit_cli.elastic.artifacts import is_hf_id
 
     if not is_hf_id(bundle):
         return Path(bundle).stem.removesuffix(".bundle")
+    from snapvit_cli.hub_client import parse_hf_id
+
     repo_id, revision = parse_hf_id(bundle)
     name = repo_id.split("/")[-1]
     return f"{name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', revision)}" if revision else name

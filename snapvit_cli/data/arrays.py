@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,12 @@ CHANNELS = (1, 2, 3, 4)  # gray, gray+alpha, RGB, RGBA
 # would make evaluation allocate per-class tensors of terabytes.
 MAX_CLASSES = 1 << 17
 NPY_MAGIC = b"\x93NUMPY"
+# What zipfile, zlib and numpy raise for a damaged archive (several found by tests/test_fuzz_readers.py): a zip
+# version or compression method it does not implement, an encrypted member, a corrupt deflate stream...
+UNREADABLE = (
+    OSError, ValueError, EOFError, RuntimeError, NotImplementedError, struct.error, zlib.error,
+    zipfile.BadZipFile, zipfile.LargeZipFile,
+)  # fmt: skip
 
 
 class ArrayReader:
@@ -47,7 +55,7 @@ def load_npz(source: str, split: str) -> ImageSet:
                 chosen, images, labels, class_names = _read_split(archive, split, path, budget)
             file.seek(0)
             digest = sha256_stream(file)  # the version read, not whatever the path names by now
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+    except UNREADABLE as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DataError(f"cannot read {path} as an .npz archive: {reason}") from None
     return ImageSet(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 from snapvit_cli.errors import BundleError, SnapvitError
-from snapvit_cli.hub_client import is_hf_id, resolve_hub_artifact
 
 ArtifactKind = Literal["bundle", "sliced"]
 
@@ -22,8 +21,11 @@ BUNDLE_KIND = "elastic-bundle"  # the "kind" in a bundle's header metadata
 SLICED_KIND = "sliced-model"  # the "kind" in a sliced model's config.json and weights header
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything a sliced folder holds: what --force may replace
+HF_PREFIX = "hf-hub:"  # as snapvit_cli.hub_client spells it; that module (huggingface_hub) is imported only for one
 HEADER_KEY = "snapvit"  # the safetensors ``__metadata__`` key holding snapvit's JSON
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".pt", ".pth")
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own bound on the JSON header
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ def resolve_artifact(spec: str | os.PathLike, *, revision: str | None = None) ->
     ``revision`` selects a Hub revision and is refused for local paths.
     """
     if is_hf_id(spec):
+        from snapvit_cli.hub_client import resolve_hub_artifact
+
         kind, path = resolve_hub_artifact(str(spec), revision=revision)
         return Artifact(kind, path, str(spec))
     if revision is not None:
@@ -72,6 +76,11 @@ def resolve_artifact(spec: str | os.PathLike, *, revision: str | None = None) ->
     raise BundleError(f"{path} is neither an elastic bundle nor a sliced model written by snapvit")
 
 
+def is_hf_id(spec: object) -> bool:
+    """Whether ``spec`` names a Hub repository, without importing huggingface_hub (local refusals stay instant)."""
+    return isinstance(spec, str) and spec.startswith(HF_PREFIX)
+
+
 def looks_like_path(spec: str) -> bool:
     """Whether ``spec`` is meant as a file or folder rather than a model name (for commands that take either)."""
     path = Path(spec).expanduser()
@@ -81,24 +90,41 @@ def looks_like_path(spec: str) -> bool:
 def safetensors_kind(path: Path) -> str | None:
     """The ``kind`` a snapvit safetensors header declares, or None for another safetensors file.
 
-    Reads only the header (its length is bounded by safetensors), never a tensor; a file that is not readable
-    safetensors at all is a one-line :class:`BundleError`.
+    Reads only the header, in plain Python (no torch: a wrong file is refused at once), and never more than the
+    file holds; a file that is not safetensors at all is a one-line :class:`BundleError`.
     """
-    from safetensors import safe_open
+    from snapvit_cli.fileio import NotRegularFileError, open_regular
 
-    from snapvit_cli.elastic.safetensors_io import OpenFile
-
-    file = OpenFile(path)  # a FIFO or device is refused before it can block
     try:
-        with safe_open(file.view, framework="pt", backend="pread") as f:
-            header = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 - safetensors reports corruption with several exception types
-        raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
-    finally:
-        file.close()
+        f = open_regular(path)  # a FIFO or device is refused before it can block
+    except NotRegularFileError as exc:
+        raise BundleError(f"{path} is {exc.strerror}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot open {path}: {exc.strerror or exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        length = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+        not_safetensors = BundleError(f"{path} is neither an elastic bundle nor a sliced model: not a safetensors file")
+        if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
+            raise not_safetensors
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, RecursionError):
+            raise not_safetensors from None
+    if not isinstance(header, dict):
+        raise not_safetensors
+    offsets = [entry.get("data_offsets") for entry in header.values() if isinstance(entry, dict)]
+    ends = [o[1] for o in offsets if isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)]
+    described = 8 + length + max(ends, default=0)
+    if described != size:  # safetensors' own rule: the tensors' bytes cover the rest of the file exactly
+        raise BundleError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): it holds {size} bytes, its header "
+            f"describes {described}"
+        )
+    metadata = header.get("__metadata__")
     try:
-        record = json.loads(header.get(HEADER_KEY, "{}"))
-    except (ValueError, RecursionError):
+        record = json.loads(metadata.get(HEADER_KEY, "{}")) if isinstance(metadata, dict) else {}
+    except (TypeError, ValueError, RecursionError):
         return None
     kind = record.get("kind") if isinstance(record, dict) else None
     return kind if isinstance(kind, str) else None

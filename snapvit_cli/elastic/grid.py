@@ -11,12 +11,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.records import MAX_LATENCY_MS, MAX_SPEEDUP
 from snapvit_cli.errors import BudgetError
 from snapvit_cli.fileio import WriteError
+
+if TYPE_CHECKING:  # the grid and its names need no torch: the CLI checks them before importing it
+    from snapvit_cli.elastic.budget import SlicePlan
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from snapvit_cli._version import __version__
 from snapvit_cli.adapters import Widths, get_adapter
-from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_KIND, WEIGHTS_NAME
+from snapvit_cli.elastic.artifacts import CONFIG_NAME, SLICED_FILES, SLICED_KIND, WEIGHTS_NAME
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.records import (
     BundleMetadata,
@@ -43,8 +43,6 @@ from snapvit_cli.fileio import atomic_dir, check_output, open_regular
 from snapvit_cli.models.loading import build_architecture
 from snapvit_cli.models.pretrained_cfg import honest_pretrained_cfg
 from snapvit_cli.schema import MAX_JSON_CHARS, parse_json
-
-SLICED_FILES = (WEIGHTS_NAME, CONFIG_NAME)  # everything save_sliced writes: what --force may replace
 
 
 def sliced_config(metadata: BundleMetadata, plan: SlicePlan, *, bundle_sha256: str | None = None) -> SlicedConfig:
@@ -138,6 +136,8 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise BundleError(f"{folder}: {exc}") from None
     except SnapvitError:
         raise
+    except MemoryError:  # the real reason, not a mismatch (push and eval report this line)
+        raise BundleError(f"{folder}: not enough memory to build the model config.json describes") from None
     except Exception as exc:  # noqa: BLE001 - any other mismatch between the files is a bad model folder
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None

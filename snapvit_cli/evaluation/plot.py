@@ -15,6 +15,19 @@ from snapvit_cli.evaluation.report import EvalReport
 from snapvit_cli.fileio import atomic_path
 
 METRICS = {"knn": "kNN top-1", "probe": "linear probe top-1"}
+PLOT_FORMATS = ("png", "svg", "pdf")  # what the Agg canvas writes without extra packages
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The image format the file name asks for; a name without one of :data:`PLOT_FORMATS` is refused, so that
+    ``acc.jpg`` never holds a PNG."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise SnapvitError(
+            f"plot {path}: name the file .png, .svg or .pdf (the formats written), not {suffix or 'no extension'}",
+            param="plot",
+        )
+    return suffix
 
 
 def require_matplotlib() -> None:
@@ -27,8 +40,9 @@ def require_matplotlib() -> None:
 
 
 def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write a PNG of top-1 accuracy (kNN, and the probe when evaluated) against GMACs from an eval report
-    (an existing file is replaced only with ``force``)."""
+    """Write a PNG, SVG or PDF (by the file's extension) of top-1 accuracy (kNN, and the probe when evaluated)
+    against GMACs from an eval report (an existing file is replaced only with ``force``)."""
+    plot_format(path)
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -71,5 +85,5 @@ def plot_accuracy_vs_gmacs(report: EvalReport, path: str | os.PathLike, *, force
     figure.tight_layout()
     path = Path(path)
     with atomic_path(path, force=force) as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format=plot_format(path))
     return path

@@ -7,6 +7,7 @@ Everything that turns a user's ``--model`` / ``--checkpoint`` into a ``torch.nn.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,39 +19,16 @@ import torch
 from torch import nn
 
 from snapvit_cli.errors import BundleError, ModelLoadError, UnsupportedModelError
-from snapvit_cli.fileio import descriptor_path, open_regular, sha256_file
+from snapvit_cli.fileio import sha256_file
 from snapvit_cli.hashing import state_dict_sha256
 from snapvit_cli.hub_client import hub_error_message, hub_unreachable, offline_mode, unreachable_message
 from snapvit_cli.models.aliases import ALIASES, DEMO_ARCH, DEMO_ARGS, DEMO_MODEL, DEMO_SEED, resolve_name
+from snapvit_cli.models.checkpoint import check_fits, read_checkpoint
 from snapvit_cli.models.families import corrected_preprocessing, default_model_args, supported_summary
 from snapvit_cli.models.source import ModelSource, Provenance
 
 # Pretrained-config keys a bundle keeps: what preprocessing and cost reporting need.
 _CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a local state dict: ``.safetensors``, or a torch file loaded with ``weights_only=True`` (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            with open_regular(path) as f:  # a FIFO or device is refused before it can block
-                state = load_file(descriptor_path(f, path))
-        else:
-            with open_regular(path) as f:  # a FIFO or device is refused before it can block
-                state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc}") from None
-    for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_model(
@@ -83,13 +61,8 @@ def load_model(
         model_args = {**_hub_model_args(timm_name, revision), **model_args}
     model = _create(timm_name, use_pretrained, revision, model_args)
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"checkpoint {checkpoint} does not fit {timm_name}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
+        check_fits(state, model, checkpoint, timm_name)
+        model.load_state_dict(state, strict=False)
     model.eval()
     # A pretrained tag can set the classifier width (`.dino` has none); record it, because build_architecture
     # rebuilds from the untagged architecture name and would otherwise get timm's default 1000 classes.
@@ -275,9 +248,22 @@ def _download_message(timm_name: str, reason: str) -> str:
     return f"cannot download pretrained weights for {timm_name}: {reason}; or pass --checkpoint FILE with local weights"
 
 
+def _similar_names(name: str, limit: int = 3) -> list[str]:
+    """Aliases and timm architectures close to a mistyped ``name`` (also when it is a prefix: ``vit_tinny``)."""
+    base = name.split(".")[0].lower()
+
+    def closeness(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, base, candidate).ratio()
+        return max(whole, difflib.SequenceMatcher(None, base, candidate[: len(base)]).ratio())
+
+    candidates = {*ALIASES, *timm.list_models()}
+    scored = sorted(((closeness(c), c) for c in candidates), key=lambda s: (-s[0], len(s[1]), s[1]))
+    return [candidate for score, candidate in scored[:limit] if score >= 0.8]
+
+
 def _unknown_model_message(name: str) -> str:
-    close = [a for a in ALIASES if name.split(".")[0] in a or a in name][:5]
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    close = _similar_names(name)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
     return f"unknown model '{name}': not a snapvit alias, timm model name or hf-hub: id.{hint} See `snapvit models`."
 
 

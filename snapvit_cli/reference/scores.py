@@ -74,8 +74,10 @@ _REQUIRED_KEYS = (
     "metadata",
 )
 
-# What torch raises for a zip archive with damaged records (found by truncating and corrupting real files).
-_CORRUPT = (RuntimeError, ValueError, EOFError, KeyError, OSError, zipfile.BadZipFile)
+# What torch raises for a zip archive with damaged records or a damaged pickle: RuntimeError, ValueError, EOFError,
+# KeyError, OSError, BadZipFile, and from its restricted unpickler also AttributeError, AssertionError, TypeError,
+# IndexError... (found by fuzzing, tests/test_fuzz_readers.py): any of them means a corrupt file.
+_CORRUPT = Exception
 
 
 def _enum_value(value: object) -> str:
@@ -176,6 +178,8 @@ def _unpickle(file: BinaryIO, path: Path) -> object:
             if not foreign:
                 file.seek(0)
                 return torch.load(file, map_location="cpu", weights_only=True)
+        except ScoreFileError:
+            raise
         except pickle.UnpicklingError as exc:
             raise ScoreFileError(
                 f"refusing to load score file {path.name}: its pickle needs more than tensors, plain data "
