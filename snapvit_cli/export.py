@@ -118,6 +118,9 @@ def export_model(
     model = model.float().cpu().eval()
     height, width = input_size(model)
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        if not torch.isfinite(model(example)).all():  # before the slow export: no file could be checked against it
+            raise ExportError("the PyTorch model's output is not finite (NaN or infinity); nothing was written")
     config = getattr(model, "snapvit_config", None)
     record = export_metadata(config, height, width, int(getattr(model, "num_classes", 0) or 0))
     with atomic_path(path, force=force) as tmp:
@@ -168,9 +171,12 @@ def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path, record: dict
             for node in module.graph.nodes:
                 node.meta.pop("stack_trace", None)
     # Through a file object: given a path, torch names the archive's inner folder after the (temporary) file name,
-    # and the bytes would differ from run to run.
+    # and the bytes would differ from run to run. Into memory first: torch's archive writer aborts the process
+    # (std::terminate) when the disk fills under it, where a plain write raises OSError, reported in one line.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={PT2_EXTRA: metadata_text(record)})
     with open(path, "wb") as f:
-        torch.export.save(program, f, extra_files={PT2_EXTRA: metadata_text(record)})
+        f.write(buffer.getbuffer())
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> int:
@@ -197,6 +203,8 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dic
                 optimize=True,
                 verify=False,
             )
+    except OSError:  # the disk (full, no permission): atomic_path reports it, with what was written
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"ONNX export failed: {_first_line(exc)}") from None
     _label_onnx(path, record)

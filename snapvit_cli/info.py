@@ -36,11 +36,23 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _origin(source: dict[str, Any]) -> str:
-    if source.get("checkpoint"):
-        return f"checkpoint {source['checkpoint']} (sha256 {source.get('checkpoint_sha256')})"
-    if not source.get("pretrained", True):
+    provenance = _provenance(source)
+    if provenance.origin == "checkpoint":
+        return f"checkpoint {provenance.checkpoint} (sha256 {provenance.checkpoint_sha256})"
+    if provenance.origin == "random":
         return "random weights (not pretrained)"
-    return f"pretrained weights from {source.get('hf_hub_id') or 'timm'}"
+    if provenance.origin == "hub":
+        at = f" at revision {provenance.revision}" if provenance.revision else ""
+        return f"pretrained weights from {provenance.hf_hub_id}{at}"
+    return "unknown (the record does not say)"
+
+
+def _provenance(source: dict[str, Any]):
+    """The record's :class:`~snapvit_cli.models.source.Provenance` (explicit ``origin``, or the older shape)."""
+    from snapvit_cli.models.source import Provenance
+    from snapvit_cli.schema import Fields
+
+    return Provenance.read(Fields(dict(source), "source"))
 
 
 def _model(source: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +60,7 @@ def _model(source: dict[str, Any]) -> dict[str, Any]:
         "id": source.get("model_id"),
         "timm_name": source.get("timm_name"),
         "origin": _origin(source),
-        "license": source.get("license"),
+        "license": _provenance(source).license,
         "weights_sha256": source.get("weights_sha256"),
     }
 

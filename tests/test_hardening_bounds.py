@@ -68,3 +68,19 @@ def test_eval_resolution_is_bounded_by_tokens(rope_bundle):
     assert adapter.check_resolution(side) == side
     with pytest.raises(SnapvitError, match=f"patch tokens per image; snapvit runs at most {MAX_TOKENS}"):
         adapter.check_resolution(side + 1)
+
+
+def test_running_out_of_memory_is_not_reported_as_a_mismatch(rope_bundle, tmp_path, monkeypatch):
+    """Whatever the bounds let through, an allocation that fails while building is said as such (push reported it
+    as "weights do not match config.json")."""
+    import snapvit_cli.elastic.sliced as sliced
+
+    folder = sliced_folder(rope_bundle, tmp_path / "sliced")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(sliced, "build_model", no_memory)
+    with pytest.raises(BundleError, match="not enough memory to build the model") as info:
+        load_sliced(folder)
+    assert "do not match" not in str(info.value)

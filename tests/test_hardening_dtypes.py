@@ -135,3 +135,23 @@ def test_preprocess_refuses_tiny_crop_pct():
     cfg = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
     with pytest.raises(DataError, match="crop_pct must be in"):
         preprocess(cfg, crop_pct=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float8_e4m3fn])
+def test_a_checkpoint_of_complex_or_fp8_tensors_is_refused(tmp_path, dtype):
+    """``--checkpoint``: loading would cast such tensors into the float32 model silently (complex loses its
+    imaginary part, fp8 its scale); fp16/bf16 checkpoints are common and cast exactly."""
+    from safetensors.torch import save_file
+
+    from snapvit_cli.errors import ModelLoadError
+    from snapvit_cli.models.checkpoint import read_checkpoint
+    from tests.conftest import make_small_model
+
+    state = {k: v.clone() for k, v in make_small_model("dino").state_dict().items()}
+    state[FC1] = state[FC1].to(dtype)
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(ModelLoadError, match=f"tensor {FC1} is {str(dtype).removeprefix('torch.')}"):
+        read_checkpoint(tmp_path / "odd.safetensors")
+    state[FC1] = state[FC1].to(torch.float16)
+    save_file(state, str(tmp_path / "half.safetensors"))
+    assert read_checkpoint(tmp_path / "half.safetensors")[FC1].dtype == torch.float16

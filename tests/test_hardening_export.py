@@ -30,3 +30,20 @@ def test_export_refuses_non_finite_outputs_and_writes_nothing(tmp_path, fmt):
         export_model(_overflowing_model(), target, fmt)
     assert "\n" not in str(info.value) and "nothing was written" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_outputs_nan_fails_the_parity_gate(tmp_path, monkeypatch):
+    """A finite model whose written file gives NaN (as a file from a broken exporter would): max(0.0, nan) is 0.0,
+    so a gate built on Python's max would pass it."""
+    import snapvit_cli.export as export
+
+    real = export._pt2_runner
+
+    def nan_runner(path):
+        run = real(path)
+        return lambda x: torch.full_like(run(x), float("nan"))
+
+    monkeypatch.setattr(export, "_pt2_runner", nan_runner)
+    with pytest.raises(ExportError, match="exported file's output is not finite.*nothing was written"):
+        export_model(make_small_model("dino"), tmp_path / "model.pt2", "pt2")
+    assert list(tmp_path.iterdir()) == []

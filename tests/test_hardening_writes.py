@@ -238,3 +238,35 @@ def test_push_stages_the_validated_files_even_if_a_slice_force_replaces_them(bui
     staged = {p.name: p.read_bytes() for p in preview.iterdir() if p.name != "README.md"}
     assert staged == validated  # the card was rendered from these: model, config and card agree
     assert json.loads(staged["config.json"])["budget"]["target"] == 0.5
+
+
+def test_disk_full_in_a_multi_budget_export_says_which_files_were_written(tmp_path, built):
+    """The same for `export --flops A,B,C --format pt2`, whose archive writer also used to abort the process
+    (std::terminate, exit 134) when the disk filled under it."""
+    bundle, _ = built
+    probe = tmp_path / "probe"
+    result = subprocess.run(
+        [sys.executable, "-m", "snapvit_cli", "export", str(bundle), "--flops", "0.5,0.9", "--format", "pt2",
+         "-o", str(probe)],
+        env=env_with(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    small, large = ((probe / f"flops{f}.pt2").stat().st_size for f in (0.5, 0.9))
+    assert small < large
+    limit = (small + large) // 2
+    code = (
+        f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "sys.argv[0] = 'snapvit'; from snapvit_cli.cli import main; main()"
+    )
+    out = tmp_path / "files"
+    args = ["export", str(bundle), "--flops", "0.5,0.9,0.7", "--format", "pt2", "-o", str(out), "--json", "--quiet"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env_with(), capture_output=True, text=True, timeout=300
+    )
+    first, second, third = (out / f"flops{f}.pt2" for f in ("0.5", "0.9", "0.7"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip() == (
+        f"error: cannot write {second}: File too large; {first} was written (the new output is complete); "
+        f"{second} was not written; {third} was not written"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["flops0.5.pt2"]

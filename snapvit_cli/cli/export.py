@@ -84,7 +84,7 @@ def export(
     json_output: JsonOpt = False,
 ) -> None:
     """Write a deployable file (ONNX or .pt2) with a dynamic batch axis, checked against PyTorch at batch 1 and 7."""
-    from snapvit_cli.elastic.grid import output_paths
+    from snapvit_cli.elastic.grid import output_paths, write_each
     from snapvit_cli.fileio import check_output
 
     fmt = _format(fmt, output)
@@ -105,7 +105,10 @@ def export(
     for target in outputs:
         check_output(target, force)
     results = []
-    for model, budget, target in _models(kind, path, specs, outputs, head_offset):
+    models = _models(kind, path, specs, outputs, head_offset)
+
+    def write(_: int) -> Path:  # the files in order; a disk that fills says which were written (write_each)
+        model, budget, target = next(models)
         with status(not quiet, f"exporting {target}"):
             result = export_model(model, target, fmt, force=force, tolerance=tolerance)
         results.append({**result.to_json(), "budget": budget})
@@ -116,6 +119,9 @@ def export(
                 f"{result.bytes / 2**20:.1f} MiB) in {result.export_s:.1f} s; max |diff| vs PyTorch at batch "
                 f"{' and '.join(map(str, result.checked_batches))}: {result.max_abs_diff:.2e}"
             )
+        return target
+
+    write_each(outputs, write)
     if json_output:
         emit_json(results[0] if len(results) == 1 else results)
 

@@ -136,6 +136,8 @@ def load_sliced(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
         raise BundleError(f"{folder}: {exc}") from None
     except SnapvitError:
         raise
+    except MemoryError:  # the real reason, not a mismatch (push and eval report this line)
+        raise BundleError(f"{folder}: not enough memory to build the model config.json describes") from None
     except Exception as exc:  # noqa: BLE001 - any other mismatch between the files is a bad model folder
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"{folder}: weights do not match config.json ({reason})") from None

@@ -271,7 +271,7 @@ def _random_warning(source: ModelSource) -> str:
     if weights_origin(source) != "random":
         return ""
     return (
-        "> **Random weights:** this model was built from randomly initialised weights (`pretrained: false`), not "
+        "> **Random weights:** this model was built from randomly initialised weights (`origin: random`), not "
         "from a trained model; its outputs and scores are meaningless. It demonstrates the snapvit pipeline only."
     )
 
@@ -538,7 +538,7 @@ def _eval_section(report: EvalReport | None) -> str:
         tp = r.throughput
         cells = [
             f"{r.name} (dense reference)" if r.dense else r.name,
-            r.label(),
+            "dense" if r.dense else r.label(),
             _accuracy(r.knn, None if dense is None or r.dense else dense.knn),
             _accuracy(r.probe, None if dense is None or r.dense else dense.probe),
             _num(r.gmacs),

@@ -184,7 +184,7 @@ def _validate_and_card(
     origin = weights_origin(model_source(config))
     if origin == "random" and not allow_random:
         raise HubError(
-            f"{path} was scored from random weights (pretrained: false); pass --allow-random to push it anyway "
+            f"{path} was scored from random weights (origin: random); pass --allow-random to push it anyway "
             "(its card then says so in its first line)"
         )
     if base_model is not None and origin != "checkpoint":

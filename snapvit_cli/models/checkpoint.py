@@ -47,6 +47,13 @@ def _sniff(f: BinaryIO, path: Path) -> str | None:
     return "a text file, not a model's weights"
 
 
+# Real dtypes a checkpoint's tensors may have (weights are cast to the model's float32 when loaded).
+CHECKPOINT_DTYPES = frozenset(
+    {torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8}
+    | {torch.uint8, torch.bool}
+)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a local state dict: ``.safetensors``, or a torch file loaded with ``weights_only=True`` (no code runs)."""
     path = Path(path)
@@ -70,6 +77,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors")
+    odd = sorted(k for k, v in state.items() if v.dtype not in CHECKPOINT_DTYPES)
+    if odd:  # loading would cast them silently: complex drops its imaginary part, fp8 its scale
+        raise ModelLoadError(
+            f"checkpoint {path}: tensor {odd[0]} is {str(state[odd[0]].dtype).removeprefix('torch.')}; snapvit "
+            "reads float32, float16, bfloat16 or float64 weights"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
