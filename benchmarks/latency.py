@@ -183,10 +183,18 @@ def run_case(name: str, bundle: ElasticBundle, threads: int, batch_size: int, ar
     }  # fmt: skip
 
 
-def knn(bundle: ElasticBundle, cases: list[dict]) -> dict[str, float]:
-    """kNN top-1 of every distinct slice of the ViT-Tiny cases, keyed by its widths (JSON)."""
+def knn(bundle: ElasticBundle, cases: list[dict], memory_n: int = 0, queries_n: int = 0) -> dict[str, float]:
+    """kNN top-1 of every distinct slice of the ViT-Tiny cases, keyed by its widths (JSON); ``memory_n`` /
+    ``queries_n``: class-balanced seeded subsets of ``x_train`` / ``x_test`` (0: all, the protocol)."""
+    from benchmarks.accuracy import balanced_subset
+
     data = shared_data() / KNN_DATA
     memory, queries = load_images(str(data), "train"), load_images(str(data), "test")
+    if memory_n:
+        memory = balanced_subset(memory, memory_n, 0)
+    if queries_n:
+        queries = balanced_subset(queries, queries_n, 0)
+    log(f"kNN: memory {len(memory)} of x_train, queries {len(queries)} of x_test")
     transform = preprocess(bundle.source.pretrained_cfg)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     results: dict[str, float] = {}
@@ -225,7 +233,8 @@ def render(cases: list[dict], accuracy: dict[str, float], args) -> str:
             lines.append(
                 f"| {case['model']} | {case['threads']} | {case['batch_size']} | "
                 f"{case['load_before'][0]:.1f}→{case['load_after'][0]:.1f} | {case['profile']['seconds']:.1f} | "
-                f"speedup {float(target):g} | — | — | out of reach: {reason.split(': ', 1)[-1]} | not timed | — "
+                f"speedup {float(target):g} | — | — | out of reach: {reason.rsplit('the fastest slice is ', 1)[-1]} | "
+                "not timed | — "
                 "| ✗ | — |"
             )
         for row in case["rows"]:
@@ -265,11 +274,23 @@ def main() -> None:
     parser.add_argument("--knn-cases", default="1:32", help="THREADS:BATCH cases whose slices get kNN")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="how the latency profile times")
     parser.add_argument("--judge", choices=("wall", "cpu"), default="cpu", help="the clock the ±7 %% verdict uses")
+    parser.add_argument("--knn-memory", type=int, default=0, help="class-balanced x_train subset (0: all 2500)")
+    parser.add_argument("--knn-queries", type=int, default=0, help="class-balanced x_test subset (0: all 2500)")
+    parser.add_argument("--knn-of", type=Path, default=None,
+                        help="only the kNN of the --knn-cases slices of this --json file (written back into it)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--render", type=Path, nargs="+", default=None,
                         help="print the table of these --json files (of runs made with this --clock/--judge)")
     args = parser.parse_args()
     args.command = "python -m benchmarks.latency " + " ".join(sys.argv[1:])
+    if args.knn_of:
+        run = json.loads(args.knn_of.read_text())
+        wanted = {tuple(int(v) for v in c.split(":")) for c in args.knn_cases.split(",")}
+        chosen = [c for c in run["cases"] if c["model"] == "tiny" and (c["threads"], c["batch_size"]) in wanted]
+        run["knn"].update(knn(load_bundle(args.tiny_bundle), chosen, args.knn_memory, args.knn_queries))
+        run["knn_subset"] = {"memory": args.knn_memory, "queries": args.knn_queries}
+        args.knn_of.write_text(json.dumps(run, indent=1))
+        return
     if args.render:
         runs = [json.loads(path.read_text()) for path in args.render]
         cases = [case for run in runs for case in run["cases"]]
@@ -294,7 +315,8 @@ def main() -> None:
             cases += model_cases
             if name == "tiny" and args.knn:
                 wanted = {tuple(int(v) for v in c.split(":")) for c in args.knn_cases.split(",")}
-                accuracy.update(knn(bundle, [c for c in model_cases if (c["threads"], c["batch_size"]) in wanted]))
+                chosen = [c for c in model_cases if (c["threads"], c["batch_size"]) in wanted]
+                accuracy.update(knn(bundle, chosen, args.knn_memory, args.knn_queries))
             if args.json:
                 args.json.write_text(json.dumps({"cases": cases, "knn": accuracy}, indent=1))
     print(render(cases, accuracy, args))

@@ -1,10 +1,12 @@
 """The latency model: what one profile measured, and the time it predicts for any per-block widths.
 
-A block's time is modelled as separable in its two kinds of units, ``t(m, h) = mlp(m) + heads(h) − dense_block``,
-where ``mlp`` is the measured time of a block with all heads and ``m`` MLP neurons (piecewise linear between grid
-points) and ``heads`` that of a block with the full MLP and ``h`` heads; a model's time is the fixed parts (patch
-embedding, final norm, head) plus the sum over its blocks. The record is strict JSON like the other stored records:
-known keys only, each typed and bounded, so a cache file from a stranger or an older snapvit is refused, never run.
+A block's time is modelled as separable in its two kinds of units, ``t(m, h) = mlp(m) − (heads(H) − heads(h))``,
+where ``mlp`` is the measured time of a block with all ``H`` heads and ``m`` MLP neurons (piecewise linear between
+grid points) and ``heads`` that of a block with the full MLP and ``h`` heads, used only for what fewer heads save
+(each curve is fitted on its own, so the two need not agree on the dense block); a model's time is the fixed parts
+(patch embedding, final norm, head) plus the sum over its blocks. The record is strict JSON like the other stored
+records: known keys only, each typed and bounded, so a cache file from a stranger or an older snapvit is refused,
+never run.
 """
 
 from __future__ import annotations
@@ -129,15 +131,10 @@ class LatencyModel:
         if arch and (self.mlp_widths[-1] != arch["mlp_hidden"] or self.heads[-1] != arch["num_heads"]):
             raise LatencyError("latency profile: the grids must end at the dense widths")
 
-    @property
-    def dense_block_ms(self) -> float:
-        """The dense block, measured once (the last point of both grids)."""
-        return self.mlp_ms[-1]
-
     def block_ms(self, mlp: int, heads: int) -> float:
         """Predicted time of one block with ``mlp`` neurons and ``heads`` heads."""
-        mlp_ms = _interp(mlp, self.mlp_widths, self.mlp_ms)
-        return mlp_ms + _interp(heads, self.heads, self.heads_ms) - self.dense_block_ms
+        saved_by_heads = self.heads_ms[-1] - _interp(heads, self.heads, self.heads_ms)
+        return _interp(mlp, self.mlp_widths, self.mlp_ms) - saved_by_heads
 
     def predict_ms(self, mlp: tuple[int, ...] | list[int], heads: tuple[int, ...] | list[int]) -> float:
         """Predicted time of a whole model with these per-block widths."""

@@ -160,8 +160,6 @@ def measure_profile(
         snap = 8
     mlp_fit = isotonic([medians[(m, heads)] for m in widths])
     head_fit = isotonic([medians[(width, h)] for h in counts])
-    dense_block = max(mlp_fit[-1], head_fit[-1])  # both grids end at the dense block: one value, still monotone
-    mlp_fit[-1] = head_fit[-1] = dense_block
     return LatencyModel(
         key=key,
         fixed_ms=medians["fixed"],
