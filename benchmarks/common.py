@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -61,11 +62,25 @@ def features(
     return extract_features(model, images, transform, batch_size=batch_size, device=device, progress=progress)
 
 
+def revision() -> str:
+    """The commit of the code being measured (``git rev-parse``), with ``+changes`` when the package or the
+    benchmark scripts differ from it; ``unknown`` outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short=10", "HEAD")
+        changed = git("status", "--porcelain", "--", "snapvit_cli", ":(glob)benchmarks/*.py")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if changed else "")
+
+
 def write_readme_block(name: str, text: str) -> None:
     """Replace the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``benchmarks/README.md``
-    (the rest of the file is hand-written)."""
+    (the rest of the file is hand-written); its first line names the commit measured."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     content = README.read_text()
     head, rest = content.split(begin, 1)
     _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    README.write_text(f"{head}{begin}\nCommit: `{revision()}` (the code measured).\n{text}\n{end}{tail}")

@@ -36,7 +36,7 @@ def build_models(folder: Path):
     from snapvit_cli.scoring import score_model
 
     model, source = load_model(ARCH, pretrained=False)
-    path = write_bundle(folder / "vits.safetensors", model, source, score_model(model))
+    path = write_bundle(folder / "vits.safetensors", model, source, score_model(model, "magnitude"))
     bundle = load_bundle(path)
     plan = bundle.plan(flops=0.5)
     return {"dense": bundle.dense_model(), "flops 0.5": bundle.slice(plan)}, plan

@@ -15,6 +15,9 @@ Python API (every command is one call; docs/python-api.md)::
     model = snapvit_cli.load("dino-half")                           # a sliced folder, a bundle or an hf-hub: id
     report = snapvit_cli.evaluate("dino-half", "hf:cifar10")         # `snapvit eval`
     snapvit_cli.push("dino-half", "me/dino-half")                   # `snapvit push`
+    snapvit_cli.export_model(model, "dino-half.onnx", "onnx")       # `snapvit export`
+    snapvit_cli.import_scores("dino_vitb16.pt", "dino.safetensors")  # `snapvit import-scores`
+    snapvit_cli.describe("dino-half")                               # `snapvit info`
 
 Section marks in docstrings and comments (``§3.2``) refer to ``docs/method.md``: the method as snapvit implements it.
 """
@@ -34,12 +37,20 @@ _API = {
     "collect_correction_statistics": "snapvit_cli.correction.statistics",
     "evaluate": "snapvit_cli.api",
     "push": "snapvit_cli.hub.push",
+    "import_scores": "snapvit_cli.api",
+    "export_model": "snapvit_cli.export",
+    "describe": "snapvit_cli.info",
     "ScoreSettings": "snapvit_cli.scoring.settings",
     "CorrectionSettings": "snapvit_cli.correction.settings",
     "EvalSettings": "snapvit_cli.evaluation.settings",
 }
 
 __all__ = ["__version__", *_API]
+
+
+def __dir__() -> list[str]:
+    """The public API too, although its names are imported only on first use."""
+    return sorted({*globals(), *_API})
 
 
 def __getattr__(name: str):

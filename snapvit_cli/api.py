@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -56,3 +57,24 @@ def evaluate(
     return evaluate_target(
         str(target), data, settings or EvalSettings(), budgets=budgets, checkpoint=checkpoint, revision=revision
     )
+
+
+def import_scores(
+    scores_file: str | os.PathLike,
+    output: str | os.PathLike,
+    model: str | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    revision: str | None = None,
+    pretrained: bool | None = None,
+    force: bool = False,
+) -> Path:
+    """What ``snapvit import-scores`` does: a published SnapViT score file (read with a restricted unpickler) and
+    the model it names (or ``model``) written as an elastic bundle at ``output``; returns its path."""
+    from snapvit_cli.reference.importing import import_reference_scores, write_imported_bundle
+
+    imported = import_reference_scores(
+        scores_file, model, checkpoint=checkpoint, revision=revision, pretrained=pretrained
+    )
+    return write_imported_bundle(imported, output, force=force)
+

@@ -130,7 +130,7 @@ def check_output(
         if directory and not path.is_dir():
             raise OutputError(f"{path} exists and is not a folder; give a folder path for the output")
         if not force:
-            raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
+            raise OutputExistsError(f"{path} already exists; pass force=True to overwrite it")
         if directory:
             check_owned(path, owned)
     return path

@@ -180,7 +180,6 @@ def _onnx(path: Path) -> dict[str, Any]:
         for dim in init.dims:
             count *= dim
         params += count
-    metadata = {p.key: p.value for p in model.metadata_props}
     return {
         "path": str(path),
         "kind": "onnx",
@@ -189,7 +188,7 @@ def _onnx(path: Path) -> dict[str, Any]:
         "inputs": {v.name: shape(v) for v in model.graph.input},
         "outputs": {v.name: shape(v) for v in model.graph.output},
         "weights": {"tensors": len(model.graph.initializer), "values": params},  # as exported: constants folded
-        "metadata": _snapvit_metadata(metadata),
+        **_exported(path),
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
@@ -200,10 +199,6 @@ def _pt2(path: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-            metadata = {}
-            for entry in entries:
-                if entry.filename.endswith(".json") and "snapvit" in entry.filename and entry.file_size < 4_000_000:
-                    metadata[entry.filename] = archive.read(entry).decode("utf-8", "replace")
     except (zipfile.BadZipFile, OSError) as exc:
         raise SnapvitError(f"{path} is not a readable .pt2 archive: {exc}") from None
     weights = [e for e in entries if "/data/weights/weight_" in e.filename]
@@ -211,18 +206,34 @@ def _pt2(path: Path) -> dict[str, Any]:
         "path": str(path),
         "kind": "pt2",
         "weights": {"tensors": len(weights), "bytes": sum(e.file_size for e in weights)},
-        "metadata": _snapvit_metadata(metadata),
+        **_exported(path),
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
 
 
-def _snapvit_metadata(entries: dict[str, str]) -> dict[str, Any] | None:
-    """snapvit's own record in an exported file's metadata (a JSON value under a key naming snapvit), if any."""
-    for key, value in entries.items():
-        if "snapvit" in key.lower():
-            try:
-                return json.loads(value)
-            except (ValueError, RecursionError):
-                return {"raw": value[:200]}
-    return None
+def _exported(path: Path) -> dict[str, Any]:
+    """What snapvit recorded in an exported file (model, budget, widths, cost, preprocessing, bundle hash), or
+    ``{"snapvit_metadata": None}`` for a file exported elsewhere or before snapvit recorded it."""
+    from snapvit_cli.elastic.records import Budget
+    from snapvit_cli.errors import BundleError
+    from snapvit_cli.export_metadata import read_export_metadata
+
+    try:
+        record = read_export_metadata(path)
+    except BundleError:
+        return {"snapvit_metadata": None}
+    if "source" not in record:  # a model snapvit did not cut: its input and output only
+        return {"snapvit_metadata": {"input": record.get("input"), "output": record.get("output")}}
+    cost = record.get("cost") or {}
+    return {
+        "model": _model(record["source"]),
+        "widths": record.get("widths"),
+        "budget": Budget.from_json(record["budget"], "budget").label() if isinstance(record.get("budget"), dict)
+        else record.get("budget"),
+        "cost": {k: cost.get(k) for k in ("resolution", "gmacs", "params", "flops_fraction", "params_fraction")},
+        "preprocessing": record.get("preprocessing"),
+        "output_meaning": (record.get("output") or {}).get("meaning"),
+        "bundle_sha256": record.get("bundle_sha256"),
+        "snapvit_version": record.get("snapvit_version"),
+    }

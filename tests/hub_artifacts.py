@@ -59,7 +59,7 @@ def build_artifacts(folder: Path) -> tuple[Path, Path]:
     source = dataclasses.replace(
         small_model_source(SMALL, model), hf_hub_id=BASE_HUB_ID, license=BASE_LICENSE, origin="hub"
     )
-    bundle_path = write_bundle(folder / "small.safetensors", model, source, score_model(model))
+    bundle_path = write_bundle(folder / "small.safetensors", model, source, score_model(model, "magnitude"))
     bundle = ElasticBundle.open(bundle_path)
     plan = bundle.plan(flops=SLICE_FLOPS)
     config = sliced_config(bundle.metadata, plan, bundle_sha256=sha256_file(bundle_path))

@@ -20,7 +20,8 @@ from tests.conftest import image_batch, make_small_model, small_model_source
 @pytest.fixture
 def written(tmp_path, small_name):
     model = make_small_model(small_name)
-    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source(small_name, model), score_model(model))
+    scores = score_model(model, "magnitude")
+    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source(small_name, model), scores)
     return model, path
 
 
@@ -35,7 +36,7 @@ def test_bundle_dense_model_keeps_outputs(written):
 def test_bundle_scores_and_order(written):
     model, path = written
     tensors = load_file(path)
-    expected = score_model(model)
+    expected = score_model(model, "magnitude")
     assert torch.equal(tensors["scores.mlp"], expected.mlp) and tensors["scores.mlp"].dtype == torch.float64
     bundle = load_bundle(path)
     for kind in ("mlp", "heads"):
@@ -97,16 +98,17 @@ def test_sliced_model_does_not_alias_bundle(written):
 def test_refuses_overwrite(tmp_path):
     model = make_small_model("dino")
     path = tmp_path / "b.safetensors"
-    write_bundle(path, model, small_model_source("dino", model), score_model(model))
+    write_bundle(path, model, small_model_source("dino", model), score_model(model, "magnitude"))
     with pytest.raises(OutputExistsError):
-        write_bundle(path, model, small_model_source("dino", model), score_model(model))
+        write_bundle(path, model, small_model_source("dino", model), score_model(model, "magnitude"))
 
 
 # --- validation -----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def dino_bundle(tmp_path):
     model = make_small_model("dino")
-    return write_bundle(tmp_path / "ok.safetensors", model, small_model_source("dino", model), score_model(model))
+    scores = score_model(model, "magnitude")
+    return write_bundle(tmp_path / "ok.safetensors", model, small_model_source("dino", model), scores)
 
 
 def _rewrite(path, target, *, tensors=None, meta_update=None, header=None):

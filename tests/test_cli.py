@@ -25,7 +25,7 @@ def demo_bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "demo.safetensors"
     result = run("score", "--model", "demo", "--method", "magnitude", "-o", str(path), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["bundle"] == str(path)
+    assert json.loads(result.stdout)["written"] == [str(path)]
     return path
 
 
@@ -33,7 +33,7 @@ def test_slice_json_matches_written_model(tmp_path, demo_bundle):
     out = tmp_path / "half"
     result = run("slice", str(demo_bundle), "--flops", "0.5", "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     assert abs(report["flops_fraction"] - 0.5) <= 0.005
     model = load(out)
     assert sum(p.numel() for p in model.parameters()) == report["params"]
@@ -48,7 +48,7 @@ def test_slice_round_to_writes_rounded_widths(tmp_path, demo_bundle):
     out = tmp_path / "r8"
     result = run("slice", str(demo_bundle), "--flops", "0.5", "--round-to", "8", "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     assert all(w % 8 == 0 or w == 768 for w in report["widths"]["mlp_hidden"])
     assert abs(report["flops_fraction"] - 0.5) <= 0.005 and report["budget"]["round_to"] == 8
     assert [b.mlp.fc1.out_features for b in load(out).blocks] == report["widths"]["mlp_hidden"]

@@ -63,3 +63,9 @@ def test_version_short_flag_and_completion():
     assert result.exit_code == 0 and result.stdout.startswith("snapvit ")
     screen = help_screen([])
     assert "--install-completion" in screen and "--show-completion" in screen
+
+
+def test_usage_in_an_error_has_no_braces():
+    result = CliRunner().invoke(app, ["slice"])
+    assert result.exit_code == 2 and "slice [OPTIONS] BUNDLE" in result.output
+    assert "{BUNDLE}" not in result.output

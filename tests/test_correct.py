@@ -217,7 +217,7 @@ def test_cli_slice_correct_writes_a_loadable_corrected_model(small_bundle, tmp_p
     extra = ["--correct", "--data", "demo", "--correct-samples", "24", "--batch-size", "5", "--seed", "3"]
     result = CliRunner().invoke(app, [*args, *extra, "--damping", "p90:0.05", "--dense-inputs", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     config = json.loads((out / "config.json").read_text())
     record = config["correction"]
     assert report["correction"] == {**record, "seconds": report["correction"]["seconds"]}
@@ -276,7 +276,7 @@ def test_cli_slice_without_correct_writes_no_correction_record(small_bundle, tmp
         (["--data", "demo"], 2, "--data is for --correct"),
         (["--correct", "--data", "demo", "--damping", "median:1"], 1, "bad damping"),
         (["--correct", "--data", "no/such/folder"], 1, "not found"),
-        (["--correct", "--data", "demo", "--correct-tokens", "patch"], 1, "--correct-tokens must be one of"),
+        (["--correct", "--data", "demo", "--correct-tokens", "patch"], 2, "'patch' is not one of"),
         (["--correct", "--data", "demo", "--correct-samples", "3"], 1, "too few calibration images"),
     ],
 )

@@ -103,7 +103,7 @@ def test_slice_correct_without_data_reads_no_images(tmp_path, monkeypatch):
     out = tmp_path / "sliced"
     result = CliRunner().invoke(app, ["slice", str(path), "--flops", "0.6,0.5", "--correct", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    reports = json.loads(result.stdout)
+    reports = json.loads(result.stdout)["results"]
     for report, folder in zip(reports, ("flops0.6", "flops0.5"), strict=True):
         record = json.loads((out / folder / "config.json").read_text())["correction"]
         assert record["statistics"] == "bundle" and record["inputs"] == "dense" and record["feature_error"] is None
@@ -145,7 +145,7 @@ def test_score_correction_stats_cli_is_deterministic_and_reports_its_size(tmp_pa
     second = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b.safetensors")])
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
-    added = json.loads(first.stdout)["correction_stats"]
+    added = json.loads(first.stdout)["results"][0]["correction_stats"]
     plain = CliRunner().invoke(app, ["score", "--model", "demo", "--method", "magnitude", "-o", str(tmp_path / "p")])
     assert plain.exit_code == 0, plain.output
     growth = (tmp_path / "a.safetensors").stat().st_size - (tmp_path / "p").stat().st_size

@@ -47,7 +47,7 @@ def test_two_ranks_give_the_single_process_bundle(tmp_path):
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err
     report = json.loads(_rank_output(tmp_path / "logs", 0, "stdout"))
-    assert report["bundle"] == str(tmp_path / "two.st")
+    assert report["written"] == [str(tmp_path / "two.st")] and report["results"][0]["path"] == str(tmp_path / "two.st")
     assert _rank_output(tmp_path / "logs", 1, "stdout") == _rank_output(tmp_path / "logs", 1, "stderr") == ""
 
     threads = torch.get_num_threads()

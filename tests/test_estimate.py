@@ -52,7 +52,9 @@ def test_dry_run_reads_no_weights_and_writes_nothing(tmp_path, monkeypatch):
         app, ["score", "--model", "dinov2_vitg14", "--data", "demo", "--dry-run", "--json", "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    printed = json.loads(result.stdout)
+    assert printed["written"] == [] and printed["command"] == "score"
+    report = printed["results"][0]
     assert [s["stage"] for s in report["stages"]] == ["gradient pass", "dense features", "search (sliced)"]
     assert report["stages"][0]["device_gb"] > 4.5  # a billion float32 weights and then some
     assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,7 @@ runner = CliRunner()
 def small_bundle(directory, name):
     model = make_small_model(name)
     path = directory / f"{name}.safetensors"
-    write_bundle(path, model, small_model_source(name, model), score_model(model))
+    write_bundle(path, model, small_model_source(name, model), score_model(model, "magnitude"))
     return path
 
 
@@ -120,7 +120,9 @@ def test_cli_exports_several_budgets_from_a_bundle(tmp_path):
         app, ["export", str(bundle), "--flops", "0.5,0.75", "--format", "pt2", "-o", str(out), "--json"]
     )
     assert result.exit_code == 0, result.output
-    records = json.loads(result.stdout)
+    printed = json.loads(result.stdout)
+    records = printed["results"]
+    assert printed["written"] == [r["path"] for r in records]
     assert [r["path"] for r in records] == [str(out / "flops0.5.pt2"), str(out / "flops0.75.pt2")]
     assert [r["budget"]["target"] for r in records] == [0.5, 0.75]
     sizes = [(out / name).stat().st_size for name in ("flops0.5.pt2", "flops0.75.pt2")]

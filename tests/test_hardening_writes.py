@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from snapvit_cli import fileio
 from snapvit_cli.cli.app import app
-from snapvit_cli.errors import OutputError, OutputExistsError
+from snapvit_cli.errors import BundleError, OutputError, OutputExistsError
 from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,3 +271,26 @@ def test_disk_full_in_a_multi_budget_export_says_which_files_were_written(tmp_pa
         f"{second} was not written; {third} was not written"
     )
     assert sorted(p.name for p in out.iterdir()) == ["flops0.5.pt2"]
+
+
+def test_push_names_a_file_that_became_a_fifo_after_it_was_listed(built, tmp_path, monkeypatch):
+    """A file of the folder replaced by a FIFO between listing and staging: refused, naming the file (it was
+    "cannot write PREVIEW: ... named pipe", as if the output were at fault)."""
+    from snapvit_cli.hub import push as push_module
+
+    _, sliced = built
+    model = tmp_path / "model"
+    shutil.copytree(sliced, model)
+    (model / "notes.txt").write_text("notes")
+    real_files = push_module.folder_files
+
+    def list_then_swap(root, **kwargs):
+        files = real_files(root, **kwargs)
+        (model / "notes.txt").unlink()
+        os.mkfifo(model / "notes.txt")
+        return files
+
+    monkeypatch.setattr(push_module, "folder_files", list_then_swap)
+    with pytest.raises(BundleError, match=r"notes.txt cannot be staged .*; not pushed"):
+        push_module.push(model, "owner/model", dry_run_dir=tmp_path / "preview", allow_random=True)
+    assert not (tmp_path / "preview").exists()

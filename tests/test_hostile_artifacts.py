@@ -230,8 +230,8 @@ EXPECTED = {
         "the sliced weights: tensor blocks.0.mlp.fc1.weight contains NaN or infinity"
     ),
     "bundle: truncated": "truncated.safetensors is not a readable safetensors file (truncated or corrupt?)",
-    "bundle: cut in the header": "short.safetensors is not a readable safetensors file (truncated or corrupt?)",
-    "bundle: header length 2^60": "huge-header.safetensors is not a readable safetensors file (truncated or corrupt?)",
+    "bundle: cut in the header": "short.safetensors is neither an elastic bundle nor a sliced model: not a safetensors",
+    "bundle: header length 2^60": "huge-header.safetensors is neither an elastic bundle nor a sliced model: not a",
     "bundle: a directory": "is a directory but not a sliced model folder (no config.json in it)",
     "sliced: config model_args device": "config.json.model_args may not set device (allowed: ",
     "sliced: config model_args checkpoint_path": "config.json.model_args may not set checkpoint_path (allowed: ",

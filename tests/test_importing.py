@@ -188,15 +188,15 @@ def test_cli_import_then_slice_gives_the_reference_widths(tmp_path):
     bundle = tmp_path / "deit3.safetensors"
     result = run("import-scores", path, "--no-pretrained", "-o", bundle, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["bundle"] == str(bundle) and report["model"] == "deit3_small_patch16_224.fb_in22k_ft_in1k"
+    report = json.loads(result.stdout)["results"][0]
+    assert report["path"] == str(bundle) and report["model"] == "deit3_small_patch16_224.fb_in22k_ft_in1k"
     assert report["scores_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert "warning" not in result.stderr
 
     out = tmp_path / "sliced"
     result = run("slice", bundle, "--mlp", "0.35", "--heads", "0.2", "-o", out, "--json")
     assert result.exit_code == 0, result.output
-    widths = json.loads(result.stdout)["widths"]
+    widths = json.loads(result.stdout)["results"][0]["widths"]
     raw = read_reference_scores(path)
     assert widths["mlp_hidden"] == reference_keep_counts(raw.mlp_scores.float(), 0.35, 0.05)
     assert widths["num_heads"] == reference_keep_counts(raw.head_scores.float(), 0.2, 0.2)

@@ -58,8 +58,13 @@ def test_info_of_exported_files(artifacts):
     onnx = info(artifacts / "demo-half.onnx")
     assert onnx["kind"] == "onnx" and onnx["opset"] == 18 and onnx["inputs"]["pixel_values"] == ["batch", 3, 64, 64]
     assert onnx["weights"]["tensors"] > 0 and onnx["weights"]["values"] > 0
+    sliced = info(artifacts / "demo-half")
     pt2 = info(artifacts / "demo-half.pt2")
     assert pt2["kind"] == "pt2" and pt2["weights"]["tensors"] > 0
+    for exported in (onnx, pt2):  # what snapvit recorded in the file: the folder's model, budget, widths, bundle
+        assert exported["budget"] == "flops 0.5" and exported["widths"] == sliced["widths"]
+        assert exported["model"]["origin"] == "random weights (not pretrained)"
+        assert exported["bundle_sha256"] == sliced["bundle_sha256"]
     assert pt2["sha256"] == sha256_file(artifacts / "demo-half.pt2")
 
 

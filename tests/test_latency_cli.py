@@ -46,7 +46,7 @@ def test_speedup_budget_round_trips_through_config_and_card(built, cached, tmp_p
     result = run("slice", str(built[0]), "--speedup", "1.5", "--device", "cpu", "--batch-size", "4", "-o", str(out),
                  "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     budget = report["budget"]
     assert budget["kind"] == "speedup" and budget["target"] == 1.5
     assert budget["latency"]["profile_sha256"] == profile_sha256(cached) and budget["latency"]["batch_size"] == 4

@@ -18,7 +18,8 @@ from tests.conftest import image_batch, make_small_model, small_model_source
 @pytest.fixture
 def written(tmp_path, small_name):
     model = make_small_model(small_name)
-    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source(small_name, model), score_model(model))
+    scores = score_model(model, "magnitude")
+    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source(small_name, model), scores)
     return model, path
 
 

@@ -188,3 +188,33 @@ def test_slice_of_a_non_bundle_says_so_before_the_output(tmp_path):
     (tmp_path / "existing").mkdir()
     line = one_error_line(run("slice", ROOT_README, "--flops", "0.5", "-o", tmp_path / "existing"))
     assert "neither an elastic bundle nor a sliced model" in line
+
+
+def test_quiet_leaves_only_errors_and_warnings(demo_bundle, tmp_path):
+    shown = run("slice", demo_bundle, "--flops", "0.5", "-o", tmp_path / "a")
+    assert "wrote" in shown.stdout and "GMACs" in shown.stdout
+    quiet = run("slice", demo_bundle, "--flops", "0.5", "-o", tmp_path / "b", "-q")
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    refused = run("slice", demo_bundle, "--flops", "0.5", "-o", tmp_path / "b", "-q")
+    assert refused.exit_code == 1 and "already exists" in refused.stderr
+    assert run("slice", demo_bundle, "--flops", "0.5", "--dry-run", "-q", "--json").stdout.startswith("{")
+
+
+def test_eval_names_the_dense_row_dense(demo_bundle):
+    result = run("eval", demo_bundle, "--data", "demo", "--budgets", "1.0,0.5", "--no-speed")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t")[0] for line in result.stdout.splitlines()[1:3]]
+    assert rows == ["dense", "flops 0.5"], result.stdout
+
+
+def test_single_class_eval_data_warns(tmp_path, demo_bundle):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        folder = tmp_path / "one" / split / "cat"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    result = run("eval", demo_bundle, "--data", tmp_path / "one", "--budgets", "1.0", "--no-speed", "--knn-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "single class" in result.stderr

@@ -32,7 +32,8 @@ def sliced(tmp_path_factory):
     folders = {}
     for name, budget in CASES:
         model = make_small_model(name)
-        bundle = write_bundle(root / f"{name}.safetensors", model, small_model_source(name, model), score_model(model))
+        scores = score_model(model, "magnitude")
+        bundle = write_bundle(root / f"{name}.safetensors", model, small_model_source(name, model), scores)
         elastic = load_bundle(bundle)
         folder = elastic.save_slice(root / name, elastic.plan(**budget))
         x = torch.randn(3, 3, *model.patch_embed.img_size, generator=torch.Generator().manual_seed(0))
@@ -76,7 +77,8 @@ for name in {sorted(folders)!r}:
 
 def test_eva_says_plain_timm_cannot_load_it(tmp_path):
     model = make_small_model("dinov3")
-    bundle = write_bundle(tmp_path / "b.safetensors", model, small_model_source("dinov3", model), score_model(model))
+    scores = score_model(model, "magnitude")
+    bundle = write_bundle(tmp_path / "b.safetensors", model, small_model_source("dinov3", model), scores)
     elastic = load_bundle(bundle)
     for budget in ({"flops": 0.5}, {"mlp": 0.4, "heads": 0.0}):
         folder = elastic.save_slice(tmp_path / f"cut{len(budget)}", elastic.plan(**budget))

@@ -92,7 +92,7 @@ def test_bundle_config_pretrained_cfg_and_card_agree(sources, origin, tmp_path):
     model, source, expected = sources[origin]
     assert source.origin == origin and source.provenance == expected
 
-    bundle_path = write_bundle(tmp_path / "b.safetensors", model, source, score_model(model))
+    bundle_path = write_bundle(tmp_path / "b.safetensors", model, source, score_model(model, "magnitude"))
     with safe_open(str(bundle_path), "pt") as f:
         stored = json.loads(f.metadata()["snapvit"])["source"]
     provenance_keys = {"origin", "hf_hub_id", "revision", "license", "checkpoint", "checkpoint_sha256", "pretrained"}

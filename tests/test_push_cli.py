@@ -139,7 +139,7 @@ def test_revision_round_trip(server, artifacts):
     _, sliced_dir = artifacts
     result = run("push", sliced_dir, "--repo", SLICED_REPO, "--revision", "v1", "--token", TOKEN, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     assert report["hf_id"] == f"hf-hub:{SLICED_REPO}@v1" and report["revision"] == "v1"
     assert server.files(SLICED_REPO, "main") == {}
     assert f'snapvit_cli.load("hf-hub:{SLICED_REPO}@v1")' in server.files(SLICED_REPO, "v1")["README.md"].decode()
@@ -157,7 +157,7 @@ def test_pull_request(server, artifacts):
     args = ["--create-pr", "--message", "Add", "--token", TOKEN, "--json"]
     result = run("push", sliced_dir, "--repo", SLICED_REPO, *args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     assert report["pr_url"] == f"{server.url}/{SLICED_REPO}/discussions/1"
     assert report["hf_id"] == f"hf-hub:{SLICED_REPO}@refs/pr/1"
     assert server.files(SLICED_REPO, "main") == {}
@@ -465,7 +465,7 @@ def bundle_with_source(folder: Path, **changes) -> tuple[Path, Path]:
     model = make_small_model("dino")
     # origin "" derives the provenance from the fields given, as records of snapvit <= 0.1 were read
     source = dataclasses.replace(small_model_source("dino", model), origin="", **changes)
-    bundle = write_bundle(folder / "b.safetensors", model, source, score_model(model))
+    bundle = write_bundle(folder / "b.safetensors", model, source, score_model(model, "magnitude"))
     elastic = load_bundle(bundle)
     return bundle, elastic.save_slice(folder / "half", elastic.plan(flops=SLICE_FLOPS))
 

@@ -60,7 +60,7 @@ def test_real_model_slices_and_reloads(real_bundle):
     out = folder / "half"
     result = CliRunner().invoke(app, ["slice", str(bundle), "--flops", "0.5", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["results"][0]
     assert abs(report["flops_fraction"] - 0.5) < 0.005
     sliced = load(out)
     x = torch.randn(2, 3, 224, 224)

@@ -109,7 +109,8 @@ def test_records_refuse_unknown_keys_and_accept_what_the_writer_wrote(tmp_path):
     from snapvit_cli.scoring import score_model
 
     model = make_small_model("dino")
-    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source("dino", model), score_model(model))
+    scores = score_model(model, "magnitude")
+    path = write_bundle(tmp_path / "b.safetensors", model, small_model_source("dino", model), scores)
     bundle = ElasticBundle.open(path)
     data = bundle.metadata.to_json()
     assert BundleMetadata.from_json(data) == bundle.metadata
@@ -130,7 +131,7 @@ def test_base_model_provenance_is_checked_and_older_configs_still_load(tmp_path)
 
     model = make_small_model("dino")
     source = replace(small_model_source("dino", model), pretrained=False)
-    path = write_bundle(tmp_path / "b.safetensors", model, source, score_model(model))
+    path = write_bundle(tmp_path / "b.safetensors", model, source, score_model(model, "magnitude"))
     bundle = ElasticBundle.open(path)
     written = json.loads((bundle.save_slice(tmp_path / "s", bundle.plan(flops=0.5)) / "config.json").read_text())
     assert written["base_model"]["origin"] == "random" and "pretrained" not in written["base_model"]

@@ -317,7 +317,7 @@ def test_device_mps_without_one(tmp_path):
 
 def test_check_output_refuses_without_force(tmp_path):
     (tmp_path / "x").write_text("x")
-    with pytest.raises(OutputExistsError, match="pass --force"):
+    with pytest.raises(OutputExistsError, match="pass force=True"):  # the CLI says --force (test_cli)
         fileio.check_output(tmp_path / "x", False)
     assert fileio.check_output(tmp_path / "x", True) == tmp_path / "x"
     assert fileio.check_output(tmp_path / "y", False, inputs=("hf-hub:a/b", "demo", None)) == tmp_path / "y"

@@ -147,5 +147,5 @@ def test_cli_refuses_pairs_and_fractions_together(tmp_path):
 def test_dry_run_counts_the_default_pairs(tmp_path):
     result = runner.invoke(app, ["score", "--samples", "8", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
-    search = [s for s in json.loads(result.stdout)["stages"] if s["stage"].startswith("search")]
+    search = [s for s in json.loads(result.stdout)["results"][0]["stages"] if s["stage"].startswith("search")]
     assert len(search) == 1 and f"× {len(DEFAULT_GA_FLOPS)} pairs" in search[0]["passes"]

@@ -40,7 +40,7 @@ def test_budget_grid():
 def bundle(tmp_path_factory):
     model = make_small_model("deit-distilled")
     path = tmp_path_factory.mktemp("grid") / "deit.safetensors"
-    return write_bundle(path, model, small_model_source("deit-distilled", model), score_model(model))
+    return write_bundle(path, model, small_model_source("deit-distilled", model), score_model(model, "magnitude"))
 
 
 @pytest.mark.parametrize(
@@ -55,8 +55,8 @@ def test_many_budgets_equal_one_budget_slices(bundle, tmp_path, options, names):
     parent = tmp_path / "grid"
     result = runner.invoke(app, ["slice", str(bundle), *options, "-o", str(parent), "--json"])
     assert result.exit_code == 0, result.output
-    records = json.loads(result.stdout)
-    assert [r["output"] for r in records] == [str(parent / n) for n in names]
+    records = json.loads(result.stdout)["results"]
+    assert [r["path"] for r in records] == [str(parent / n) for n in names]
     assert sorted(p.name for p in parent.iterdir()) == sorted(names)
     values = [option.split(",") for option in options[1::2]]
     for i, name in enumerate(names):
@@ -64,7 +64,7 @@ def test_many_budgets_equal_one_budget_slices(bundle, tmp_path, options, names):
         one = [x for flag, vals in zip(options[::2], values, strict=True) for x in (flag, vals[i])]
         done = runner.invoke(app, ["slice", str(bundle), *one, "-o", str(single), "--json"])
         assert done.exit_code == 0, done.output
-        assert json.loads(done.stdout)["widths"] == records[i]["widths"]
+        assert json.loads(done.stdout)["results"][0]["widths"] == records[i]["widths"]
         assert files_under(parent / name) == files_under(single), name  # byte for byte
 
 
@@ -83,7 +83,7 @@ def test_real_vit_tiny_three_budgets_in_one_process(shared_data, tmp_path):
     model, source = load_model(
         "vit_tiny_patch16_224", checkpoint=shared_data / "vit_tiny_patch16_224.tinyimagenet.safetensors"
     )
-    path = write_bundle(tmp_path / "tiny.safetensors", model, source, score_model(model))
+    path = write_bundle(tmp_path / "tiny.safetensors", model, source, score_model(model, "magnitude"))
     elastic = load_bundle(path)
     fractions = (0.25, 0.5, 0.75)
     plans = plan_grid(elastic, budget_grid(flops=list(fractions)))

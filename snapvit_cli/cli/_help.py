@@ -85,15 +85,19 @@ def _panel(title: str, rows: list[tuple[str, Text]]) -> Panel:
     return Panel(table, title=title, title_align="left", border_style="dim")
 
 
-def _usage(command: Any, ctx: Any) -> str:
-    pieces = [command.options_metavar or ""]
+def usage_pieces(command: Any) -> list[str]:
+    """``[OPTIONS] BUNDLE``: arguments named as their help rows name them (optional ones in brackets)."""
+    pieces = [command.options_metavar] if command.options_metavar else []
     for param in command.params:
         if param.param_type_name == "argument":
             name = param.metavar or param.name.upper()
             pieces.append(name if param.required else f"[{name}]")
-    if isinstance(command, TyperGroup):
-        pieces.append("COMMAND [ARGS]...")
-    return f"Usage: {ctx.command_path} {' '.join(p for p in pieces if p)}"
+    return pieces
+
+
+def _usage(command: Any, ctx: Any) -> str:
+    pieces = usage_pieces(command) + (["COMMAND [ARGS]..."] if isinstance(command, TyperGroup) else [])
+    return f"Usage: {ctx.command_path} {' '.join(pieces)}"
 
 
 def render(command: Any, ctx: Any) -> str:
@@ -135,7 +139,10 @@ def render(command: Any, ctx: Any) -> str:
 
 
 class SnapvitCommand(TyperCommand):
-    """A command whose ``-h`` is :func:`render`'s."""
+    """A command whose ``-h`` is :func:`render`'s, and whose usage line in errors reads the same."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return usage_pieces(self)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         formatter.write(render(self, ctx))

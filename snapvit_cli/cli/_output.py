@@ -9,9 +9,12 @@ Rich honours ``NO_COLOR`` and ``TERM=dumb`` itself.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
+import math
 import signal
+import struct
 import sys
 import threading
 import warnings
@@ -29,11 +32,15 @@ from snapvit_cli.launcher import launched, launched_quietly
 
 out = Console()
 err = Console(stderr=True)
+# --quiet: results stay off stdout too (tables, "wrote ..."); errors, warnings and --json still print.
+_quiet: contextvars.ContextVar[bool] = contextvars.ContextVar("snapvit_quiet", default=False)
 
 
 def say(message: str, *, markup: bool = True) -> None:
     """One message on stdout: rich on a terminal, one plain unwrapped line elsewhere (control characters from file
     contents or paths shown as escapes, as in every message here)."""
+    if _quiet.get():
+        return
     message = printable(message)
     if out.is_terminal:
         out.print(message, markup=markup, highlight=False)
@@ -49,6 +56,8 @@ def note(message: str) -> None:
 def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
     """``columns`` as (header, justify) pairs. A rich table on a terminal; elsewhere a header line and one
     tab-separated line per row, never wrapped or truncated."""
+    if _quiet.get():
+        return
     rows = [[printable(cell) for cell in row] for row in rows]
     if not out.is_terminal:
         for row in ([name for name, _ in columns], *rows):
@@ -79,7 +88,7 @@ FLAGS = {"k": "--knn-k", "score": "--score", "ga_bounds": "--ga-bounds/--no-ga-b
 def flag_message(exc: SnapvitError, flags: dict[str, str] | None = None) -> str:
     """``exc``'s message with the library parameter it names replaced by the command's flag: the one place where
     library names become CLI names (``flags`` overrides :data:`FLAGS` for one command)."""
-    message = str(exc)
+    message = str(exc).replace("force=True", "--force")  # the library's keyword is the command's flag
     if exc.param is None or not message.startswith(exc.param):
         return message
     flag = {**FLAGS, **(flags or {})}.get(exc.param, "--" + exc.param.replace("_", "-"))
@@ -100,6 +109,7 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
     def wrapper(*args, **kwargs):
         from snapvit_cli import fileio
 
+        quiet = _quiet.set(bool(kwargs.get("quiet")))
         with fileio.write_log() as written:
             try:
                 with warnings.catch_warnings(), _terminate_as_interrupt():
@@ -118,6 +128,8 @@ def user_errors(func=None, *, flags: dict[str, str] | None = None):
                     soft_wrap=True,
                 )
                 raise typer.Exit(143 if terminated else 130) from None
+            finally:
+                _quiet.reset(quiet)
 
     return wrapper
 
@@ -159,8 +171,40 @@ def stopped_by_launcher(_signum, _frame) -> None:
     raise SnapvitError("stopped: another rank of the torchrun job failed; no bundle was written")
 
 
+#: The version of the JSON every writing command prints (docs/json.md); raised when a key changes meaning.
+SCHEMA = "snapvit/1"
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    """``data`` as indented JSON on stdout, every float32 value in its shortest form (0.605, not 0.6050000190734863)."""
+    sys.stdout.write(json.dumps(_without_float32_noise(data), indent=2) + "\n")
+
+
+def emit_result(command: str, written: Sequence[Any], results: Sequence[dict[str, Any]]) -> None:
+    """The one shape of ``--json`` for the commands that write (score, import-scores, slice, export, push):
+    ``{"schema", "command", "written": [paths], "results": [one record per output]}``."""
+    emit_json(
+        {"schema": SCHEMA, "command": command, "written": [str(p) for p in written], "results": list(results)}
+    )
+
+
+def _without_float32_noise(data: Any) -> Any:
+    """Floats that are exactly a float32 (read from a tensor) become the shortest decimal of that float32; other
+    floats and values are unchanged, so nothing computed in float64 loses precision."""
+    if isinstance(data, float) and math.isfinite(data):
+        as32 = struct.pack("f", data) if abs(data) < 3.4e38 else None
+        if as32 is None or struct.unpack("f", as32)[0] != data:
+            return data
+        for digits in range(1, 10):
+            short = float(f"{data:.{digits}g}")
+            if struct.pack("f", short) == as32:
+                return short
+        return data
+    if isinstance(data, dict):
+        return {k: _without_float32_noise(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_without_float32_noise(v) for v in data]
+    return data
 
 
 @contextlib.contextmanager

@@ -276,7 +276,7 @@ def _print_eval(report: EvalReport) -> None:
     rows = []
     for r, up in zip(results, ups, strict=True):
         row = [
-            r.label() + (" (dense)" if r.dense and r.budget is not None else ""),
+            "dense" if r.dense else r.label(),  # one name for the dense row, however it was asked for
             f"{r.gmacs:.3f}",
             f"{r.flops_fraction:.1%}",
             f"{r.params / 1e6:.2f}",

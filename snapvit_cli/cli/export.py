@@ -23,7 +23,7 @@ from snapvit_cli.cli._options import (
     examples,
     require_local,
 )
-from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._output import emit_result, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import status
 from snapvit_cli.elastic.defaults import DEFAULT_HEAD_OFFSET
 
@@ -123,7 +123,7 @@ def export(
 
     write_each(outputs, write)
     if json_output:
-        emit_json(results[0] if len(results) == 1 else results)
+        emit_result("export", [r["path"] for r in results], results)
 
 
 def _format(fmt: str | None, output: Path | None) -> str:

@@ -20,7 +20,7 @@ from snapvit_cli.cli._options import (
     examples,
     require_file,
 )
-from snapvit_cli.cli._output import emit_json, note, quiet_hub, say, user_errors
+from snapvit_cli.cli._output import emit_result, note, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import status
 
 EPILOG = examples(
@@ -88,7 +88,7 @@ def import_scores(
         )
     path = write_imported_bundle(imported, output, force=force)
     result = {
-        "bundle": str(path),
+        "path": str(path),
         "model": source.timm_name,
         "method": imported.scores.method,
         "scores_file": reference.file_name,
@@ -97,7 +97,7 @@ def import_scores(
         "min_keep": imported.min_keep,
     }
     if json_output:
-        emit_json(result)
+        emit_result("import-scores", [path], [result])
     else:
         what = f"{source.timm_name}, scores from {reference.file_name}"
         say(f"wrote [bold]{escape(str(path))}[/] ({escape(what)})")

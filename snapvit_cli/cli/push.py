@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from snapvit_cli.cli._options import HUB, OUTPUT, JsonOpt, QuietOpt, examples
-from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._output import emit_result, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import status, transfer
 
 EPILOG = examples(
@@ -180,19 +180,19 @@ def push(
             export=formats,
         )
     if json_output:
-        emit_json(
-            {
-                "repo": result.repo_id,
-                "hf_id": result.hf_id,
-                "kind": result.kind,
-                "files": list(result.files),
-                "card_generated": result.card_generated,
-                "revision": result.revision,
-                "commit_url": result.commit_url,
-                "pr_url": result.pr_url,
-                "dry_run_dir": None if result.dry_run_dir is None else str(result.dry_run_dir),
-            }
-        )
+        staged = None if result.dry_run_dir is None else str(result.dry_run_dir)
+        record = {
+            "path": staged,
+            "repo": result.repo_id,
+            "hf_id": result.hf_id,
+            "kind": result.kind,
+            "files": list(result.files),
+            "card_generated": result.card_generated,
+            "revision": result.revision,
+            "commit_url": result.commit_url,
+            "pr_url": result.pr_url,
+        }
+        emit_result("push", [staged] if staged else [], [record])
         return
     card = "generated model card" if result.card_generated else "your README.md"
     if result.dry_run_dir is not None:

@@ -31,7 +31,7 @@ from snapvit_cli.cli._options import (
     examples,
     require_file,
 )
-from snapvit_cli.cli._output import emit_json, quiet_hub, say, user_errors
+from snapvit_cli.cli._output import emit_result, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, status
 from snapvit_cli.correction.settings import DEFAULT_HOLDOUT
 from snapvit_cli.elastic.defaults import DEFAULT_MIN_KEEP
@@ -324,10 +324,10 @@ def score(
     stats = _correction_statistics(dense, source, config, quiet) if correction_stats else None
     path = write_bundle(output, dense, source, scores, min_keep=min_keep, correction_stats=stats, force=force)
     result = {
-        "bundle": str(path),
+        "path": str(path),
         "model": source.timm_name,
         "method": scores.method,
-        "timings_s": scores.timings,
+        "timings_s": {key.removesuffix("_s"): seconds for key, seconds in scores.timings.items()},
     }
     if stats is not None:
         result["correction_stats"] = _stats_summary(stats, dense)
@@ -336,7 +336,7 @@ def score(
         result["fitness"] = {"initial": search["initial_fitness"], "best": search["best_fitness"]}
         result["xnes_updates"] = search["updates"]
     if json_output:
-        emit_json(result)
+        emit_result("score", [path], [result])
         return
     summary = f"{source.timm_name}, method {scores.method}, {scores.timings['total_s']:.1f} s"
     if search is not None:
@@ -409,7 +409,9 @@ def _print_estimate(model: str, method: str, settings, json_output: bool) -> Non
     speed = matmul_speed(target)
     stages = estimate_scoring(architecture, get_adapter(architecture), settings, target, speed, method)
     if json_output:
-        emit_json({"device": str(target), "matmul_tflop_per_s": speed / 1e12, "stages": [s.to_json() for s in stages]})
+        estimate = {"path": None, "device": str(target), "matmul_tflop_per_s": speed / 1e12}
+        estimate["stages"] = [s.to_json() for s in stages]
+        emit_result("score", [], [estimate])
         return
     say(f"{model} on {target} (matmul {speed / 1e12:.2f} TFLOP/s measured; times are lower bounds)", markup=False)
     for s in stages:

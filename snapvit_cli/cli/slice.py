@@ -29,7 +29,7 @@ from snapvit_cli.cli._options import (
     examples,
     require_local,
 )
-from snapvit_cli.cli._output import emit_json, note, print_table, quiet_hub, say, user_errors
+from snapvit_cli.cli._output import emit_result, note, print_table, quiet_hub, say, user_errors
 from snapvit_cli.cli._progress import progress_bars, transfer
 from snapvit_cli.cli.profile import Clock
 from snapvit_cli.correction.settings import CorrectionSettings
@@ -259,12 +259,12 @@ def slice_(
     else:
         plans = plan_grid(elastic, specs, resolution=resolution, head_offset=head_offset, round_to=round_to)
     if dry_run:
-        results = [{"output": None, **plan.to_json()} for plan in plans]
+        results = [{"path": None, **plan.to_json()} for plan in plans]
     else:
         saved = _save(elastic, plans, outputs, settings, force, quiet)
-        results = [{"output": str(s.path), **s.plan.to_json(), **_correction_of(s)} for s in saved]
+        results = [{"path": str(s.path), **s.plan.to_json(), **_correction_of(s)} for s in saved]
     if json_output:
-        emit_json(results[0] if len(results) == 1 else results)
+        emit_result("slice", [r["path"] for r in results if r["path"] is not None], results)
         return
     for plan, path in zip(plans, outputs, strict=True):
         _print_plan(plan, path if not dry_run else None)

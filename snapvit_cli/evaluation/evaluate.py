@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from snapvit_cli.data.transforms import describe_transform, eval_transform
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.elastic.budget import SlicePlan
 from snapvit_cli.elastic.records import Budget, budget_label
-from snapvit_cli.errors import BudgetError, SnapvitError
+from snapvit_cli.errors import BudgetError, SnapvitError, SnapvitWarning
 from snapvit_cli.evaluation.knn import knn_accuracy
 from snapvit_cli.evaluation.probe import probe_accuracy, train_linear_probe
 from snapvit_cli.evaluation.report import EvalReport, EvalRow, EvaluatedSource, Throughput
@@ -329,6 +330,13 @@ class EvalData:
         seed = settings.seed
         train = load_images(source, "train", samples=settings.samples_train, seed=seed, need_labels=True)
         test = load_images(source, "test", samples=settings.samples_test, seed=seed, need_labels=True)
+        if train.labels is not None and torch.unique(torch.as_tensor(train.labels)).numel() == 1:
+            warnings.warn(
+                f"{source}: the train split holds a single class, so every kNN vote is right and the accuracy "
+                "says nothing about the model; give one sub-folder per class",
+                SnapvitWarning,
+                stacklevel=2,
+            )
         return cls(train, test)
 
     def describe(self) -> dict[str, Any]:

@@ -396,6 +396,9 @@ def _stage(sources: dict[str, Path], dest: Path, *, link: bool) -> None:
             except OSError:
                 pass
         if not linked:
-            shutil.copy2(src, target, follow_symlinks=False)
-        if not target.is_file() or target.is_symlink():  # src was replaced by a link after it was checked
-            raise BundleError(f"{src} changed into a symbolic link while the push was prepared; not pushed")
+            try:
+                shutil.copy2(src, target, follow_symlinks=False)
+            except OSError as exc:  # e.g. replaced by a FIFO after it was listed (copy2 refuses those)
+                raise BundleError(f"{src} cannot be staged ({exc.strerror or exc}); not pushed") from None
+        if not target.is_file() or target.is_symlink():  # src was replaced by a link or a FIFO after it was listed
+            raise BundleError(f"{src} is no longer a regular file; not pushed")

@@ -15,9 +15,9 @@ from snapvit_cli.scoring.settings import ScoreSettings
 
 
 def score_model(
-    model: nn.Module, method: str = "magnitude", settings: ScoreSettings | None = None, **kwargs: Any
+    model: nn.Module, method: str = "snapvit", settings: ScoreSettings | None = None, **kwargs: Any
 ) -> ScoreSet:
-    """Score every unit of ``model`` with ``method``.
+    """Score every unit of ``model`` with ``method`` (default ``snapvit``, as ``snapvit score``).
 
     ``settings`` is a :class:`ScoreSettings`, or ``kwargs`` are its fields (presets and ``ga_pairs`` strings parsed
     as :meth:`ScoreSettings.from_kwargs` does); with both, ``kwargs`` replace those fields of ``settings``. The
