@@ -235,3 +235,15 @@ def test_ci_installs_and_tests_as_the_readme_says():
     install, test = blocks(ROOT / "README.md")[0].text.strip().splitlines()[1].split(" && ")
     ci = (ROOT / ".ci" / "run").read_text()
     assert f"python -m {install}" in ci and test in ci.splitlines()
+
+
+def test_relative_links_in_readme_and_docs_resolve():
+    """Every relative Markdown link of README.md and docs/*.md names a file that exists (anchors aside)."""
+    checked = 0
+    for path in doc_files():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links to missing {target}"
+            checked += 1
+    assert checked >= 30
