@@ -131,12 +131,18 @@ def _sliced(folder: Path) -> dict[str, Any]:
     data = config.to_json()
     weights = folder / WEIGHTS_NAME
     correction = data.get("correction")
+    timed = {}  # a budget in measured time: the latency profile it was resolved with (docs/latency.md)
+    if config.budget.latency is not None:
+        basis = config.budget.latency
+        timed = {"latency_profile": {"measured_on": basis.describe(), "profile_sha256": basis.profile_sha256,
+                                     "predicted_ms": basis.predicted_ms, "dense_ms": basis.dense_ms}}  # fmt: skip
     return {
         "path": str(folder),
         "kind": "sliced",
         "model": _model(data.get("base_model", {})),
         "widths": dict(config.widths),
         "budget": config.budget.label(),
+        **timed,
         "cost": {
             "resolution": config.cost.resolution,
             "gmacs": round(config.cost.gmacs, 4),

@@ -58,6 +58,11 @@ def test_speedup_budget_round_trips_through_config_and_card(built, cached, tmp_p
     card = render_model_card(config, kind="sliced", repo_id="me/fast")
     assert "`speedup 1.5`" in card and "**Latency profile:** measured on cpu (" in card and "batch 4" in card
     assert cached.key.describe().split(",")[0] in card and profile_sha256(cached)[:12] in card
+    shown = run("info", str(out), "--json")
+    assert shown.exit_code == 0, shown.output
+    info = json.loads(shown.stdout)
+    assert info["budget"] == "speedup 1.5" and info["latency_profile"]["profile_sha256"] == profile_sha256(cached)
+    assert "batch 4" in info["latency_profile"]["measured_on"]
 
 
 def test_latency_budget_names_its_folder_and_prints_the_prediction(built, cached, tmp_path, monkeypatch):
