@@ -69,3 +69,17 @@ def test_usage_in_an_error_has_no_braces():
     result = CliRunner().invoke(app, ["slice"])
     assert result.exit_code == 2 and "slice [OPTIONS] BUNDLE" in result.output
     assert "{BUNDLE}" not in result.output
+
+
+def test_shell_completion_completes_commands(tmp_path):
+    """What `snapvit --install-completion` installs asks the program itself; it must answer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys\nsys.argv = ['snapvit']\nfrom snapvit_cli.cli import main\nmain()\n"
+    env = {**os.environ, "_SNAPVIT_COMPLETE": "complete_bash", "COMP_WORDS": "snapvit sl", "COMP_CWORD": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["slice"], done.stdout + done.stderr
