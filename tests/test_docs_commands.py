@@ -228,6 +228,8 @@ def test_readme_is_short_with_contents_and_two_setup_commands():
     first = blocks(ROOT / "README.md")[0]
     assert first.runs and len(first.text.strip().splitlines()) == 2
     assert "../shared" not in readme
+    first_two_screens = "\n".join(readme.splitlines()[:50])  # a newcomer's path: set up, run, load in Python
+    assert first.line < 50 and 'snapvit_cli.load("demo-half")' in first_two_screens
 
 
 def test_ci_installs_and_tests_as_the_readme_says():
