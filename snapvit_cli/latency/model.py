@@ -1,9 +1,10 @@
 """The latency model: what one profile measured, and the time it predicts for any per-block widths.
 
 A block's time is modelled as separable in its two kinds of units, ``t(m, h) = mlp(m) − (heads(H) − heads(h))``,
-where ``mlp`` is the measured time of a block with all ``H`` heads and ``m`` MLP neurons (piecewise linear between
-grid points) and ``heads`` that of a block with the full MLP and ``h`` heads, used only for what fewer heads save
-(each curve is fitted on its own, so the two need not agree on the dense block); a model's time is the fixed parts
+where ``mlp`` is the time of a block with all ``H`` heads and ``m`` MLP neurons (piecewise linear between grid
+points) and ``heads`` that of a block with the full MLP and ``h`` heads, used only for what fewer heads save (the
+profile fits both to its measurements at once, see :func:`snapvit_cli.latency.profile.fit_curves`, so they agree
+on the dense block; a record may hold any non-decreasing curves); a model's time is the fixed parts
 (patch embedding, final norm, head) plus the sum over its blocks. The record is strict JSON like the other stored
 records: known keys only, each typed and bounded, so a cache file from a stranger or an older snapvit is refused,
 never run.

@@ -3,9 +3,14 @@
 Only single blocks (and the model without its blocks) are built, with random weights: timings do not depend on the
 values, and a block costs a fraction of the model, so a whole profile takes about as long as a few dozen dense
 forward passes. Every item is timed once per round, the rounds interleave all items (a load spike on a shared
-machine hits them alike), and each time is the median over rounds after one untimed warm-up round. Block times
-along each grid are then made non-decreasing in the width (isotonic least squares): removing units never makes a
-block slower in the model, so noise on a loaded machine cannot send the chooser after a lucky measurement.
+machine hits them alike), and each time is the median over rounds after one untimed warm-up round.
+
+The block curves are then one least-absolute-deviations fit of all those medians to
+``t(m, h) = T − a·(M − m) − b·(H − h)`` (slopes ``a, b ≥ 0``), not the medians joined point to point: the chooser removes first the units whose
+removal the model says saves the most, so any local slope that noise has made steep (a slow outlier at the dense
+width, a flat stretch where two medians swapped) is exactly where it goes, and a whole slice then measures slower
+than predicted. Fitted to all points at once, robustly (a median line), one noisy median hardly moves the line at
+all. Widths that run faster because of their alignment are the rounding probes' job (``snap``), not the curve's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,8 +164,9 @@ def measure_profile(
         snap = 64
     elif min(rounding.get("8_vs_1", 0), rounding.get("1_unit", 0)) > 1 + ROUNDING_TOLERANCE:
         snap = 8
-    mlp_fit = isotonic([medians[(m, heads)] for m in widths])
-    head_fit = isotonic([medians[(width, h)] for h in counts])
+    mlp_fit, head_fit = fit_curves(
+        widths, [medians[(m, heads)] for m in widths], counts, [medians[(width, h)] for h in counts]
+    )
     return LatencyModel(
         key=key,
         fixed_ms=medians["fixed"],
@@ -176,15 +183,43 @@ def measure_profile(
     )
 
 
-def isotonic(values: list[float]) -> list[float]:
-    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for v in values:
-        blocks.append([v, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
-            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    return [m for m, n in blocks for _ in range(n)]
+def fit_curves(
+    widths: list[int], mlp_ms: list[float], counts: list[int], heads_ms: list[float]
+) -> tuple[list[float], list[float]]:
+    """Both block curves from one least-absolute-deviations fit of ``t(m, h) = T − a·(M − m) − b·(H − h)``, a, b ≥ 0.
+
+    ``mlp_ms`` are block times at ``widths`` with all heads, ``heads_ms`` at ``counts`` heads with the full MLP;
+    both lists end at the dense block, which is one measurement and counted once. Returns the fitted times at the
+    same points (so the model's record keeps its grids)."""
+    width, heads = widths[-1], counts[-1]
+    rows = [(1.0, m - width, 0.0) for m in widths] + [(1.0, 0.0, h - heads) for h in counts[:-1]]
+    times = [*mlp_ms, *heads_ms[:-1]]
+    design, target = np.array(rows, dtype=np.float64), np.array(times, dtype=np.float64)
+    free = [1, 2]
+    while True:  # a negative slope (noise on a flat curve) is fixed at zero and the rest refitted
+        cols = [0, *free]
+        coef = dict(zip(cols, least_absolute(design[:, cols], target), strict=True))
+        negative = [c for c in free if coef[c] < 0]
+        if not negative:
+            break
+        free = [c for c in free if c not in negative]
+    dense, per_unit, per_head = coef[0], coef.get(1, 0.0), coef.get(2, 0.0)
+    mlp_fit = [max(0.0, float(dense + per_unit * (m - width))) for m in widths]
+    head_fit = [max(0.0, float(dense + per_head * (h - heads))) for h in counts]
+    return mlp_fit, head_fit
+
+
+def least_absolute(design: np.ndarray, target: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """Coefficients that minimise the sum of absolute residuals (iteratively reweighted least squares): the
+    regression counterpart of a median, so that one slow median (a load spike) barely moves the line."""
+    scale = max(float(np.abs(target).max()), 1e-12)
+    weights = np.ones_like(target)
+    coef = np.zeros(design.shape[1])
+    for _ in range(iterations):
+        root = np.sqrt(weights)
+        coef, *_ = np.linalg.lstsq(design * root[:, None], target * root, rcond=None)
+        weights = 1.0 / np.maximum(np.abs(target - design @ coef), 1e-9 * scale)
+    return coef
 
 
 def _rounds(
