@@ -214,6 +214,26 @@ def test_profile_fit_never_says_that_removing_units_makes_a_block_slower(monkeyp
     assert list(profile.heads_ms) == sorted(profile.heads_ms) and profile.heads_ms[-1] == profile.mlp_ms[-1]
 
 
+def test_the_dense_check_is_timed_once_without_a_warm_up_of_its_own():
+    """The dense model was timed in every round plus a warm-up: a third of a ViT-B batch-32 profile's cost."""
+    from snapvit_cli.latency.profile import _rounds
+
+    clock, counts = [0.0], dict.fromkeys(("block", "dense", "small"), 0)
+
+    def item(name: str, seconds: float):
+        def run() -> None:
+            counts[name] += 1
+            clock[0] += seconds
+
+        return run
+
+    items = {"block": item("block", 0.1), "dense": item("dense", 1.0), "small": item("small", 2.0**-10)}
+    checks = frozenset({"dense", "small"})
+    times = _rounds(items, torch.device("cpu"), "float32", 5, None, lambda: clock[0], checks=checks)
+    assert counts == {"block": 6, "dense": 1, "small": 53}  # a fast check: its first pass warms, 52 fill a sample
+    assert times["dense"] == [1000.0] and times["block"] == pytest.approx([100.0] * 5) and times["small"] == [1000.0 * 2.0**-10]
+
+
 def test_cpu_clock_profile_is_its_own_key_and_is_recorded(tmp_path, monkeypatch):
     from snapvit_cli.latency.profile import measure_profile
 
