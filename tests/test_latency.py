@@ -239,6 +239,7 @@ def test_cpu_clock_profile_is_its_own_key_and_is_recorded(tmp_path, monkeypatch)
     from snapvit_cli.latency.profile import measure_profile
 
     monkeypatch.setenv("SNAPVIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the cpu clock needs one thread
     skeleton = make_small_model("dino").to("meta")
     wall = load_or_measure(skeleton, min_keep_mlp=0.05, batch_size=2, repeats=1)
     cpu = load_or_measure(skeleton, min_keep_mlp=0.05, batch_size=2, repeats=1, clock="cpu")
@@ -246,6 +247,9 @@ def test_cpu_clock_profile_is_its_own_key_and_is_recorded(tmp_path, monkeypatch)
     assert cpu.profile.key.describe().endswith(", CPU time") and "CPU time" not in wall.profile.key.describe()
     with pytest.raises(LatencyError, match="clock must be one of wall, cpu"):
         measure_profile(skeleton, min_keep_mlp=0.05, clock="sundial")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the calling thread's CPU time would miss the other's
+    with pytest.raises(LatencyError, match="calling thread only, and torch runs 2 threads"):
+        measure_profile(skeleton, min_keep_mlp=0.05, clock="cpu")
     profile = linear(2, 8, 2)
     timed = LatencyModel(**{**profile.__dict__, "key": ProfileKey(**{**profile.key.__dict__, "clock": "cpu"})})
     budget = plan_latency(scores(2, 8), scores(2, 2), COST, timed, speedup=1.2, head_offset=1.0).budget

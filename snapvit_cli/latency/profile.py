@@ -125,14 +125,21 @@ def measure_profile(
 ) -> LatencyModel:
     """Profile the architecture of ``skeleton`` (a dense model, e.g. on the meta device; it is not changed).
 
-    ``clock="cpu"`` times with the calling thread's CPU time instead of wall time (CPU devices only): on a
-    machine shared with other processes, with one thread, the work of a pass without the time others took."""
+    ``clock="cpu"`` times with the calling thread's CPU time instead of wall time (CPU devices, one torch thread):
+    on a machine shared with other processes, the work of a pass without the time others took. With more threads
+    it would leave out their share (a 2-thread ViT-Tiny profile so timed predicted 1.5× for slices that ran 1.64×)."""
     started = time.perf_counter()
     device = torch.device(device)
     if clock not in CLOCKS:
         raise LatencyError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}", param="clock")
     if clock == "cpu" and device.type != "cpu":
         raise LatencyError(f"the cpu clock times CPU devices only, not {device}", param="clock")
+    if clock == "cpu" and torch.get_num_threads() > 1:
+        raise LatencyError(
+            f"the cpu clock times the calling thread only, and torch runs {torch.get_num_threads()} threads: their "
+            "share of the work would be left out; use the wall clock, or one thread",
+            param="clock",
+        )
     key = profile_key(skeleton, device, dtype, batch_size, resolution, clock)
     arch = key.architecture
     width, heads = arch["mlp_hidden"], arch["num_heads"]
