@@ -54,23 +54,20 @@ def profile(
 ) -> None:
     """Measure how long a block of each width takes on a device (cached; `slice --speedup/--latency` uses it)."""
     from snapvit_cli.api import load_bundle
-    from snapvit_cli.latency.cache import load_or_measure
 
     with transfer(not quiet and bundle.startswith("hf-hub:"), f"downloading {bundle}"), quiet_hub(quiet):
         elastic = load_bundle(bundle)
-    with progress_bars(not quiet, {"profile": "latency profile"}) as progress:
-        lookup = load_or_measure(
-            elastic.skeleton(),
-            min_keep_mlp=elastic.min_keep["mlp"],
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            resolution=resolution,
-            repeats=repeats,
-            remeasure=remeasure,
-            clock=clock,
-            progress=None if progress is None else lambda done, total: progress("profile", done, total),
-        )
+    lookup = lookup_profile(
+        elastic,
+        quiet,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        resolution=resolution,
+        repeats=repeats,
+        remeasure=remeasure,
+        clock=clock,
+    )
     result = lookup.profile
     if json_output:
         emit_json({"path": str(lookup.path), "cached": lookup.cached, "stale": lookup.stale, **result.to_json()})
@@ -93,3 +90,20 @@ def profile(
         f"(--round-to {result.snap}); {source}; {lookup.path}",
         markup=False,
     )
+
+
+def lookup_profile(elastic, quiet: bool, **options):
+    """The cached latency profile of the bundle's architecture (measured now, with a progress bar, if none fits).
+
+    ``options`` are :func:`~snapvit_cli.latency.cache.load_or_measure`'s (device, dtype, batch size, ...); shared by
+    `snapvit profile` and `snapvit slice --speedup/--latency`.
+    """
+    from snapvit_cli.latency.cache import load_or_measure
+
+    with progress_bars(not quiet, {"profile": "latency profile"}) as progress:
+        return load_or_measure(
+            elastic.skeleton(),
+            min_keep_mlp=elastic.min_keep["mlp"],
+            progress=None if progress is None else lambda done, total: progress("profile", done, total),
+            **options,
+        )

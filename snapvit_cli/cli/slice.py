@@ -247,10 +247,17 @@ def slice_(
 
         require_statistics(elastic)  # in a dry run too
     if specs[0].timed:
+        from snapvit_cli.cli.profile import lookup_profile
         from snapvit_cli.latency.chooser import plan_bundle
 
-        lookup = _latency_profile(
-            elastic, device, dtype, 1 if batch_size is None else batch_size, resolution, clock, quiet
+        lookup = lookup_profile(
+            elastic,
+            quiet,
+            device=device,
+            dtype=dtype,
+            batch_size=1 if batch_size is None else batch_size,
+            resolution=resolution,
+            clock=clock,
         )
         budget = {"head_offset": head_offset, "round_to": round_to}
         plans = [plan_bundle(elastic, lookup.profile, **spec.kwargs(), **budget) for spec in specs]
@@ -297,26 +304,6 @@ def _note_correction(record: dict[str, Any], quiet: bool) -> None:
         )
     if record.get("notice"):  # a warning: shown even when quiet
         note(record["notice"])
-
-
-def _latency_profile(
-    elastic, device: str, dtype: str, batch_size: int, resolution: int | None, clock: str, quiet: bool
-):
-    """The cached latency profile of the bundle's architecture on ``device``, measured now if there is none."""
-    from snapvit_cli.latency.cache import load_or_measure
-
-    with progress_bars(not quiet, {"profile": "latency profile"}) as progress:
-        lookup = load_or_measure(
-            elastic.skeleton(),
-            min_keep_mlp=elastic.min_keep["mlp"],
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            resolution=resolution,
-            clock=clock,
-            progress=None if progress is None else lambda done, total: progress("profile", done, total),
-        )
-    return lookup
 
 
 def _profile_note(lookup) -> str:
