@@ -76,6 +76,25 @@ class SlicePlan:
     def params_fraction(self) -> float:
         return self.params / self.dense_params
 
+    @classmethod
+    def of(cls, widths: Widths, dense: Widths, budget: Budget, cost: CostTerms) -> SlicePlan:
+        """The plan that keeps ``widths`` of the ``dense`` model, its removed counts and costs derived from them."""
+        total_m, total_h = sum(dense.mlp), sum(dense.heads)
+        n_m, n_h = total_m - sum(widths.mlp), total_h - sum(widths.heads)
+        return cls(
+            widths=widths,
+            budget=budget,
+            mlp_removed=n_m,
+            heads_removed=n_h,
+            mlp_ratio=n_m / total_m,
+            head_ratio=n_h / total_h,
+            resolution=cost.resolution,
+            gmacs=cost.gmacs(widths),
+            params=cost.params(widths),
+            dense_gmacs=cost.macs(dense) / 1e9,
+            dense_params=cost.params(dense),
+        )
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["widths"] = self.widths.to_json()
@@ -116,7 +135,6 @@ def plan_slice(
     max_m = blocks * (width - block_floor(width, min_keep["mlp"]))
     max_h = blocks * (n_heads - block_floor(n_heads, min_keep["heads"]))
     dense = Widths((width,) * blocks, (n_heads,) * blocks)
-    dense_macs = cost.macs(dense)
 
     given = [name for name, v in (("flops", flops), ("params", params)) if v is not None]
     if mlp is not None or heads is not None:
@@ -165,19 +183,7 @@ def plan_slice(
         _check_rounded(budget, cost, dense, n_m, n_h, total_m, round_to)
         budget = dataclasses.replace(budget, round_to=round_to)
     widths = Widths(mlp_widths, select_widths(_sorted(head_scores), n_h, min_keep["heads"]))
-    return SlicePlan(
-        widths=widths,
-        budget=budget,
-        mlp_removed=n_m,
-        heads_removed=n_h,
-        mlp_ratio=n_m / total_m,
-        head_ratio=n_h / total_h,
-        resolution=cost.resolution,
-        gmacs=cost.gmacs(widths),
-        params=cost.params(widths),
-        dense_gmacs=dense_macs / 1e9,
-        dense_params=cost.params(dense),
-    )
+    return SlicePlan.of(widths, dense, budget, cost)
 
 
 def round_widths(

@@ -112,7 +112,7 @@ def plan_latency(
 
     heap = [c for c in (candidate(b) for b in range(blocks)) if c is not None]
     heapq.heapify(heap)
-    best = (abs(profile.fixed_ms + sum(times) - target_ms), tuple(mlp), heads, n_m, n_h)
+    best = (abs(profile.fixed_ms + sum(times) - target_ms), tuple(mlp), heads)
     while profile.fixed_ms + sum(times) > target_ms and heap:
         _, b, nxt = heapq.heappop(heap)
         n_m += mlp[b] - nxt
@@ -129,7 +129,7 @@ def plan_latency(
             heapq.heappush(heap, nxt_candidate)
         error = abs(profile.fixed_ms + sum(times) - target_ms)
         if error <= best[0]:
-            best = (error, tuple(mlp), heads, n_m, n_h)
+            best = (error, tuple(mlp), heads)
     predicted = profile.fixed_ms + sum(times)
     if predicted > target_ms and not math.isclose(predicted, target_ms, rel_tol=0.01):
         what = f"speedup {speedup:g}" if speedup is not None else f"latency {latency:g} ms"
@@ -138,7 +138,7 @@ def plan_latency(
             f"slice is predicted at {predicted:.3g} ms per batch, {dense_ms / predicted:.2f}× faster than dense",
             param="speedup" if speedup is not None else "latency",
         )
-    _, mlp_widths, head_widths, n_m, n_h = best
+    _, mlp_widths, head_widths = best
     widths = Widths(mlp_widths, head_widths)
     predicted = profile.predict_ms(widths.mlp, widths.heads)
     key = profile.key
@@ -157,20 +157,7 @@ def plan_latency(
     )
     kind, target = ("speedup", speedup) if speedup is not None else ("latency", latency)
     budget = Budget(kind, target=target, head_offset=head_offset, round_to=round_to, latency=basis)
-    dense = Widths((width,) * blocks, (n_heads,) * blocks)
-    return SlicePlan(
-        widths=widths,
-        budget=budget,
-        mlp_removed=n_m,
-        heads_removed=n_h,
-        mlp_ratio=n_m / total_m,
-        head_ratio=n_h / total_h,
-        resolution=cost.resolution,
-        gmacs=cost.gmacs(widths),
-        params=cost.params(widths),
-        dense_gmacs=cost.macs(dense) / 1e9,
-        dense_params=cost.params(dense),
-    )
+    return SlicePlan.of(widths, Widths((width,) * blocks, (n_heads,) * blocks), budget, cost)
 
 
 def plan_bundle(
