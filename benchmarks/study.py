@@ -19,7 +19,12 @@ Rankings: ``default`` (method snapvit, today's default search), ``paper`` (``--p
 - ``plain``: the slice;
 - ``stored`` / ``stored-unguarded``: ``slice --correct`` on statistics of the same calibration images stored in the
   bundle, with and without the per-layer guard;
-- ``images`` / ``images-unguarded``: ``slice --correct --data`` on those images, with and without the guards.
+- ``images`` / ``images-unguarded``: ``slice --correct --data`` on those images, with and without the guards;
+- ``corp-like``: CORP's compensation (arXiv 2602.05243) as it applies to whole heads and neurons: a ridge fit of
+  each consumer layer on those images, every token alike, dense inputs, ridge 0.01 × mean diag H, no guard (CORP's
+  intercept is left out: it lowered held-out layer errors by under 1 % relative in a probe, see the README);
+- ``stored-cls``: stored statistics, class-token rows only (``--correct-tokens cls``: all a class-token store needs);
+- ``stored-f32``: stored statistics rounded to float32 (what a float32 store would hold).
 
 Every step is a cached task in ``--work`` (bundles, statistics, one JSON per result), claimed with a lock file, so any
 number of worker processes share the folder and an interrupted run resumes where it stopped::
@@ -28,8 +33,9 @@ number of worker processes share the folder and an interrupted run resumes where
     OMP_NUM_THREADS=1 python -m benchmarks.study --work /work/study &
     python -m benchmarks.study --work /work/study --table              # what is measured so far; updates the README
 
-Tasks run in ``--phases`` order: 1 the plain table at 0.75/0.5 on the Tiny-ImageNet protocols, 2 its corrections,
-3 the budgets 0.9/0.6, 4 the CIFAR protocol.
+Tasks run in ``--phases`` order: 1 the plain table at 0.75/0.5 on the Tiny-ImageNet protocols, 2 its guarded
+corrections, 3 the unguarded ones and ``corp-like``, 4 the statistics variants, 5 the budgets 0.9/0.6, 6 the CIFAR
+protocol. A worker finishes its step and stops when ``--work/STOP`` exists.
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ import torch
 
 from benchmarks.common import log, machine, revision, shared_data, write_readme_block
 from snapvit_cli.correction.apply import correct_bundle_slice
-from snapvit_cli.correction.statistics import collect_correction_statistics
+from snapvit_cli.correction.result import DEFAULT_TOKENS
+from snapvit_cli.correction.solver import DEFAULT_DAMPING
+from snapvit_cli.correction.statistics import CorrectionStatistics, collect_correction_statistics
 from snapvit_cli.correction.stored import correct_from_bundle
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
@@ -74,7 +82,16 @@ RANKINGS: dict[str, tuple[str, dict]] = {
     "gradient": ("gradient", {}),
     "snip": ("snip", {}),
 }
-VARIANTS = ("plain", "stored", "stored-unguarded", "images", "images-unguarded")
+VARIANTS = (
+    "plain",
+    "stored",
+    "images",
+    "stored-unguarded",
+    "images-unguarded",
+    "corp-like",
+    "stored-cls",
+    "stored-f32",
+)
 FRACTIONS = (0.9, 0.75, 0.6, 0.5)
 # The dtype of every evaluation forward pass (see the module docstring).
 DTYPE = "bfloat16"
@@ -101,22 +118,23 @@ class Cell:
 
 def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
     """The cells of the study in the order they are worth measuring (see the module docstring)."""
-    searched = ("default", "paper")
-    corrected = {"stored", "stored-unguarded", "images", "images-unguarded"}
+    tiny = ("tiny-knn", "tiny-top1")
+    everyone, searched = tuple(RANKINGS), ("default", "paper")
     order = {
-        1: [(p, f, ("plain",)) for f in (0.75, 0.5) for p in ("tiny-knn", "tiny-top1")],
-        2: [(p, f, tuple(corrected)) for f in (0.5, 0.75) for p in ("tiny-knn", "tiny-top1")],
-        3: [(p, f, ("plain", "stored")) for f in (0.9, 0.6) for p in ("tiny-knn", "tiny-top1")],
-        4: [("cifar-knn", f, ("plain", "stored")) for f in (0.75, 0.5, 0.9, 0.6)],
+        1: [(p, f, everyone, ("plain",)) for f in (0.75, 0.5) for p in tiny],
+        2: [(p, f, everyone, ("stored", "images")) for f in (0.5, 0.75) for p in tiny],
+        3: [(p, f, everyone, ("stored-unguarded", "images-unguarded", "corp-like")) for f in (0.5, 0.75) for p in tiny],
+        4: [(p, f, searched, ("stored-cls", "stored-f32")) for f in (0.5, 0.75) for p in tiny],
+        5: [(p, f, everyone, ("plain",)) for f in (0.9, 0.6) for p in tiny]
+        + [(p, f, searched, ("stored",)) for f in (0.9, 0.6) for p in tiny],
+        6: [("cifar-knn", f, everyone, ("plain",)) for f in (0.75, 0.5, 0.9, 0.6)]
+        + [("cifar-knn", f, searched, ("stored",)) for f in (0.75, 0.5, 0.9, 0.6)],
     }
     for phase in phases:
         for seed in seeds:
-            for protocol, fraction, variants in order[phase]:
-                for ranking in RANKINGS:
+            for protocol, fraction, rankings, variants in order[phase]:
+                for ranking in rankings:
                     for variant in variants:
-                        stored_only_searched = variant.startswith("stored") and ranking not in searched
-                        if phase >= 3 and stored_only_searched:
-                            continue
                         yield Cell(protocol, ranking, seed, fraction, variant)
 
 
@@ -151,8 +169,9 @@ class Study:
     def bundle_path(self, model: str, ranking: str, seed: int) -> Path:
         return self.work / "bundles" / f"{model}-{ranking}-seed{seed}-n{self.samples}.safetensors"
 
-    def stats_path(self, model: str, ranking: str, seed: int) -> Path:
-        return self.work / "bundles" / f"{model}-{ranking}-seed{seed}-n{self.samples}.stats.safetensors"
+    def stats_path(self, model: str, ranking: str, seed: int, rounded: bool = False) -> Path:
+        kind = "stats-f32" if rounded else "stats"
+        return self.work / "bundles" / f"{model}-{ranking}-seed{seed}-n{self.samples}.{kind}.safetensors"
 
     def score(self, model_name: str, ranking: str, seed: int) -> None:
         model, source = self.model(model_name)
@@ -172,13 +191,18 @@ class Study:
         _, source = self.model(model_name)
         bundle = load_bundle(self.bundle_path(model_name, ranking, seed))
         stats = collect_correction_statistics(bundle.dense_model(), self.calibration(seed), source.pretrained_cfg)
+        rounded = CorrectionStatistics(stats.record, {k: v.float().double() for k, v in stats.tensors.items()})
+        bundle.save_with_statistics(self.stats_path(model_name, ranking, seed, rounded=True), rounded)
         bundle.save_with_statistics(self.stats_path(model_name, ranking, seed), stats)
         log(f"statistics {model_name} {ranking} seed {seed}: {stats.seconds:.0f} s")
 
     def sliced(self, cell: Cell) -> tuple[torch.nn.Module, dict]:
         """The cell's model and what its correction did."""
         stored = cell.variant.startswith("stored")
-        path = (self.stats_path if stored else self.bundle_path)(cell.model, cell.ranking, cell.seed)
+        if stored:
+            path = self.stats_path(cell.model, cell.ranking, cell.seed, rounded=cell.variant == "stored-f32")
+        else:
+            path = self.bundle_path(cell.model, cell.ranking, cell.seed)
         bundle = load_bundle(path)
         plan = bundle.plan(flops=cell.fraction)
         info: dict = {"gmacs": plan.gmacs, "widths": {"mlp": list(plan.widths.mlp), "heads": list(plan.widths.heads)}}
@@ -186,8 +210,14 @@ class Study:
             return bundle.slice(plan), info
         guard = not cell.variant.endswith("unguarded")
         start = time.perf_counter()
-        if cell.variant.startswith("stored"):
-            result = correct_from_bundle(bundle, plan, guard=guard, guard_readout=guard)
+        tokens = "cls" if cell.variant == "stored-cls" else DEFAULT_TOKENS
+        if stored:
+            result = correct_from_bundle(bundle, plan, tokens=tokens, guard=guard, guard_readout=guard)
+        elif cell.variant == "corp-like":
+            images = self.calibration(cell.seed)
+            result = correct_bundle_slice(
+                bundle, plan, images, tokens="all", damping=DEFAULT_DAMPING, sequential=False, guard=False
+            )
         else:
             result = correct_bundle_slice(bundle, plan, self.calibration(cell.seed), guard=guard)
         info["correction"] = {
@@ -277,6 +307,9 @@ def run_worker(study: Study, cells: list[Cell]) -> None:
     """Run the most important missing step that no live worker holds, again and again, until every cell is
     measured; wait while the only missing steps are held by other workers."""
     while True:
+        if (study.work / "STOP").exists():
+            log("STOP found: stopping")
+            return
         step, busy = _next_step(study, cells)
         if step is not None:
             lock, output, action = step
@@ -392,7 +425,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,4")
+    parser.add_argument("--phases", default="1,2,3,4,5,6")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
