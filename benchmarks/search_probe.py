@@ -1,0 +1,150 @@
+"""What limits the search (issue 28, part 2): the search's own fitness, measured on every bundle of the accuracy
+study (``benchmarks/study.py``) on the images it was searched on and on images it never saw, per budget, and how
+well each predicts the accuracy the study measured.
+
+For each bundle (model, ranking, seed) the fitness of method snapvit (docs/method.md §5.3: 1 − mean cosine
+similarity of pruned to dense CLS features in the dense features' PCA space) is computed for each FLOPs-matched
+pair the default search uses, i.e. for exactly the slice ``plan(flops=f)`` cuts, on
+
+- ``search``: the seed's search draw of x_calib (``subset(256 // 3, seed + 1)``, the default preset's images);
+- ``held-out``: 256 x_calib images in neither the seed's gradient draw nor its search draws.
+
+If a search lowers ``search`` but not ``held-out``, it fits its images; if ``held-out`` does not order the bundles
+as their accuracy does, the fitness is not what the protocols reward. Run after (or while) the study runs::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.search_probe --work /work/study       # probes every bundle; a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import log, machine
+from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Study
+from snapvit_cli.adapters import HEADS, MLP, get_adapter
+from snapvit_cli.elastic.bundle import load_bundle
+from snapvit_cli.scoring.calibration import input_config, preprocessed
+from snapvit_cli.scoring.search import FeatureFitness, removed_units
+from snapvit_cli.scoring.settings import ScoreSettings
+
+
+def probe(study: Study, model_name: str, ranking: str, seed: int) -> dict:
+    """Per-budget fitness of the bundle's slices on the seed's search images and on held-out images."""
+    model, _ = study.model(model_name)
+    adapter = get_adapter(model)
+    bundle = load_bundle(study.bundle_path(model_name, ranking, seed))
+    scores = {MLP: bundle.scores[MLP], HEADS: bundle.scores[HEADS]}
+    settings = ScoreSettings(ga_flops=FRACTIONS, device="cpu")
+    calib = study.images(TINY_DATA, "calib")
+    search_count = ScoreSettings(samples=study.samples).ga_sample_count
+    search = calib.subset(search_count, seed + 1)
+    used = {int(i) for s in (study.samples, search_count) for i in calib.subset(s, seed + 1).indices}
+    used |= {int(i) for i in calib.subset(study.samples, seed).indices}
+    heldout = calib.subset(len(calib), 0)
+    keep = torch.tensor([i for i, j in enumerate(heldout.indices.tolist()) if j not in used][: study.samples])
+    heldout.indices = heldout.indices[keep]
+    out = {}
+    config = input_config(model, settings)
+    with torch.no_grad():
+        for name, images in (("search", search), ("heldout", heldout)):
+            fitness = FeatureFitness(model, adapter, preprocessed(images, config), scores, settings, torch.device("cpu"))
+            candidates = [removed_units(scores, pair, settings.min_keep) for pair in fitness.pairs]
+            out[name] = fitness.distances(candidates)
+            out[f"{name}_images"] = len(images)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="the study's --work folder")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--table", action="store_true", help="only print the table of what is probed")
+    args = parser.parse_args()
+    study = Study(args.work, args.samples)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    folder = args.work / "probes"
+    folder.mkdir(exist_ok=True)
+    if not args.table:
+        log(f"probing on {machine()}")
+        for seed in seeds:
+            for model_name in MODELS:
+                for ranking in RANKINGS:
+                    path = folder / f"{model_name}-{ranking}-seed{seed}-n{args.samples}.json"
+                    if path.is_file() or not study.bundle_path(model_name, ranking, seed).is_file():
+                        continue
+                    start = time.perf_counter()
+                    record = probe(study, model_name, ranking, seed)
+                    path.write_text(json.dumps(record, indent=2))
+                    log(f"{path.name}: {record} ({time.perf_counter() - start:.0f} s)")
+    print(render(args.work, args.samples, seeds))
+
+
+def render(work: Path, samples: int, seeds: list[int]) -> str:
+    """Mean fitness per ranking and budget, and per protocol and budget the rank correlation (Spearman) of the
+    fitness with the accuracy over all bundles with both."""
+    probes = {}
+    for path in sorted((work / "probes").glob(f"*-n{samples}.json")):
+        model_name, rest = path.name.split("-", 1)
+        ranking, seed = rest.rsplit("-seed", 1)
+        seed = int(seed.split("-")[0])
+        if seed in seeds:
+            probes[model_name, ranking, seed] = json.loads(path.read_text())
+    lines = ["| model | ranking | " + " | ".join(f"search / held-out @ {f:g}" for f in FRACTIONS) + " |"]
+    lines.append("|---|---|" + "---:|" * len(FRACTIONS))
+    for model_name in MODELS:
+        for ranking in RANKINGS:
+            found = [p for (m, r, _), p in probes.items() if (m, r) == (model_name, ranking)]
+            if not found:
+                continue
+            cells = []
+            for i in range(len(FRACTIONS)):
+                s = sum(p["search"][i] for p in found) / len(found)
+                h = sum(p["heldout"][i] for p in found) / len(found)
+                cells.append(f"{s:.4f} / {h:.4f}")
+            lines.append(f"| {model_name} | {ranking} ({len(found)}) | " + " | ".join(cells) + " |")
+    lines += ["", "| protocol | bundles | " + " | ".join(f"ρ search, held-out @ {f:g}" for f in FRACTIONS) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(FRACTIONS))
+    for protocol, (model_name, metric) in PROTOCOLS.items():
+        cells, count = [], 0
+        for i, fraction in enumerate(FRACTIONS):
+            pairs = []
+            for (m, ranking, seed), p in probes.items():
+                result = work / "results" / f"{protocol}-{ranking}-seed{seed}-{fraction:g}-plain-n{samples}.json"
+                if m == model_name and result.is_file():
+                    accuracy = json.loads(result.read_text())[metric]
+                    pairs.append((p["search"][i], p["heldout"][i], accuracy))
+            count = max(count, len(pairs))
+            if len(pairs) < 3:
+                cells.append("–")
+                continue
+            accuracy = [a for _, _, a in pairs]
+            rho = [_spearman([x[k] for x in pairs], accuracy) for k in (0, 1)]
+            cells.append(f"{rho[0]:+.2f}, {rho[1]:+.2f}")
+        if count:
+            lines.append(f"| {protocol} | {count} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nFitness: lower is closer to the dense model; ρ: Spearman correlation of fitness with accuracy (−1: the "
+        f"fitness orders the bundles exactly as their accuracy does). {machine()}, load average "
+        f"{os.getloadavg()[0]:.1f}."
+    )
+    return "\n".join(lines)
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    def ranks(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float64).argsort().argsort().double()
+
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))
+
+
+if __name__ == "__main__":
+    main()
