@@ -50,10 +50,10 @@ def probe(study: Study, model_name: str, ranking: str, seed: int) -> dict:
     keep = torch.tensor([i for i, j in enumerate(heldout.indices.tolist()) if j not in used][: study.samples])
     heldout.indices = heldout.indices[keep]
     out = {}
-    config = input_config(model, settings)
+    config, cpu = input_config(model, settings), torch.device("cpu")
     with torch.no_grad():
         for name, images in (("search", search), ("heldout", heldout)):
-            fitness = FeatureFitness(model, adapter, preprocessed(images, config), scores, settings, torch.device("cpu"))
+            fitness = FeatureFitness(model, adapter, preprocessed(images, config), scores, settings, cpu)
             candidates = [removed_units(scores, pair, settings.min_keep) for pair in fitness.pairs]
             out[name] = fitness.distances(candidates)
             out[f"{name}_images"] = len(images)

@@ -6,7 +6,12 @@ that ``slice --flops`` resolves the ``ga_flops`` fractions to: :func:`search_pai
 with the scores |θ|·raw (the same rule and min-keep floors as slicing,
 :func:`snapvit_cli.elastic.budget.select_widths`), and measure 1 − mean cosine similarity between the dense
 model's features and the pruned model's, both projected into the PCA space of the dense features; average over the
-pairs.
+pairs (``ga_fitness="mean"``), or average each pair's distance relative to its distance at the starting point μ₀
+(``"relative"``), so that a mild budget, whose distances are small, counts as much as a harsh one.
+
+θ holds one multiplier per block for its MLP neurons, then one per (block, head) (``ga_heads="head"``) or one per
+block for all its heads (``"block"``). The search returns the best candidate it evaluated (``ga_result="best"``)
+or its final distribution mean, evaluated once more (``"mean"``).
 
 Two evaluations give the same fitness (to float rounding; ``ga_evaluation``):
 
@@ -98,9 +103,16 @@ def _zero_scores(adapter: ModelAdapter) -> dict[str, torch.Tensor]:
     return {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
 
 
+def head_multipliers(adapter: ModelAdapter, settings: ScoreSettings) -> int:
+    """Head multipliers per block in θ: one per head, or one for all of them (``ga_heads="block"``)."""
+    return adapter.widths().heads[0] if settings.ga_heads == "head" else 1
+
+
 def search_population(adapter: ModelAdapter, settings: ScoreSettings) -> int:
-    """λ of the search: ``ga_population``, else xNES's default for one multiplier per block and per head."""
-    return settings.ga_population or default_population_size(adapter.num_blocks * (1 + adapter.widths().heads[0]))
+    """λ of the search: ``ga_population``, else xNES's default for θ's length (one multiplier per block for its
+    MLP neurons, and per block or per head for its heads)."""
+    dim = adapter.num_blocks * (1 + head_multipliers(adapter, settings))
+    return settings.ga_population or default_population_size(dim)
 
 
 def check_evaluations(adapter: ModelAdapter, settings: ScoreSettings) -> None:
@@ -203,6 +215,9 @@ class FeatureFitness:
         self.model, self.adapter, self.raw, self.device = model, adapter, raw, device
         self.pairs = search_pairs(adapter, settings)
         self.min_keep = settings.min_keep
+        self.relative = settings.ga_fitness == "relative"
+        self.reference: list[float] | None = None  # per-pair distances at μ₀ (relative fitness)
+        self._last: tuple[bytes, list[float]] | None = None
         self.batch_size = settings.ga_batch_size
         self.evaluation = settings.ga_evaluation
         self.calibration = images  # all images, where they were given (the CKA start covariance reads them)
@@ -254,9 +269,7 @@ class FeatureFitness:
 
     def scaled(self, theta: np.ndarray) -> dict[str, torch.Tensor]:
         """Raw scores times |θ|: one multiplier per block for MLP neurons, one per (block, head)."""
-        weights = torch.as_tensor(np.abs(theta), dtype=torch.float64)
-        blocks, heads = self.raw[HEADS].shape
-        mlp_weight, head_weight = weights[:blocks], weights[blocks:].view(blocks, heads)
+        mlp_weight, head_weight = split_multipliers(theta, *self.raw[HEADS].shape)
         return {MLP: self.raw[MLP] * mlp_weight[:, None], HEADS: self.raw[HEADS] * head_weight}
 
     def pruned_features(self, candidates: list[Removed]) -> torch.Tensor:
@@ -279,11 +292,26 @@ class FeatureFitness:
         distributed.all_reduce_sum([sums])
         return [1.0 - value / self.count for value in sums.tolist()]
 
+    def pair_distances(self, theta: np.ndarray) -> list[float]:
+        """The distance of each pair's slice under multipliers θ (the last θ's are kept: μ₀ is asked for twice)."""
+        key = np.asarray(theta, dtype=np.float64).tobytes()
+        if self._last is None or self._last[0] != key:
+            scores = self.scaled(theta)
+            self._last = key, self.distances([removed_units(scores, pair, self.min_keep) for pair in self.pairs])
+            release_freed_memory()  # without it the heap grows by fragmentation, ~0.5 GB per evaluation (heap.py)
+        return self._last[1]
+
+    def set_reference(self, theta: np.ndarray) -> None:
+        """Measure the relative fitness against θ's pair distances (the starting point μ₀)."""
+        self.reference = self.pair_distances(theta)
+
     def __call__(self, theta: np.ndarray) -> float:
-        scores = self.scaled(theta)
-        value = float(np.mean(self.distances([removed_units(scores, pair, self.min_keep) for pair in self.pairs])))
-        release_freed_memory()  # without it the heap grows by fragmentation, ~0.5 GB per evaluation (heap.py)
-        return value
+        distances = self.pair_distances(theta)
+        if self.relative:
+            if self.reference is None:
+                raise RuntimeError("the relative fitness needs set_reference(μ₀) first")
+            distances = [d / max(r, 1e-12) for d, r in zip(distances, self.reference, strict=True)]
+        return float(np.mean(distances))
 
 
 @dataclass(frozen=True)
@@ -292,7 +320,7 @@ class SearchResult:
 
     mlp_weight: torch.Tensor  # [L], float64, non-negative
     head_weight: torch.Tensor  # [L, H]
-    best_fitness: float
+    best_fitness: float  # of the multipliers returned
     initial_fitness: float  # of the starting mean μ₀ (evaluated first)
     trace: torch.Tensor  # fitness of every evaluation, in order
     evaluations: int
@@ -301,9 +329,20 @@ class SearchResult:
 
 
 def initial_mean(blocks: int, heads: int, start: float, end: float) -> np.ndarray:
-    """μ₀ (§5.2): α_l = linspace(start, end, L)[l], and every head of block l starts at α_l (early blocks favoured)."""
+    """μ₀ (§5.2): α_l = linspace(start, end, L)[l], and every head multiplier of block l starts at α_l (early blocks
+    favoured); ``heads`` is the number of head multipliers per block (1 with ``ga_heads="block"``)."""
     alpha = np.linspace(start, end, blocks)
     return np.concatenate([alpha, np.repeat(alpha, heads)])
+
+
+def split_multipliers(theta: np.ndarray, blocks: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """|θ| as MLP multipliers [L] and head multipliers [L, H]: θ holds L MLP values, then L·H head values or L
+    (one per block, shared by its heads)."""
+    weights = torch.as_tensor(np.abs(theta), dtype=torch.float64)
+    if len(weights) - blocks not in (blocks, blocks * heads):
+        raise ValueError(f"θ has {len(weights)} values: expected {blocks} + {blocks} or {blocks} + {blocks * heads}")
+    head_values = weights[blocks:].view(blocks, -1)
+    return weights[:blocks].clone(), head_values.expand(blocks, heads).clone()
 
 
 def search_multipliers(
@@ -319,9 +358,12 @@ def search_multipliers(
 
     if progress is not None:
         progress("xnes", 0, settings.ga_evals, None)
+    start = initial_mean(blocks, heads if settings.ga_heads == "head" else 1, *settings.ga_init)
+    if settings.ga_fitness == "relative":
+        fitness.set_reference(np.clip(start, *settings.ga_bounds) if settings.ga_bounds else start)
     result = minimize(
         fitness,
-        initial_mean(blocks, heads, *settings.ga_init),
+        start,
         max_evaluations=settings.ga_evals,
         evaluate_mean=True,
         on_evaluation=report,
@@ -331,14 +373,19 @@ def search_multipliers(
         seed=settings.seed,
         covariance=covariance,
     )
-    weights = torch.as_tensor(np.abs(result.best_x), dtype=torch.float64)
+    chosen, value, trace = result.best_x, result.best_fitness, list(result.trace)
+    if settings.ga_result == "mean":
+        chosen = np.clip(result.mean, *settings.ga_bounds) if settings.ga_bounds else result.mean
+        value = fitness(chosen.copy())
+        trace.append(value)
+    mlp_weight, head_weight = split_multipliers(chosen, blocks, heads)
     return SearchResult(
-        mlp_weight=weights[:blocks].clone(),
-        head_weight=weights[blocks:].view(blocks, heads).clone(),
-        best_fitness=result.best_fitness,
+        mlp_weight=mlp_weight,
+        head_weight=head_weight,
+        best_fitness=value,
         initial_fitness=float(result.trace[0]),
-        trace=torch.as_tensor(result.trace, dtype=torch.float64),
-        evaluations=result.evaluations,
+        trace=torch.as_tensor(trace, dtype=torch.float64),
+        evaluations=len(trace),
         updates=result.updates,
         population=result.population_size,
     )

@@ -36,6 +36,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "ga_population": None,
         "ga_pairs": PAPER_GA_PAIRS,
         "ga_flops": None,
+        "ga_fitness": "mean",
+        "ga_heads": "head",
+        "ga_result": "best",
     },
 }
 CROP_MODES = ("independent", "legacy")
@@ -43,6 +46,13 @@ LOSSES = ("dino", "ce")
 SCORE_FORMULAS = ("sqgrad", "fisher", "taylor")
 # How the search runs a candidate: a physically sliced model (cost ∝ kept FLOPs) or the dense model with masks.
 GA_EVALUATIONS = ("sliced", "masked")
+# How the fitness combines the search pairs (§5.3): the mean of their distances (the paper: the harshest budgets,
+# with the largest distances, weigh most), or the mean of each pair's distance relative to its distance at μ₀.
+GA_FITNESS = ("mean", "relative")
+# One multiplier per (block, head) (the paper) or one per block for all of its heads (2L instead of L + L·H values).
+GA_HEADS = ("head", "block")
+# What the search returns: the best candidate it evaluated (the paper), or its final distribution mean.
+GA_RESULTS = ("best", "mean")
 
 # progress(stage, done, total, best): stages "gradients" (images), "features" (images), "xnes" (evaluations;
 # ``best`` is the lowest fitness so far). Library code reports through it and never prints.
@@ -83,6 +93,9 @@ class ScoreSettings:
     ga_init: tuple[float, float] = (1.2, 0.8)
     ga_population: int | None = None
     ga_evaluation: str = "sliced"
+    ga_fitness: str = "mean"
+    ga_heads: str = "head"
+    ga_result: str = "best"
     pca_components: int = 192
     cka_init: bool = False
     snip_alpha: float = 1e-3
@@ -97,6 +110,11 @@ class ScoreSettings:
         _check_choice("score", self.score, SCORE_FORMULAS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("ga_evaluation", self.ga_evaluation, GA_EVALUATIONS)
+        _check_choice("ga_fitness", self.ga_fitness, GA_FITNESS)
+        _check_choice("ga_heads", self.ga_heads, GA_HEADS)
+        _check_choice("ga_result", self.ga_result, GA_RESULTS)
+        if self.cka_init and self.ga_heads != "head":
+            raise SnapvitError("cka_init needs one multiplier per head (ga_heads='head')", param="cka_init")
         _check_choice("preset", self.preset, tuple(PRESETS))
         for name in ("samples", "batch_size", "micro_batch", "ga_batch_size", "pca_components"):
             if getattr(self, name) < 1:
