@@ -33,9 +33,11 @@ number of worker processes share the folder and an interrupted run resumes where
     OMP_NUM_THREADS=1 python -m benchmarks.study --work /work/study &
     python -m benchmarks.study --work /work/study --table              # what is measured so far; updates the README
 
-Tasks run in ``--phases`` order: 1 the plain table at 0.75/0.5 on the Tiny-ImageNet protocols, 2 its guarded
-corrections, 3 the unguarded ones and ``corp-like``, 4 the statistics variants, 5 the budgets 0.9/0.6, 6 the CIFAR
-protocol. A worker finishes its step and stops when ``--work/STOP`` exists.
+Tasks run in ``--phases`` order: 1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed,
+2 the candidate searches (``relative``, ``block-heads``, ``mean-result``: docs/method.md §5.3) for the first seed,
+3 phase 1 for the other seeds, 4 the guarded corrections, 5 the unguarded ones and ``corp-like``, 6 the statistics
+variants, 7 the budgets 0.9/0.6, 8 the CIFAR protocol. A worker finishes its step and stops when ``--work/STOP``
+exists.
 """
 
 from __future__ import annotations
@@ -81,7 +83,13 @@ RANKINGS: dict[str, tuple[str, dict]] = {
     "paper": ("snapvit", {"preset": "paper"}),
     "gradient": ("gradient", {}),
     "snip": ("snip", {}),
+    # candidates for the default search (docs/method.md §5.3), screened on the first seed
+    "relative": ("snapvit", {"ga_fitness": "relative"}),
+    "block-heads": ("snapvit", {"ga_heads": "block"}),
+    "mean-result": ("snapvit", {"ga_result": "mean"}),
 }
+MAIN = ("default", "paper", "gradient", "snip")
+CANDIDATES = ("relative", "block-heads", "mean-result")
 VARIANTS = (
     "plain",
     "stored",
@@ -119,20 +127,24 @@ class Cell:
 def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
     """The cells of the study in the order they are worth measuring (see the module docstring)."""
     tiny = ("tiny-knn", "tiny-top1")
-    everyone, searched = tuple(RANKINGS), ("default", "paper")
+    first, rest = seeds[:1], seeds[1:]
+    searched = ("default", "paper")
+    corrections = ("stored-unguarded", "images-unguarded", "corp-like")
     order = {
-        1: [(p, f, everyone, ("plain",)) for f in (0.75, 0.5) for p in tiny],
-        2: [(p, f, everyone, ("stored", "images")) for f in (0.5, 0.75) for p in tiny],
-        3: [(p, f, everyone, ("stored-unguarded", "images-unguarded", "corp-like")) for f in (0.5, 0.75) for p in tiny],
-        4: [(p, f, searched, ("stored-cls", "stored-f32")) for f in (0.5, 0.75) for p in tiny],
-        5: [(p, f, everyone, ("plain",)) for f in (0.9, 0.6) for p in tiny]
-        + [(p, f, searched, ("stored",)) for f in (0.9, 0.6) for p in tiny],
-        6: [("cifar-knn", f, everyone, ("plain",)) for f in (0.75, 0.5, 0.9, 0.6)]
-        + [("cifar-knn", f, searched, ("stored",)) for f in (0.75, 0.5, 0.9, 0.6)],
+        1: [(first, p, f, MAIN, ("plain",)) for f in (0.75, 0.5) for p in tiny],
+        2: [(first, p, f, CANDIDATES, ("plain",)) for f in (0.75, 0.5) for p in tiny],
+        3: [(rest, p, f, MAIN, ("plain",)) for f in (0.75, 0.5) for p in tiny],
+        4: [(seeds, p, f, MAIN, ("stored", "images")) for f in (0.5, 0.75) for p in tiny],
+        5: [(seeds, p, f, MAIN, corrections) for f in (0.5, 0.75) for p in tiny],
+        6: [(seeds, p, f, searched, ("stored-cls", "stored-f32")) for f in (0.5, 0.75) for p in tiny],
+        7: [(seeds, p, f, MAIN, ("plain",)) for f in (0.9, 0.6) for p in tiny]
+        + [(seeds, p, f, searched, ("stored",)) for f in (0.9, 0.6) for p in tiny],
+        8: [(seeds, "cifar-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5, 0.9, 0.6)]
+        + [(seeds, "cifar-knn", f, searched, ("stored",)) for f in (0.75, 0.5, 0.9, 0.6)],
     }
     for phase in phases:
-        for seed in seeds:
-            for protocol, fraction, rankings, variants in order[phase]:
+        for group, protocol, fraction, rankings, variants in order[phase]:
+            for seed in group:
                 for ranking in rankings:
                     for variant in variants:
                         yield Cell(protocol, ranking, seed, fraction, variant)
@@ -376,7 +388,7 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
         title = f"**{protocol}** ({metric}" + (f", dense {100 * dense:.1f})" if dense is not None else ")")
         lines += ["", title, "", "| ranking | correction | " + " | ".join(f"{f:g} FLOPs" for f in FRACTIONS) + " |"]
         lines.append("|---|---|" + "---:|" * len(FRACTIONS))
-        for ranking in RANKINGS:
+        for ranking in [*MAIN, *CANDIDATES]:
             for variant in VARIANTS:
                 cells = []
                 for fraction in FRACTIONS:
@@ -425,7 +437,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,4,5,6")
+    parser.add_argument("--phases", default="1,2,3,4,5,6,7,8")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
