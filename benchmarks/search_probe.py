@@ -10,7 +10,11 @@ pair the default search uses, i.e. for exactly the slice ``plan(flops=f)`` cuts,
 - ``held-out``: 256 x_calib images in neither the seed's gradient draw nor its search draws.
 
 If a search lowers ``search`` but not ``held-out``, it fits its images; if ``held-out`` does not order the bundles
-as their accuracy does, the fitness is not what the protocols reward. Run after (or while) the study runs::
+as their accuracy does, the fitness is not what the protocols reward. Two other distances of the same pruned
+features are measured on the held-out images to see whether they would: ``cka`` (1 − linear CKA with the dense
+features: similarity structure, blind to rotations and scale, which kNN and linear probes are blind to too) and
+``overlap`` (1 − the mean share of each image's 10 nearest held-out neighbours, by cosine, that the pruned and the
+dense features agree on: what a kNN classifier reads). Run after (or while) the study runs::
 
     OMP_NUM_THREADS=1 python -m benchmarks.search_probe --work /work/study       # probes every bundle; a table
 """
@@ -55,9 +59,36 @@ def probe(study: Study, model_name: str, ranking: str, seed: int) -> dict:
         for name, images in (("search", search), ("heldout", heldout)):
             fitness = FeatureFitness(model, adapter, preprocessed(images, config), scores, settings, cpu)
             candidates = [removed_units(scores, pair, settings.min_keep) for pair in fitness.pairs]
-            out[name] = fitness.distances(candidates)
+            pruned = fitness.pruned_features(candidates)  # [pairs, n, E]
+            out[name] = [
+                1.0 - float(torch.cosine_similarity(fitness.project(z), fitness.target, dim=1).mean()) for z in pruned
+            ]
             out[f"{name}_images"] = len(images)
+            if name == "heldout":
+                dense = fitness.features()[0]
+                out["cka"] = [1.0 - linear_cka(z, dense) for z in pruned]
+                out["overlap"] = [1.0 - neighbour_overlap(z, dense) for z in pruned]
     return out
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two feature sets [n, E] of the same images (1: the same similarity structure)."""
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    return float((x.T @ y).pow(2).sum() / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def neighbour_overlap(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
+    """Mean share of each image's ``k`` nearest other images (cosine) that the two feature sets agree on."""
+
+    def neighbours(f: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional.normalize(f.double(), dim=1)
+        sims = f @ f.T
+        sims.fill_diagonal_(-2.0)
+        return sims.topk(k, dim=1).indices
+
+    a, b = neighbours(x), neighbours(y)
+    shared = (a[:, :, None] == b[:, None, :]).any(dim=2).double().sum(dim=1)
+    return float((shared / k).mean())
 
 
 def main() -> None:
@@ -109,7 +140,8 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
                 h = sum(p["heldout"][i] for p in found) / len(found)
                 cells.append(f"{s:.4f} / {h:.4f}")
             lines.append(f"| {model_name} | {ranking} ({len(found)}) | " + " | ".join(cells) + " |")
-    lines += ["", "| protocol | bundles | " + " | ".join(f"ρ search, held-out @ {f:g}" for f in FRACTIONS) + " |"]
+    measures = ("search", "heldout", "cka", "overlap")
+    lines += ["", "| protocol | bundles | " + " | ".join(f"ρ @ {f:g}" for f in FRACTIONS) + " |"]
     lines.append("|---|---:|" + "---:|" * len(FRACTIONS))
     for protocol, (model_name, metric) in PROTOCOLS.items():
         cells, count = [], 0
@@ -117,21 +149,22 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
             pairs = []
             for (m, ranking, seed), p in probes.items():
                 result = work / "results" / f"{protocol}-{ranking}-seed{seed}-{fraction:g}-plain-n{samples}.json"
-                if m == model_name and result.is_file():
+                if m == model_name and result.is_file() and all(k in p for k in measures):
                     accuracy = json.loads(result.read_text())[metric]
-                    pairs.append((p["search"][i], p["heldout"][i], accuracy))
+                    pairs.append(([p[k][i] for k in measures], accuracy))
             count = max(count, len(pairs))
             if len(pairs) < 3:
                 cells.append("–")
                 continue
-            accuracy = [a for _, _, a in pairs]
-            rho = [_spearman([x[k] for x in pairs], accuracy) for k in (0, 1)]
-            cells.append(f"{rho[0]:+.2f}, {rho[1]:+.2f}")
+            accuracy = [a for _, a in pairs]
+            rho = [_spearman([x[j] for x, _ in pairs], accuracy) for j in range(len(measures))]
+            cells.append(" / ".join(f"{r:+.2f}" for r in rho))
         if count:
             lines.append(f"| {protocol} | {count} | " + " | ".join(cells) + " |")
     lines.append(
-        f"\nFitness: lower is closer to the dense model; ρ: Spearman correlation of fitness with accuracy (−1: the "
-        f"fitness orders the bundles exactly as their accuracy does). {machine()}, load average "
+        f"\nFitness: lower is closer to the dense model. ρ: Spearman correlation with accuracy of the fitness on the "
+        "search images / on held-out images / of 1 − linear CKA / of 1 − neighbour overlap (both on held-out "
+        f"images); −1: the measure orders the bundles exactly as their accuracy does. {machine()}, load average "
         f"{os.getloadavg()[0]:.1f}."
     )
     return "\n".join(lines)
