@@ -34,11 +34,11 @@ number of worker processes share the folder and an interrupted run resumes where
     python -m benchmarks.study --work /work/study --table              # what is measured so far; updates the README
 
 Tasks run in ``--phases`` order: 1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed,
-2 every correction of its ``default`` and ``gradient`` bundles, 3 the candidate searches (``relative``,
-``block-heads``, ``mean-result``: docs/method.md §5.3) for the first seed, 4 phase 1 for the other seeds, 5 the
-guarded corrections, 6 the unguarded ones and ``corp-like``, 7 the statistics variants, 8 the budgets 0.9/0.6,
-9 the CIFAR protocol. A worker finishes its step and stops when ``--work/STOP``
-exists.
+2 those of ``tiny-knn`` for the other seeds, 3 every correction of the first seed's ``default`` and ``gradient``
+bundles, 4 the plain ``tiny-top1`` slices of the other seeds, 5 the candidate searches (``relative``,
+``block-heads``, ``mean-result``: docs/method.md §5.3) for the first seed, 6 the guarded corrections, 7 the
+unguarded ones and ``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10 the CIFAR protocol. A
+worker finishes its step and stops when ``--work/STOP`` exists.
 """
 
 from __future__ import annotations
@@ -134,15 +134,16 @@ def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
     every = ("stored", "images", *corrections, "stored-cls", "stored-f32")
     order = {
         1: [(first, p, f, MAIN, ("plain",)) for f in (0.75, 0.5) for p in tiny],
-        2: [(first, p, f, ("default", "gradient"), every) for f in (0.5, 0.75) for p in tiny],
-        3: [(first, p, f, CANDIDATES, ("plain",)) for f in (0.75, 0.5) for p in tiny],
-        4: [(rest, p, f, MAIN, ("plain",)) for f in (0.75, 0.5) for p in tiny],
-        5: [(seeds, p, f, MAIN, ("stored", "images")) for f in (0.5, 0.75) for p in tiny],
-        6: [(seeds, p, f, MAIN, corrections) for f in (0.5, 0.75) for p in tiny],
-        7: [(seeds, p, f, searched, ("stored-cls", "stored-f32")) for f in (0.5, 0.75) for p in tiny],
-        8: [(seeds, p, f, MAIN, ("plain",)) for f in (0.9, 0.6) for p in tiny]
+        2: [(rest, "tiny-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5)],
+        3: [(first, p, f, ("default", "gradient"), every) for f in (0.5, 0.75) for p in tiny],
+        4: [(rest, "tiny-top1", f, MAIN, ("plain",)) for f in (0.75, 0.5)],
+        5: [(first, p, f, CANDIDATES, ("plain",)) for f in (0.75, 0.5) for p in tiny],
+        6: [(seeds, p, f, MAIN, ("stored", "images")) for f in (0.5, 0.75) for p in tiny],
+        7: [(seeds, p, f, MAIN, corrections) for f in (0.5, 0.75) for p in tiny],
+        8: [(seeds, p, f, searched, ("stored-cls", "stored-f32")) for f in (0.5, 0.75) for p in tiny],
+        9: [(seeds, p, f, MAIN, ("plain",)) for f in (0.9, 0.6) for p in tiny]
         + [(seeds, p, f, searched, ("stored",)) for f in (0.9, 0.6) for p in tiny],
-        9: [(seeds, "cifar-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5, 0.9, 0.6)]
+        10: [(seeds, "cifar-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5, 0.9, 0.6)]
         + [(seeds, "cifar-knn", f, searched, ("stored",)) for f in (0.75, 0.5, 0.9, 0.6)],
     }
     for phase in phases:
@@ -440,7 +441,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--phases", default="1,2,3,4,5,6,7,8,9,10")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
