@@ -129,3 +129,17 @@ def test_the_options_are_recorded_and_the_paper_preset_keeps_the_papers(data):
     )
     with pytest.raises(SnapvitError, match="ga_fitness must be one of mean, relative"):
         ScoreSettings(ga_fitness="median")
+
+
+def test_score_snip_gives_the_search_snips_scores_to_reweight(data):
+    """``score="snip"`` ranks as method ``snip`` does, so the search can re-weight SNIP scores (issue 28)."""
+    snip = score_model(make_small_model("dino"), "snip", data=data, **FAST)
+    raw = score_model(make_small_model("dino"), "gradient", data=data, score="snip", **FAST)
+    assert torch.equal(raw.mlp, snip.mlp) and torch.equal(raw.heads, snip.heads)
+    assert raw.settings["score"] == "snip" and raw.settings["snip_alpha"] == 1e-3
+    sqgrad = score_model(make_small_model("dino"), "gradient", data=data, **FAST)
+    assert not torch.equal(sqgrad.mlp, snip.mlp) and "snip_alpha" not in sqgrad.settings
+    searched = score_model(make_small_model("dino"), "snapvit", data=data, score="snip", **{**FAST, "ga_evals": 7})
+    assert torch.equal(searched.extras["raw.mlp"], snip.mlp) and searched.settings["score"] == "snip"
+    weights = searched.extras["ga.mlp_weight"]
+    torch.testing.assert_close(searched.mlp, snip.mlp * weights[:, None], rtol=0, atol=0)

@@ -22,7 +22,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 MAX_WIDTH = 120  # wider help lines are harder to read
-CHOICES_INLINE = 34  # a spelling with its choices longer than this shows them in the help text instead
+CHOICES_INLINE = 32  # a spelling with its choices longer than this shows them in the help text instead
 OPTIONS = "Options"
 
 

@@ -145,7 +145,8 @@ def score(
         ScoreFormula,
         typer.Option(
             "--score",
-            help="sqgrad (mean squared summed gradient, as the paper), fisher or taylor.",
+            help="sqgrad (mean squared summed gradient, as the paper), fisher, taylor or snip (what --method snip "
+            "ranks by, for the search to re-weight).",
             rich_help_panel=SCORING,
         ),
     ] = DEFAULTS.score,

@@ -14,7 +14,7 @@ from torch import nn
 from snapvit_cli.adapters import HEADS, MLP, UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import unit_view
 from snapvit_cli.scoreset import ScoreSet
-from snapvit_cli.scoring.gradient import UnitGradients, per_unit, scores_from_gradients
+from snapvit_cli.scoring.gradient import UnitGradients, per_unit, scores_from_gradients, unit_scores
 from snapvit_cli.scoring.settings import ScoreSettings
 
 
@@ -69,14 +69,7 @@ def snip_unit_scores(grads: UnitGradients, alpha: float) -> dict[str, torch.Tens
 
     Quirk fixed (§13.7): the reference squares m again for heads (mean of m²) but not for neurons; both use m here.
     """
-    out = {}
-    for kind in UNIT_KINDS:
-        rows = []
-        for summed, weights in zip(grads.summed[kind], grads.weights[kind], strict=True):
-            g, w = per_unit(summed), per_unit(weights)
-            rows.append(((g * w).abs() + alpha * w.square()).mean(dim=1))
-        out[kind] = torch.stack(rows)
-    return out
+    return unit_scores(grads, "snip", alpha)
 
 
 def snip_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:

@@ -197,13 +197,14 @@ def per_unit(views: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.transpose(0, 1).reshape(v.shape[1], -1) for v in views], dim=1)
 
 
-def unit_scores(grads: UnitGradients, formula: str) -> dict[str, torch.Tensor]:
+def unit_scores(grads: UnitGradients, formula: str, snip_alpha: float = 1e-3) -> dict[str, torch.Tensor]:
     """``[blocks, units]`` float64 scores per kind (§3.2).
 
     ``sqgrad`` (reference): mean over the unit's weights of G², i.e. (1/E)·Σ_k G[j,k]² for a neuron and
     (1/(hd·E))·Σ over its value rows for a head. ``fisher``: the same mean of Σ_batches (batch gradient)², the
     empirical Fisher of batch means. ``taylor``: |Σ G·W| over the unit's weights, the first-order change of the loss
-    when the unit is removed.
+    when the unit is removed. ``snip``: mean over the unit's weights of |G ⊙ W| + α·W² (method ``snip``'s scores,
+    §9; the search can re-weight them like any raw scores).
     """
     out = {}
     for kind in UNIT_KINDS:
@@ -217,6 +218,9 @@ def unit_scores(grads: UnitGradients, formula: str) -> dict[str, torch.Tensor]:
                 rows.append(per_unit(grads.squared[kind][i]).mean(dim=1))
             elif formula == "taylor":
                 rows.append((per_unit(summed) * per_unit(grads.weights[kind][i])).sum(dim=1).abs())
+            elif formula == "snip":
+                g, w = per_unit(summed), per_unit(grads.weights[kind][i])
+                rows.append(((g * w).abs() + snip_alpha * w.square()).mean(dim=1))
             else:
                 raise ValueError(f"unknown score formula {formula!r}")
         out[kind] = torch.stack(rows)
@@ -311,5 +315,10 @@ def scores_from_gradients(
 
 def gradient_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSettings) -> ScoreSet:
     """Method ``gradient``: the raw gradient scores, without xNES re-weighting (multipliers all one)."""
-    reduce = lambda grads: unit_scores(grads, settings.score)  # noqa: E731
-    return scores_from_gradients(model, adapter, settings, "gradient", reduce, {"score": settings.score})
+    reduce = lambda grads: unit_scores(grads, settings.score, settings.snip_alpha)  # noqa: E731
+    return scores_from_gradients(model, adapter, settings, "gradient", reduce, score_record(settings))
+
+
+def score_record(settings: ScoreSettings) -> dict:
+    """The score formula as a bundle records it (with its α for ``snip``)."""
+    return {"score": settings.score, **({"snip_alpha": settings.snip_alpha} if settings.score == "snip" else {})}

@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 CROP_MODES = ("independent", "legacy")
 LOSSES = ("dino", "ce")
-SCORE_FORMULAS = ("sqgrad", "fisher", "taylor")
+SCORE_FORMULAS = ("sqgrad", "fisher", "taylor", "snip")
 # How the search runs a candidate: a physically sliced model (cost ∝ kept FLOPs) or the dense model with masks.
 GA_EVALUATIONS = ("sliced", "masked")
 # How the fitness combines the search pairs (§5.3): the mean of their distances (the paper: the harshest budgets,

@@ -15,7 +15,7 @@ from snapvit_cli.data import describe
 from snapvit_cli.devices import resolve_device
 from snapvit_cli.scoreset import ScoreSet
 from snapvit_cli.scoring.calibration import calibration_images, preprocessed, scoring_mode
-from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, unit_scores
+from snapvit_cli.scoring.gradient import gradient_pass, gradient_settings, score_record, unit_scores
 from snapvit_cli.scoring.heap import release_freed_memory
 from snapvit_cli.scoring.search import (
     FeatureFitness,
@@ -60,7 +60,7 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
         run = gradient_pass(model, adapter, settings, device)
         release_freed_memory()
         timings["gradients_s"] = run.seconds
-        raw = unit_scores(run.grads, settings.score)
+        raw = unit_scores(run.grads, settings.score, settings.snip_alpha)
         if settings.ga_evals == 0:
             return _without_search(raw, settings, run, device, timings)
 
@@ -89,7 +89,7 @@ def snapvit_scores(model: nn.Module, adapter: ModelAdapter, settings: ScoreSetti
         method="snapvit",
         settings={
             **gradient_settings(settings, run, device),
-            "score": settings.score,
+            **score_record(settings),
             **settings.record(SEARCH_SETTINGS),
             "ga_samples": len(ga_images),
             "ga_data": describe(ga_images),
@@ -122,7 +122,7 @@ def _without_search(raw: dict, settings: ScoreSettings, run, device, timings: di
         method="snapvit",
         settings={
             **gradient_settings(settings, run, device),
-            "score": settings.score,
+            **score_record(settings),
             **settings.record(SEARCH_SETTINGS),
             "xnes": None,
         },
