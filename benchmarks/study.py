@@ -35,8 +35,8 @@ number of worker processes share the folder and an interrupted run resumes where
 
 Tasks run in ``--phases`` order: 1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed,
 2 those of ``tiny-knn`` for the other seeds, 3 every correction of the first seed's ``default`` and ``gradient``
-bundles, 4 the plain ``tiny-top1`` slices of the other seeds, 5 the candidate searches (``relative``,
-``block-heads``, ``mean-result``: docs/method.md §5.3) for the first seed, 6 the guarded corrections, 7 the
+bundles, 4 the plain ``tiny-top1`` slices of the other seeds, 5 the candidate searches (``snip-search``,
+``relative``, ``block-heads``, ``mean-result``: docs/method.md §5) for the first seed, 6 the guarded corrections, 7 the
 unguarded ones and ``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10 the CIFAR protocol. A
 worker finishes its step and stops when ``--work/STOP`` exists.
 """
@@ -79,6 +79,8 @@ MODELS = {
 }
 # protocol -> (model, headline metric)
 PROTOCOLS = {"tiny-knn": ("tiny", "knn"), "tiny-top1": ("in1k", "top1"), "cifar-knn": ("tiny", "knn")}
+# protocol -> every metric it reports, in table order
+METRICS = {"tiny-knn": ("knn",), "tiny-top1": ("top1", "top1_50"), "cifar-knn": ("knn",)}
 # ranking -> (scoring method, score_model keywords besides data, samples and seed)
 RANKINGS: dict[str, tuple[str, dict]] = {
     "default": ("snapvit", {}),
@@ -89,9 +91,10 @@ RANKINGS: dict[str, tuple[str, dict]] = {
     "relative": ("snapvit", {"ga_fitness": "relative"}),
     "block-heads": ("snapvit", {"ga_heads": "block"}),
     "mean-result": ("snapvit", {"ga_result": "mean"}),
+    "snip-search": ("snapvit", {"score": "snip"}),
 }
 MAIN = ("default", "paper", "gradient", "snip")
-CANDIDATES = ("relative", "block-heads", "mean-result")
+CANDIDATES = ("snip-search", "relative", "block-heads", "mean-result")
 VARIANTS = (
     "plain",
     "stored",
@@ -391,7 +394,7 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
     records = [json.loads(p.read_text()) for p in sorted((work / "results").glob(f"*-n{samples}.json"))]
     records = [r for r in records if r["seed"] in seeds]
     lines = []
-    for protocol, (_, metric) in PROTOCOLS.items():
+    for protocol, metric in ((p, m) for p in PROTOCOLS for m in METRICS[p]):
         mine = [r for r in records if r["protocol"] == protocol]
         if not mine:
             continue
