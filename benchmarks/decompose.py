@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import log
+from benchmarks.common import log, write_readme_block
 from benchmarks.study import MODELS, PROTOCOLS, Study, source_order_scores
 from snapvit_cli.adapters import HEADS, MLP
 from snapvit_cli.data import preprocess
@@ -48,12 +48,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--fractions", default="0.75,0.5")
+    parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
+    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
     args = parser.parse_args()
     study = Study(args.work, args.samples)
     folder = args.work / "decompose"
     folder.mkdir(exist_ok=True)
     fractions = [float(f) for f in args.fractions.split(",")]
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in [] if args.table else [int(s) for s in args.seeds.split(",")]:
         for model_name in MODELS:
             paths = {r: study.bundle_path(model_name, r, seed) for r in SOURCES}
             if not all(p.is_file() for p in paths.values()):
@@ -81,7 +83,10 @@ def main() -> None:
                             result = {"allocation": allocation, "order": order, "seed": seed, "fraction": fraction}
                             path.write_text(json.dumps({**result, **metrics, "widths": widths}, indent=2))
                             log(f"{path.name}: {metrics} ({time.perf_counter() - start:.0f} s)")
-    print(table(folder))
+    text = table(folder)
+    print(text)
+    if not args.no_readme:
+        write_readme_block("decompose-benchmark", text)
 
 
 def table(folder: Path) -> str:

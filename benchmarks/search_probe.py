@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import log, machine
+from benchmarks.common import log, machine, write_readme_block
 from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Study, source_order_scores
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.elastic.bundle import load_bundle
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--table", action="store_true", help="only print the table of what is probed")
+    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
     args = parser.parse_args()
     study = Study(args.work, args.samples)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -114,7 +115,10 @@ def main() -> None:
                     record = probe(study, model_name, ranking, seed)
                     path.write_text(json.dumps(record, indent=2))
                     log(f"{path.name}: {record} ({time.perf_counter() - start:.0f} s)")
-    print(render(args.work, args.samples, seeds))
+    text = render(args.work, args.samples, seeds)
+    print(text)
+    if not args.no_readme:
+        write_readme_block("search-probe-benchmark", text)
 
 
 def render(work: Path, samples: int, seeds: list[int]) -> str:
