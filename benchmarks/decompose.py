@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import log, write_readme_block
-from benchmarks.study import MODELS, PROTOCOLS, Study, source_order_scores
+from benchmarks.study import MODELS, PROTOCOLS, Study
 from snapvit_cli.adapters import HEADS, MLP
 from snapvit_cli.data import preprocess
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
@@ -61,7 +61,7 @@ def main() -> None:
             if not all(p.is_file() for p in paths.values()):
                 continue
             model, source = study.model(model_name)
-            scores = {r: source_order_scores(load_bundle(p)) for r, p in paths.items()}
+            scores = {r: load_bundle(p).source_scores() for r, p in paths.items()}
             for allocation in SOURCES:
                 for order in SOURCES:
                     name = f"{model_name}-{allocation}-x-{order}-seed{seed}-n{args.samples}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import log, machine, write_readme_block
-from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Study, source_order_scores
+from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Study
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.elastic.bundle import load_bundle
 from snapvit_cli.scoring.calibration import input_config, preprocessed
@@ -43,7 +43,7 @@ def probe(study: Study, model_name: str, ranking: str, seed: int) -> dict:
     model, _ = study.model(model_name)
     adapter = get_adapter(model)
     bundle = load_bundle(study.bundle_path(model_name, ranking, seed))
-    scores = source_order_scores(bundle)
+    scores = bundle.source_scores()
     settings = ScoreSettings(ga_flops=FRACTIONS, device="cpu")
     calib = study.images(TINY_DATA, "calib")
     search_count = ScoreSettings(samples=study.samples).ga_sample_count

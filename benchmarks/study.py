@@ -57,14 +57,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import log, machine, revision, shared_data, write_readme_block
-from snapvit_cli.adapters import HEADS, MLP
 from snapvit_cli.correction.apply import correct_bundle_slice
 from snapvit_cli.correction.result import DEFAULT_TOKENS
 from snapvit_cli.correction.solver import DEFAULT_DAMPING
 from snapvit_cli.correction.statistics import CorrectionStatistics, collect_correction_statistics
 from snapvit_cli.correction.stored import correct_from_bundle
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess
-from snapvit_cli.elastic.bundle import SCORE_KEYS, ElasticBundle, load_bundle, write_bundle
+from snapvit_cli.elastic.bundle import load_bundle, write_bundle
 from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.evaluation.evaluate import extract_features
 from snapvit_cli.evaluation.knn import knn_accuracy
@@ -321,13 +320,6 @@ class Study:
             )
         steps.append((cell.name, self.result_path(cell), lambda: self.measure(cell)))
         return steps
-
-
-def source_order_scores(bundle: ElasticBundle) -> dict[str, torch.Tensor]:
-    """The bundle's scores in the scored model's unit order, as stored (``bundle.scores`` follows the bundle's own,
-    descending, unit order: pairing it with the source model's units would rank the wrong units)."""
-    stored = bundle.read_tensors([SCORE_KEYS[MLP], SCORE_KEYS[HEADS]])
-    return {MLP: stored[SCORE_KEYS[MLP]].double(), HEADS: stored[SCORE_KEYS[HEADS]].double()}
 
 
 def run_worker(study: Study, cells: list[Cell]) -> None:

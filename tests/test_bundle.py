@@ -43,6 +43,9 @@ def test_bundle_scores_and_order(written):
         ordered = bundle.scores[kind]
         assert torch.all(ordered[:, :-1] >= ordered[:, 1:])  # descending: any budget is a prefix
         assert torch.equal(ordered, tensors[f"scores.{kind}"].gather(1, tensors[f"order.{kind}"]))
+    source = bundle.source_scores()  # the scored model's order: what pairs with the source model's units
+    assert torch.equal(source["mlp"], expected.mlp) and torch.equal(source["heads"], expected.heads)
+    assert not torch.equal(source["mlp"], bundle.scores["mlp"])  # magnitude scores are not already descending
 
 
 def test_metadata_is_self_describing(written):

@@ -212,6 +212,14 @@ class ElasticBundle:
     def cost(self, resolution: int | None = None) -> CostTerms:
         return self._adapter.cost_terms(resolution)
 
+    def source_scores(self) -> dict[str, torch.Tensor]:
+        """The scores in the scored model's own unit order, per kind ``[blocks, units]``: what to pair with the
+        source model's units (``scores`` follows the bundle's permuted order, descending per block)."""
+        return {
+            kind: torch.empty_like(values).scatter_(1, self._orders[kind], values)
+            for kind, values in self.scores.items()
+        }
+
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor of the file by its stored name (e.g. ``raw.mlp``), read on demand."""
         with self._file.reading(), self._file.safe_open() as f:
