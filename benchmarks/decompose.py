@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import log, write_readme_block
+from benchmarks.common import log, machine, write_readme_block
 from benchmarks.study import MODELS, PROTOCOLS, Study
 from snapvit_cli.adapters import HEADS, MLP
 from snapvit_cli.data import preprocess
@@ -109,6 +110,10 @@ def table(folder: Path) -> str:
                     values = [100 * r[metric] for r in mine if (r["allocation"], r["order"]) == (allocation, order)]
                     cells.append(f"{sum(values) / len(values):.1f} ({len(values)})" if values else "–")
                 lines.append(f"| {allocation} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nTable of `python -m benchmarks.decompose --work {folder.parent} --table` at "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}. Each cell: mean over the seeds measured (n)."
+    )
     return "\n".join(lines)
 
 

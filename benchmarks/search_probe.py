@@ -168,7 +168,8 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
     lines.append(
         f"\nFitness: lower is closer to the dense model. ρ: Spearman correlation with accuracy of the fitness on the "
         "search images / on held-out images / of 1 − linear CKA / of 1 − neighbour overlap (both on held-out "
-        f"images); −1: the measure orders the bundles exactly as their accuracy does. {machine()}, load average "
+        f"images); −1: the measure orders the bundles exactly as their accuracy does. Table of `python -m "
+        f"benchmarks.search_probe --work {work} --table`; {machine()}, load average "
         f"{os.getloadavg()[0]:.1f}."
     )
     return "\n".join(lines)
