@@ -4,6 +4,7 @@ timestamped progress on stderr, pooled features, and rewriting a script's marked
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -60,6 +61,14 @@ def features(
 
     model = model.eval().to(device)
     return extract_features(model, images, transform, batch_size=batch_size, device=device, progress=progress)
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write ``record`` to ``path`` atomically, through a temporary file of this process (several worker
+    processes may write into one folder)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
 
 
 def revision() -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import log, machine, write_readme_block
+from benchmarks.common import log, machine, write_json, write_readme_block
 from benchmarks.study import MODELS, PROTOCOLS, Study
 from snapvit_cli.adapters import HEADS, MLP
 from snapvit_cli.data import preprocess
@@ -82,7 +82,7 @@ def main() -> None:
                             metrics = study.evaluate(bundle.slice(plan), protocol, preprocess(source.pretrained_cfg))
                             widths = {"mlp": list(plan.widths.mlp), "heads": list(plan.widths.heads)}
                             result = {"allocation": allocation, "order": order, "seed": seed, "fraction": fraction}
-                            path.write_text(json.dumps({**result, **metrics, "widths": widths}, indent=2))
+                            write_json(path, {**result, **metrics, "widths": widths})
                             log(f"{path.name}: {metrics} ({time.perf_counter() - start:.0f} s)")
     text = table(folder)
     print(text)

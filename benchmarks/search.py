@@ -39,7 +39,16 @@ from pathlib import Path
 import torch
 
 from benchmarks.accuracy import balanced_subset
-from benchmarks.common import REAL_CHECKPOINT, REAL_DATA, features, log, machine, shared_data, write_readme_block
+from benchmarks.common import (
+    REAL_CHECKPOINT,
+    REAL_DATA,
+    features,
+    log,
+    machine,
+    shared_data,
+    write_json,
+    write_readme_block,
+)
 from snapvit_cli.adapters import HEADS, MLP, get_adapter
 from snapvit_cli.data import load_images, preprocess
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
@@ -271,9 +280,9 @@ class Study:
             record["gmacs"][str(fraction)] = plan.gmacs
             record["memory"], record["queries"] = len(self.memory), len(self.queries)
             record["samples"] = self.args.samples
-            _write_json(result_path, record)
+            write_json(result_path, record)
             log(f"{label}: kNN top-1 {accuracy:.4f} ({plan.gmacs:.3f} GMACs)")
-        _write_json(result_path, record)
+        write_json(result_path, record)
 
 
 def load_results(work: Path, names: list[str]) -> list[list[dict]]:
@@ -364,12 +373,6 @@ def _progress(label: str):
 def _save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.replace(path)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import log, machine, write_readme_block
+from benchmarks.common import log, machine, write_json, write_readme_block
 from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Study
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.elastic.bundle import load_bundle
@@ -113,7 +113,7 @@ def main() -> None:
                         continue
                     start = time.perf_counter()
                     record = probe(study, model_name, ranking, seed)
-                    path.write_text(json.dumps(record, indent=2))
+                    write_json(path, record)
                     log(f"{path.name}: {record} ({time.perf_counter() - start:.0f} s)")
     text = render(args.work, args.samples, seeds)
     print(text)

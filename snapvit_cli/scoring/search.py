@@ -103,15 +103,16 @@ def _zero_scores(adapter: ModelAdapter) -> dict[str, torch.Tensor]:
     return {kind: torch.zeros(adapter.num_blocks, widths.of(kind)[0]) for kind in (MLP, HEADS)}
 
 
-def head_multipliers(adapter: ModelAdapter, settings: ScoreSettings) -> int:
-    """Head multipliers per block in θ: one per head, or one for all of them (``ga_heads="block"``)."""
-    return adapter.widths().heads[0] if settings.ga_heads == "head" else 1
+def head_multipliers(heads: int, settings: ScoreSettings) -> int:
+    """Head multipliers per block in θ for blocks of ``heads`` heads: one per head, or one for all of them
+    (``ga_heads="block"``)."""
+    return heads if settings.ga_heads == "head" else 1
 
 
 def search_population(adapter: ModelAdapter, settings: ScoreSettings) -> int:
     """λ of the search: ``ga_population``, else xNES's default for θ's length (one multiplier per block for its
     MLP neurons, and per block or per head for its heads)."""
-    dim = adapter.num_blocks * (1 + head_multipliers(adapter, settings))
+    dim = adapter.num_blocks * (1 + head_multipliers(adapter.widths().heads[0], settings))
     return settings.ga_population or default_population_size(dim)
 
 
@@ -358,9 +359,12 @@ def search_multipliers(
 
     if progress is not None:
         progress("xnes", 0, settings.ga_evals, None)
-    start = initial_mean(blocks, heads if settings.ga_heads == "head" else 1, *settings.ga_init)
+    def clipped(x: np.ndarray) -> np.ndarray:  # as xNES clips what it evaluates
+        return np.clip(x, *settings.ga_bounds) if settings.ga_bounds else x
+
+    start = initial_mean(blocks, head_multipliers(heads, settings), *settings.ga_init)
     if settings.ga_fitness == "relative":
-        fitness.set_reference(np.clip(start, *settings.ga_bounds) if settings.ga_bounds else start)
+        fitness.set_reference(clipped(start))
     result = minimize(
         fitness,
         start,
@@ -375,7 +379,7 @@ def search_multipliers(
     )
     chosen, value, trace = result.best_x, result.best_fitness, list(result.trace)
     if settings.ga_result == "mean":
-        chosen = np.clip(result.mean, *settings.ga_bounds) if settings.ga_bounds else result.mean
+        chosen = clipped(result.mean)
         value = fitness(chosen.copy())
         trace.append(value)
     mlp_weight, head_weight = split_multipliers(chosen, blocks, heads)
