@@ -98,7 +98,13 @@ def _children(pid: int) -> list[int]:
 
 
 def _rank_of(pid: int) -> int | None:
-    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+    """The RANK a process was started with; None without one, or when it has already exited (a short-lived
+    child of the launcher can end between listing and reading)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except (ProcessLookupError, FileNotFoundError):
+        return None
+    for item in environ.split(b"\0"):
         if item.startswith(b"RANK="):
             return int(item[5:])
     return None
