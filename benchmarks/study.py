@@ -21,6 +21,7 @@ Rankings: ``default`` (method snapvit, today's default search), ``paper`` (``--p
 - ``stored`` / ``stored-unguarded``: ``slice --correct`` on statistics of the same calibration images stored in the
   bundle, with and without the per-layer guard;
 - ``images`` / ``images-unguarded``: ``slice --correct --data`` on those images, with and without the guards;
+- ``images-readout``: ``images`` with the stored correction's per-layer class-token guard as well;
 - ``corp-like``: CORP's compensation (arXiv 2602.05243) as it applies to whole heads and neurons: a ridge fit of
   each consumer layer on those images, every token alike, dense inputs, ridge 0.01 × mean diag H, no guard
   (CORP's intercept, a bias update, is left out: snapvit's correction re-fits weights only);
@@ -39,7 +40,7 @@ Tasks run in ``--phases`` order: 1 the plain slices at 0.75/0.5 on the Tiny-Imag
 bundles, 5 the first seed's candidate searches on ``tiny-knn`` (``snip-search``, ``relative``, ``mild``: docs/method.md
 §5), 4 the plain ``tiny-top1`` slices of the other seeds, 6 the guarded corrections, 7 the unguarded ones and
 ``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10 the CIFAR protocol, 11 every candidate on both
-Tiny-ImageNet protocols. A worker finishes its step and stops when ``--work/STOP`` exists.
+Tiny-ImageNet protocols, 12 ``images-readout``. A worker finishes its step and stops when ``--work/STOP`` exists.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ VARIANTS = (
     "plain",
     "stored",
     "images",
+    "images-readout",
     "stored-unguarded",
     "images-unguarded",
     "corp-like",
@@ -152,6 +154,7 @@ def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
         10: [(seeds, "cifar-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5, 0.9, 0.6)]
         + [(seeds, "cifar-knn", f, searched, ("stored",)) for f in (0.75, 0.5, 0.9, 0.6)],
         11: [(first, p, f, CANDIDATES, ("plain",)) for f in (0.75, 0.5) for p in tiny],
+        12: [(seeds, p, f, MAIN, ("images-readout",)) for f in (0.5, 0.75) for p in tiny],
     }
     for phase in phases:
         for group, protocol, fraction, rankings, variants in order[phase]:
@@ -242,7 +245,8 @@ class Study:
                 bundle, plan, images, tokens="all", damping=DEFAULT_DAMPING, sequential=False, guard=False
             )
         else:
-            result = correct_bundle_slice(bundle, plan, self.calibration(cell.seed), guard=guard)
+            readout = cell.variant == "images-readout"
+            result = correct_bundle_slice(bundle, plan, self.calibration(cell.seed), guard=guard, guard_readout=readout)
         info["correction"] = {
             "seconds": time.perf_counter() - start,
             "layers": len(result.layers),
@@ -442,7 +446,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,5,4,6,7,8,9,10,11")
+    parser.add_argument("--phases", default="1,2,3,5,4,6,7,8,9,10,11,12")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
