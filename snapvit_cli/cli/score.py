@@ -227,7 +227,7 @@ def score(
             "--correction-stats",
             help="Also store the dense model's input statistics of every fc2/attn.proj on the scoring images "
             "(--samples, --seed), so that `slice --correct` needs no images at any budget. Grows the bundle by "
-            "about 2·(mlp_hidden² + embed_dim²)·8 bytes per block (ViT-Tiny: +~120 MB, ViT-B: +~1.9 GB).",
+            "about 2·(mlp_hidden² + embed_dim²)·4 bytes per block (ViT-Tiny: +~60 MB, ViT-B: +~0.96 GB).",
             rich_help_panel=CORRECTION,
         ),
     ] = False,

@@ -9,11 +9,12 @@ What is stored is exactly what the image-driven correction accumulates (:class:`
 TokenStatistics`), for every consumer layer at full width: the readout rows and the other rows, on the fit images
 and on the held-back ones (every ``holdout``-th image, as the image-driven correction splits them), so every
 ``--correct-tokens`` choice, the per-layer damping choice and the per-layer guard work on them unchanged. Each
-second moment is stored as the float64 upper triangle of ``Σ x xᵀ / rows``, permuted like the bundle's units: the
-bytes of a float32 full matrix, without its rounding (float32 values moved the solved weights of a small model by
-up to 8e-5 relative at the smallest damping). Row counts follow from the image counts in the metadata record
-(:class:`~snapvit_cli.elastic.records.CorrectionStats`). How they are stored (names, packing, unit order) is part of
-the bundle format: :mod:`snapvit_cli.elastic.stats_layout`.
+second moment is accumulated in float64 and stored as the float32 upper triangle of ``Σ x xᵀ / rows``, permuted like
+the bundle's units: the rounding moved the solved weights of a small model by up to 8e-5 relative at the smallest
+damping, and no accuracy in the study of issue 28 (``stored-f32`` in benchmarks/README.md), at half the bytes of
+float64 (which bundles written before hold, and which are still read). Row counts follow from the image counts in
+the metadata record (:class:`~snapvit_cli.elastic.records.CorrectionStats`). How they are stored (names, packing,
+unit order) is part of the bundle format: :mod:`snapvit_cli.elastic.stats_layout`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from snapvit_cli.correction.walk import (
     run_collecting,
 )
 from snapvit_cli.data import ImageSet, describe, load_images, make_loader, preprocess
-from snapvit_cli.elastic.records import CorrectionStats
-from snapvit_cli.elastic.stats_layout import PARTS, SPLITS, pack, tensor_name, unpack
+from snapvit_cli.elastic.records import STATS_DTYPES, STATS_STORAGE, CorrectionStats
+from snapvit_cli.elastic.stats_layout import PARTS, SPLITS, pack, storage_dtype, tensor_name, unpack
 from snapvit_cli.errors import BundleError, DataError
 
 if TYPE_CHECKING:
@@ -56,9 +57,10 @@ class _Packed(ABC):
         """The packed tensors called ``names``."""
 
     def _check(self, name: str, packed: Tensor) -> None:
-        """A bundle's statistics are data from a stranger: float64 and finite, or a one-line error."""
-        if packed.dtype != torch.float64:
-            raise BundleError(f"{self._where}: {name} is {packed.dtype}, expected float64")
+        """A bundle's statistics are data from a stranger: of their layout's dtype and finite, or a one-line error."""
+        expected = storage_dtype(self.record.storage)
+        if packed.dtype != expected:
+            raise BundleError(f"{self._where}: {name} is {packed.dtype}, expected {expected}")
         if not torch.isfinite(packed).all():
             raise BundleError(f"{self._where}: {name} contains NaN or infinity")
 
@@ -95,7 +97,8 @@ class CorrectionStatistics(_Packed):
 
 class StoredStatistics(_Packed):
     """A bundle's statistics, read one layer at a time when the solve asks for it (unpacked all at once, a ViT-B's
-    would take about 4 GB): float64, finite, second moments, or a :class:`~snapvit_cli.errors.BundleError`.
+    would take about 4 GB): of the layout's dtype, finite, second moments, or a
+    :class:`~snapvit_cli.errors.BundleError`.
     ``read(names)`` returns those tensors of the file, whose shapes the bundle checked against
     :func:`expected_shapes` when it was opened."""
 
@@ -117,16 +120,20 @@ def collect_correction_statistics(
     batch_size: int = 64,
     holdout: int = DEFAULT_HOLDOUT,
     device: torch.device | str = "cpu",
+    storage: str = STATS_STORAGE,
     progress: Progress | None = None,
 ) -> CorrectionStatistics:
     """One pass of the dense ``model`` over ``images`` in the eval transform of ``pretrained_cfg`` at ``resolution``
     (default: the size the model was built for), as ``slice --correct --data`` reads them, accumulating every
     consumer layer's statistics in float64 on ``device`` (one block's at a time; packed when the block is done).
     ``images`` is an :class:`~snapvit_cli.data.ImageSet` or a ``--data`` string, of whose train split ``samples``
-    images are drawn with ``seed``. The result goes to :func:`~snapvit_cli.elastic.bundle.write_bundle`'s
-    ``correction_stats``."""
+    images are drawn with ``seed``. ``storage`` is the stored layout (:data:`~snapvit_cli.elastic.records.STATS_DTYPES`:
+    float32, or float64 as bundles written before hold). The result goes to
+    :func:`~snapvit_cli.elastic.bundle.write_bundle`'s ``correction_stats``."""
     if holdout < 2:
         raise ValueError(f"holdout must be at least 2, got {holdout}")
+    if storage not in STATS_DTYPES:
+        raise ValueError(f"unknown statistics layout {storage!r}")
     start = time.perf_counter()
     if not isinstance(images, ImageSet):
         images = load_images(str(images), "train", samples=samples, seed=seed)
@@ -135,6 +142,7 @@ def collect_correction_statistics(
     readout, prefix = readout_of(model)
     model.eval().to(device)
     tensors: dict[str, Tensor] = {}
+    dtype = storage_dtype(storage)
     with torch.no_grad():
         loader = make_loader(images, transform, batch_size)
         fit, held, _, kwargs = capture_block_inputs(model, adapter, loader, device, holdout, progress)
@@ -153,7 +161,8 @@ def collect_correction_statistics(
             for c in found:
                 for split in SPLITS:
                     for part in PARTS:
-                        tensors[tensor_name(c.name, split, part)] = pack(getattr(stats[split][c.name], part).hessian)
+                        moment = getattr(stats[split][c.name], part).hessian
+                        tensors[tensor_name(c.name, split, part)] = pack(moment, dtype)
             if progress:
                 progress("blocks", i + 1, adapter.num_blocks)
     record = CorrectionStats(
@@ -164,6 +173,7 @@ def collect_correction_statistics(
         readout=readout,
         prefix=prefix,
         data=describe(images),
+        storage=storage,
     )
     return CorrectionStatistics(record, tensors, time.perf_counter() - start)
 

@@ -36,7 +36,7 @@ from snapvit_cli.adapters import HEADS, MLP, ModelAdapter, Widths, get_adapter
 from snapvit_cli.adapters.cost import CostTerms
 from snapvit_cli.elastic.artifacts import HEADER_KEY as METADATA_KEY
 from snapvit_cli.elastic.budget import DEFAULT_HEAD_OFFSET, DEFAULT_MIN_KEEP, SlicePlan, plan_slice
-from snapvit_cli.elastic.records import BundleMetadata, Scoring, environment
+from snapvit_cli.elastic.records import STATS_DTYPES, BundleMetadata, Scoring, environment
 from snapvit_cli.elastic.safetensors_io import OpenFile, save_canonical
 from snapvit_cli.elastic.sliced import save_sliced, sliced_config
 from snapvit_cli.elastic.stats_layout import STATS_PREFIX, StatisticsToStore, expected_shapes, to_tensors
@@ -436,10 +436,11 @@ def _check_tensors(metadata: BundleMetadata, shapes: dict, skeleton: nn.Module, 
 
 def _expected_dtypes(metadata: BundleMetadata, skeleton: nn.Module, adapter: ModelAdapter) -> dict[str, str]:
     """The dtype of every tensor the metadata implies: the skeleton's for weights, as :func:`write_bundle` stores
-    scores (float64), orders (int64) and correction statistics (float64)."""
+    scores (float64), orders (int64) and correction statistics (in the dtype their record's layout names)."""
     expected = {WEIGHT_PREFIX + k: dtype_name(v.dtype) for k, v in skeleton.state_dict().items()}
     expected.update({key: "F64" for key in SCORE_KEYS.values()})
     expected.update({key: "I64" for key in ORDER_KEYS.values()})
     if metadata.correction_stats is not None:
-        expected.update({key: "F64" for key in expected_shapes(adapter)})
+        stats_dtype = STATS_DTYPES[metadata.correction_stats.storage]
+        expected.update({key: stats_dtype for key in expected_shapes(adapter)})
     return expected

@@ -6,7 +6,8 @@ permuted like its units and copy them, without knowing how they are collected or
 
 Per consumer layer (the Linear whose input columns are the units: ``fc2``/``w3`` for neurons, ``attn.proj`` for
 heads) there are four tensors, ``correction.<layer>.<split>.<part>`` for the splits ``fit``/``heldout`` and the
-parts ``readout``/``rest``: the float64 upper triangle of ``Σ x xᵀ / rows`` (:func:`pack`).
+parts ``readout``/``rest``: the upper triangle of ``Σ x xᵀ / rows`` (:func:`pack`), in float32 (bundles written
+before the accuracy study of issue 28 hold float64: the record's ``storage`` says which, :data:`STATS_DTYPES`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from torch import Tensor
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import UnitTensor, linear_of, take_units
-from snapvit_cli.elastic.records import CorrectionStats
+from snapvit_cli.elastic.records import STATS_DTYPES, CorrectionStats
 
 #: Tensor names start with this, then the consumer's state-dict name without ``.weight``.
 STATS_PREFIX = "correction."
 SPLITS = ("fit", "heldout")
 PARTS = ("readout", "rest")
+#: The dtype statistics are written in: float32 rounding moved no accuracy the study measured (benchmarks/README.md,
+#: ``stored-f32``) and halves what the statistics add to a bundle. They are accumulated and solved in float64.
+STORED_DTYPE = torch.float32
+_TORCH_DTYPES = {"F32": torch.float32, "F64": torch.float64}
+
+
+def storage_dtype(storage: str) -> torch.dtype:
+    """The dtype of the stored values that a record's ``storage`` layout names."""
+    return _TORCH_DTYPES[STATS_DTYPES[storage]]
 
 
 class StatisticsToStore(Protocol):
@@ -37,11 +47,11 @@ class StatisticsToStore(Protocol):
     tensors: dict[str, Tensor]
 
 
-def pack(moment: Tensor) -> Tensor:
-    """The upper triangle of a symmetric ``[d, d]`` matrix, row by row, in float64 on the CPU."""
+def pack(moment: Tensor, dtype: torch.dtype = STORED_DTYPE) -> Tensor:
+    """The upper triangle of a symmetric ``[d, d]`` matrix, row by row, in ``dtype`` on the CPU."""
     d = moment.shape[0]
-    upper = torch.triu_indices(d, d)
-    return moment.detach().to("cpu", torch.float64)[upper[0], upper[1]].contiguous()
+    upper = torch.triu_indices(d, d, device=moment.device)
+    return moment.detach()[upper[0], upper[1]].to("cpu", dtype).contiguous()
 
 
 def unpack(packed: Tensor) -> Tensor:
@@ -82,20 +92,23 @@ def expected_shapes(adapter: ModelAdapter) -> dict[str, tuple[int, ...]]:
 def to_tensors(
     statistics: StatisticsToStore, adapter: ModelAdapter, orders: dict[str, list[Tensor]] | None
 ) -> dict[str, Tensor]:
-    """The tensors to store, with the columns permuted like the bundle's units (``orders[kind][block]``: the
-    original unit of each permuted unit; None: the statistics were collected on the permuted model)."""
+    """The tensors to store, in the dtype of the record's layout, with the columns permuted like the bundle's units
+    (``orders[kind][block]``: the original unit of each permuted unit; None: the statistics were collected on the
+    permuted model)."""
+    dtype = storage_dtype(statistics.record.storage)
     if orders is None:
-        return dict(statistics.tensors)
+        return {key: packed.to(dtype) for key, packed in statistics.tensors.items()}
     tensors = {}
     for name, block, kind, d, spec in _consumer_layers(adapter):
         columns = take_units(torch.arange(d).unsqueeze(0), spec, orders[kind][block]).squeeze(0)
         for split in SPLITS:
             for part in PARTS:
                 key = tensor_name(name, split, part)
-                tensors[key] = pack(unpack(statistics.tensors[key])[columns][:, columns])
+                tensors[key] = pack(unpack(statistics.tensors[key])[columns][:, columns], dtype)
     return tensors
 
 
 def stored_bytes(adapter: ModelAdapter) -> int:
     """What the statistics add to a bundle, in bytes."""
-    return 8 * sum(shape[0] for shape in expected_shapes(adapter).values())
+    itemsize = torch.empty((), dtype=STORED_DTYPE).element_size()
+    return itemsize * sum(shape[0] for shape in expected_shapes(adapter).values())
