@@ -26,7 +26,8 @@ Rankings: ``default`` (method snapvit, today's default search), ``paper`` (``--p
   each consumer layer on those images, every token alike, dense inputs, ridge 0.01 × mean diag H, no guard
   (CORP's intercept, a bias update, is left out: snapvit's correction re-fits weights only);
 - ``stored-cls``: stored statistics, class-token rows only (``--correct-tokens cls``: all a class-token store needs);
-- ``stored-f32``: stored statistics rounded to float32 (what a float32 store would hold).
+- ``stored-f32``: stored statistics rounded to float32 (what ``score --correction-stats`` stores since this study;
+  ``stored`` and the other ``stored-*`` variants use float64 ones, the layout of earlier bundles).
 
 Every step is a cached task in ``--work`` (bundles, statistics, one JSON per result), claimed with a lock file, so any
 number of worker processes share the folder and an interrupted run resumes where it stopped::
@@ -52,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,6 +67,7 @@ from snapvit_cli.correction.statistics import CorrectionStatistics, collect_corr
 from snapvit_cli.correction.stored import correct_from_bundle
 from snapvit_cli.data import ImageSet, load_images, make_loader, preprocess
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
+from snapvit_cli.elastic.records import STATS_STORAGE, STATS_STORAGE_FLOAT64
 from snapvit_cli.elastic.surgery import build_model
 from snapvit_cli.evaluation.evaluate import extract_features
 from snapvit_cli.evaluation.knn import knn_accuracy
@@ -216,8 +218,11 @@ class Study:
         ``score --correction-stats`` stores them (collected on the bundle's dense model: its unit order)."""
         _, source = self.model(model_name)
         bundle = load_bundle(self.bundle_path(model_name, ranking, seed))
-        stats = collect_correction_statistics(bundle.dense_model(), self.calibration(seed), source.pretrained_cfg)
-        rounded = CorrectionStatistics(stats.record, {k: v.float().double() for k, v in stats.tensors.items()})
+        stats = collect_correction_statistics(
+            bundle.dense_model(), self.calibration(seed), source.pretrained_cfg, storage=STATS_STORAGE_FLOAT64
+        )
+        record = replace(stats.record, storage=STATS_STORAGE)  # float32, as score --correction-stats stores them
+        rounded = CorrectionStatistics(record, {k: v.float() for k, v in stats.tensors.items()})
         bundle.save_with_statistics(self.stats_path(model_name, ranking, seed, rounded=True), rounded)
         bundle.save_with_statistics(self.stats_path(model_name, ranking, seed), stats)
         log(f"statistics {model_name} {ranking} seed {seed}: {stats.seconds:.0f} s")
