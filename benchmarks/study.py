@@ -21,7 +21,8 @@ Rankings: ``default`` (method snapvit, today's default search), ``paper`` (``--p
 - ``stored`` / ``stored-unguarded``: ``slice --correct`` on statistics of the same calibration images stored in the
   bundle, with and without the per-layer guard;
 - ``images`` / ``images-unguarded``: ``slice --correct --data`` on those images, with and without the guards;
-- ``images-readout``: ``images`` with the stored correction's per-layer class-token guard as well;
+- ``images-readout``: ``images`` with the stored correction's per-layer class-token guard as well (``slice --correct
+  --data``'s default since this study; ``images`` measures the default before it);
 - ``corp-like``: CORP's compensation (arXiv 2602.05243) as it applies to whole heads and neurons: a ridge fit of
   each consumer layer on those images, every token alike, dense inputs, ridge 0.01 × mean diag H, no guard
   (CORP's intercept, a bias update, is left out: snapvit's correction re-fits weights only);
@@ -250,7 +251,7 @@ class Study:
                 bundle, plan, images, tokens="all", damping=DEFAULT_DAMPING, sequential=False, guard=False
             )
         else:
-            readout = cell.variant == "images-readout"
+            readout = cell.variant == "images-readout"  # the default since this study; "images": the default before
             result = correct_bundle_slice(bundle, plan, self.calibration(cell.seed), guard=guard, guard_readout=readout)
         info["correction"] = {
             "seconds": time.perf_counter() - start,

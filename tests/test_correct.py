@@ -357,12 +357,13 @@ def test_all_token_fit_moves_the_class_token_and_the_default_does_not() -> None:
 
 
 def test_feature_guard_gives_back_the_plain_weights_of_a_harmful_layer() -> None:
-    """All-token statistics with the guard: the layer's held-back error drops (so the layer guard keeps the fit),
-    but the final features move away from the dense model's, so the layer gets its plain weights back."""
+    """All-token statistics with the feature guard alone: the layer's held-back error drops (so the layer guard keeps
+    the fit), but the final features move away from the dense model's, so the layer gets its plain weights back.
+    (By default the class-token guard keeps the layer plain first: the next test.)"""
     model = class_token_trap(make_small_model("dino"))
     widths = trap_widths(model)
     batches = list(image_batch(model, n=64, seed=3).split(16))
-    result = correct_slice(copy.deepcopy(model), widths, batches, tokens="all")
+    result = correct_slice(copy.deepcopy(model), widths, batches, tokens="all", guard_readout=False)
     (layer,) = result.layers
     assert layer.damping is not None and layer.error_after < layer.error_before
     assert result.reverted == ["blocks.0.mlp.fc2.weight"]
@@ -430,16 +431,16 @@ def test_guard_keeps_the_plain_weights_when_the_fit_is_harmful() -> None:
 
 
 def test_class_token_guard_keeps_a_layer_whose_fit_moves_the_class_token() -> None:
-    """The stand-in for the feature guard where no images are at hand (stored statistics): all-token statistics
-    lower the layer's held-back error, so the plain guard keeps the fit; the class-token guard sees that the class
-    token's held-back error rose and keeps the plain weights, as the feature guard does with images."""
+    """The per-layer class-token guard (on by default; the stored-statistics correction's only guard beyond the
+    layer's own error): all-token statistics lower the layer's held-back error, so the plain guard keeps the fit;
+    the class-token guard sees that the class token's held-back error rose and keeps the plain weights."""
     model = class_token_trap(make_small_model("dino"))
     widths = trap_widths(model)
     batches = list(image_batch(model, n=64, seed=3).split(16))
     common = {"tokens": "all", "sequential": False, "guard_features": False}
-    (fitted,) = correct_slice(copy.deepcopy(model), widths, batches, **common).layers
+    (fitted,) = correct_slice(copy.deepcopy(model), widths, batches, guard_readout=False, **common).layers
     assert fitted.damping is not None and fitted.readout_heldout[1] > fitted.readout_heldout[0]
-    result = correct_slice(copy.deepcopy(model), widths, batches, guard_readout=True, **common)
+    result = correct_slice(copy.deepcopy(model), widths, batches, **common)  # guard_readout: the default
     (layer,) = result.layers
     assert layer.damping is None and layer.error_after == layer.error_before
     plain = keep_prefix(model.state_dict(), get_adapter(model), widths)

@@ -65,7 +65,7 @@ def correct_slice(
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
     guard_features: bool = True,
-    guard_readout: bool = False,
+    guard_readout: bool = True,
     device: torch.device | str = "cpu",
     stats_dtype: torch.dtype = torch.float64,
     progress: Progress | None = None,
@@ -78,8 +78,13 @@ def correct_slice(
     layer's plain weights when its correction does not lower its held-back error, and then, if the corrected
     model's final features are not closer to the dense model's than the plain slice's on the held-back images,
     gives the plain weights back to the layers whose correction made them worse (``result.reverted``);
-    ``guard_features=False`` only measures the final features (the stored-statistics correction cannot run them);
-    ``guard_readout`` is that correction's per-layer stand-in (:func:`~snapvit_cli.correction.layer.correct_layer`).
+    ``guard_features=False`` only measures the final features (the stored-statistics correction cannot run them).
+    ``guard_readout`` also keeps a layer's plain weights unless the class token's held-back error drops
+    (:func:`~snapvit_cli.correction.layer.correct_layer`): decided while walking, before later layers are fitted to
+    the layer's output. The feature guard alone decides after every layer is fitted: with sequential inputs, giving
+    one layer back then leaves the later layers fitted to outputs it no longer produces, so on the real ViT-Tiny it
+    gave *every* layer back where one (block 7's ``fc2``) was harmful: 32.9 against 36.4 kNN with the per-layer guard
+    (the accuracy study, ``images`` against ``images-readout`` in ``benchmarks/README.md``).
     ``tokens`` weights the rows of the statistics (:data:`~snapvit_cli.correction.settings.TOKEN_MODES`).
 
     ``dense`` is modified in place (its consumer layers end up corrected and masked) and moved to ``device``;
@@ -167,7 +172,7 @@ def correct_bundle_slice(
     holdout: int = DEFAULT_HOLDOUT,
     guard: bool = True,
     guard_features: bool = True,
-    guard_readout: bool = False,
+    guard_readout: bool = True,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> CorrectionResult:
