@@ -39,10 +39,12 @@ number of worker processes share the folder and an interrupted run resumes where
 
 Tasks run in ``--phases`` order: 1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed,
 2 those of ``tiny-knn`` for the other seeds, 3 every correction of the first seed's ``default`` and ``gradient``
-bundles, 5 the first seed's candidate searches on ``tiny-knn`` (``snip-search``, ``relative``, ``mild``: docs/method.md
-§5), 4 the plain ``tiny-top1`` slices of the other seeds, 6 the guarded corrections, 7 the unguarded ones and
-``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10 the CIFAR protocol, 11 every candidate on both
-Tiny-ImageNet protocols, 12 ``images-readout``. A worker finishes its step and stops when ``--work/STOP`` exists.
+bundles, 5 the first seed's candidate searches on ``tiny-knn`` (``snip-search``, ``relative``, ``mild``:
+docs/method.md §5), 4 the plain ``tiny-top1`` slices of the other seeds, 13 the stored corrections and the
+image-driven ones at 0.5 of the other seeds' ``default`` and ``gradient`` bundles, 12 ``images-readout``, 6 the
+guarded corrections, 7 the unguarded ones and ``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10
+the CIFAR protocol, 11 every candidate on both Tiny-ImageNet protocols. A worker finishes its step and stops when
+``--work/STOP`` exists.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
         + [(seeds, "cifar-knn", f, searched, ("stored",)) for f in (0.75, 0.5, 0.9, 0.6)],
         11: [(first, p, f, CANDIDATES, ("plain",)) for f in (0.75, 0.5) for p in tiny],
         12: [(seeds, p, f, MAIN, ("images-readout",)) for f in (0.5, 0.75) for p in tiny],
+        13: [(rest, p, f, ("default", "gradient"), ("stored", "stored-f32")) for f in (0.5, 0.75) for p in tiny]
+        + [(rest, "tiny-knn", 0.5, ("default", "gradient"), ("images-readout", "images"))],
     }
     for phase in phases:
         for group, protocol, fraction, rankings, variants in order[phase]:
@@ -452,7 +456,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,5,4,6,7,8,9,10,11,12")
+    parser.add_argument("--phases", default="1,2,3,5,4,13,12,6,7,8,9,10,11")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
