@@ -21,20 +21,19 @@ from torch import Tensor
 
 from snapvit_cli.adapters import UNIT_KINDS, ModelAdapter
 from snapvit_cli.adapters.base import UnitTensor, linear_of, take_units
-from snapvit_cli.elastic.records import STATS_DTYPES, CorrectionStats
+from snapvit_cli.elastic.records import STATS_DTYPES, STATS_STORAGE, CorrectionStats
+from snapvit_cli.elastic.tensor_checks import DTYPE_NAMES
 
 #: Tensor names start with this, then the consumer's state-dict name without ``.weight``.
 STATS_PREFIX = "correction."
 SPLITS = ("fit", "heldout")
 PARTS = ("readout", "rest")
-#: The dtype statistics are written in: float32 rounding moved no accuracy the study measured (benchmarks/README.md,
-#: ``stored-f32``) and halves what the statistics add to a bundle. They are accumulated and solved in float64.
-STORED_DTYPE = torch.float32
-_TORCH_DTYPES = {"F32": torch.float32, "F64": torch.float64}
+_TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
 def storage_dtype(storage: str) -> torch.dtype:
-    """The dtype of the stored values that a record's ``storage`` layout names."""
+    """The dtype of the stored values that a record's ``storage`` layout names (:data:`STATS_STORAGE`, written
+    now: float32; they are accumulated and solved in float64)."""
     return _TORCH_DTYPES[STATS_DTYPES[storage]]
 
 
@@ -47,7 +46,7 @@ class StatisticsToStore(Protocol):
     tensors: dict[str, Tensor]
 
 
-def pack(moment: Tensor, dtype: torch.dtype = STORED_DTYPE) -> Tensor:
+def pack(moment: Tensor, dtype: torch.dtype) -> Tensor:
     """The upper triangle of a symmetric ``[d, d]`` matrix, row by row, in ``dtype`` on the CPU."""
     d = moment.shape[0]
     upper = torch.triu_indices(d, d, device=moment.device)
@@ -110,5 +109,5 @@ def to_tensors(
 
 def stored_bytes(adapter: ModelAdapter) -> int:
     """What the statistics add to a bundle, in bytes."""
-    itemsize = torch.empty((), dtype=STORED_DTYPE).element_size()
+    itemsize = torch.empty((), dtype=storage_dtype(STATS_STORAGE)).element_size()
     return itemsize * sum(shape[0] for shape in expected_shapes(adapter).values())
