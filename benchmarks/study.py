@@ -44,7 +44,8 @@ docs/method.md §5), 4 the plain ``tiny-top1`` slices of the other seeds, 13 the
 image-driven ones at 0.5 of the other seeds' ``default`` and ``gradient`` bundles, 12 ``images-readout``, 6 the
 guarded corrections, 7 the unguarded ones and ``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10
 the CIFAR protocol, 11 every candidate on both Tiny-ImageNet protocols, 14 ``mild-all`` (``mild`` on all the
-calibration images) for the first seed. A worker finishes its step and stops when ``--work/STOP`` exists.
+calibration images) for the first seed, 15 (run after 13) the first seed's stored corrections at 0.75 and the plain
+``cifar-knn`` slices at 0.75/0.5. A worker finishes its step and stops when ``--work/STOP`` exists.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
         13: [(rest, p, f, ("default", "gradient"), ("stored", "stored-f32")) for f in (0.5, 0.75) for p in tiny]
         + [(rest, "tiny-knn", 0.5, ("default", "gradient"), ("images-readout", "images"))],
         14: [(first, "tiny-knn", f, ("mild-all",), ("plain",)) for f in (0.75, 0.5)],
+        15: [(first, p, 0.75, ("default", "gradient"), ("stored",)) for p in tiny]
+        + [(seeds, "cifar-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5)],
     }
     for phase in phases:
         for group, protocol, fraction, rankings, variants in order[phase]:
@@ -459,7 +462,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,5,4,13,12,14,6,7,8,9,10,11")
+    parser.add_argument("--phases", default="1,2,3,5,4,13,15,12,14,6,7,8,9,10,11")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
