@@ -37,15 +37,16 @@ number of worker processes share the folder and an interrupted run resumes where
     OMP_NUM_THREADS=1 python -m benchmarks.study --work /work/study &
     python -m benchmarks.study --work /work/study --table              # what is measured so far; updates the README
 
-Tasks run in ``--phases`` order: 1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed,
-2 those of ``tiny-knn`` for the other seeds, 3 every correction of the first seed's ``default`` and ``gradient``
-bundles, 5 the first seed's candidate searches on ``tiny-knn`` (``snip-search``, ``relative``, ``mild``:
-docs/method.md §5), 4 the plain ``tiny-top1`` slices of the other seeds, 13 the stored corrections and the
-image-driven ones at 0.5 of the other seeds' ``default`` and ``gradient`` bundles, 12 ``images-readout``, 6 the
-guarded corrections, 7 the unguarded ones and ``corp-like``, 8 the statistics variants, 9 the budgets 0.9/0.6, 10
-the CIFAR protocol, 11 every candidate on both Tiny-ImageNet protocols, 14 ``mild-all`` (``mild`` on all the
-calibration images) for the first seed, 15 (run after 13) the first seed's stored corrections at 0.75 and the plain
-``cifar-knn`` slices at 0.75/0.5. A worker finishes its step and stops when ``--work/STOP`` exists.
+Phases (``--phases`` runs them in the order given; default 1, 2, 3, 5, 4, 13, 15, 12, 14, 6, 7, 8, 9, 10, 11):
+1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed; 2 those of ``tiny-knn`` for the
+other seeds; 3 every correction of the first seed's ``default`` and ``gradient`` bundles; 4 the plain ``tiny-top1``
+slices of the other seeds; 5 the first seed's candidate searches on ``tiny-knn`` (``snip-search``, ``relative``,
+``mild``: docs/method.md §5); 6 the guarded corrections; 7 the unguarded ones and ``corp-like``; 8 the statistics
+variants; 9 the budgets 0.9/0.6; 10 the CIFAR protocol; 11 every candidate on both Tiny-ImageNet protocols;
+12 ``images-readout``; 13 the stored corrections and the image-driven ones at 0.5 of the other seeds' ``default``
+and ``gradient`` bundles; 14 ``mild-all`` (``mild`` on all the calibration images) for the first seed; 15 the first
+seed's stored corrections at 0.75 and the plain ``cifar-knn`` slices at 0.75/0.5. A worker finishes its step and
+stops when ``--work/STOP`` exists.
 """
 
 from __future__ import annotations
