@@ -27,9 +27,7 @@ from tests.conftest import SMALL_CONFIGS, assert_one_line_error, make_small_mode
 CALIBRATION = {"samples": 24, "seed": 5}
 
 
-def bundle_with_stats(
-    name: str, path: Path, stats: bool = True, storage: str = STATS_STORAGE
-) -> tuple[Path, object]:
+def bundle_with_stats(name: str, path: Path, stats: bool = True, storage: str = STATS_STORAGE) -> tuple[Path, object]:
     """A magnitude-scored bundle of a small config (its units permuted), with or without statistics (in the layout
     ``storage``), and the calibration images they were collected on."""
     model = make_small_model(name)
@@ -44,7 +42,9 @@ def bundle_with_stats(
 
 # stored layout -> largest relative weight difference from the correction on the images: float64 values are the
 # image-driven solve's own; float32 ones are rounded (about 6e-8 relative), which the solve amplifies by its condition
-@pytest.mark.parametrize("storage, tolerance", [(STATS_STORAGE_FLOAT64, 1e-5), (STATS_STORAGE, 2e-4)])
+@pytest.mark.parametrize(
+    "storage, tolerance", [(STATS_STORAGE_FLOAT64, 1e-5), (STATS_STORAGE, 2e-4)], ids=["float64", "float32"]
+)
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
 def test_stored_statistics_correction_equals_the_dense_inputs_correction_on_the_same_images(
     name, storage, tolerance, tmp_path
@@ -228,6 +228,7 @@ def test_hostile_statistics_values_are_refused_before_anything_is_written(stats_
 @pytest.mark.parametrize(
     ("layout", "dtype", "message"),
     [(STATS_STORAGE, torch.float64, "only as F32"), (STATS_STORAGE_FLOAT64, torch.float32, "only as F64")],
+    ids=["float64-in-float32-layout", "float32-in-float64-layout"],
 )
 def test_statistics_of_another_dtype_than_their_layout_are_refused(stats_bundle, tmp_path, layout, dtype, message):
     """The record's layout names the dtype of every statistics tensor: one tensor of the other dtype is refused."""
