@@ -109,5 +109,4 @@ def to_tensors(
 
 def stored_bytes(adapter: ModelAdapter) -> int:
     """What the statistics add to a bundle, in bytes."""
-    itemsize = torch.empty((), dtype=storage_dtype(STATS_STORAGE)).element_size()
-    return itemsize * sum(shape[0] for shape in expected_shapes(adapter).values())
+    return storage_dtype(STATS_STORAGE).itemsize * sum(shape[0] for shape in expected_shapes(adapter).values())
