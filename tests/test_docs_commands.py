@@ -1,6 +1,7 @@
 """Every command in README.md and docs/*.md is checked: each ``snapvit`` command line parses against the real app
 (option names, choices, types), each ``pip install`` names extras that exist, and the blocks marked
-``<!-- test: runs offline -->`` run for real, in document order, in a scratch folder.
+``<!-- test: runs offline -->`` run for real, in document order, in a scratch folder (once: the quick start's
+own checks and the docs pages start from what that run leaves).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
+from snapvit_cli.adapters import get_adapter
+from snapvit_cli.api import load, load_bundle
 from snapvit_cli.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,8 +155,9 @@ def test_pip_installs_name_existing_extras():
     assert seen >= 3
 
 
-def run_block(block: Block, cwd: Path) -> None:
-    """Run one marked block: snapvit commands in process, Python blocks as a script; pip and pytest are skipped."""
+def run_block(block: Block, cwd: Path, stdout: dict[str, str] | None = None) -> None:
+    """Run one marked block: snapvit commands in process, Python blocks as a script; pip and pytest are skipped.
+    Each snapvit command's stdout goes to ``stdout`` (by its arguments, joined) when given."""
     where = f"{block.path.name}:{block.line}"
     if block.lang == "python":
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -173,27 +178,66 @@ def run_block(block: Block, cwd: Path) -> None:
         finally:
             os.chdir(previous)
         assert result.exit_code == 0, f"{where}: snapvit {shlex.join(args)}\n{result.output[-2000:]}"
+        if stdout is not None:
+            stdout[shlex.join(args)] = result.stdout
         if redirect:
             (cwd / redirect).write_text(result.stdout)
 
 
+@dataclass(frozen=True)
+class ReadmeRun:
+    folder: Path  # where the README's blocks ran
+    stdout: dict[str, str]  # each snapvit command's stdout, by its arguments joined
+
+
 @pytest.fixture(scope="module")
-def readme_run(tmp_path_factory) -> Path:
+def readme_run(tmp_path_factory) -> ReadmeRun:
     """The README's marked blocks, run from an empty folder as a newcomer would."""
-    folder = tmp_path_factory.mktemp("readme")
+    run = ReadmeRun(tmp_path_factory.mktemp("readme"), {})
     for block in blocks(ROOT / "README.md"):
         if block.runs:
-            run_block(block, folder)
-    return folder
+            run_block(block, run.folder, run.stdout)
+    return run
 
 
 def test_the_readme_runs_offline_as_written(readme_run):
     marked = [b for b in blocks(ROOT / "README.md") if b.runs]
     assert len(marked) >= 5 and "snapvit score --model demo" in marked[0].text
     for folder in ("demo-half", "demo-flops0.5", "demo-grid/flops0.25", "demo-half-corrected"):
-        assert (readme_run / folder / "model.safetensors").is_file(), folder
-    assert (readme_run / "demo-half.onnx").is_file() and (readme_run / "demo-half.pt2").is_file()
-    assert (readme_run / "staged" / "README.md").is_file()
+        assert (readme_run.folder / folder / "model.safetensors").is_file(), folder
+    assert (readme_run.folder / "demo-half.onnx").is_file() and (readme_run.folder / "demo-half.pt2").is_file()
+    assert (readme_run.folder / "staged" / "README.md").is_file()
+
+
+def quickstart_commands() -> list[list[str]]:
+    """The `snapvit ...` commands of the README's first install line, as argument lists."""
+    line = next(
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip install -e . && snapvit")
+    )
+    commands = [args for words, _ in shell_segments(line) if (args := snapvit_args(words)) is not None]
+    assert [c[0] for c in commands] == ["score", "slice"], line
+    return commands
+
+
+def test_the_readme_quickstart_searches_with_two_updates(readme_run):
+    """The quick start's search updates xNES at least twice and finds better; its folder loads as the bundle's
+    slice (the later README blocks only read demo.safetensors and demo-half/)."""
+    score, slice_ = quickstart_commands()
+    bundle = load_bundle(readme_run.folder / score[score.index("-o") + 1])
+    search = bundle.metadata.scoring.settings["xnes"]
+    trace = bundle.read_tensor("ga.fitness_trace")  # every evaluation's fitness, μ₀ first
+    assert search["evaluations"] == len(trace) == int(score[score.index("--ga-evals") + 1])
+    assert trace[0].item() == search["initial_fitness"] and trace.min().item() == search["best_fitness"]
+    assert search["updates"] >= 2 and search["best_fitness"] < search["initial_fitness"]  # the search found better
+    assert f"in {search['updates']} updates" in readme_run.stdout[shlex.join(score)]
+    model = load(readme_run.folder / slice_[slice_.index("-o") + 1])
+    fraction = float(slice_[slice_.index("--flops") + 1])
+    plan = bundle.plan(flops=fraction)
+    assert get_adapter(model).widths() == plan.widths and abs(plan.flops_fraction - fraction) < 0.01 * fraction
+    assert sum(p.numel() for p in model.parameters()) == plan.params
+    x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), bundle.slice(plan)(x))  # the folder holds the bundle's slice, as loaded
 
 
 DOCS_WITH_RUNS = [p for p in sorted((ROOT / "docs").glob("*.md")) if any(b.runs for b in blocks(p))]
@@ -202,8 +246,8 @@ DOCS_WITH_RUNS = [p for p in sorted((ROOT / "docs").glob("*.md")) if any(b.runs 
 @pytest.mark.parametrize("path", DOCS_WITH_RUNS, ids=lambda p: p.name)
 def test_docs_marked_blocks_run_offline(path, readme_run, tmp_path):
     """A docs page starts from what the README's quick start leaves: demo.safetensors and demo-half/."""
-    shutil.copy(readme_run / "demo.safetensors", tmp_path)
-    shutil.copytree(readme_run / "demo-half", tmp_path / "demo-half")
+    shutil.copy(readme_run.folder / "demo.safetensors", tmp_path)
+    shutil.copytree(readme_run.folder / "demo-half", tmp_path / "demo-half")
     for block in blocks(path):
         if block.runs:
             run_block(block, tmp_path)
