@@ -14,7 +14,10 @@ as their accuracy does, the fitness is not what the protocols reward. Two other 
 features are measured on the held-out images to see whether they would: ``cka`` (1 − linear CKA with the dense
 features: similarity structure, blind to rotations and scale, which kNN and linear probes are blind to too) and
 ``overlap`` (1 − the mean share of each image's 10 nearest held-out neighbours, by cosine, that the pruned and the
-dense features agree on: what a kNN classifier reads). Run after (or while) the study runs::
+dense features agree on: what a kNN classifier reads). A last table asks whether the held-out fitness could choose,
+per budget, between the search's ranking and SNIP's (a bundle with one score set per budget band would have to):
+for each seed it picks the ``default`` or the ``snip`` slice by held-out fitness and compares with their measured
+accuracy. Run after (or while) the study runs::
 
     OMP_NUM_THREADS=1 python -m benchmarks.search_probe --work /work/study       # probes every bundle; a table
 """
@@ -165,14 +168,55 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
             cells.append(" / ".join(f"{r:+.2f}" for r in rho))
         if count:
             lines.append(f"| {protocol} | {count} | " + " | ".join(cells) + " |")
+    lines += ["", *_choice_table(work, samples, probes)]
     lines.append(
         f"\nFitness: lower is closer to the dense model. ρ: Spearman correlation with accuracy of the fitness on the "
         "search images / on held-out images / of 1 − linear CKA / of 1 − neighbour overlap (both on held-out "
-        f"images); −1: the measure orders the bundles exactly as their accuracy does. Table of `python -m "
+        f"images); −1: the measure orders the bundles exactly as their accuracy does. Choice: per seed, of the "
+        f"`{CHOICE[0]}` and `{CHOICE[1]}` slices at a budget the one with the lower held-out fitness; `right`: "
+        "seeds in which it is the more accurate one (a tie counts as right); accuracies are means over those "
+        "seeds. Table of `python -m "
         f"benchmarks.search_probe --work {work} --table`; {machine()}, load average "
         f"{os.getloadavg()[0]:.1f}."
     )
     return "\n".join(lines)
+
+
+# The two rankings a bundle with one score set per budget band would choose between (issue 28): the search's and
+# SNIP's raw ranking, which lead at opposite ends of the budget range.
+CHOICE = ("default", "snip")
+
+
+def _choice_table(work: Path, samples: int, probes: dict) -> list[str]:
+    """Per protocol and budget: how often the held-out fitness picks the more accurate of the two CHOICE slices
+    of one seed, and the mean accuracy of each and of the one picked."""
+    lines = [
+        f"| protocol | budget | seeds | right | `{CHOICE[0]}` | `{CHOICE[1]}` | picked by held-out fitness |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for protocol, (model_name, metric) in PROTOCOLS.items():
+        for i, fraction in enumerate(FRACTIONS):
+            rows = []
+            for seed in sorted({s for (m, _, s) in probes if m == model_name}):
+                fitness, accuracy = [], []
+                for ranking in CHOICE:
+                    result = work / "results" / f"{protocol}-{ranking}-seed{seed}-{fraction:g}-plain-n{samples}.json"
+                    if (model_name, ranking, seed) not in probes or not result.is_file():
+                        break
+                    fitness.append(probes[model_name, ranking, seed]["heldout"][i])
+                    accuracy.append(json.loads(result.read_text())[metric])
+                else:
+                    picked = accuracy[0] if fitness[0] <= fitness[1] else accuracy[1]
+                    rows.append((*accuracy, picked, picked >= max(accuracy)))
+            if rows:
+                means = [100 * sum(r[j] for r in rows) / len(rows) for j in range(3)]
+                right = sum(r[3] for r in rows)
+                lines.append(
+                    f"| {protocol} | {fraction:g} | {len(rows)} | {right} | "
+                    + " | ".join(f"{m:.1f}" for m in means)
+                    + " |"
+                )
+    return lines
 
 
 def _spearman(x: list[float], y: list[float]) -> float:
