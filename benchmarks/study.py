@@ -37,7 +37,8 @@ number of worker processes share the folder and an interrupted run resumes where
     OMP_NUM_THREADS=1 python -m benchmarks.study --work /work/study &
     python -m benchmarks.study --work /work/study --table              # what is measured so far; updates the README
 
-Phases (``--phases`` runs them in the order given; default 1, 2, 3, 5, 4, 13, 15, 12, 14, 9, 16, 17, 10, 6, 7, 8, 11):
+Phases (``--phases`` runs them in the order given; by default 1, 2, 3, 5, 4, 13, 15, 12, 14, 9, 16, 17, 10, 18, 6,
+7, 8, 11):
 1 the plain slices at 0.75/0.5 on the Tiny-ImageNet protocols for the first seed; 2 those of ``tiny-knn`` for the
 other seeds; 3 every correction of the first seed's ``default`` and ``gradient`` bundles; 4 the plain ``tiny-top1``
 slices of the other seeds; 5 the first seed's candidate searches on ``tiny-knn`` (``snip-search``, ``relative``,
@@ -47,7 +48,8 @@ variants; 9 the budgets 0.9/0.6; 10 the CIFAR protocol; 11 every candidate on bo
 and ``gradient`` bundles; 14 ``mild-all`` (``mild`` on all the calibration images) for the first seed; 15 the first
 seed's stored corrections at 0.75 and the plain ``cifar-knn`` slices at 0.75/0.5; 16 the guard checks: every main
 bundle's corrections at 0.5, guarded and unguarded, on both Tiny-ImageNet protocols; 17 the image-driven and
-unguarded stored corrections at 0.9 of the searched bundles on ``tiny-knn`` (where the stored one lost). A worker
+unguarded stored corrections at 0.9 of the searched bundles on ``tiny-knn`` (where the stored one lost); 18 the
+rows of phases 3, 13 and 15 that had fewer than three seeds, and ``paper``'s stored correction at 0.75. A worker
 finishes its step and stops when ``--work/STOP`` exists.
 """
 
@@ -174,6 +176,10 @@ def plan_cells(seeds: list[int], phases: list[int]) -> Iterator[Cell]:
         + [(seeds, "cifar-knn", f, MAIN, ("plain",)) for f in (0.75, 0.5)],
         16: [(seeds, p, 0.5, MAIN, guard_checks) for p in tiny],
         17: [(seeds, "tiny-knn", 0.9, searched, ("images-readout", "stored-unguarded"))],
+        18: [(seeds, p, 0.75, ("paper",), ("stored",)) for p in tiny]
+        + [(seeds, p, 0.75, ("default", "gradient"), ("stored-f32",)) for p in tiny]
+        + [(seeds, p, 0.5, ("default", "gradient"), ("corp-like", "stored-cls")) for p in tiny]
+        + [(seeds, "tiny-top1", 0.5, ("default", "gradient"), ("images",))],
     }
     for phase in phases:
         for group, protocol, fraction, rankings, variants in order[phase]:
@@ -468,7 +474,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snapvit-study")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--phases", default="1,2,3,5,4,13,15,12,14,9,16,17,10,6,7,8,11")
+    parser.add_argument("--phases", default="1,2,3,5,4,13,15,12,14,9,16,17,10,18,6,7,8,11")
     parser.add_argument("--samples", type=int, default=256, help="x_calib images per seed")
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     parser.add_argument("--no-readme", action="store_true", help="with --table: do not update benchmarks/README.md")
