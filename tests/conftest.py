@@ -11,13 +11,13 @@ import timm
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 # A shell starts a background job (`pytest &`, nohup, some CI runners) with SIGINT ignored, and every process it
 # starts inherits that: the interrupt tests' subprocesses would then never see the SIGINT they are sent. Python's own
 # handler here makes the children start with the default disposition again (exec resets a handler, not an ignore).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-SHARED_DATA = Path(os.environ.get("SNAPVIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 # Small configs with the same module types as the real models: (timm architecture, overrides).
 _SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, mlp_ratio=2.0)
