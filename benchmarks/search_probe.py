@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import log, machine, write_json, write_readme_block
-from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Study
+from benchmarks.study import FRACTIONS, MODELS, PROTOCOLS, RANKINGS, TINY_DATA, Cell, Study
 from snapvit_cli.adapters import get_adapter
 from snapvit_cli.elastic.bundle import load_bundle
 from snapvit_cli.scoring.calibration import input_config, preprocessed
@@ -150,14 +150,13 @@ def render(work: Path, samples: int, seeds: list[int]) -> str:
     measures = ("search", "heldout", "cka", "overlap")
     lines += ["", "| protocol | bundles | " + " | ".join(f"ρ @ {f:g}" for f in FRACTIONS) + " |"]
     lines.append("|---|---:|" + "---:|" * len(FRACTIONS))
-    for protocol, (model_name, metric) in PROTOCOLS.items():
+    for protocol, (model_name, _) in PROTOCOLS.items():
         cells, count = [], 0
         for i, fraction in enumerate(FRACTIONS):
             pairs = []
             for (m, ranking, seed), p in probes.items():
-                result = work / "results" / f"{protocol}-{ranking}-seed{seed}-{fraction:g}-plain-n{samples}.json"
-                if m == model_name and result.is_file() and all(k in p for k in measures):
-                    accuracy = json.loads(result.read_text())[metric]
+                accuracy = _plain_accuracy(work, samples, Cell(protocol, ranking, seed, fraction, "plain"))
+                if m == model_name and accuracy is not None and all(k in p for k in measures):
                     pairs.append(([p[k][i] for k in measures], accuracy))
             count = max(count, len(pairs))
             if len(pairs) < 3:
@@ -194,17 +193,17 @@ def _choice_table(work: Path, samples: int, probes: dict) -> list[str]:
         f"| protocol | budget | seeds | right | `{CHOICE[0]}` | `{CHOICE[1]}` | picked by held-out fitness |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for protocol, (model_name, metric) in PROTOCOLS.items():
+    for protocol, (model_name, _) in PROTOCOLS.items():
         for i, fraction in enumerate(FRACTIONS):
             rows = []
             for seed in sorted({s for (m, _, s) in probes if m == model_name}):
                 fitness, accuracy = [], []
                 for ranking in CHOICE:
-                    result = work / "results" / f"{protocol}-{ranking}-seed{seed}-{fraction:g}-plain-n{samples}.json"
-                    if (model_name, ranking, seed) not in probes or not result.is_file():
+                    measured = _plain_accuracy(work, samples, Cell(protocol, ranking, seed, fraction, "plain"))
+                    if (model_name, ranking, seed) not in probes or measured is None:
                         break
                     fitness.append(probes[model_name, ranking, seed]["heldout"][i])
-                    accuracy.append(json.loads(result.read_text())[metric])
+                    accuracy.append(measured)
                 else:
                     picked = accuracy[0] if fitness[0] <= fitness[1] else accuracy[1]
                     rows.append((*accuracy, picked, picked >= max(accuracy)))
@@ -217,6 +216,12 @@ def _choice_table(work: Path, samples: int, probes: dict) -> list[str]:
                     + " |"
                 )
     return lines
+
+
+def _plain_accuracy(work: Path, samples: int, cell: Cell) -> float | None:
+    """The headline metric the study measured for ``cell``, or None when it is not measured yet."""
+    path = work / "results" / f"{cell.name}-n{samples}.json"
+    return json.loads(path.read_text())[PROTOCOLS[cell.protocol][1]] if path.is_file() else None
 
 
 def _spearman(x: list[float], y: list[float]) -> float:

@@ -19,7 +19,7 @@ from snapvit_cli.correction.stored import correct_from_bundle
 from snapvit_cli.data import load_images
 from snapvit_cli.elastic.bundle import load_bundle, write_bundle
 from snapvit_cli.elastic.records import STATS_STORAGE, STATS_STORAGE_FLOAT64
-from snapvit_cli.elastic.stats_layout import STATS_PREFIX, tensor_name
+from snapvit_cli.elastic.stats_layout import STATS_PREFIX, storage_dtype, tensor_name
 from snapvit_cli.errors import BundleError, SnapvitError
 from snapvit_cli.scoring import score_model
 from tests.conftest import SMALL_CONFIGS, assert_one_line_error, make_small_model, small_model_source
@@ -232,7 +232,7 @@ def test_hostile_statistics_values_are_refused_before_anything_is_written(stats_
 )
 def test_statistics_of_another_dtype_than_their_layout_are_refused(stats_bundle, tmp_path, layout, dtype, message):
     """The record's layout names the dtype of every statistics tensor: one tensor of the other dtype is refused."""
-    own = torch.float64 if dtype == torch.float32 else torch.float32  # the dtype the layout names
+    own = storage_dtype(layout)  # the dtype the layout names
 
     def relabelled(name: str, fc2_dtype: torch.dtype) -> Path:
         """The bundle with ``layout`` recorded, every statistics tensor in its dtype but FC2_FIT in ``fc2_dtype``."""
